@@ -1,0 +1,17 @@
+//! Log setup: levels from `SLUICE_LOG` (default `info`), JSON lines in production, human
+//! lines in `sluice dev`. Log lines carry no keys and no prompt or completion content.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber.
+pub fn init(pretty: bool) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if pretty {
+        builder.compact().try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}

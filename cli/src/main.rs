@@ -1,0 +1,154 @@
+//! `sluice`: one binary, several roles.
+
+mod dev;
+mod logging;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sluice_proxy::config::{Environment, load_file};
+use sluice_proxy::events::RecentRecords;
+use sluice_proxy::live::{LiveConfig, watch_file};
+use sluice_proxy::server::{ProxyParts, bind, start};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "The LLM and MCP gateway that reads every tool call")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy from a config file (reloaded on change or SIGHUP).
+    Proxy {
+        /// TOML config file.
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Quick start: proxy + mock providers + a demo profile, all on this machine.
+    Dev,
+    /// Run only the mock providers (OpenAI, Anthropic, Gemini) on one port.
+    Mock {
+        /// Listen address.
+        #[arg(long, env = "SLUICE_MOCK_LISTEN", default_value = "127.0.0.1:9090")]
+        listen: String,
+        /// Delay before each response header, in ms.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Delay between stream chunks, in ms.
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+        /// Words in each text answer.
+        #[arg(long, default_value_t = 12)]
+        words: usize,
+    },
+    /// Load generator: closed-loop, measures latency and time to first byte.
+    Loadtest(sluice_loadtest::loadgen::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy { config } => {
+            logging::init(false);
+            run_proxy(config)
+        }
+        Command::Dev => {
+            logging::init(true);
+            dev::run()
+        }
+        Command::Mock {
+            listen,
+            latency_ms,
+            chunk_delay_ms,
+            words,
+        } => {
+            logging::init(false);
+            run_mock(&listen, latency_ms, chunk_delay_ms, words)
+        }
+        Command::Loadtest(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(sluice_loadtest::loadgen::run(args))
+        }
+    }
+}
+
+fn run_proxy(path: PathBuf) -> Result<()> {
+    let env = Environment::from_process();
+    let config = load_file(&path, &env).with_context(|| format!("loading {}", path.display()))?;
+    let proxy_l = bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let admin_l = match &config.admin_listen {
+        Some(a) => Some(bind(a).with_context(|| format!("binding {a}"))?),
+        None => None,
+    };
+    let threads = config.threads;
+    let pool = config.limits.upstream_pool_size;
+    let live = LiveConfig::with(config);
+    let recent = RecentRecords::new(1000);
+    let running = start(
+        ProxyParts {
+            live: live.clone(),
+            sink: recent.clone(),
+            recent,
+            threads,
+            upstream_pool_size: pool,
+        },
+        proxy_l,
+        admin_l,
+    )?;
+    tracing::info!(proxy = %running.proxy_addr, admin = ?running.admin_addr, "sluice proxy listening");
+    let stop = running.shutdown_handle();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(watch_file(live, path, env, Duration::from_secs(1), rx));
+        wait_for_signal().await;
+        let _ = tx.send(true);
+        let _ = watcher.await;
+    });
+    let _ = stop.send(true);
+    running.wait();
+    Ok(())
+}
+
+fn run_mock(listen: &str, latency_ms: u64, chunk_delay_ms: u64, words: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(listen).await?;
+        let cfg = sluice_loadtest::mock::MockConfig {
+            latency_ms,
+            chunk_delay_ms,
+            words,
+            ..Default::default()
+        };
+        let m = sluice_loadtest::mock::serve(l, cfg).await?;
+        println!("mock providers listening on http://{}", m.addr);
+        wait_for_signal().await;
+        Ok(())
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Shared by subcommands that need a records ring.
+pub fn recent() -> Arc<RecentRecords> {
+    RecentRecords::new(1000)
+}

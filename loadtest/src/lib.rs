@@ -1,0 +1,5 @@
+//! Mock providers written from the providers' public wire documentation, and the load
+//! generator used by `docs/benchmarks.md`.
+
+pub mod loadgen;
+pub mod mock;

@@ -1,0 +1,59 @@
+//! The admin listener: health, readiness and the most recent request records (metadata
+//! only: no prompts, completions or keys). Bind it to a private address.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::events::RecentRecords;
+use crate::live::LiveConfig;
+
+/// Serves `/healthz`, `/readyz` and `/admin/v1/requests?limit=N`.
+pub struct AdminApp {
+    /// Live config, for readiness.
+    pub live: Arc<LiveConfig>,
+    /// Recent records.
+    pub recent: Arc<RecentRecords>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let uri = session.req_header().uri.clone();
+        match uri.path() {
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let (status, text) = self.live.readiness();
+                reply(status, "text/plain", text.into_bytes())
+            }
+            "/admin/v1/requests" => {
+                let limit = uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(50)
+                    .min(1000);
+                let records = self.recent.latest(limit);
+                match serde_json::to_vec(&serde_json::json!({ "data": records })) {
+                    Ok(body) => reply(200, "application/json", body),
+                    Err(_) => reply(500, "application/json", br#"{"error":{"type":"internal","message":"serialisation failed"}}"#.to_vec()),
+                }
+            }
+            _ => reply(404, "application/json", br#"{"error":{"type":"not_found","message":"no such admin route"}}"#.to_vec()),
+        }
+    }
+}

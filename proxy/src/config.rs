@@ -1,0 +1,588 @@
+//! Configuration in two stages: raw serde structs (`deny_unknown_fields`) as read from a TOML
+//! file, then [`Config`], the checked model every request reads. The control plane will feed
+//! the same model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::events::Provider;
+
+/// Names a profile may not take: they are the providers' own path segments, so a URL could
+/// not tell them apart from a path under the default profile.
+pub const RESERVED_PROFILE_NAMES: &[&str] = &[
+    "v1",
+    "v1beta",
+    "v1alpha",
+    "v2",
+    "chat",
+    "completions",
+    "responses",
+    "models",
+    "messages",
+    "embeddings",
+    "files",
+    "batches",
+    "uploads",
+    "images",
+    "audio",
+    "moderations",
+    "assistants",
+    "threads",
+    "vector_stores",
+    "fine_tuning",
+    "realtime",
+    "conversations",
+    "containers",
+    "evals",
+    "openai",
+    "deployments",
+    "cachedContents",
+    "tunedModels",
+    "operations",
+    "upload",
+];
+
+/// A configuration problem, reported whole; the previous configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not match the schema.
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("config is not valid: {0}")]
+    Invalid(String),
+}
+
+// ---------------------------------------------------------------- raw stage
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Proxy listener (overridden by `SLUICE_PROXY_LISTEN`).
+    pub listen: Option<String>,
+    /// Admin listener (`/healthz`, `/readyz`, recent requests); off when absent.
+    pub admin_listen: Option<String>,
+    /// Worker threads for the proxy.
+    pub threads: Option<usize>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, RawProfile>,
+}
+
+/// Limits as written; every field optional, defaults in [`Limits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Request body cap in bytes (413).
+    pub max_request_body_bytes: Option<usize>,
+    /// Header bytes cap (431).
+    pub max_header_bytes: Option<usize>,
+    /// Header count cap (431).
+    pub max_header_count: Option<usize>,
+    /// Deadline for reading a request's headers and body from the client, in ms.
+    pub client_read_timeout_ms: Option<u64>,
+    /// Upstream connect timeout, in ms.
+    pub upstream_connect_timeout_ms: Option<u64>,
+    /// Longest silence from the upstream (before the first byte or between two chunks), ms.
+    pub upstream_idle_timeout_ms: Option<u64>,
+    /// Cap on one SSE event, in bytes.
+    pub max_sse_event_bytes: Option<usize>,
+    /// Cap on a non-streaming response body kept for inspection, in bytes.
+    pub max_inspected_response_bytes: Option<usize>,
+    /// Idle upstream connections kept per worker.
+    pub upstream_pool_size: Option<usize>,
+}
+
+/// One profile as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    /// OpenAI (or OpenAI-compatible) upstream.
+    pub openai: Option<RawUpstream>,
+    /// Anthropic upstream.
+    pub anthropic: Option<RawUpstream>,
+    /// Gemini upstream.
+    pub gemini: Option<RawUpstream>,
+}
+
+/// One upstream as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `false` disables this provider for the profile (404).
+    pub enabled: Option<bool>,
+    /// Base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// Name of an environment variable holding a provider key to inject.
+    pub api_key_env: Option<String>,
+    /// A provider key to inject, written in the file (prefer `api_key_env`).
+    pub api_key: Option<String>,
+    /// Header that carries the injected key (default per provider; `api-key` for Azure).
+    pub auth_header: Option<String>,
+    /// Extra headers sent upstream.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Extra query parameters added upstream (e.g. Azure's `api-version`).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Speak HTTP/2 to the upstream (ALPN over TLS, prior knowledge over plain HTTP).
+    pub http2: Option<bool>,
+}
+
+// ---------------------------------------------------------------- checked model
+
+/// Limits, all with documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Request body cap in bytes (413). Default 32 MiB.
+    pub max_request_body_bytes: usize,
+    /// Header bytes cap (431). Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Header count cap (431). Default 100.
+    pub max_header_count: usize,
+    /// Client read deadline between reads. Default 10 s.
+    pub client_read_timeout: Duration,
+    /// Upstream connect timeout. Default 10 s.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream silence cutoff. Default 300 s; there is no total cap on a producing stream.
+    pub upstream_idle_timeout: Duration,
+    /// Cap on one SSE event. Default 1 MiB.
+    pub max_sse_event_bytes: usize,
+    /// Cap on a non-streaming response kept for inspection. Default 32 MiB.
+    pub max_inspected_response_bytes: usize,
+    /// Idle upstream connections kept. Default 1024.
+    pub upstream_pool_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 32 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_header_count: 100,
+            client_read_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_idle_timeout: Duration::from_secs(300),
+            max_sse_event_bytes: 1024 * 1024,
+            max_inspected_response_bytes: 32 * 1024 * 1024,
+            upstream_pool_size: 1024,
+        }
+    }
+}
+
+/// A provider key held by Sluice. Its `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// The key itself, for the one header that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A checked upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The provider's wire format.
+    pub provider: Provider,
+    /// True for https.
+    pub tls: bool,
+    /// Host name (SNI and `Host`).
+    pub host: Arc<str>,
+    /// Port.
+    pub port: u16,
+    /// Path prefix the request path is appended to (no trailing slash).
+    pub path_prefix: Arc<str>,
+    /// Address resolved when the config was loaded; `None` resolves at request time.
+    pub addr: Option<SocketAddr>,
+    /// Key to inject, if any.
+    pub api_key: Option<Secret>,
+    /// Header carrying the injected key.
+    pub auth_header: Arc<str>,
+    /// Extra headers.
+    pub headers: Arc<[(String, String)]>,
+    /// Extra query, already encoded (`a=b&c=d`), or empty.
+    pub query: Arc<str>,
+    /// HTTP/2 to the upstream.
+    pub http2: bool,
+}
+
+impl Upstream {
+    /// `host` or `host:port` for the `Host` header.
+    pub fn authority(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.to_string()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A checked profile: the upstream for each provider it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Upstreams by provider.
+    pub upstreams: HashMap<Provider, Arc<Upstream>>,
+}
+
+/// The checked configuration every request reads from one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Proxy listener.
+    pub listen: String,
+    /// Admin listener.
+    pub admin_listen: Option<String>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Limits.
+    pub limits: Limits,
+    /// Profiles by name.
+    pub profiles: HashMap<Arc<str>, Arc<Profile>>,
+}
+
+/// Provider base URLs that apply to every profile that does not set its own.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `SLUICE_OPENAI_BASE_URL`.
+    pub openai_base_url: Option<String>,
+    /// `SLUICE_ANTHROPIC_BASE_URL`.
+    pub anthropic_base_url: Option<String>,
+    /// `SLUICE_GEMINI_BASE_URL`.
+    pub gemini_base_url: Option<String>,
+    /// `SLUICE_PROXY_LISTEN`.
+    pub proxy_listen: Option<String>,
+    /// `SLUICE_ADMIN_LISTEN`.
+    pub admin_listen: Option<String>,
+}
+
+impl Environment {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            openai_base_url: var("SLUICE_OPENAI_BASE_URL"),
+            anthropic_base_url: var("SLUICE_ANTHROPIC_BASE_URL"),
+            gemini_base_url: var("SLUICE_GEMINI_BASE_URL"),
+            proxy_listen: var("SLUICE_PROXY_LISTEN"),
+            admin_listen: var("SLUICE_ADMIN_LISTEN"),
+        }
+    }
+
+    fn base_url(&self, p: Provider) -> String {
+        let (env, default) = match p {
+            Provider::Openai => (&self.openai_base_url, "https://api.openai.com/v1"),
+            Provider::Anthropic => (&self.anthropic_base_url, "https://api.anthropic.com"),
+            Provider::Gemini => (
+                &self.gemini_base_url,
+                "https://generativelanguage.googleapis.com",
+            ),
+        };
+        env.clone().unwrap_or_else(|| default.to_owned())
+    }
+}
+
+/// Parses TOML text into the raw stage.
+pub fn parse_toml(text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+}
+
+/// Reads, parses and checks a config file.
+pub fn load_file(path: &std::path::Path, env: &Environment) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    compile(parse_toml(&text)?, env)
+}
+
+/// Checks the raw stage and builds the model.
+pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError> {
+    let d = Limits::default();
+    let l = raw.limits;
+    let limits = Limits {
+        max_request_body_bytes: positive(l.max_request_body_bytes, d.max_request_body_bytes, "limits.max_request_body_bytes")?,
+        max_header_bytes: positive(l.max_header_bytes, d.max_header_bytes, "limits.max_header_bytes")?,
+        max_header_count: positive(l.max_header_count, d.max_header_count, "limits.max_header_count")?,
+        client_read_timeout: ms(l.client_read_timeout_ms, d.client_read_timeout, "limits.client_read_timeout_ms")?,
+        upstream_connect_timeout: ms(l.upstream_connect_timeout_ms, d.upstream_connect_timeout, "limits.upstream_connect_timeout_ms")?,
+        upstream_idle_timeout: ms(l.upstream_idle_timeout_ms, d.upstream_idle_timeout, "limits.upstream_idle_timeout_ms")?,
+        max_sse_event_bytes: positive(l.max_sse_event_bytes, d.max_sse_event_bytes, "limits.max_sse_event_bytes")?,
+        max_inspected_response_bytes: positive(l.max_inspected_response_bytes, d.max_inspected_response_bytes, "limits.max_inspected_response_bytes")?,
+        upstream_pool_size: l.upstream_pool_size.unwrap_or(d.upstream_pool_size),
+    };
+    let mut raw_profiles = raw.profiles;
+    if raw_profiles.is_empty() {
+        raw_profiles.insert("default".into(), RawProfile::default());
+    }
+    let mut profiles = HashMap::new();
+    for (name, p) in raw_profiles {
+        check_profile_name(&name)?;
+        let mut upstreams = HashMap::new();
+        for (provider, up) in [
+            (Provider::Openai, p.openai),
+            (Provider::Anthropic, p.anthropic),
+            (Provider::Gemini, p.gemini),
+        ] {
+            let up = up.unwrap_or_default();
+            if up.enabled == Some(false) {
+                continue;
+            }
+            let checked = compile_upstream(&name, provider, up, env)?;
+            upstreams.insert(provider, Arc::new(checked));
+        }
+        let name: Arc<str> = name.into();
+        profiles.insert(name.clone(), Arc::new(Profile { name, upstreams }));
+    }
+    let listen = env
+        .proxy_listen
+        .clone()
+        .or(raw.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let threads = raw.threads.unwrap_or(1);
+    if threads == 0 || threads > 256 {
+        return Err(ConfigError::Invalid("threads must be between 1 and 256".into()));
+    }
+    Ok(Config {
+        listen,
+        admin_listen: env.admin_listen.clone().or(raw.admin_listen),
+        threads,
+        limits,
+        profiles,
+    })
+}
+
+fn positive(v: Option<usize>, default: usize, name: &str) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(ConfigError::Invalid(format!("{name} must be greater than 0"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn ms(v: Option<u64>, default: Duration, name: &str) -> Result<Duration, ConfigError> {
+    match v {
+        Some(0) => Err(ConfigError::Invalid(format!("{name} must be greater than 0"))),
+        Some(v) => Ok(Duration::from_millis(v)),
+        None => Ok(default),
+    }
+}
+
+fn check_profile_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ConfigError::Invalid(format!(
+            "profile name '{name}' must be 1-64 characters of letters, digits, '-' or '_'"
+        )));
+    }
+    if RESERVED_PROFILE_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(ConfigError::Invalid(format!(
+            "profile name '{name}' is reserved: it is a provider path segment"
+        )));
+    }
+    Ok(())
+}
+
+fn compile_upstream(
+    profile: &str,
+    provider: Provider,
+    up: RawUpstream,
+    env: &Environment,
+) -> Result<Upstream, ConfigError> {
+    let ctx = format!("profiles.{profile}.{}", provider.as_str());
+    let base = up.base_url.unwrap_or_else(|| env.base_url(provider));
+    let (tls, rest) = if let Some(r) = base.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = base.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(ConfigError::Invalid(format!(
+            "{ctx}.base_url '{base}' must start with http:// or https://"
+        )));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.contains('@') || rest.contains('?') || rest.contains('#') {
+        return Err(ConfigError::Invalid(format!(
+            "{ctx}.base_url must not contain credentials, a query or a fragment; use api_key_env and query"
+        )));
+    }
+    let (host, port) = split_host_port(authority, if tls { 443 } else { 80 })
+        .ok_or_else(|| ConfigError::Invalid(format!("{ctx}.base_url has an invalid host or port")))?;
+    let api_key = match (up.api_key, up.api_key_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid(format!(
+                "{ctx}: set api_key or api_key_env, not both"
+            )));
+        }
+        (Some(k), None) => Some(Secret(k.into())),
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(k) if !k.is_empty() => Some(Secret(k.into())),
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{ctx}.api_key_env names {var}, which is not set"
+                )));
+            }
+        },
+        (None, None) => None,
+    };
+    let auth_header = up.auth_header.unwrap_or_else(|| {
+        match provider {
+            Provider::Openai => "authorization",
+            Provider::Anthropic => "x-api-key",
+            Provider::Gemini => "x-goog-api-key",
+        }
+        .to_owned()
+    });
+    for (k, v) in up.headers.iter().chain(std::iter::once((&auth_header, &String::new()))) {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            return Err(ConfigError::Invalid(format!("{ctx}: invalid header '{k}'")));
+        }
+    }
+    let query = up
+        .query
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    // Resolved once here, off the request path; a name that does not resolve now is looked
+    // up per request instead (the upstream may come up after Sluice).
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next());
+    Ok(Upstream {
+        provider,
+        tls,
+        host: host.into(),
+        port,
+        path_prefix: path.into(),
+        addr,
+        api_key,
+        auth_header: auth_header.to_ascii_lowercase().into(),
+        headers: up.headers.into_iter().collect::<Vec<_>>().into(),
+        query: query.into(),
+        http2: up.http2.unwrap_or(false),
+    })
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if authority.is_empty() {
+        return None;
+    }
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
+        None => Some((authority.to_owned(), default_port)),
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment {
+            openai_base_url: Some("http://127.0.0.1:9/v1".into()),
+            ..Environment::default()
+        }
+    }
+
+    #[test]
+    fn empty_config_has_a_default_profile_with_all_providers() {
+        let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+        let p = &c.profiles["default"];
+        assert_eq!(p.upstreams.len(), 3);
+        let o = &p.upstreams[&Provider::Openai];
+        assert_eq!((&*o.host, o.port, &*o.path_prefix, o.tls), ("127.0.0.1", 9, "/v1", false));
+        assert_eq!(&*p.upstreams[&Provider::Anthropic].host, "api.anthropic.com");
+    }
+
+    #[test]
+    fn unknown_fields_and_reserved_names_are_refused() {
+        assert!(parse_toml("[limits]\nmax_body = 1").is_err());
+        let raw = parse_toml("[profiles.v1beta.openai]\n").expect("toml");
+        let err = compile(raw, &env()).expect_err("reserved");
+        assert!(err.to_string().contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn azure_style_entry_is_data() {
+        let raw = parse_toml(
+            r#"[profiles.azure.openai]
+base_url = "https://example.openai.azure.com/openai/deployments/gpt4o"
+api_key = "k"
+auth_header = "api-key"
+query = { "api-version" = "2024-10-21" }
+"#,
+        )
+        .expect("toml");
+        let c = compile(raw, &env()).expect("valid");
+        let u = &c.profiles["azure"].upstreams[&Provider::Openai];
+        assert_eq!(&*u.auth_header, "api-key");
+        assert_eq!(&*u.query, "api-version=2024-10-21");
+        assert_eq!(format!("{:?}", u.api_key), "Some(Secret(***))");
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_path() {
+        let raw = parse_toml("[limits]\nmax_request_body_bytes = 0").expect("toml");
+        let err = compile(raw, &env()).expect_err("zero");
+        assert!(err.to_string().contains("limits.max_request_body_bytes"));
+        let raw = parse_toml("[profiles.a.openai]\nbase_url = \"ftp://x\"").expect("toml");
+        assert!(compile(raw, &env()).is_err());
+    }
+}

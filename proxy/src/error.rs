@@ -1,0 +1,137 @@
+//! Errors Sluice itself raises, and the one place they become HTTP responses.
+//!
+//! Each variant maps to a status and a stable machine-readable code in one exhaustive
+//! `match`, so a new variant does not compile until it has both. The body is rendered in the
+//! caller's provider shape by [`crate::llm::render_error`]. Messages never contain keys,
+//! tokens or prompt content.
+
+use std::time::Duration;
+
+/// Everything that makes Sluice answer a request itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SluiceError {
+    /// No profile of that name.
+    #[error("no profile named '{0}' is configured on this Sluice; check the profile segment of the base URL")]
+    UnknownProfile(String),
+    /// The path names no provider Sluice fronts.
+    #[error("unknown provider path '{0}': use /v1/openai, /v1/anthropic or /v1/gemini")]
+    UnknownProvider(String),
+    /// The profile has no upstream for this provider.
+    #[error("profile '{profile}' has no {provider} upstream configured")]
+    ProviderNotConfigured {
+        /// Profile name.
+        profile: String,
+        /// Provider name.
+        provider: &'static str,
+    },
+    /// An API key was sent in the query string, where proxies and logs keep it.
+    #[error("API keys in the query string ('{0}') are refused: send the key in a header instead")]
+    KeyInQuery(String),
+    /// Too many request headers or too many header bytes.
+    #[error("request headers too large: {count} headers / {bytes} bytes (limits {max_count} / {max_bytes})")]
+    HeadersTooLarge {
+        /// Header count seen.
+        count: usize,
+        /// Header bytes seen.
+        bytes: usize,
+        /// Configured count limit.
+        max_count: usize,
+        /// Configured byte limit.
+        max_bytes: usize,
+    },
+    /// The request body is larger than the configured cap.
+    #[error("request body exceeds the {limit}-byte limit of this Sluice (limits.max_request_body_bytes)")]
+    BodyTooLarge {
+        /// Configured cap.
+        limit: usize,
+    },
+    /// The request body of an inspected API is not the JSON the API expects.
+    #[error("request body is not valid JSON for this API: {0}")]
+    MalformedRequest(String),
+    /// The upstream could not be reached.
+    #[error("could not connect to the {provider} upstream: {detail}")]
+    UpstreamConnect {
+        /// Provider name.
+        provider: &'static str,
+        /// What failed, without secrets.
+        detail: String,
+    },
+    /// The upstream stopped sending for longer than the idle cutoff.
+    #[error("the {provider} upstream sent nothing for {}s (limits.upstream_idle_timeout_ms)", .after.as_secs())]
+    UpstreamIdle {
+        /// Provider name.
+        provider: &'static str,
+        /// The configured cutoff.
+        after: Duration,
+    },
+    /// The upstream failed after the response began.
+    #[error("the {provider} upstream failed mid-response: {detail}")]
+    UpstreamBroken {
+        /// Provider name.
+        provider: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// The upstream's stream broke Sluice's framing limits or encoding.
+    #[error("the {provider} upstream sent an invalid stream: {detail}")]
+    UpstreamProtocol {
+        /// Provider name.
+        provider: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// No configuration has been loaded yet.
+    #[error("Sluice has no valid configuration loaded yet")]
+    NotReady,
+    /// A fault inside Sluice.
+    #[error("internal error in Sluice; the request was not forwarded")]
+    Internal,
+}
+
+/// The error class a provider's SDK understands, chosen per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400-class input problem.
+    InvalidRequest,
+    /// 404.
+    NotFound,
+    /// 413.
+    TooLarge,
+    /// 431.
+    HeadersTooLarge,
+    /// 502/504: upstream trouble.
+    Upstream,
+    /// 503: not ready.
+    Unavailable,
+    /// 500.
+    Internal,
+}
+
+impl SluiceError {
+    /// Status, stable code (sent as `x-sluice-error` and in the body) and kind.
+    pub fn classify(&self) -> (u16, &'static str, ErrorKind) {
+        match self {
+            SluiceError::UnknownProfile(_) => (404, "unknown_profile", ErrorKind::NotFound),
+            SluiceError::UnknownProvider(_) => (404, "unknown_provider", ErrorKind::NotFound),
+            SluiceError::ProviderNotConfigured { .. } => {
+                (404, "provider_not_configured", ErrorKind::NotFound)
+            }
+            SluiceError::KeyInQuery(_) => (400, "key_in_query", ErrorKind::InvalidRequest),
+            SluiceError::HeadersTooLarge { .. } => {
+                (431, "headers_too_large", ErrorKind::HeadersTooLarge)
+            }
+            SluiceError::BodyTooLarge { .. } => (413, "body_too_large", ErrorKind::TooLarge),
+            SluiceError::MalformedRequest(_) => {
+                (400, "malformed_request", ErrorKind::InvalidRequest)
+            }
+            SluiceError::UpstreamConnect { .. } => (502, "upstream_connect", ErrorKind::Upstream),
+            SluiceError::UpstreamIdle { .. } => (504, "upstream_idle", ErrorKind::Upstream),
+            SluiceError::UpstreamBroken { .. } => (502, "upstream_broken", ErrorKind::Upstream),
+            SluiceError::UpstreamProtocol { .. } => {
+                (502, "upstream_protocol", ErrorKind::Upstream)
+            }
+            SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
+            SluiceError::Internal => (500, "internal", ErrorKind::Internal),
+        }
+    }
+}

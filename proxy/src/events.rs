@@ -1,0 +1,187 @@
+//! The internal event interface: what the inspectors read from the traffic, in one shape for
+//! every provider. The policy engine consumes these; here they are recorded.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// Which wire format a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// OpenAI and every OpenAI-compatible upstream.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini generateContent.
+    Gemini,
+}
+
+impl Provider {
+    /// The name used in paths, config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+        }
+    }
+}
+
+/// The API an inspected request calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// OpenAI `/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `/responses`.
+    Responses,
+    /// Anthropic `/v1/messages`.
+    Messages,
+    /// Gemini `:generateContent` / `:streamGenerateContent`.
+    GenerateContent,
+}
+
+/// Token usage as the provider reported it (or as the stream accumulated it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens (for Anthropic: `input_tokens`, which excludes cache reads and writes).
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Tokens read from the provider's prompt cache.
+    pub cache_read_tokens: u64,
+    /// Tokens written to the provider's prompt cache.
+    pub cache_write_tokens: u64,
+    /// Reasoning ("thinking") tokens, where reported separately.
+    pub reasoning_tokens: u64,
+}
+
+/// A tool call the model made, assembled from its deltas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCall {
+    /// The provider's call id (`call_…`, `toolu_…`; Gemini's may be empty).
+    pub id: String,
+    /// The tool's name as the model called it.
+    pub name: String,
+    /// The arguments as the raw JSON text the model produced (may be malformed).
+    pub arguments: String,
+    /// Position of the call in the response (index for OpenAI, content block for Anthropic).
+    pub index: u32,
+}
+
+/// A tool result the client sent back in the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolResult {
+    /// The call id the result answers.
+    pub call_id: String,
+    /// The tool's name, when the request lets it be found.
+    pub name: Option<String>,
+    /// The size of the result content, in bytes (the content itself is not recorded).
+    pub content_bytes: usize,
+}
+
+/// What the request inspector read from the request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RequestFacts {
+    /// The requested model.
+    pub model: Option<String>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Names of the tools the request declares.
+    pub tools_declared: Vec<String>,
+    /// Tool results carried in the conversation.
+    pub tool_results: Vec<ToolResult>,
+    /// Tool calls made by the assistant earlier in the conversation.
+    pub prior_tool_calls: Vec<ToolCall>,
+    /// True when Sluice turned on `stream_options.include_usage` for this request.
+    pub usage_injected: bool,
+}
+
+/// What the response inspector read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResponseFacts {
+    /// The model that answered.
+    pub model: Option<String>,
+    /// Usage, if the provider reported it.
+    pub usage: Option<Usage>,
+    /// The finish (stop) reason.
+    pub finish_reason: Option<String>,
+    /// Tool calls in the order they completed.
+    pub tool_calls: Vec<ToolCall>,
+    /// True when the stream reached the provider's terminal event.
+    pub completed: bool,
+    /// An error the upstream reported inside a 200 stream, or a stream fault.
+    pub error: Option<String>,
+}
+
+/// One inspected request, as recorded when it ends. No prompt or completion content.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// The profile that served it.
+    pub profile: String,
+    /// The provider wire format.
+    pub provider: Provider,
+    /// The API called.
+    pub api: Option<Api>,
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// Facts from the request.
+    pub request: RequestFacts,
+    /// Facts from the response.
+    pub response: ResponseFacts,
+    /// Wall time from request start to end, in microseconds.
+    pub duration_us: u64,
+    /// Time to the first response byte, in microseconds.
+    pub ttfb_us: Option<u64>,
+}
+
+/// Where finished records go. The control plane's usage journal will implement this.
+pub trait EventSink: Send + Sync {
+    /// Called once per inspected request, at the end, off the byte path.
+    fn record(&self, record: RequestRecord);
+}
+
+/// Keeps the last `capacity` records in memory, for the admin API and tests.
+#[derive(Debug)]
+pub struct RecentRecords {
+    capacity: usize,
+    inner: Mutex<VecDeque<RequestRecord>>,
+}
+
+impl RecentRecords {
+    /// A ring of at most `capacity` records.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            capacity,
+            inner: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+        })
+    }
+
+    /// The newest `limit` records, newest last.
+    pub fn latest(&self, limit: usize) -> Vec<RequestRecord> {
+        let guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let skip = guard.len().saturating_sub(limit);
+        guard.iter().skip(skip).cloned().collect()
+    }
+}
+
+impl EventSink for RecentRecords {
+    fn record(&self, record: RequestRecord) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.len() == self.capacity {
+            guard.pop_front();
+        }
+        guard.push_back(record);
+    }
+}

@@ -1,0 +1,13 @@
+//! Sluice's data plane: a Pingora proxy in front of OpenAI, Anthropic and Gemini that
+//! forwards traffic byte for byte and reads it inline (model, usage, tool calls).
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod live;
+pub mod llm;
+pub mod phases;
+pub mod route;
+pub mod server;
+pub mod sse;

@@ -1,0 +1,296 @@
+//! Anthropic Messages wire format, JSON and SSE.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::{EventVerdict, InspectedRequest, JStr, Raw, RawContent, json_string, malformed};
+use crate::error::{ErrorKind, SluiceError};
+use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
+use crate::sse::EventFields;
+
+#[derive(Deserialize)]
+struct MessagesRequest<'a> {
+    #[serde(borrow)]
+    model: Option<JStr<'a>>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(borrow, default)]
+    messages: Vec<Message<'a>>,
+    #[serde(borrow, default)]
+    tools: Vec<Tool<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    #[serde(borrow)]
+    Blocks(Vec<Block<'a>>),
+    Text(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(borrow, rename = "type", default)]
+    kind: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    input: Option<Raw<'a>>,
+    #[serde(borrow, default)]
+    tool_use_id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    content: Option<RawContent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Tool<'a> {
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+}
+
+/// Reads a Messages request.
+pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
+    let req: MessagesRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let mut facts = RequestFacts {
+        model: req.model.map(|m| m.into_owned()),
+        stream: req.stream,
+        tools_declared: req
+            .tools
+            .into_iter()
+            .filter_map(|t| t.name.map(|n| n.into_owned()))
+            .collect(),
+        ..RequestFacts::default()
+    };
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for msg in req.messages {
+        let Some(Content::Blocks(blocks)) = msg.content else {
+            continue;
+        };
+        for (i, b) in blocks.into_iter().enumerate() {
+            match b.kind.as_deref() {
+                Some("tool_use") => {
+                    let id = b.id.map(|s| s.into_owned()).unwrap_or_default();
+                    let name = b.name.map(|s| s.into_owned()).unwrap_or_default();
+                    names.insert(id.clone(), name.clone());
+                    facts.prior_tool_calls.push(ToolCall {
+                        id,
+                        name,
+                        arguments: b.input.map(|r| r.get().to_owned()).unwrap_or_default(),
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                    });
+                }
+                Some("tool_result") => {
+                    let call_id = b.tool_use_id.map(|s| s.into_owned()).unwrap_or_default();
+                    facts.tool_results.push(ToolResult {
+                        name: names.get(&call_id).cloned(),
+                        call_id,
+                        content_bytes: b.content.map_or(0, |c| c.len()),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(InspectedRequest {
+        facts,
+        rewritten: None,
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Merges into `into`: Anthropic's stream reports input at `message_start` and the
+    /// cumulative output at `message_delta`; fields absent from an event keep their value.
+    fn merge(&self, into: &mut Usage) {
+        if let Some(v) = self.input_tokens {
+            into.input_tokens = v;
+        }
+        if let Some(v) = self.output_tokens {
+            into.output_tokens = v;
+        }
+        if let Some(v) = self.cache_creation_input_tokens {
+            into.cache_write_tokens = v;
+        }
+        if let Some(v) = self.cache_read_input_tokens {
+            into.cache_read_tokens = v;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageObject<'a> {
+    #[serde(borrow, default)]
+    model: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    content: Vec<Block<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<JStr<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+/// Reads a non-streaming message.
+pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
+    let Ok(m) = serde_json::from_slice::<MessageObject<'_>>(body) else {
+        facts.error = Some("unparseable message body".into());
+        return;
+    };
+    facts.model = m.model.map(|s| s.into_owned());
+    facts.finish_reason = m.stop_reason.map(|s| s.into_owned());
+    if let Some(u) = m.usage {
+        let mut usage = Usage::default();
+        u.merge(&mut usage);
+        facts.usage = Some(usage);
+    }
+    for (i, b) in m.content.into_iter().enumerate() {
+        if b.kind.as_deref() == Some("tool_use") {
+            facts.tool_calls.push(ToolCall {
+                id: b.id.map(|s| s.into_owned()).unwrap_or_default(),
+                name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
+                arguments: b.input.map(|r| r.get().to_owned()).unwrap_or_default(),
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+            });
+        }
+    }
+    facts.completed = true;
+}
+
+#[derive(Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: JStr<'a>,
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(borrow, default)]
+    message: Option<MessageObject<'a>>,
+    #[serde(borrow, default)]
+    content_block: Option<Block<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    partial_json: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<JStr<'a>>,
+}
+
+/// Assembles `tool_use` blocks from `input_json_delta`s; a call completes at its
+/// `content_block_stop`.
+#[derive(Debug, Default)]
+pub struct MessagesStream {
+    open: BTreeMap<u32, (ToolCall, bool)>,
+}
+
+impl MessagesStream {
+    pub(super) fn on_event(
+        &mut self,
+        ev: &EventFields<'_>,
+        facts: &mut ResponseFacts,
+    ) -> EventVerdict {
+        if !ev.has_data {
+            return EventVerdict::Forward;
+        }
+        let Ok(e) = serde_json::from_str::<StreamEvent<'_>>(&ev.data) else {
+            return EventVerdict::Forward;
+        };
+        match e.kind.as_ref() {
+            "message_start" => {
+                if let Some(m) = e.message {
+                    facts.model = m.model.map(|s| s.into_owned());
+                    if let Some(u) = m.usage {
+                        u.merge(facts.usage.get_or_insert_with(Usage::default));
+                    }
+                }
+            }
+            "content_block_start" => {
+                if let (Some(index), Some(b)) = (e.index, e.content_block) {
+                    if b.kind.as_deref() == Some("tool_use") {
+                        // The start block carries `input: {}`; deltas replace it when present.
+                        let initial = b.input.map(|r| r.get().to_owned()).unwrap_or_default();
+                        let call = ToolCall {
+                            id: b.id.map(|s| s.into_owned()).unwrap_or_default(),
+                            name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
+                            arguments: initial,
+                            index,
+                        };
+                        self.open.insert(index, (call, false));
+                    }
+                }
+            }
+            "content_block_delta" => {
+                if let (Some(index), Some(d)) = (e.index, e.delta) {
+                    if let (Some((call, seen_delta)), Some(part)) =
+                        (self.open.get_mut(&index), d.partial_json)
+                    {
+                        if !*seen_delta {
+                            call.arguments.clear();
+                            *seen_delta = true;
+                        }
+                        call.arguments.push_str(&part);
+                    }
+                }
+            }
+            "content_block_stop" => {
+                if let Some((call, _)) = e.index.and_then(|i| self.open.remove(&i)) {
+                    facts.tool_calls.push(call);
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = e.delta.and_then(|d| d.stop_reason) {
+                    facts.finish_reason = Some(reason.into_owned());
+                }
+                if let Some(u) = e.usage {
+                    u.merge(facts.usage.get_or_insert_with(Usage::default));
+                }
+            }
+            "message_stop" => facts.completed = true,
+            "error" => {
+                facts.error = Some("upstream sent an error event".into());
+                facts.completed = true;
+            }
+            _ => {}
+        }
+        EventVerdict::Forward
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}`, as the Anthropic SDKs parse it.
+pub fn error_body(message: &str, kind: ErrorKind) -> String {
+    let kind = match kind {
+        ErrorKind::InvalidRequest | ErrorKind::HeadersTooLarge => "invalid_request_error",
+        ErrorKind::NotFound => "not_found_error",
+        ErrorKind::TooLarge => "request_too_large",
+        ErrorKind::Upstream | ErrorKind::Internal => "api_error",
+        ErrorKind::Unavailable => "overloaded_error",
+    };
+    format!(
+        r#"{{"type":"error","error":{{"type":"{kind}","message":{}}}}}"#,
+        json_string(message)
+    )
+}

@@ -1,0 +1,241 @@
+//! Gemini generateContent / streamGenerateContent wire format, JSON and SSE (`alt=sse`).
+//!
+//! The model and whether the call streams come from the URL, not the body; the router fills
+//! them in.
+
+use serde::Deserialize;
+
+use super::{EventVerdict, InspectedRequest, JStr, Raw, RawContent, json_string, malformed};
+use crate::error::{ErrorKind, SluiceError};
+use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
+use crate::sse::EventFields;
+
+#[derive(Deserialize)]
+struct GenerateRequest<'a> {
+    #[serde(borrow, default)]
+    contents: Vec<Content<'a>>,
+    #[serde(borrow, default)]
+    tools: Vec<Tool<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Content<'a> {
+    #[serde(borrow, default)]
+    parts: Vec<Part<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    function_call: Option<FunctionCall<'a>>,
+    #[serde(borrow, default)]
+    function_response: Option<FunctionResponse<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall<'a> {
+    #[serde(borrow, default)]
+    id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    args: Option<Raw<'a>>,
+}
+
+impl FunctionCall<'_> {
+    fn into_call(self, index: u32) -> ToolCall {
+        ToolCall {
+            id: self.id.map(|s| s.into_owned()).unwrap_or_default(),
+            name: self.name.map(|s| s.into_owned()).unwrap_or_default(),
+            arguments: self
+                .args
+                .map(|r| r.get().to_owned())
+                .unwrap_or_else(|| "{}".into()),
+            index,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FunctionResponse<'a> {
+    #[serde(borrow, default)]
+    id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    response: Option<RawContent<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Tool<'a> {
+    #[serde(borrow, default)]
+    function_declarations: Vec<Declaration<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Declaration<'a> {
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+}
+
+/// Reads a generateContent request body.
+pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
+    let req: GenerateRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let mut facts = RequestFacts {
+        tools_declared: req
+            .tools
+            .into_iter()
+            .flat_map(|t| t.function_declarations)
+            .filter_map(|d| d.name.map(|n| n.into_owned()))
+            .collect(),
+        ..RequestFacts::default()
+    };
+    let mut index = 0u32;
+    for part in req.contents.into_iter().flat_map(|c| c.parts) {
+        if let Some(call) = part.function_call {
+            facts.prior_tool_calls.push(call.into_call(index));
+            index = index.saturating_add(1);
+        }
+        if let Some(r) = part.function_response {
+            facts.tool_results.push(ToolResult {
+                call_id: r.id.map(|s| s.into_owned()).unwrap_or_default(),
+                name: r.name.map(|s| s.into_owned()),
+                content_bytes: r.response.map_or(0, |c| c.len()),
+            });
+        }
+    }
+    Ok(InspectedRequest {
+        facts,
+        rewritten: None,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse<'a> {
+    #[serde(borrow, default)]
+    candidates: Vec<Candidate<'a>>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+    #[serde(borrow, default)]
+    model_version: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    error: Option<Raw<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate<'a> {
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<JStr<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+/// Gemini's `promptTokenCount` includes cached tokens; Sluice reports them apart.
+impl UsageMetadata {
+    fn to_usage(&self) -> Usage {
+        Usage {
+            input_tokens: self
+                .prompt_token_count
+                .saturating_sub(self.cached_content_token_count),
+            output_tokens: self.candidates_token_count,
+            cache_read_tokens: self.cached_content_token_count,
+            cache_write_tokens: 0,
+            reasoning_tokens: self.thoughts_token_count,
+        }
+    }
+}
+
+fn read_response(r: GenerateResponse<'_>, next_index: &mut u32, facts: &mut ResponseFacts) {
+    if r.error.is_some() {
+        facts.error = Some("upstream reported an error".into());
+        facts.completed = true;
+    }
+    if let Some(m) = r.model_version {
+        facts.model = Some(m.into_owned());
+    }
+    if let Some(u) = r.usage_metadata {
+        facts.usage = Some(u.to_usage());
+    }
+    if let Some(c) = r.candidates.into_iter().next() {
+        for part in c.content.map(|c| c.parts).unwrap_or_default() {
+            if let Some(call) = part.function_call {
+                facts.tool_calls.push(call.into_call(*next_index));
+                *next_index = next_index.saturating_add(1);
+            }
+        }
+        if let Some(reason) = c.finish_reason {
+            facts.finish_reason = Some(reason.into_owned());
+            facts.completed = true;
+        }
+    }
+}
+
+/// Reads a non-streaming response, or a non-SSE `streamGenerateContent` JSON array.
+pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
+    let mut index = 0;
+    if let Ok(r) = serde_json::from_slice::<GenerateResponse<'_>>(body) {
+        read_response(r, &mut index, facts);
+        facts.completed = true;
+    } else if let Ok(list) = serde_json::from_slice::<Vec<GenerateResponse<'_>>>(body) {
+        for r in list {
+            read_response(r, &mut index, facts);
+        }
+    } else {
+        facts.error = Some("unparseable generateContent body".into());
+    }
+}
+
+/// Reads `alt=sse` events: each is a whole `GenerateContentResponse`; calls arrive complete.
+#[derive(Debug, Default)]
+pub struct GeminiStream {
+    next_index: u32,
+}
+
+impl GeminiStream {
+    pub(super) fn on_event(
+        &mut self,
+        ev: &EventFields<'_>,
+        facts: &mut ResponseFacts,
+    ) -> EventVerdict {
+        if ev.has_data {
+            if let Ok(r) = serde_json::from_str::<GenerateResponse<'_>>(&ev.data) {
+                read_response(r, &mut self.next_index, facts);
+            }
+        }
+        EventVerdict::Forward
+    }
+}
+
+/// `{"error":{"code","message","status"}}`, as google-genai parses it.
+pub fn error_body(status: u16, message: &str, kind: ErrorKind) -> String {
+    let status_name = match kind {
+        ErrorKind::InvalidRequest | ErrorKind::TooLarge | ErrorKind::HeadersTooLarge => {
+            "INVALID_ARGUMENT"
+        }
+        ErrorKind::NotFound => "NOT_FOUND",
+        ErrorKind::Upstream => "UNAVAILABLE",
+        ErrorKind::Unavailable => "UNAVAILABLE",
+        ErrorKind::Internal => "INTERNAL",
+    };
+    format!(
+        r#"{{"error":{{"code":{status},"message":{},"status":"{status_name}"}}}}"#,
+        json_string(message)
+    )
+}

@@ -1,0 +1,162 @@
+//! One module per wire format: parse the request, read usage and tool calls from bodies and
+//! SSE events, and render Sluice's own errors in the shape the provider's SDK parses.
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::SluiceError;
+use crate::events::{Api, Provider, RequestFacts, ResponseFacts};
+use crate::sse::EventFields;
+
+/// What the request inspector decided to send upstream.
+#[derive(Debug)]
+pub struct InspectedRequest {
+    /// What was read.
+    pub facts: RequestFacts,
+    /// A replacement body, when Sluice had to change the request (e.g. to turn on usage).
+    pub rewritten: Option<Bytes>,
+}
+
+/// Reads an inspected API's request body. Malformed JSON is refused with a clear message.
+pub fn inspect_request(api: Api, body: &[u8]) -> Result<InspectedRequest, SluiceError> {
+    match api {
+        Api::ChatCompletions => openai::inspect_chat_request(body),
+        Api::Responses => openai::inspect_responses_request(body),
+        Api::Messages => anthropic::inspect_request(body),
+        Api::GenerateContent => gemini::inspect_request(body),
+    }
+}
+
+/// What an event means for forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventVerdict {
+    /// Forward the event's bytes unchanged.
+    Forward,
+    /// Drop the event: it exists only because Sluice asked for it (injected usage).
+    Drop,
+}
+
+/// Per-response state of a provider's stream reader.
+#[derive(Debug)]
+pub enum ResponseInspector {
+    /// OpenAI chat completions.
+    Chat(openai::ChatStream),
+    /// OpenAI Responses.
+    Responses(openai::ResponsesStream),
+    /// Anthropic Messages.
+    Messages(anthropic::MessagesStream),
+    /// Gemini generateContent.
+    Gemini(gemini::GeminiStream),
+}
+
+impl ResponseInspector {
+    /// A fresh reader for `api`. `drop_usage_chunk` hides the usage-only chunk that exists only
+    /// because Sluice turned `include_usage` on.
+    pub fn new(api: Api, drop_usage_chunk: bool) -> Self {
+        match api {
+            Api::ChatCompletions => Self::Chat(openai::ChatStream::new(drop_usage_chunk)),
+            Api::Responses => Self::Responses(openai::ResponsesStream::default()),
+            Api::Messages => Self::Messages(anthropic::MessagesStream::default()),
+            Api::GenerateContent => Self::Gemini(gemini::GeminiStream::default()),
+        }
+    }
+
+    /// Reads one SSE event.
+    pub fn on_event(&mut self, ev: &EventFields<'_>, facts: &mut ResponseFacts) -> EventVerdict {
+        match self {
+            Self::Chat(s) => s.on_event(ev, facts),
+            Self::Responses(s) => s.on_event(ev, facts),
+            Self::Messages(s) => s.on_event(ev, facts),
+            Self::Gemini(s) => s.on_event(ev, facts),
+        }
+    }
+
+    /// Reads a whole (non-streaming) JSON response body.
+    pub fn on_json(&mut self, body: &[u8], facts: &mut ResponseFacts) {
+        match self {
+            Self::Chat(_) => openai::read_chat_json(body, facts),
+            Self::Responses(_) => openai::read_responses_json(body, facts),
+            Self::Messages(_) => anthropic::read_json(body, facts),
+            Self::Gemini(_) => gemini::read_json(body, facts),
+        }
+    }
+
+    /// Called at end of stream: completes calls still being assembled.
+    pub fn finish(&mut self, facts: &mut ResponseFacts) {
+        match self {
+            Self::Chat(s) => s.finish(facts),
+            Self::Responses(_) | Self::Messages(_) | Self::Gemini(_) => {}
+        }
+    }
+}
+
+/// Renders a Sluice error as a complete HTTP body in the provider's error shape.
+pub fn render_error(provider: Provider, err: &SluiceError) -> (u16, &'static str, Bytes) {
+    let (status, code, kind) = err.classify();
+    let message = err.to_string();
+    let body = match provider {
+        Provider::Openai => openai::error_body(&message, code, kind),
+        Provider::Anthropic => anthropic::error_body(&message, kind),
+        Provider::Gemini => gemini::error_body(status, &message, kind),
+    };
+    (status, code, Bytes::from(body))
+}
+
+/// Renders a Sluice error as a terminal SSE event that the provider's SDK raises as an error.
+pub fn stream_error_event(api: Api, err: &SluiceError) -> Bytes {
+    let (status, code, kind) = err.classify();
+    let message = err.to_string();
+    let event = match api {
+        Api::ChatCompletions => format!("data: {}\n\n", openai::error_body(&message, code, kind)),
+        Api::Responses => openai::responses_error_event(&message, code),
+        Api::Messages => format!(
+            "event: error\ndata: {}\n\n",
+            anthropic::error_body(&message, kind)
+        ),
+        Api::GenerateContent => {
+            format!("data: {}\n\n", gemini::error_body(status, &message, kind))
+        }
+    };
+    Bytes::from(event)
+}
+
+/// JSON-escapes a string (for the small bodies Sluice writes itself).
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// A borrowed JSON string that may need unescaping.
+pub(crate) type JStr<'a> = std::borrow::Cow<'a, str>;
+
+/// Any JSON value, kept raw (not parsed beyond its extent).
+pub(crate) type Raw<'a> = &'a RawValue;
+
+/// Content that may be a string or an array of parts: only its size is needed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawContent<'a>(#[serde(borrow)] pub Raw<'a>);
+
+impl RawContent<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.0.get().len()
+    }
+}
+
+/// Serde's message for a malformed body, trimmed so no content is echoed.
+pub(crate) fn malformed(e: &serde_json::Error) -> SluiceError {
+    SluiceError::MalformedRequest(format!(
+        "{} at line {} column {}",
+        match e.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected field type",
+            serde_json::error::Category::Eof => "unexpected end of body",
+        },
+        e.line(),
+        e.column()
+    ))
+}

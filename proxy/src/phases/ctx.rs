@@ -1,0 +1,108 @@
+//! The per-request context every phase reads and writes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::error::SluiceError;
+use crate::events::{Provider, RequestFacts, ResponseFacts};
+use crate::llm::ResponseInspector;
+use crate::route::Route;
+use crate::sse::SseFramer;
+
+/// How the response body is being read.
+#[derive(Debug)]
+pub enum BodyMode {
+    /// Not inspected (non-2xx, other endpoints): bytes pass as they come.
+    Passthrough,
+    /// An SSE stream: events are framed, read and forwarded whole.
+    Sse(SseFramer),
+    /// A JSON body: chunks pass unchanged while a reference to each is kept for reading at the
+    /// end (a refcount, not a copy), up to the inspection cap.
+    Json {
+        /// Chunks seen so far.
+        chunks: Vec<Bytes>,
+        /// Their total size.
+        len: usize,
+        /// Set once the body outgrew the cap; it is then forwarded unread.
+        overflowed: bool,
+    },
+}
+
+/// Per-request state, created by `new_ctx` and dropped when the request ends.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// When the request arrived.
+    pub started: Instant,
+    /// The config snapshot this request uses from start to end.
+    pub config: Option<Arc<Config>>,
+    /// Provider whose error shape the client expects.
+    pub error_shape: Provider,
+    /// The route, once known.
+    pub route: Option<Route>,
+    /// Request body chunks held until the body is complete (inspected APIs).
+    pub request_chunks: Vec<Bytes>,
+    /// Request body bytes seen.
+    pub request_len: usize,
+    /// What the request said.
+    pub request_facts: RequestFacts,
+    /// Response reader, for inspected 2xx responses.
+    pub inspector: Option<ResponseInspector>,
+    /// How the response body is handled.
+    pub body_mode: BodyMode,
+    /// What the response said.
+    pub response_facts: ResponseFacts,
+    /// Status sent downstream.
+    pub status: u16,
+    /// Time to the first response byte from the upstream, in microseconds.
+    pub ttfb_us: Option<u64>,
+    /// True once the response header went downstream.
+    pub response_started: bool,
+    /// True once Sluice ended the stream itself (terminal error event sent).
+    pub stream_closed_by_sluice: bool,
+    /// An error Sluice raised in a filter, rendered by `fail_to_proxy`.
+    pub error: Option<SluiceError>,
+}
+
+impl RequestCtx {
+    /// A fresh context.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            config: None,
+            error_shape: Provider::Openai,
+            route: None,
+            request_chunks: Vec::new(),
+            request_len: 0,
+            request_facts: RequestFacts::default(),
+            inspector: None,
+            body_mode: BodyMode::Passthrough,
+            response_facts: ResponseFacts::default(),
+            status: 0,
+            ttfb_us: None,
+            response_started: false,
+            stream_closed_by_sluice: false,
+            error: None,
+        }
+    }
+
+    /// The API of an inspected request.
+    pub fn api(&self) -> Option<crate::events::Api> {
+        self.route.as_ref().and_then(|r| r.api)
+    }
+
+    /// Provider name for messages.
+    pub fn provider_name(&self) -> &'static str {
+        self.route
+            .as_ref()
+            .map_or(self.error_shape.as_str(), |r| r.provider.as_str())
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,251 @@
+//! Pingora's phase trait is the spine: each concern runs in its phase, in its own file.
+//!
+//! ```text
+//! early_request_filter   snapshot load, header limits            (request.rs)
+//! request_filter         health, routing, key-in-query, 413      (request.rs)
+//! upstream_peer          profile's upstream, timeouts, TLS       (upstream.rs)
+//! upstream_request_filter path, Host, credentials, framing       (upstream.rs)
+//! request_body_filter    cap; hold, inspect, rewrite             (request_body.rs)
+//! response_filter        status, TTFB, body mode                 (response.rs)
+//! response_body_filter   SSE framing / JSON reading, inline      (response.rs)
+//! fail_to_proxy          provider-shaped errors, terminal events (here)
+//! logging                the request record and access line      (logging.rs)
+//! ```
+
+pub mod ctx;
+pub mod logging;
+pub mod request;
+pub mod request_body;
+pub mod response;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::error::SluiceError;
+use crate::events::EventSink;
+use crate::live::LiveConfig;
+use ctx::RequestCtx;
+
+/// The Sluice data plane.
+pub struct SluiceProxy {
+    live: Arc<LiveConfig>,
+    sink: Arc<dyn EventSink>,
+}
+
+impl SluiceProxy {
+    /// A proxy reading config from `live` and recording to `sink`.
+    pub fn new(live: Arc<LiveConfig>, sink: Arc<dyn EventSink>) -> Self {
+        Self { live, sink }
+    }
+}
+
+/// Stores a Sluice error in the context and returns the Pingora error that carries it to
+/// `fail_to_proxy`, where it is rendered once.
+fn raise(ctx: &mut RequestCtx, err: SluiceError) -> Box<Error> {
+    let (status, code, _) = err.classify();
+    ctx.error = Some(err);
+    Error::explain(ErrorType::HTTPStatus(status), code)
+}
+
+/// One contiguous body; no copy when it arrived in one chunk.
+pub(crate) fn join_chunks(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(len);
+            for c in chunks {
+                out.extend_from_slice(&c);
+            }
+            out.freeze()
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SluiceProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        ctx.config = self.live.current();
+        ctx.error_shape = request::guess_provider(session);
+        if let Some(cfg) = ctx.config.clone() {
+            session.set_read_timeout(Some(cfg.limits.client_read_timeout));
+            if let Err(e) = request::check_header_limits(session, &cfg.limits) {
+                return Err(raise(ctx, e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        match session.req_header().uri.path() {
+            "/healthz" => {
+                request::write_simple(session, 200, "text/plain", None, Bytes::from_static(b"ok\n")).await?;
+                ctx.status = 200;
+                return Ok(true);
+            }
+            "/readyz" => {
+                let (status, text) = self.live.readiness();
+                request::write_simple(session, status, "text/plain", None, Bytes::from(text)).await?;
+                ctx.status = status;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        if let Err(e) = request::route_request(session, ctx) {
+            return Err(raise(ctx, e));
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        let (Some(cfg), Some(route)) = (ctx.config.clone(), ctx.route.clone()) else {
+            return Err(raise(ctx, SluiceError::Internal));
+        };
+        let Some(up) = route.profile.upstreams.get(&route.provider) else {
+            return Err(raise(ctx, SluiceError::Internal));
+        };
+        match upstream::resolve(up).await {
+            Ok(addr) => Ok(upstream::peer(up, addr, &cfg.limits)),
+            Err(e) => Err(raise(ctx, e)),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        upstream::rewrite_request(upstream_request, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let max = ctx
+            .config
+            .as_ref()
+            .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
+        request_body::on_chunk(body, end_of_stream, ctx, max).map_err(|e| raise(ctx, e))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let max_event = ctx
+            .config
+            .as_ref()
+            .map_or(1024 * 1024, |c| c.limits.max_sse_event_bytes);
+        response::on_header(upstream_response, ctx, max_event);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        let max_json = ctx
+            .config
+            .as_ref()
+            .map_or(0, |c| c.limits.max_inspected_response_bytes);
+        response::on_chunk(body, end_of_stream, ctx, max_json);
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let err = ctx.error.clone().unwrap_or_else(|| classify_pingora(e, ctx));
+        let mut code = 0;
+        if !ctx.response_started {
+            if !downstream_gone(e) {
+                code = request::respond_error(session, ctx.error_shape, &err)
+                    .await
+                    .unwrap_or(0);
+            }
+        } else if let Some(event) = response::terminal_event(ctx, &err) {
+            // The header went out already: close the stream with an event the SDK raises.
+            let _ = session.write_response_body(Some(event), true).await;
+            code = ctx.status;
+        }
+        if code != 0 {
+            ctx.status = code;
+        }
+        ctx.error.get_or_insert(err);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        logging::finish(ctx, e, self.sink.as_ref());
+    }
+}
+
+fn downstream_gone(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        )
+}
+
+/// Maps Pingora's error for a failed proxy attempt to the Sluice error the client sees.
+fn classify_pingora(e: &Error, ctx: &RequestCtx) -> SluiceError {
+    let provider = ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str());
+    let idle = ctx
+        .config
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.limits.upstream_idle_timeout);
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::ConnectTimedout)
+        | (_, ErrorType::ConnectRefused)
+        | (_, ErrorType::ConnectNoRoute)
+        | (_, ErrorType::ConnectError)
+        | (_, ErrorType::TLSHandshakeFailure)
+        | (_, ErrorType::TLSHandshakeTimedout)
+        | (_, ErrorType::InvalidCert)
+        | (_, ErrorType::HandshakeError) => SluiceError::UpstreamConnect {
+            provider,
+            detail: format!("{:?}", e.etype()),
+        },
+        (ErrorSource::Upstream, ErrorType::ReadTimedout) => SluiceError::UpstreamIdle {
+            provider,
+            after: idle,
+        },
+        (ErrorSource::Upstream, _) => SluiceError::UpstreamBroken {
+            provider,
+            detail: "the connection closed or failed before the response was complete".into(),
+        },
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => {
+            SluiceError::MalformedRequest("the client stopped sending the request body".into())
+        }
+        (ErrorSource::Downstream, _) => {
+            SluiceError::MalformedRequest("the request could not be read".into())
+        }
+        _ => SluiceError::Internal,
+    }
+}

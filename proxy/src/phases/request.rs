@@ -1,0 +1,121 @@
+//! Request phases: header limits, routing, credentials policy, early body-size refusal, and
+//! writing Sluice's own error responses.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::config::Limits;
+use crate::error::SluiceError;
+use crate::events::Provider;
+use crate::llm::render_error;
+use crate::route;
+
+/// Query parameters that carry provider keys; a key there ends up in access logs.
+const KEY_QUERY_PARAMS: &[&str] = &["key", "api_key", "api-key", "apikey", "access_token"];
+
+/// 431 when the client sent too many headers or too many header bytes.
+pub fn check_header_limits(session: &Session, limits: &Limits) -> Result<(), SluiceError> {
+    let req = session.req_header();
+    let count = req.headers.len();
+    let bytes: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.to_string().len();
+    if count > limits.max_header_count || bytes > limits.max_header_bytes {
+        return Err(SluiceError::HeadersTooLarge {
+            count,
+            bytes,
+            max_count: limits.max_header_count,
+            max_bytes: limits.max_header_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Guesses the caller's SDK from its headers, for errors on paths that name no provider.
+pub fn guess_provider(session: &Session) -> Provider {
+    let h = &session.req_header().headers;
+    if let Ok((p, _)) = route::provider_of(session.req_header().uri.path()) {
+        return p;
+    }
+    if h.contains_key("anthropic-version") || h.contains_key("x-api-key") {
+        Provider::Anthropic
+    } else if h.contains_key("x-goog-api-key") {
+        Provider::Gemini
+    } else {
+        Provider::Openai
+    }
+}
+
+/// Routes the request and applies the checks that need only the header.
+pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
+    let Some(config) = ctx.config.clone() else {
+        return Err(SluiceError::NotReady);
+    };
+    let req = session.req_header();
+    if let Some(q) = req.uri.query() {
+        for pair in q.split('&') {
+            let name = pair.split('=').next().unwrap_or("");
+            if KEY_QUERY_PARAMS.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+                return Err(SluiceError::KeyInQuery(name.chars().take(32).collect()));
+            }
+        }
+    }
+    let r = route::route(&config, &req.method, req.uri.path())?;
+    if let Some(len) = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > config.limits.max_request_body_bytes {
+            return Err(SluiceError::BodyTooLarge {
+                limit: config.limits.max_request_body_bytes,
+            });
+        }
+    }
+    ctx.error_shape = r.provider;
+    if let Some(model) = &r.url_model {
+        ctx.request_facts.model = Some(model.clone());
+    }
+    ctx.request_facts.stream = r.url_stream;
+    ctx.route = Some(r);
+    Ok(())
+}
+
+/// Writes a Sluice error as a complete response in the caller's provider shape.
+pub async fn respond_error(
+    session: &mut Session,
+    provider: Provider,
+    err: &SluiceError,
+) -> pingora::Result<u16> {
+    let (status, code, body) = render_error(provider, err);
+    write_simple(session, status, "application/json", Some(code), body).await?;
+    Ok(status)
+}
+
+/// Writes a small complete response.
+pub async fn write_simple(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    sluice_error: Option<&str>,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    if let Some(code) = sluice_error {
+        resp.insert_header("x-sluice-error", code)?;
+    }
+    if status == 503 {
+        resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}

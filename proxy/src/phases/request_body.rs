@@ -1,0 +1,48 @@
+//! The request body: capped for every request; for inspected APIs held until complete, read
+//! once, and forwarded whole (rewritten only where Sluice must change it).
+
+use bytes::Bytes;
+
+use super::ctx::RequestCtx;
+use crate::error::SluiceError;
+use crate::llm::inspect_request;
+
+/// Handles one request body chunk. `body` is replaced by what goes upstream now: an empty
+/// chunk while an inspected body is being held, the whole body at its end.
+pub fn on_chunk(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+    max_body: usize,
+) -> Result<(), SluiceError> {
+    if let Some(chunk) = body.as_ref() {
+        ctx.request_len = ctx.request_len.saturating_add(chunk.len());
+        if ctx.request_len > max_body {
+            return Err(SluiceError::BodyTooLarge { limit: max_body });
+        }
+    }
+    let Some(api) = ctx.api() else {
+        return Ok(());
+    };
+    if let Some(chunk) = body.take() {
+        if !chunk.is_empty() {
+            ctx.request_chunks.push(chunk);
+        }
+    }
+    if !end_of_stream {
+        // Nothing upstream yet; an empty chunk tells Pingora "more to come".
+        *body = Some(Bytes::new());
+        return Ok(());
+    }
+    let whole = super::join_chunks(std::mem::take(&mut ctx.request_chunks), ctx.request_len);
+    let inspected = inspect_request(api, &whole)?;
+    let url_model = ctx.request_facts.model.take();
+    let url_stream = ctx.request_facts.stream;
+    ctx.request_facts = inspected.facts;
+    if ctx.request_facts.model.is_none() {
+        ctx.request_facts.model = url_model;
+    }
+    ctx.request_facts.stream |= url_stream;
+    *body = Some(inspected.rewritten.unwrap_or(whole));
+    Ok(())
+}

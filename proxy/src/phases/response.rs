@@ -1,0 +1,179 @@
+//! The response: choose how to read it from its header, then read it inline as it passes.
+//!
+//! SSE: the framer cuts the bytes at event boundaries and only whole events go downstream,
+//! as zero-copy slices of the upstream's chunks (an event split across chunks is stitched in
+//! a capped buffer). So if the upstream dies mid-event, the client gets a clean terminal
+//! error event, never half an event glued to it. JSON: chunks pass unchanged; a refcounted
+//! handle to each is kept and the body is read once at the end.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+use super::ctx::{BodyMode, RequestCtx};
+use crate::error::SluiceError;
+use crate::llm::{EventVerdict, ResponseInspector, stream_error_event};
+use crate::sse::{Framed, SseFramer, parse_event};
+
+/// Reads the response header and picks the body mode.
+pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usize) {
+    ctx.status = resp.status.as_u16();
+    ctx.response_started = true;
+    ctx.ttfb_us = Some(u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let Some(api) = ctx.api() else {
+        return;
+    };
+    if !resp.status.is_success() {
+        return;
+    }
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    ctx.inspector = Some(ResponseInspector::new(api, ctx.request_facts.usage_injected));
+    if is_sse {
+        // Events may be dropped (injected usage) or appended (terminal errors): the length
+        // is no longer the upstream's.
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        ctx.body_mode = BodyMode::Sse(SseFramer::new(max_event));
+    } else {
+        ctx.body_mode = BodyMode::Json {
+            chunks: Vec::new(),
+            len: 0,
+            overflowed: false,
+        };
+    }
+}
+
+/// Reads one response body chunk and sets `body` to what goes downstream now.
+pub fn on_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx, max_json: usize) {
+    if ctx.stream_closed_by_sluice {
+        // Sluice already ended this stream with a terminal event; the rest is discarded.
+        *body = None;
+        return;
+    }
+    match &mut ctx.body_mode {
+        BodyMode::Passthrough => {}
+        BodyMode::Json {
+            chunks,
+            len,
+            overflowed,
+        } => {
+            if let Some(b) = body.as_ref() {
+                *len += b.len();
+                if *len > max_json {
+                    *overflowed = true;
+                    chunks.clear();
+                } else if !*overflowed {
+                    chunks.push(b.clone());
+                }
+            }
+            if end_of_stream && !*overflowed {
+                let whole = super::join_chunks(std::mem::take(chunks), *len);
+                if let Some(inspector) = ctx.inspector.as_mut() {
+                    inspector.on_json(&whole, &mut ctx.response_facts);
+                }
+            }
+        }
+        BodyMode::Sse(_) => on_sse_chunk(body, end_of_stream, ctx),
+    }
+}
+
+fn on_sse_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    let BodyMode::Sse(framer) = &mut ctx.body_mode else {
+        return;
+    };
+    let Some(inspector) = ctx.inspector.as_mut() else {
+        return;
+    };
+    let provider = ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str());
+    let mut framed = Framed::default();
+    let mut fault: Option<SluiceError> = None;
+    let chunk_in = body.clone();
+    if let Some(chunk) = body.as_ref() {
+        if let Err(e) = framer.push(chunk, &mut framed) {
+            fault = Some(SluiceError::UpstreamProtocol {
+                provider,
+                detail: e.to_string(),
+            });
+        }
+    }
+    if end_of_stream && fault.is_none() {
+        if framer.remainder_is_complete_event() {
+            framed.events.push(framer.take_remainder());
+        } else if framer.pending_len() > 0 {
+            // The stream ended inside an event: the fragment is not forwarded.
+            let _fragment = framer.take_remainder();
+        }
+    }
+    let mut keep = Vec::with_capacity(framed.events.len());
+    let mut dropped = false;
+    for ev in framed.events {
+        match parse_event(&ev) {
+            Ok(fields) => match inspector.on_event(&fields, &mut ctx.response_facts) {
+                EventVerdict::Forward => keep.push(ev),
+                EventVerdict::Drop => dropped = true,
+            },
+            Err(e) => {
+                fault = Some(SluiceError::UpstreamProtocol {
+                    provider,
+                    detail: e.to_string(),
+                });
+                break;
+            }
+        }
+    }
+    if end_of_stream && fault.is_none() && !ctx.response_facts.completed {
+        inspector.finish(&mut ctx.response_facts);
+        fault = Some(SluiceError::UpstreamBroken {
+            provider,
+            detail: "the stream ended before its final event".into(),
+        });
+    }
+    if !dropped && fault.is_none() {
+        if let Some(slice) = chunk_in.as_ref().and_then(|c| contiguous_in(c, &keep)) {
+            *body = Some(slice);
+            return;
+        }
+    }
+    let mut out = Framed { events: keep };
+    if let Some(err) = fault {
+        if let Some(api) = ctx.route.as_ref().and_then(|r| r.api) {
+            out.events.push(stream_error_event(api, &err));
+        }
+        ctx.response_facts.error = Some(err.to_string());
+        ctx.stream_closed_by_sluice = true;
+    }
+    *body = Some(out.joined());
+}
+
+/// The terminal event for a stream the upstream broke after the header went out, or `None`
+/// when the response is not a stream Sluice can still close cleanly.
+pub fn terminal_event(ctx: &mut RequestCtx, err: &SluiceError) -> Option<Bytes> {
+    if ctx.stream_closed_by_sluice || !matches!(ctx.body_mode, BodyMode::Sse(_)) {
+        return None;
+    }
+    let api = ctx.api()?;
+    ctx.stream_closed_by_sluice = true;
+    ctx.response_facts.error = Some(err.to_string());
+    if let Some(i) = ctx.inspector.as_mut() {
+        i.finish(&mut ctx.response_facts);
+    }
+    Some(stream_error_event(api, err))
+}
+
+/// When the events are back-to-back slices of `chunk` (the common case: nothing stitched,
+/// nothing dropped), the one slice of `chunk` that covers them all, so nothing is copied.
+fn contiguous_in(chunk: &Bytes, events: &[Bytes]) -> Option<Bytes> {
+    let base = chunk.as_ptr() as usize;
+    let first = events.first()?;
+    let start = (first.as_ptr() as usize).checked_sub(base)?;
+    let mut end = start;
+    for e in events {
+        if e.as_ptr() as usize != base + end {
+            return None;
+        }
+        end += e.len();
+    }
+    (end <= chunk.len()).then(|| chunk.slice(start..end))
+}

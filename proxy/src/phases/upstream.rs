@@ -1,0 +1,115 @@
+//! Upstream selection and the request header sent upstream.
+
+use std::net::SocketAddr;
+
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+
+use super::ctx::RequestCtx;
+use crate::config::{Limits, Upstream};
+use crate::error::SluiceError;
+use crate::events::Provider;
+
+/// Headers that carry a client's provider key, in every provider's form.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+
+/// Finds the address: resolved at config load, or looked up now if that failed then.
+pub async fn resolve(up: &Upstream) -> Result<SocketAddr, SluiceError> {
+    if let Some(a) = up.addr {
+        return Ok(a);
+    }
+    let mut addrs = tokio::net::lookup_host((&*up.host, up.port))
+        .await
+        .map_err(|e| SluiceError::UpstreamConnect {
+            provider: up.provider.as_str(),
+            detail: format!("cannot resolve {}: {}", up.host, e.kind()),
+        })?;
+    addrs.next().ok_or_else(|| SluiceError::UpstreamConnect {
+        provider: up.provider.as_str(),
+        detail: format!("{} resolved to no address", up.host),
+    })
+}
+
+/// Builds the peer: TLS with certificate verification for https, pooled, with the
+/// configured timeouts. The read timeout is the idle cutoff: a stream that keeps producing
+/// is never cut.
+pub fn peer(up: &Upstream, addr: SocketAddr, limits: &Limits) -> Box<HttpPeer> {
+    let mut peer = HttpPeer::new(addr, up.tls, up.host.to_string());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(limits.upstream_connect_timeout);
+    o.total_connection_timeout = Some(limits.upstream_connect_timeout);
+    o.read_timeout = Some(limits.upstream_idle_timeout);
+    o.write_timeout = Some(limits.upstream_idle_timeout);
+    o.idle_timeout = Some(std::time::Duration::from_secs(60));
+    o.verify_cert = true;
+    o.verify_hostname = true;
+    if up.http2 {
+        if up.tls {
+            o.set_http_version(2, 1);
+        } else {
+            o.set_http_version(2, 2);
+        }
+    }
+    Box::new(peer)
+}
+
+/// Rewrites the request for the upstream: path under the base URL, `Host`, credentials,
+/// extra headers and query, and the framing the inspected body needs.
+pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    let Some(route) = &ctx.route else {
+        return Ok(());
+    };
+    let Some(up) = route.profile.upstreams.get(&route.provider) else {
+        return Ok(());
+    };
+    let mut path = String::with_capacity(up.path_prefix.len() + route.upstream_path.len() + 32);
+    path.push_str(&up.path_prefix);
+    path.push_str(&route.upstream_path);
+    let client_query = req.uri.query().filter(|q| !q.is_empty());
+    match (client_query, up.query.is_empty()) {
+        (Some(q), true) => {
+            path.push('?');
+            path.push_str(q);
+        }
+        (Some(q), false) => {
+            path.push('?');
+            path.push_str(q);
+            path.push('&');
+            path.push_str(&up.query);
+        }
+        (None, false) => {
+            path.push('?');
+            path.push_str(&up.query);
+        }
+        (None, true) => {}
+    }
+    let uri = path
+        .parse::<http::Uri>()
+        .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream uri"))?;
+    req.set_uri(uri);
+    req.insert_header(http::header::HOST, up.authority())?;
+    if let Some(key) = &up.api_key {
+        for h in CREDENTIAL_HEADERS {
+            req.remove_header(*h);
+        }
+        let value = if &*up.auth_header == "authorization" {
+            format!("Bearer {}", key.expose())
+        } else {
+            key.expose().to_owned()
+        };
+        req.insert_header(up.auth_header.to_string(), value)?;
+    }
+    for (k, v) in up.headers.iter() {
+        req.insert_header(k.clone(), v.as_str())?;
+    }
+    if ctx.api().is_some() {
+        // The body is held and may be rewritten, so it goes upstream chunked; and the
+        // response must come back uncompressed to be read inline.
+        req.remove_header(&http::header::CONTENT_LENGTH);
+        req.remove_header(&http::header::ACCEPT_ENCODING);
+        if route.provider == Provider::Anthropic || route.provider == Provider::Openai {
+            req.remove_header(&http::header::EXPECT);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Runs the proxy (and the admin listener) on listeners the caller bound, in a runtime of
+//! its own. Binding first lets tests and `sluice dev` use port 0 and learn the real port.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Fds, ListenFds};
+use pingora::services::Service;
+use pingora::services::listening::Service as ListeningService;
+use tokio::sync::watch;
+
+use crate::admin::AdminApp;
+use crate::events::{EventSink, RecentRecords};
+use crate::live::LiveConfig;
+use crate::phases::SluiceProxy;
+
+/// What the data plane needs to run.
+pub struct ProxyParts {
+    /// Live config.
+    pub live: Arc<LiveConfig>,
+    /// Where request records go.
+    pub sink: Arc<dyn EventSink>,
+    /// The records the admin API shows.
+    pub recent: Arc<RecentRecords>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Idle upstream connections kept.
+    pub upstream_pool_size: usize,
+}
+
+/// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
+pub struct RunningProxy {
+    /// The proxy's address.
+    pub proxy_addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// Stops accepting, ends the runtime and waits for its thread.
+    pub fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until the proxy stops (after [`RunningProxy::shutdown_handle`] is used).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// A handle that stops the proxy when `true` is sent.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds a TCP listener (port 0 picks a free port), non-blocking, ready to hand over.
+pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn hand_over(fds: &ListenFds, svc_addrs: &mut Vec<String>, listener: TcpListener) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let key = addr.to_string();
+    fds.lock().add(key.clone(), listener.into_raw_fd());
+    svc_addrs.push(key);
+    Ok(addr)
+}
+
+/// Starts the proxy on `proxy` (and the admin app on `admin`) in a new thread.
+pub fn start(parts: ProxyParts, proxy: TcpListener, admin: Option<TcpListener>) -> std::io::Result<RunningProxy> {
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    let mut proxy_addrs = Vec::new();
+    let proxy_addr = hand_over(&fds, &mut proxy_addrs, proxy)?;
+    let mut admin_addrs = Vec::new();
+    let admin_addr = match admin {
+        Some(l) => Some(hand_over(&fds, &mut admin_addrs, l)?),
+        None => None,
+    };
+    let mut conf = ServerConf::default();
+    conf.threads = parts.threads;
+    conf.upstream_keepalive_pool_size = parts.upstream_pool_size;
+    let conf = Arc::new(conf);
+    let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(
+        &conf,
+        SluiceProxy::new(parts.live.clone(), parts.sink.clone()),
+        "sluice-proxy",
+    );
+    for a in &proxy_addrs {
+        proxy_svc.add_tcp(a);
+    }
+    let mut admin_svc = (!admin_addrs.is_empty()).then(|| {
+        let mut s = ListeningService::new(
+            "sluice-admin".into(),
+            AdminApp {
+                live: parts.live.clone(),
+                recent: parts.recent.clone(),
+            },
+        );
+        for a in &admin_addrs {
+            s.add_tcp(a);
+        }
+        s
+    });
+    let (tx, rx) = watch::channel(false);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(parts.threads.max(1))
+        .thread_name("sluice-worker")
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("sluice-proxy".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut tasks = Vec::new();
+                let (f, r) = (fds.clone(), rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    Service::start_service(&mut proxy_svc, Some(f), r, 1).await;
+                }));
+                if let Some(mut s) = admin_svc.take() {
+                    let (f, r) = (fds.clone(), rx.clone());
+                    tasks.push(tokio::spawn(async move {
+                        Service::start_service(&mut s, Some(f), r, 1).await;
+                    }));
+                }
+                let mut rx = rx;
+                while !*rx.borrow() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                for t in tasks {
+                    t.abort();
+                }
+            });
+            runtime.shutdown_background();
+        })?;
+    Ok(RunningProxy {
+        proxy_addr,
+        admin_addr,
+        shutdown: tx,
+        thread: Some(thread),
+    })
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs on a fresh Debian machine:
+# cmake (pingora-core builds zlib-ng with it) and a Python virtualenv holding the
+# official provider SDKs that the end-to-end tests use as clients.
+# Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install: ${need_apt[*]} (needs root)" >&2
+    exit 1
+  fi
+fi
+
+req="$here/scripts/requirements-test.txt"
+stamp="$venv/.sluice-requirements"
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+echo "setup: ok (cmake $(cmake --version | head -1 | awk '{print $3}'), venv $venv)"
