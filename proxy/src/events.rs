@@ -2,7 +2,8 @@
 //! every provider. The policy engine consumes these; here they are recorded.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -147,7 +148,14 @@ pub trait EventSink: Send + Sync {
 #[derive(Debug)]
 pub struct RecentRecords {
     capacity: usize,
-    inner: Mutex<VecDeque<RequestRecord>>,
+    inner: Mutex<Ring>,
+    grew: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    records: VecDeque<RequestRecord>,
+    total: u64,
 }
 
 impl RecentRecords {
@@ -155,18 +163,38 @@ impl RecentRecords {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             capacity,
-            inner: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            inner: Mutex::new(Ring::default()),
+            grew: Condvar::new(),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// The newest `limit` records, newest last.
     pub fn latest(&self, limit: usize) -> Vec<RequestRecord> {
-        let guard = match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let skip = guard.len().saturating_sub(limit);
-        guard.iter().skip(skip).cloned().collect()
+        let guard = self.lock();
+        let skip = guard.records.len().saturating_sub(limit);
+        guard.records.iter().skip(skip).cloned().collect()
+    }
+
+    /// How many records were ever recorded.
+    pub fn total(&self) -> u64 {
+        self.lock().total
+    }
+
+    /// Blocks until at least `total` records were ever recorded, or `timeout` passes;
+    /// returns whether the count was reached.
+    pub fn wait_for_total(&self, total: u64, timeout: Duration) -> bool {
+        let guard = self.lock();
+        match self.grew.wait_timeout_while(guard, timeout, |r| r.total < total) {
+            Ok((g, _)) => g.total >= total,
+            Err(p) => p.into_inner().0.total >= total,
+        }
     }
 }
 
@@ -175,13 +203,13 @@ impl EventSink for RecentRecords {
         if self.capacity == 0 {
             return;
         }
-        let mut guard = match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.len() == self.capacity {
-            guard.pop_front();
+        let mut guard = self.lock();
+        if guard.records.len() == self.capacity {
+            guard.records.pop_front();
         }
-        guard.push_back(record);
+        guard.records.push_back(record);
+        guard.total += 1;
+        drop(guard);
+        self.grew.notify_all();
     }
 }

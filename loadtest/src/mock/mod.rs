@@ -307,11 +307,17 @@ pub fn parse_body(body: &Bytes) -> Result<serde_json::Value, ()> {
     serde_json::from_slice(body).map_err(|_| ())
 }
 
-/// Unix seconds now.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Unix seconds now, or the `x-mock-created` header's value (for byte-exact comparisons).
+pub fn now(headers: &HeaderMap) -> u64 {
+    headers
+        .get("x-mock-created")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
 }
 
 /// Knobs from the request headers.

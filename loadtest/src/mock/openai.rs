@@ -58,7 +58,7 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
         "completion_tokens_details": {"reasoning_tokens": 0}
     });
     let id = "chatcmpl-mock";
-    let created = now();
+    let created = now(&headers);
     if req["stream"] != true {
         let (message, finish) = match &answer {
             Answer::Text(words) => (json!({"role": "assistant", "content": words.concat(), "refusal": null}), "stop"),
@@ -165,8 +165,9 @@ pub async fn responses(State(state): State<MockState>, headers: HeaderMap, body:
             }))
             .collect(),
     };
+    let created_at = now(&headers);
     let response = |status: &str, output: Vec<Value>, usage: Value| json!({
-        "id": "resp_mock", "object": "response", "created_at": now(), "status": status,
+        "id": "resp_mock", "object": "response", "created_at": created_at, "status": status,
         "model": model, "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
         "tools": [], "usage": usage, "error": null, "incomplete_details": null,
         "instructions": null, "metadata": {}, "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}}

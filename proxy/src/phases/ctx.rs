@@ -64,6 +64,9 @@ pub struct RequestCtx {
     pub stream_closed_by_sluice: bool,
     /// An error Sluice raised in a filter, rendered by `fail_to_proxy`.
     pub error: Option<SluiceError>,
+    /// Bytes that close a stream Sluice is ending itself (good events + terminal event),
+    /// written by `fail_to_proxy`.
+    pub closing_bytes: Option<Bytes>,
 }
 
 impl RequestCtx {
@@ -85,6 +88,7 @@ impl RequestCtx {
             response_started: false,
             stream_closed_by_sluice: false,
             error: None,
+            closing_bytes: None,
         }
     }
 

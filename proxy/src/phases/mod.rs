@@ -172,7 +172,7 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(0, |c| c.limits.max_inspected_response_bytes);
-        response::on_chunk(body, end_of_stream, ctx, max_json);
+        response::on_chunk(body, end_of_stream, ctx, max_json).map_err(|e| raise(ctx, e))?;
         Ok(None)
     }
 

@@ -46,11 +46,19 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
 }
 
 /// Reads one response body chunk and sets `body` to what goes downstream now.
-pub fn on_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx, max_json: usize) {
+///
+/// An error means Sluice must end the stream now (the upstream broke framing or encoding):
+/// the events still good and the terminal error event wait in `ctx.closing_bytes`, and the
+/// caller fails the request so `fail_to_proxy` writes them and drops the upstream.
+pub fn on_chunk(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+    max_json: usize,
+) -> Result<(), SluiceError> {
     if ctx.stream_closed_by_sluice {
-        // Sluice already ended this stream with a terminal event; the rest is discarded.
         *body = None;
-        return;
+        return Ok(());
     }
     match &mut ctx.body_mode {
         BodyMode::Passthrough => {}
@@ -75,16 +83,17 @@ pub fn on_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Request
                 }
             }
         }
-        BodyMode::Sse(_) => on_sse_chunk(body, end_of_stream, ctx),
+        BodyMode::Sse(_) => return on_sse_chunk(body, end_of_stream, ctx),
     }
+    Ok(())
 }
 
-fn on_sse_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+fn on_sse_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
     let BodyMode::Sse(framer) = &mut ctx.body_mode else {
-        return;
+        return Ok(());
     };
     let Some(inspector) = ctx.inspector.as_mut() else {
-        return;
+        return Ok(());
     };
     let provider = ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str());
     let mut framed = Framed::default();
@@ -133,23 +142,34 @@ fn on_sse_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Request
     if !dropped && fault.is_none() {
         if let Some(slice) = chunk_in.as_ref().and_then(|c| contiguous_in(c, &keep)) {
             *body = Some(slice);
-            return;
+            return Ok(());
         }
     }
     let mut out = Framed { events: keep };
-    if let Some(err) = fault {
-        if let Some(api) = ctx.route.as_ref().and_then(|r| r.api) {
-            out.events.push(stream_error_event(api, &err));
-        }
-        ctx.response_facts.error = Some(err.to_string());
-        ctx.stream_closed_by_sluice = true;
+    let Some(err) = fault else {
+        *body = Some(out.joined());
+        return Ok(());
+    };
+    if let Some(api) = ctx.route.as_ref().and_then(|r| r.api) {
+        out.events.push(stream_error_event(api, &err));
     }
-    *body = Some(out.joined());
+    ctx.response_facts.error = Some(err.to_string());
+    ctx.stream_closed_by_sluice = true;
+    if end_of_stream {
+        *body = Some(out.joined());
+        return Ok(());
+    }
+    ctx.closing_bytes = Some(out.joined());
+    *body = None;
+    Err(err)
 }
 
 /// The terminal event for a stream the upstream broke after the header went out, or `None`
 /// when the response is not a stream Sluice can still close cleanly.
 pub fn terminal_event(ctx: &mut RequestCtx, err: &SluiceError) -> Option<Bytes> {
+    if let Some(bytes) = ctx.closing_bytes.take() {
+        return Some(bytes);
+    }
     if ctx.stream_closed_by_sluice || !matches!(ctx.body_mode, BodyMode::Sse(_)) {
         return None;
     }

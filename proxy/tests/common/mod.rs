@@ -1,0 +1,242 @@
+//! Test harness: the mock providers and the proxy on 127.0.0.1 port 0, and a raw HTTP/1.1
+//! client that shows exactly what reached the client.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_loadtest::mock::{MockConfig, RunningMock};
+use sluice_proxy::config::{Environment, compile, parse_toml};
+use sluice_proxy::events::{RecentRecords, RequestRecord};
+use sluice_proxy::live::LiveConfig;
+use sluice_proxy::server::{ProxyParts, RunningProxy, bind, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Mock + proxy, torn down on drop.
+pub struct Harness {
+    pub rt: tokio::runtime::Runtime,
+    pub mock: RunningMock,
+    pub proxy: Option<RunningProxy>,
+    pub recent: Arc<RecentRecords>,
+    pub live: Arc<LiveConfig>,
+}
+
+impl Harness {
+    /// Starts both with `extra_toml` appended to a config whose providers all point at the mock.
+    pub fn start(extra_toml: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mock = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            sluice_loadtest::mock::serve(l, MockConfig::default()).await.unwrap()
+        });
+        let env = Environment {
+            openai_base_url: Some(mock.openai_base()),
+            anthropic_base_url: Some(mock.base()),
+            gemini_base_url: Some(mock.base()),
+            ..Environment::default()
+        };
+        let toml = format!("[profiles.default]\n[profiles.team]\n{extra_toml}");
+        let config = compile(parse_toml(&toml).unwrap(), &env).unwrap();
+        let live = LiveConfig::with(config);
+        let recent = RecentRecords::new(100);
+        let proxy = start(
+            ProxyParts {
+                live: live.clone(),
+                sink: recent.clone(),
+                recent: recent.clone(),
+                threads: 1,
+                upstream_pool_size: 16,
+            },
+            bind("127.0.0.1:0").unwrap(),
+            None,
+        )
+        .unwrap();
+        Harness {
+            rt,
+            mock,
+            proxy: Some(proxy),
+            recent,
+            live,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.proxy.as_ref().unwrap().proxy_addr
+    }
+
+    /// The record of the `n`th inspected request (1-based), waiting for its logging phase,
+    /// which runs after the response's last byte was written.
+    pub fn record(&self, n: u64) -> RequestRecord {
+        assert!(
+            self.recent.wait_for_total(n, Duration::from_secs(10)),
+            "request {n} was never recorded"
+        );
+        let total = self.recent.total();
+        let back = usize::try_from(total - n + 1).unwrap();
+        self.recent.latest(back).into_iter().next().unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.stop();
+        }
+        self.mock.abort();
+    }
+}
+
+/// A raw response: status, headers (lower-cased names) and the de-chunked body.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// True when the body ended cleanly (last chunk or full content-length).
+    pub complete: bool,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.text()))
+    }
+}
+
+/// Sends one request on a fresh connection and reads the whole response.
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    let mut has_len = false;
+    for (k, v) in headers {
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            has_len = true;
+        }
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_len {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    read_response(&mut s).await
+}
+
+/// JSON POST helper.
+pub async fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> RawResponse {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(addr, "POST", path, &h, body.to_string().as_bytes()).await
+}
+
+/// Reads a response until the server closes or the body ends.
+pub async fn read_response(s: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    parse_response(&buf)
+}
+
+/// Parses status, headers and the (de-chunked) body of a raw HTTP/1.1 response.
+pub fn parse_response(buf: &[u8]) -> RawResponse {
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header in {:?}", String::from_utf8_lossy(buf)));
+    let head = std::str::from_utf8(&buf[..head_end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &buf[head_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let (body, complete) = if chunked {
+        dechunk(rest)
+    } else if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
+        let len: usize = len.parse().unwrap();
+        (rest[..rest.len().min(len)].to_vec(), rest.len() >= len)
+    } else {
+        (rest.to_vec(), true)
+    };
+    RawResponse {
+        status,
+        headers,
+        body,
+        complete,
+    }
+}
+
+fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return (out, false);
+        };
+        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (out, true);
+        }
+        if rest.len() < size + 2 {
+            out.extend_from_slice(&rest[..rest.len().min(size)]);
+            return (out, false);
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Paths and bodies for the four inspected APIs.
+pub fn chat_body(stream: bool, tools: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({"model": "gpt-4o-mini", "stream": stream,
+        "messages": [{"role": "user", "content": "Email Alice"}]});
+    if tools {
+        v["tools"] = serde_json::json!([{"type": "function", "function": {"name": "send_email", "parameters": {"type": "object"}}}]);
+    }
+    v
+}
+
+pub fn anthropic_body(stream: bool, tools: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+        "messages": [{"role": "user", "content": "Email Alice"}]});
+    if tools {
+        v["tools"] = serde_json::json!([{"name": "send_email", "input_schema": {"type": "object"}}]);
+    }
+    v
+}
+
+pub fn gemini_body(tools: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "Email Alice"}]}]});
+    if tools {
+        v["tools"] = serde_json::json!([{"functionDeclarations": [{"name": "send_email", "parameters": {"type": "object"}}]}]);
+    }
+    v
+}
+
+pub fn responses_body(stream: bool, tools: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({"model": "gpt-4o-mini", "stream": stream, "input": "Email Alice"});
+    if tools {
+        v["tools"] = serde_json::json!([{"type": "function", "name": "send_email", "parameters": {"type": "object"}}]);
+    }
+    v
+}
