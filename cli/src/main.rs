@@ -79,6 +79,7 @@ fn main() -> Result<()> {
 
 fn run_proxy(path: PathBuf) -> Result<()> {
     let env = Environment::from_process();
+    let seen = sluice_proxy::live::modified(&path);
     let config = load_file(&path, &env).with_context(|| format!("loading {}", path.display()))?;
     let proxy_l = bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
     let admin_l = match &config.admin_listen {
@@ -105,7 +106,7 @@ fn run_proxy(path: PathBuf) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let watcher = tokio::spawn(watch_file(live, path, env, Duration::from_secs(1), rx));
+        let watcher = tokio::spawn(watch_file(live, path, env, Duration::from_secs(1), seen, rx));
         wait_for_signal().await;
         let _ = tx.send(true);
         let _ = watcher.await;

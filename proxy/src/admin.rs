@@ -41,14 +41,25 @@ impl ServeHttp for AdminApp {
                 reply(status, "text/plain", text.into_bytes())
             }
             "/admin/v1/requests" => {
-                let limit = uri
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(50)
-                    .min(1000);
+                let param = |name: &str| {
+                    uri.query().and_then(|q| {
+                        q.split('&')
+                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                            .and_then(|v| v.parse::<u64>().ok())
+                    })
+                };
+                let limit = usize::try_from(param("limit").unwrap_or(50).min(1000)).unwrap_or(50);
+                // `min_total` lets a caller wait (up to `wait_ms`, at most 10 s) until the
+                // request it just made has been recorded: records are written after the
+                // response's last byte, so a client can finish before its record exists.
+                if let Some(min_total) = param("min_total") {
+                    let wait = std::time::Duration::from_millis(param("wait_ms").unwrap_or(2000).min(10_000));
+                    let recent = self.recent.clone();
+                    let _ = tokio::task::spawn_blocking(move || recent.wait_for_total(min_total, wait)).await;
+                }
                 let records = self.recent.latest(limit);
-                match serde_json::to_vec(&serde_json::json!({ "data": records })) {
+                let total = self.recent.total();
+                match serde_json::to_vec(&serde_json::json!({ "total": total, "data": records })) {
                     Ok(body) => reply(200, "application/json", body),
                     Err(_) => reply(500, "application/json", br#"{"error":{"type":"internal","message":"serialisation failed"}}"#.to_vec()),
                 }

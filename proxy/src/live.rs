@@ -10,10 +10,22 @@ use arc_swap::ArcSwapOption;
 use crate::config::{Config, Environment, load_file};
 
 /// Holds the current snapshot and why readiness is what it is.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveConfig {
     current: ArcSwapOption<Config>,
     last_error: Mutex<Option<String>>,
+    /// Bumped on every swap, so waiters (tests, future metrics) see changes without polling.
+    version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            last_error: Mutex::new(None),
+            version: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl LiveConfig {
@@ -38,6 +50,17 @@ impl LiveConfig {
     pub fn store(&self, config: Config) {
         self.current.store(Some(Arc::new(config)));
         self.set_error(None);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// How many snapshots were stored so far.
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    /// A receiver that changes whenever a snapshot is stored.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Records why the last load failed (the previous snapshot keeps serving).
@@ -64,17 +87,23 @@ impl LiveConfig {
     }
 }
 
-/// Reloads `path` when its modification time changes or on SIGHUP. An invalid file is
-/// rejected whole, logged, and the previous snapshot keeps serving.
+/// The file's modification time, captured before loading it so that a change made while
+/// loading is still seen by [`watch_file`].
+pub fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reloads `path` when its modification time differs from `seen` (taken with [`modified`]
+/// before the current snapshot was loaded) or on SIGHUP. An invalid file is rejected whole,
+/// logged, and the previous snapshot keeps serving.
 pub async fn watch_file(
     live: Arc<LiveConfig>,
     path: PathBuf,
     env: Environment,
     poll: Duration,
+    mut seen: Option<SystemTime>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen: Option<SystemTime> = mtime(&path);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let hup_recv = async {
@@ -88,7 +117,7 @@ pub async fn watch_file(
             _ = hup_recv => true,
             _ = shutdown.changed() => return,
         };
-        let now = mtime(&path);
+        let now = modified(&path);
         if !forced && now == seen {
             continue;
         }
@@ -108,5 +137,60 @@ pub fn reload(live: &LiveConfig, path: &std::path::Path, env: &Environment) {
             tracing::error!(path = %path.display(), error = %e, "configuration rejected; the previous one keeps serving");
             live.set_error(Some(e.to_string()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_reload_keeps_the_old_snapshot_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sluice.toml");
+        let env = Environment::default();
+        std::fs::write(&path, "[profiles.a.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n").expect("write");
+        let live = LiveConfig::new();
+        assert_eq!(live.readiness().0, 503);
+        reload(&live, &path, &env);
+        assert_eq!(live.readiness().0, 200);
+        let first = live.current().expect("loaded");
+        std::fs::write(&path, "[profiles.a.openai]\nbase_ur = 1\n").expect("write");
+        reload(&live, &path, &env);
+        let (status, text) = live.readiness();
+        assert_eq!(status, 200);
+        assert!(text.contains("base_ur"), "{text}");
+        assert!(Arc::ptr_eq(&first, &live.current().expect("still loaded")));
+        assert_eq!(live.version(), 1);
+        std::fs::write(&path, "[profiles.b]\n").expect("write");
+        reload(&live, &path, &env);
+        assert!(live.current().expect("loaded").profiles.contains_key("b"));
+        assert_eq!(live.version(), 2);
+    }
+
+    #[test]
+    fn the_watcher_reloads_on_change() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "[profiles.a]\n").expect("write");
+        let env = Environment::default();
+        let live = LiveConfig::new();
+        let seen = modified(&path);
+        reload(&live, &path, &env);
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let mut changes = live.subscribe();
+            changes.borrow_and_update();
+            let task = tokio::spawn(watch_file(live.clone(), path.clone(), env, Duration::from_millis(20), seen, rx));
+            // A different length guarantees a different file even within one mtime tick.
+            std::fs::write(&path, "[profiles.second]\n").expect("write");
+            let f = std::fs::File::options().write(true).open(&path).expect("open");
+            f.set_modified(SystemTime::now() + Duration::from_secs(5)).expect("mtime");
+            tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.expect("reloaded").expect("open");
+            let _ = tx.send(true);
+            let _ = task.await;
+        });
+        assert!(live.current().expect("loaded").profiles.contains_key("second"));
     }
 }
