@@ -13,25 +13,35 @@ pub fn run() -> Result<()> {
         .enable_all()
         .build()?;
     let mock_listen = std::env::var("SLUICE_MOCK_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
-    let mock = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind(&mock_listen).await?;
-        sluice_loadtest::mock::serve(l, Default::default()).await
-    })
-    .with_context(|| format!("starting the mock providers on {mock_listen}"))?;
+    let mock = rt
+        .block_on(async {
+            let l = tokio::net::TcpListener::bind(&mock_listen).await?;
+            sluice_loadtest::mock::serve(l, Default::default()).await
+        })
+        .with_context(|| format!("starting the mock providers on {mock_listen}"))?;
 
     let mut env = Environment::from_process();
-    env.openai_base_url.get_or_insert_with(|| mock.openai_base());
+    env.openai_base_url
+        .get_or_insert_with(|| mock.openai_base());
     env.anthropic_base_url.get_or_insert_with(|| mock.base());
     env.gemini_base_url.get_or_insert_with(|| mock.base());
-    env.admin_listen.get_or_insert_with(|| "127.0.0.1:8090".into());
+    env.admin_listen
+        .get_or_insert_with(|| "127.0.0.1:8090".into());
     let mut raw = RawConfig::default();
     raw.profiles.insert("default".into(), RawProfile::default());
     raw.profiles.insert("demo".into(), RawProfile::default());
     let config = compile(raw, &env).context("building the demo configuration")?;
 
-    let proxy_l = bind(&config.listen).with_context(|| format!("binding the proxy to {} (set SLUICE_PROXY_LISTEN)", config.listen))?;
+    let proxy_l = bind(&config.listen).with_context(|| {
+        format!(
+            "binding the proxy to {} (set SLUICE_PROXY_LISTEN)",
+            config.listen
+        )
+    })?;
     let admin_l = match &config.admin_listen {
-        Some(a) => Some(bind(a).with_context(|| format!("binding the admin listener to {a} (set SLUICE_ADMIN_LISTEN)"))?),
+        Some(a) => Some(bind(a).with_context(|| {
+            format!("binding the admin listener to {a} (set SLUICE_ADMIN_LISTEN)")
+        })?),
         None => None,
     };
     let pool = config.limits.upstream_pool_size;
@@ -48,7 +58,10 @@ pub fn run() -> Result<()> {
         admin_l,
     )?;
     let p = running.proxy_addr;
-    let admin = running.admin_addr.map(|a| a.to_string()).unwrap_or_default();
+    let admin = running
+        .admin_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!("Sluice dev is running (Ctrl-C to stop).");
     println!("  proxy           http://{p}");
     println!("  admin           http://{admin}   (recent requests: /admin/v1/requests)");

@@ -1,5 +1,9 @@
 //! `sluice`: one binary, several roles.
 
+// glibc malloc was ~10% of the proxy's CPU under load (perf, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod dev;
 mod logging;
 
@@ -15,7 +19,11 @@ use sluice_proxy::live::{LiveConfig, watch_file};
 use sluice_proxy::server::{ProxyParts, bind, start};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "The LLM and MCP gateway that reads every tool call")]
+#[command(
+    name = "sluice",
+    version,
+    about = "The LLM and MCP gateway that reads every tool call"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,8 +54,18 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         words: usize,
     },
-    /// Load generator: closed-loop, measures latency and time to first byte.
+    /// Load generator: closed-loop or fixed-rate; latency and time to first byte.
     Loadtest(sluice_loadtest::loadgen::Args),
+    /// A bare Pingora passthrough to one upstream: the floor benchmarks compare against.
+    #[command(hide = true)]
+    Passthrough {
+        /// Listen address.
+        #[arg(long)]
+        listen: String,
+        /// Upstream address (host:port, plain HTTP).
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,8 +88,21 @@ fn main() -> Result<()> {
             logging::init(false);
             run_mock(&listen, latency_ms, chunk_delay_ms, words)
         }
+        Command::Passthrough { listen, upstream } => {
+            let running = sluice_proxy::server::start_passthrough(bind(&listen)?, upstream)?;
+            let stop = running.shutdown_handle();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(wait_for_signal());
+            let _ = stop.send(true);
+            running.wait();
+            Ok(())
+        }
         Command::Loadtest(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(sluice_loadtest::loadgen::run(args))
         }
     }
@@ -103,10 +134,19 @@ fn run_proxy(path: PathBuf) -> Result<()> {
     )?;
     tracing::info!(proxy = %running.proxy_addr, admin = ?running.admin_addr, "sluice proxy listening");
     let stop = running.shutdown_handle();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let watcher = tokio::spawn(watch_file(live, path, env, Duration::from_secs(1), seen, rx));
+        let watcher = tokio::spawn(watch_file(
+            live,
+            path,
+            env,
+            Duration::from_secs(1),
+            seen,
+            rx,
+        ));
         wait_for_signal().await;
         let _ = tx.send(true);
         let _ = watcher.await;
@@ -117,7 +157,9 @@ fn run_proxy(path: PathBuf) -> Result<()> {
 }
 
 fn run_mock(listen: &str, latency_ms: u64, chunk_delay_ms: u64, words: usize) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind(listen).await?;
         let cfg = sluice_loadtest::mock::MockConfig {

@@ -51,6 +51,8 @@ pub struct Report {
     pub requests: u64,
     /// Non-2xx or failed requests.
     pub errors: u64,
+    /// Fixed-rate sends that left more than 1 ms after their slot (the generator fell behind).
+    pub late_sends: u64,
     /// Requests per second.
     pub rps: f64,
     /// Latency percentiles, microseconds.
@@ -86,6 +88,7 @@ struct WorkerResult {
     ttfb: Histogram<u64>,
     ok: u64,
     errors: u64,
+    late: u64,
 }
 
 fn new_hist() -> Result<Histogram<u64>> {
@@ -102,43 +105,65 @@ pub async fn run(args: Args) -> Result<()> {
 /// Runs the load and returns the report.
 pub async fn measure(args: &Args) -> Result<Report> {
     let uri: hyper::Uri = args.url.parse().context("parsing --url")?;
-    let authority = uri.authority().ok_or_else(|| anyhow!("url needs a host"))?.clone();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow!("url needs a host"))?
+        .clone();
     let body = match args.body.strip_prefix('@') {
         Some(path) => Bytes::from(std::fs::read(path).with_context(|| format!("reading {path}"))?),
         None => Bytes::from(args.body.clone()),
     };
     let mut headers = Vec::new();
     for h in &args.headers {
-        let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("header '{h}' needs 'name: value'"))?;
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("header '{h}' needs 'name: value'"))?;
         headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
     let start = Instant::now();
     let warm_end = start + Duration::from_secs_f64(args.warmup_secs);
     let end = warm_end + Duration::from_secs_f64(args.duration_secs);
-    let per_conn_interval = (args.rate > 0.0)
-        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
+    let per_conn_interval =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
     let mut tasks = Vec::new();
     for i in 0..args.connections {
-        let (uri, authority, body, headers) = (uri.clone(), authority.clone(), body.clone(), headers.clone());
+        let (uri, authority, body, headers) = (
+            uri.clone(),
+            authority.clone(),
+            body.clone(),
+            headers.clone(),
+        );
         let offset = per_conn_interval.map(|iv| iv.mul_f64(i as f64 / args.connections as f64));
         tasks.push(tokio::spawn(async move {
-            worker(uri, authority, body, headers, warm_end, end, per_conn_interval, offset).await
+            worker(
+                uri,
+                authority,
+                body,
+                headers,
+                warm_end,
+                end,
+                per_conn_interval,
+                offset,
+            )
+            .await
         }));
     }
     let mut latency = new_hist()?;
     let mut ttfb = new_hist()?;
-    let (mut ok, mut errors) = (0, 0);
+    let (mut ok, mut errors, mut late) = (0, 0, 0);
     for t in tasks {
         let r = t.await.map_err(|e| anyhow!("worker: {e}"))??;
         latency.add(&r.latency).map_err(|e| anyhow!("{e}"))?;
         ttfb.add(&r.ttfb).map_err(|e| anyhow!("{e}"))?;
         ok += r.ok;
         errors += r.errors;
+        late += r.late;
     }
     Ok(Report {
         label: args.label.clone(),
         requests: ok,
         errors,
+        late_sends: late,
         rps: ok as f64 / args.duration_secs,
         latency_us: pct(&latency),
         ttfb_us: pct(&ttfb),
@@ -161,19 +186,26 @@ async fn worker(
         ttfb: new_hist()?,
         ok: 0,
         errors: 0,
+        late: 0,
     };
     let mut sender = connect(&authority).await?;
     let mut next = Instant::now() + offset.unwrap_or_default();
     while Instant::now() < end {
-        let intended = match interval {
-            Some(iv) => {
-                tokio::time::sleep_until(next.into()).await;
-                let t = next;
-                next += iv;
-                t
+        if let Some(iv) = interval {
+            // The timer wheel has 1 ms resolution: wake early and yield to the exact instant,
+            // so latency is measured from the real send, not from a rounded schedule.
+            if let Some(early) = next.checked_sub(Duration::from_millis(1)) {
+                tokio::time::sleep_until(early.into()).await;
             }
-            None => Instant::now(),
-        };
+            while Instant::now() < next {
+                tokio::task::yield_now().await;
+            }
+            if Instant::now().duration_since(next) > Duration::from_millis(1) {
+                res.late += 1;
+            }
+            next += iv;
+        }
+        let intended = Instant::now();
         let mut req = Request::post(uri.clone()).header("host", authority.as_str());
         for (k, v) in &headers {
             req = req.header(k, v);
@@ -203,7 +235,11 @@ async fn worker(
         match outcome {
             Ok((status, first)) if status.is_success() => {
                 res.ok += 1;
-                let us = |t: Instant| u64::try_from(t.duration_since(intended).as_micros()).unwrap_or(u64::MAX).max(1);
+                let us = |t: Instant| {
+                    u64::try_from(t.duration_since(intended).as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1)
+                };
                 let _ = res.latency.record(us(done));
                 let _ = res.ttfb.record(us(first.unwrap_or(done)));
             }

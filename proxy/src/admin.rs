@@ -21,12 +21,14 @@ pub struct AdminApp {
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     r
 }
 
@@ -53,18 +55,31 @@ impl ServeHttp for AdminApp {
                 // request it just made has been recorded: records are written after the
                 // response's last byte, so a client can finish before its record exists.
                 if let Some(min_total) = param("min_total") {
-                    let wait = std::time::Duration::from_millis(param("wait_ms").unwrap_or(2000).min(10_000));
+                    let wait = std::time::Duration::from_millis(
+                        param("wait_ms").unwrap_or(2000).min(10_000),
+                    );
                     let recent = self.recent.clone();
-                    let _ = tokio::task::spawn_blocking(move || recent.wait_for_total(min_total, wait)).await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || recent.wait_for_total(min_total, wait))
+                            .await;
                 }
                 let records = self.recent.latest(limit);
                 let total = self.recent.total();
                 match serde_json::to_vec(&serde_json::json!({ "total": total, "data": records })) {
                     Ok(body) => reply(200, "application/json", body),
-                    Err(_) => reply(500, "application/json", br#"{"error":{"type":"internal","message":"serialisation failed"}}"#.to_vec()),
+                    Err(_) => reply(
+                        500,
+                        "application/json",
+                        br#"{"error":{"type":"internal","message":"serialisation failed"}}"#
+                            .to_vec(),
+                    ),
                 }
             }
-            _ => reply(404, "application/json", br#"{"error":{"type":"not_found","message":"no such admin route"}}"#.to_vec()),
+            _ => reply(
+                404,
+                "application/json",
+                br#"{"error":{"type":"not_found","message":"no such admin route"}}"#.to_vec(),
+            ),
         }
     }
 }

@@ -326,14 +326,46 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
     let d = Limits::default();
     let l = raw.limits;
     let limits = Limits {
-        max_request_body_bytes: positive(l.max_request_body_bytes, d.max_request_body_bytes, "limits.max_request_body_bytes")?,
-        max_header_bytes: positive(l.max_header_bytes, d.max_header_bytes, "limits.max_header_bytes")?,
-        max_header_count: positive(l.max_header_count, d.max_header_count, "limits.max_header_count")?,
-        client_read_timeout: ms(l.client_read_timeout_ms, d.client_read_timeout, "limits.client_read_timeout_ms")?,
-        upstream_connect_timeout: ms(l.upstream_connect_timeout_ms, d.upstream_connect_timeout, "limits.upstream_connect_timeout_ms")?,
-        upstream_idle_timeout: ms(l.upstream_idle_timeout_ms, d.upstream_idle_timeout, "limits.upstream_idle_timeout_ms")?,
-        max_sse_event_bytes: positive(l.max_sse_event_bytes, d.max_sse_event_bytes, "limits.max_sse_event_bytes")?,
-        max_inspected_response_bytes: positive(l.max_inspected_response_bytes, d.max_inspected_response_bytes, "limits.max_inspected_response_bytes")?,
+        max_request_body_bytes: positive(
+            l.max_request_body_bytes,
+            d.max_request_body_bytes,
+            "limits.max_request_body_bytes",
+        )?,
+        max_header_bytes: positive(
+            l.max_header_bytes,
+            d.max_header_bytes,
+            "limits.max_header_bytes",
+        )?,
+        max_header_count: positive(
+            l.max_header_count,
+            d.max_header_count,
+            "limits.max_header_count",
+        )?,
+        client_read_timeout: ms(
+            l.client_read_timeout_ms,
+            d.client_read_timeout,
+            "limits.client_read_timeout_ms",
+        )?,
+        upstream_connect_timeout: ms(
+            l.upstream_connect_timeout_ms,
+            d.upstream_connect_timeout,
+            "limits.upstream_connect_timeout_ms",
+        )?,
+        upstream_idle_timeout: ms(
+            l.upstream_idle_timeout_ms,
+            d.upstream_idle_timeout,
+            "limits.upstream_idle_timeout_ms",
+        )?,
+        max_sse_event_bytes: positive(
+            l.max_sse_event_bytes,
+            d.max_sse_event_bytes,
+            "limits.max_sse_event_bytes",
+        )?,
+        max_inspected_response_bytes: positive(
+            l.max_inspected_response_bytes,
+            d.max_inspected_response_bytes,
+            "limits.max_inspected_response_bytes",
+        )?,
         upstream_pool_size: l.upstream_pool_size.unwrap_or(d.upstream_pool_size),
     };
     let mut raw_profiles = raw.profiles;
@@ -366,7 +398,9 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let threads = raw.threads.unwrap_or(1);
     if threads == 0 || threads > 256 {
-        return Err(ConfigError::Invalid("threads must be between 1 and 256".into()));
+        return Err(ConfigError::Invalid(
+            "threads must be between 1 and 256".into(),
+        ));
     }
     Ok(Config {
         listen,
@@ -379,7 +413,9 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
 
 fn positive(v: Option<usize>, default: usize, name: &str) -> Result<usize, ConfigError> {
     match v {
-        Some(0) => Err(ConfigError::Invalid(format!("{name} must be greater than 0"))),
+        Some(0) => Err(ConfigError::Invalid(format!(
+            "{name} must be greater than 0"
+        ))),
         Some(v) => Ok(v),
         None => Ok(default),
     }
@@ -387,7 +423,9 @@ fn positive(v: Option<usize>, default: usize, name: &str) -> Result<usize, Confi
 
 fn ms(v: Option<u64>, default: Duration, name: &str) -> Result<Duration, ConfigError> {
     match v {
-        Some(0) => Err(ConfigError::Invalid(format!("{name} must be greater than 0"))),
+        Some(0) => Err(ConfigError::Invalid(format!(
+            "{name} must be greater than 0"
+        ))),
         Some(v) => Ok(Duration::from_millis(v)),
         None => Ok(default),
     }
@@ -404,7 +442,10 @@ fn check_profile_name(name: &str) -> Result<(), ConfigError> {
             "profile name '{name}' must be 1-64 characters of letters, digits, '-' or '_'"
         )));
     }
-    if RESERVED_PROFILE_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if RESERVED_PROFILE_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
         return Err(ConfigError::Invalid(format!(
             "profile name '{name}' is reserved: it is a provider path segment"
         )));
@@ -438,8 +479,9 @@ fn compile_upstream(
             "{ctx}.base_url must not contain credentials, a query or a fragment; use api_key_env and query"
         )));
     }
-    let (host, port) = split_host_port(authority, if tls { 443 } else { 80 })
-        .ok_or_else(|| ConfigError::Invalid(format!("{ctx}.base_url has an invalid host or port")))?;
+    let (host, port) = split_host_port(authority, if tls { 443 } else { 80 }).ok_or_else(|| {
+        ConfigError::Invalid(format!("{ctx}.base_url has an invalid host or port"))
+    })?;
     let api_key = match (up.api_key, up.api_key_env) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::Invalid(format!(
@@ -465,7 +507,11 @@ fn compile_upstream(
         }
         .to_owned()
     });
-    for (k, v) in up.headers.iter().chain(std::iter::once((&auth_header, &String::new()))) {
+    for (k, v) in up
+        .headers
+        .iter()
+        .chain(std::iter::once((&auth_header, &String::new())))
+    {
         if http::HeaderName::from_bytes(k.as_bytes()).is_err()
             || http::HeaderValue::from_str(v).is_err()
         {
@@ -547,8 +593,14 @@ mod tests {
         let p = &c.profiles["default"];
         assert_eq!(p.upstreams.len(), 3);
         let o = &p.upstreams[&Provider::Openai];
-        assert_eq!((&*o.host, o.port, &*o.path_prefix, o.tls), ("127.0.0.1", 9, "/v1", false));
-        assert_eq!(&*p.upstreams[&Provider::Anthropic].host, "api.anthropic.com");
+        assert_eq!(
+            (&*o.host, o.port, &*o.path_prefix, o.tls),
+            ("127.0.0.1", 9, "/v1", false)
+        );
+        assert_eq!(
+            &*p.upstreams[&Provider::Anthropic].host,
+            "api.anthropic.com"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SluiceError {
     /// No profile of that name.
-    #[error("no profile named '{0}' is configured on this Sluice; check the profile segment of the base URL")]
+    #[error(
+        "no profile named '{0}' is configured on this Sluice; check the profile segment of the base URL"
+    )]
     UnknownProfile(String),
     /// The path names no provider Sluice fronts.
     #[error("unknown provider path '{0}': use /v1/openai, /v1/anthropic or /v1/gemini")]
@@ -28,7 +30,9 @@ pub enum SluiceError {
     #[error("API keys in the query string ('{0}') are refused: send the key in a header instead")]
     KeyInQuery(String),
     /// Too many request headers or too many header bytes.
-    #[error("request headers too large: {count} headers / {bytes} bytes (limits {max_count} / {max_bytes})")]
+    #[error(
+        "request headers too large: {count} headers / {bytes} bytes (limits {max_count} / {max_bytes})"
+    )]
     HeadersTooLarge {
         /// Header count seen.
         count: usize,
@@ -40,7 +44,9 @@ pub enum SluiceError {
         max_bytes: usize,
     },
     /// The request body is larger than the configured cap.
-    #[error("request body exceeds the {limit}-byte limit of this Sluice (limits.max_request_body_bytes)")]
+    #[error(
+        "request body exceeds the {limit}-byte limit of this Sluice (limits.max_request_body_bytes)"
+    )]
     BodyTooLarge {
         /// Configured cap.
         limit: usize,
@@ -127,9 +133,7 @@ impl SluiceError {
             SluiceError::UpstreamConnect { .. } => (502, "upstream_connect", ErrorKind::Upstream),
             SluiceError::UpstreamIdle { .. } => (504, "upstream_idle", ErrorKind::Upstream),
             SluiceError::UpstreamBroken { .. } => (502, "upstream_broken", ErrorKind::Upstream),
-            SluiceError::UpstreamProtocol { .. } => {
-                (502, "upstream_protocol", ErrorKind::Upstream)
-            }
+            SluiceError::UpstreamProtocol { .. } => (502, "upstream_protocol", ErrorKind::Upstream),
             SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
             SluiceError::Internal => (500, "internal", ErrorKind::Internal),
         }

@@ -191,7 +191,10 @@ impl RecentRecords {
     /// returns whether the count was reached.
     pub fn wait_for_total(&self, total: u64, timeout: Duration) -> bool {
         let guard = self.lock();
-        match self.grew.wait_timeout_while(guard, timeout, |r| r.total < total) {
+        match self
+            .grew
+            .wait_timeout_while(guard, timeout, |r| r.total < total)
+        {
             Ok((g, _)) => g.total >= total,
             Err(p) => p.into_inner().0.total >= total,
         }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod live;
 pub mod llm;
+pub mod passthrough;
 pub mod phases;
 pub mod route;
 pub mod server;

@@ -80,7 +80,10 @@ impl LiveConfig {
         };
         match (self.current.load().is_some(), err) {
             (true, None) => (200, "ready\n".into()),
-            (true, Some(e)) => (200, format!("ready (serving the previous config; the last reload failed: {e})\n")),
+            (true, Some(e)) => (
+                200,
+                format!("ready (serving the previous config; the last reload failed: {e})\n"),
+            ),
             (false, Some(e)) => (503, format!("not ready: {e}\n")),
             (false, None) => (503, "not ready: no configuration loaded yet\n".into()),
         }
@@ -149,7 +152,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sluice.toml");
         let env = Environment::default();
-        std::fs::write(&path, "[profiles.a.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n").expect("write");
+        std::fs::write(
+            &path,
+            "[profiles.a.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+        )
+        .expect("write");
         let live = LiveConfig::new();
         assert_eq!(live.readiness().0, 503);
         reload(&live, &path, &env);
@@ -170,7 +177,10 @@ mod tests {
 
     #[test]
     fn the_watcher_reloads_on_change() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, "[profiles.a]\n").expect("write");
@@ -182,15 +192,34 @@ mod tests {
             let (tx, rx) = tokio::sync::watch::channel(false);
             let mut changes = live.subscribe();
             changes.borrow_and_update();
-            let task = tokio::spawn(watch_file(live.clone(), path.clone(), env, Duration::from_millis(20), seen, rx));
+            let task = tokio::spawn(watch_file(
+                live.clone(),
+                path.clone(),
+                env,
+                Duration::from_millis(20),
+                seen,
+                rx,
+            ));
             // A different length guarantees a different file even within one mtime tick.
             std::fs::write(&path, "[profiles.second]\n").expect("write");
-            let f = std::fs::File::options().write(true).open(&path).expect("open");
-            f.set_modified(SystemTime::now() + Duration::from_secs(5)).expect("mtime");
-            tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.expect("reloaded").expect("open");
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .expect("open");
+            f.set_modified(SystemTime::now() + Duration::from_secs(5))
+                .expect("mtime");
+            tokio::time::timeout(Duration::from_secs(5), changes.changed())
+                .await
+                .expect("reloaded")
+                .expect("open");
             let _ = tx.send(true);
             let _ = task.await;
         });
-        assert!(live.current().expect("loaded").profiles.contains_key("second"));
+        assert!(
+            live.current()
+                .expect("loaded")
+                .profiles
+                .contains_key("second")
+        );
     }
 }

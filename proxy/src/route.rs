@@ -49,7 +49,13 @@ pub fn provider_of(path: &str) -> Result<(Provider, &str), SluiceError> {
 }
 
 fn first_segments(path: &str) -> String {
-    path.split('/').take(3).collect::<Vec<_>>().join("/").chars().take(64).collect()
+    path.split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/")
+        .chars()
+        .take(64)
+        .collect()
 }
 
 /// Routes `path` (without query) against the current config.
@@ -158,16 +164,29 @@ mod tests {
         let c = config();
         let post = http::Method::POST;
         let r = route(&c, &post, "/v1/openai/team-a/chat/completions").expect("routed");
-        assert_eq!((&*r.profile.name, r.upstream_path.as_str()), ("team-a", "/chat/completions"));
+        assert_eq!(
+            (&*r.profile.name, r.upstream_path.as_str()),
+            ("team-a", "/chat/completions")
+        );
         assert_eq!(r.api, Some(Api::ChatCompletions));
         let r = route(&c, &post, "/v1/openai/responses").expect("routed");
         assert_eq!((&*r.profile.name, r.api), ("default", Some(Api::Responses)));
         let r = route(&c, &post, "/v1/anthropic/v1/messages").expect("routed");
         assert_eq!((&*r.profile.name, r.api), ("default", Some(Api::Messages)));
-        let r = route(&c, &post, "/v1/gemini/team-a/v1beta/models/gemini-2.5-flash:streamGenerateContent")
-            .expect("routed");
-        assert_eq!(r.upstream_path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent");
-        assert_eq!((r.url_model.as_deref(), r.url_stream), (Some("gemini-2.5-flash"), true));
+        let r = route(
+            &c,
+            &post,
+            "/v1/gemini/team-a/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        )
+        .expect("routed");
+        assert_eq!(
+            r.upstream_path,
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+        );
+        assert_eq!(
+            (r.url_model.as_deref(), r.url_stream),
+            (Some("gemini-2.5-flash"), true)
+        );
         let r = route(&c, &http::Method::GET, "/v1/openai/team-a/models").expect("routed");
         assert_eq!((r.upstream_path.as_str(), r.api), ("/models", None));
     }
@@ -184,6 +203,9 @@ mod tests {
             route(&c, &post, "/v1/mistral/chat/completions"),
             Err(SluiceError::UnknownProvider(_))
         ));
-        assert!(matches!(route(&c, &post, "/chat"), Err(SluiceError::UnknownProvider(_))));
+        assert!(matches!(
+            route(&c, &post, "/chat"),
+            Err(SluiceError::UnknownProvider(_))
+        ));
     }
 }

@@ -70,7 +70,11 @@ pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
     Ok(l)
 }
 
-fn hand_over(fds: &ListenFds, svc_addrs: &mut Vec<String>, listener: TcpListener) -> std::io::Result<SocketAddr> {
+fn hand_over(
+    fds: &ListenFds,
+    svc_addrs: &mut Vec<String>,
+    listener: TcpListener,
+) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let key = addr.to_string();
     fds.lock().add(key.clone(), listener.into_raw_fd());
@@ -78,60 +82,63 @@ fn hand_over(fds: &ListenFds, svc_addrs: &mut Vec<String>, listener: TcpListener
     Ok(addr)
 }
 
-/// Starts the proxy on `proxy` (and the admin app on `admin`) in a new thread.
-pub fn start(parts: ProxyParts, proxy: TcpListener, admin: Option<TcpListener>) -> std::io::Result<RunningProxy> {
+/// Starts the bare passthrough (benchmark floor) on `listener`, one worker thread.
+pub fn start_passthrough(
+    listener: TcpListener,
+    upstream: SocketAddr,
+) -> std::io::Result<RunningProxy> {
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
-    let mut proxy_addrs = Vec::new();
-    let proxy_addr = hand_over(&fds, &mut proxy_addrs, proxy)?;
-    let mut admin_addrs = Vec::new();
-    let admin_addr = match admin {
-        Some(l) => Some(hand_over(&fds, &mut admin_addrs, l)?),
-        None => None,
-    };
-    let mut conf = ServerConf::default();
-    conf.threads = parts.threads;
-    conf.upstream_keepalive_pool_size = parts.upstream_pool_size;
-    let conf = Arc::new(conf);
-    let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(
-        &conf,
-        SluiceProxy::new(parts.live.clone(), parts.sink.clone()),
-        "sluice-proxy",
-    );
-    for a in &proxy_addrs {
-        proxy_svc.add_tcp(a);
-    }
-    let mut admin_svc = (!admin_addrs.is_empty()).then(|| {
-        let mut s = ListeningService::new(
-            "sluice-admin".into(),
-            AdminApp {
-                live: parts.live.clone(),
-                recent: parts.recent.clone(),
-            },
-        );
-        for a in &admin_addrs {
-            s.add_tcp(a);
-        }
-        s
+    let mut addrs = Vec::new();
+    let proxy_addr = hand_over(&fds, &mut addrs, listener)?;
+    let conf = Arc::new(ServerConf {
+        threads: 1,
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
     });
+    let mut svc =
+        pingora::proxy::http_proxy_service(&conf, crate::passthrough::Passthrough { upstream });
+    for a in &addrs {
+        svc.add_tcp(a);
+    }
+    let (shutdown, thread) = spawn_runtime(1, fds, vec![Box::new(svc)])?;
+    Ok(RunningProxy {
+        proxy_addr,
+        admin_addr: None,
+        shutdown,
+        thread: Some(thread),
+    })
+}
+
+type BoxedService = Box<dyn Service + Send + Sync>;
+
+/// Runs `services` on a runtime of `threads` workers in a new thread until shutdown.
+fn spawn_runtime(
+    threads: usize,
+    fds: ListenFds,
+    services: Vec<BoxedService>,
+) -> std::io::Result<(watch::Sender<bool>, JoinHandle<()>)> {
+    // One worker: a current-thread runtime, with no cross-thread wake-ups on the hot path.
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sluice-worker")
+            .enable_all()
+            .build()?
+    };
     let (tx, rx) = watch::channel(false);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(parts.threads.max(1))
-        .thread_name("sluice-worker")
-        .enable_all()
-        .build()?;
     let thread = std::thread::Builder::new()
         .name("sluice-proxy".into())
         .spawn(move || {
             runtime.block_on(async move {
                 let mut tasks = Vec::new();
-                let (f, r) = (fds.clone(), rx.clone());
-                tasks.push(tokio::spawn(async move {
-                    Service::start_service(&mut proxy_svc, Some(f), r, 1).await;
-                }));
-                if let Some(mut s) = admin_svc.take() {
+                for mut svc in services {
                     let (f, r) = (fds.clone(), rx.clone());
                     tasks.push(tokio::spawn(async move {
-                        Service::start_service(&mut s, Some(f), r, 1).await;
+                        svc.start_service(Some(f), r, 1).await;
                     }));
                 }
                 let mut rx = rx;
@@ -146,10 +153,55 @@ pub fn start(parts: ProxyParts, proxy: TcpListener, admin: Option<TcpListener>) 
             });
             runtime.shutdown_background();
         })?;
+    Ok((tx, thread))
+}
+
+/// Starts the proxy on `proxy` (and the admin app on `admin`) in a new thread.
+pub fn start(
+    parts: ProxyParts,
+    proxy: TcpListener,
+    admin: Option<TcpListener>,
+) -> std::io::Result<RunningProxy> {
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    let mut proxy_addrs = Vec::new();
+    let proxy_addr = hand_over(&fds, &mut proxy_addrs, proxy)?;
+    let mut admin_addrs = Vec::new();
+    let admin_addr = match admin {
+        Some(l) => Some(hand_over(&fds, &mut admin_addrs, l)?),
+        None => None,
+    };
+    let conf = Arc::new(ServerConf {
+        threads: parts.threads,
+        upstream_keepalive_pool_size: parts.upstream_pool_size,
+        ..ServerConf::default()
+    });
+    let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(
+        &conf,
+        SluiceProxy::new(parts.live.clone(), parts.sink.clone()),
+        "sluice-proxy",
+    );
+    for a in &proxy_addrs {
+        proxy_svc.add_tcp(a);
+    }
+    let mut services: Vec<BoxedService> = vec![Box::new(proxy_svc)];
+    if !admin_addrs.is_empty() {
+        let mut s = ListeningService::new(
+            "sluice-admin".into(),
+            AdminApp {
+                live: parts.live.clone(),
+                recent: parts.recent.clone(),
+            },
+        );
+        for a in &admin_addrs {
+            s.add_tcp(a);
+        }
+        services.push(Box::new(s));
+    }
+    let (shutdown, thread) = spawn_runtime(parts.threads, fds, services)?;
     Ok(RunningProxy {
         proxy_addr,
         admin_addr,
-        shutdown: tx,
+        shutdown,
         thread: Some(thread),
     })
 }

@@ -244,7 +244,8 @@ mod tests {
         let mut f = SseFramer::new(cap);
         let mut out = Framed::default();
         for c in chunks {
-            f.push(&Bytes::copy_from_slice(c), &mut out).expect("within cap");
+            f.push(&Bytes::copy_from_slice(c), &mut out)
+                .expect("within cap");
         }
         (out.events, f.take_remainder())
     }
@@ -252,7 +253,10 @@ mod tests {
     #[test]
     fn splits_on_lf_crlf_and_cr() {
         let (ev, rest) = frame_all(&[b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d"], 1024);
-        assert_eq!(ev, vec![&b"data: a\n\n"[..], b"data: b\r\n\r\n", b"data: c\r\r"]);
+        assert_eq!(
+            ev,
+            vec![&b"data: a\n\n"[..], b"data: b\r\n\r\n", b"data: c\r\r"]
+        );
         assert_eq!(&rest[..], b"data: d");
     }
 

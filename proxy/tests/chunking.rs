@@ -26,7 +26,8 @@ fn pipeline(path: &str, input: &[u8], cuts: &[usize]) -> (Vec<u8>, ResponseFacts
     let mut ctx = RequestCtx::new();
     ctx.route = Some(route(&config, &http::Method::POST, path).unwrap());
     let mut resp = ResponseHeader::build(200, None).unwrap();
-    resp.insert_header("content-type", "text/event-stream").unwrap();
+    resp.insert_header("content-type", "text/event-stream")
+        .unwrap();
     response::on_header(&mut resp, &mut ctx, 1 << 20);
     let mut out = Vec::new();
     let mut start = 0;
@@ -54,34 +55,72 @@ fn fixtures() -> Vec<Fixture> {
         ("openai_chat_parallel", "/v1/openai/chat/completions"),
         ("openai_responses_function_call", "/v1/openai/responses"),
         ("anthropic_tool_use_crlf", "/v1/anthropic/v1/messages"),
-        ("gemini_function_call", "/v1/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+        (
+            "gemini_function_call",
+            "/v1/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        ),
     ]
     .into_iter()
     .map(|(name, path)| Fixture {
         path,
         stream: std::fs::read(format!("{dir}{name}.sse")).unwrap(),
-        expect: serde_json::from_slice(&std::fs::read(format!("{dir}{name}.expect.json")).unwrap()).unwrap(),
+        expect: serde_json::from_slice(&std::fs::read(format!("{dir}{name}.expect.json")).unwrap())
+            .unwrap(),
     })
     .collect()
 }
 
 fn check(f: &Fixture, cuts: &[usize]) {
     let (out, facts) = pipeline(f.path, &f.stream, cuts);
-    assert!(out == f.stream, "{}: output differs with cuts {cuts:?}", f.path);
-    assert!(facts.completed && facts.error.is_none(), "{}: {:?}", f.path, facts.error);
-    let calls: Vec<(String, String)> = facts.tool_calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
+    assert!(
+        out == f.stream,
+        "{}: output differs with cuts {cuts:?}",
+        f.path
+    );
+    assert!(
+        facts.completed && facts.error.is_none(),
+        "{}: {:?}",
+        f.path,
+        facts.error
+    );
+    let calls: Vec<(String, String)> = facts
+        .tool_calls
+        .iter()
+        .map(|c| (c.name.clone(), c.arguments.clone()))
+        .collect();
     let want: Vec<(String, String)> = f.expect["tool_calls"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_str().unwrap().to_owned()))
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(calls, want, "{} with cuts {cuts:?}", f.path);
     let u = facts.usage.unwrap();
-    let got = [u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens];
-    let want: Vec<u64> = f.expect["usage"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let got = [
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+    ];
+    let want: Vec<u64> = f.expect["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     assert_eq!(got.to_vec(), want, "{}", f.path);
-    assert_eq!(facts.finish_reason.as_deref(), f.expect["finish"].as_str(), "{}", f.path);
+    assert_eq!(
+        facts.finish_reason.as_deref(),
+        f.expect["finish"].as_str(),
+        "{}",
+        f.path
+    );
 }
 
 #[test]
@@ -113,13 +152,17 @@ fn invalid_utf8_is_a_stream_error_not_a_substitution() {
     let mut ctx = RequestCtx::new();
     ctx.route = Some(route(&config, &http::Method::POST, "/v1/openai/chat/completions").unwrap());
     let mut resp = ResponseHeader::build(200, None).unwrap();
-    resp.insert_header("content-type", "text/event-stream").unwrap();
+    resp.insert_header("content-type", "text/event-stream")
+        .unwrap();
     response::on_header(&mut resp, &mut ctx, 1 << 20);
     let mut body = Some(Bytes::from(stream));
     let err = response::on_chunk(&mut body, false, &mut ctx, 1 << 20).expect_err("invalid utf-8");
     assert!(err.to_string().contains("UTF-8"), "{err}");
     let closing = String::from_utf8(ctx.closing_bytes.take().unwrap().to_vec()).unwrap();
-    assert!(closing.starts_with("data: {\"choices\""), "the good event still goes out");
+    assert!(
+        closing.starts_with("data: {\"choices\""),
+        "the good event still goes out"
+    );
     assert!(closing.contains("sluice_upstream_protocol"), "{closing}");
 }
 
@@ -151,16 +194,25 @@ fn chat_stream(texts: &[String], args: &[String]) -> Vec<u8> {
         )
     };
     for t in texts {
-        s.push_str(&chunk(serde_json::json!({"content": t}), serde_json::Value::Null));
+        s.push_str(&chunk(
+            serde_json::json!({"content": t}),
+            serde_json::Value::Null,
+        ));
     }
     s.push_str(&chunk(
         serde_json::json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
         serde_json::Value::Null,
     ));
     for a in args {
-        s.push_str(&chunk(serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}), serde_json::Value::Null));
+        s.push_str(&chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+            serde_json::Value::Null,
+        ));
     }
-    s.push_str(&chunk(serde_json::json!({}), serde_json::json!("tool_calls")));
+    s.push_str(&chunk(
+        serde_json::json!({}),
+        serde_json::json!("tool_calls"),
+    ));
     s.push_str(&format!(
         "data: {}\n\ndata: [DONE]\n\n",
         serde_json::json!({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],

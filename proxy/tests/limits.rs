@@ -10,18 +10,50 @@ use tokio::io::AsyncWriteExt;
 #[test]
 fn unknown_profile_and_provider_are_404_in_the_callers_shape() {
     let h = Harness::start("");
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/nope/chat/completions", &[], &chat_body(false, false)));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/nope/chat/completions",
+        &[],
+        &chat_body(false, false),
+    ));
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "sluice_unknown_profile");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("nope"));
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/anthropic/nope/v1/messages", &[], &anthropic_body(false, false)));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/anthropic/nope/v1/messages",
+        &[],
+        &anthropic_body(false, false),
+    ));
     assert_eq!((r.status, r.json()["type"].as_str()), (404, Some("error")));
     assert_eq!(r.json()["error"]["type"], "not_found_error");
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/gemini/nope/v1beta/models/g:generateContent", &[], &gemini_body(false)));
-    assert_eq!((r.status, r.json()["error"]["status"].as_str()), (404, Some("NOT_FOUND")));
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/mistral/chat/completions", &[("x-api-key", "k"), ("anthropic-version", "2023-06-01")], &chat_body(false, false)));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/gemini/nope/v1beta/models/g:generateContent",
+        &[],
+        &gemini_body(false),
+    ));
+    assert_eq!(
+        (r.status, r.json()["error"]["status"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/mistral/chat/completions",
+        &[("x-api-key", "k"), ("anthropic-version", "2023-06-01")],
+        &chat_body(false, false),
+    ));
     assert_eq!(r.status, 404);
-    assert_eq!(r.json()["error"]["type"], "not_found_error", "anthropic-shaped for an anthropic caller");
+    assert_eq!(
+        r.json()["error"]["type"],
+        "not_found_error",
+        "anthropic-shaped for an anthropic caller"
+    );
     assert_eq!(r.header("x-sluice-error"), Some("unknown_provider"));
 }
 
@@ -29,7 +61,13 @@ fn unknown_profile_and_provider_are_404_in_the_callers_shape() {
 fn body_over_the_cap_is_413_with_length_or_chunked() {
     let h = Harness::start("[limits]\nmax_request_body_bytes = 1024\n");
     let big = vec![b'x'; 2048];
-    let r = h.rt.block_on(send(h.addr(), "POST", "/v1/openai/chat/completions", &[("content-type", "application/json")], &big));
+    let r = h.rt.block_on(send(
+        h.addr(),
+        "POST",
+        "/v1/openai/chat/completions",
+        &[("content-type", "application/json")],
+        &big,
+    ));
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["code"], "sluice_body_too_large");
     // Chunked, no length: refused once the cap is crossed.
@@ -55,23 +93,48 @@ fn too_many_or_too_large_headers_are_431() {
     let h = Harness::start("[limits]\nmax_header_count = 20\nmax_header_bytes = 4096\n");
     let names: Vec<String> = (0..30).map(|i| format!("x-extra-{i}")).collect();
     let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/chat/completions", &headers, &chat_body(false, false)));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &headers,
+        &chat_body(false, false),
+    ));
     assert_eq!(r.status, 431);
     let long = "v".repeat(5000);
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/chat/completions", &[("x-long", &long)], &chat_body(false, false)));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[("x-long", &long)],
+        &chat_body(false, false),
+    ));
     assert_eq!(r.status, 431);
     assert_eq!(r.json()["error"]["code"], "sluice_headers_too_large");
-    assert_eq!(h.mock.stats.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "no upstream call");
+    assert_eq!(
+        h.mock
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no upstream call"
+    );
 }
 
 #[test]
 fn a_key_in_the_query_string_is_refused() {
     let h = Harness::start("");
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/gemini/v1beta/models/g:generateContent?key=AIzaSECRET", &[], &gemini_body(false)));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/gemini/v1beta/models/g:generateContent?key=AIzaSECRET",
+        &[],
+        &gemini_body(false),
+    ));
     assert_eq!(r.status, 400);
     let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(msg.contains("header"), "{msg}");
-    assert!(!r.text().contains("AIzaSECRET"), "the key must not be echoed");
+    assert!(
+        !r.text().contains("AIzaSECRET"),
+        "the key must not be echoed"
+    );
 }
 
 #[test]
@@ -80,9 +143,18 @@ fn malformed_json_is_400_never_500() {
     for (path, check) in [
         ("/v1/openai/chat/completions", "/error/code"),
         ("/v1/anthropic/v1/messages", "/error/type"),
-        ("/v1/gemini/v1beta/models/g:generateContent", "/error/status"),
+        (
+            "/v1/gemini/v1beta/models/g:generateContent",
+            "/error/status",
+        ),
     ] {
-        let r = h.rt.block_on(send(h.addr(), "POST", path, &[("content-type", "application/json")], b"{\"model\": [unclosed"));
+        let r = h.rt.block_on(send(
+            h.addr(),
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            b"{\"model\": [unclosed",
+        ));
         assert_eq!(r.status, 400, "{path}: {}", r.text());
         assert!(r.json().pointer(check).is_some(), "{path}: {}", r.text());
     }
@@ -90,18 +162,35 @@ fn malformed_json_is_400_never_500() {
 
 #[test]
 fn unreachable_upstream_is_502_in_the_callers_shape() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let h = Harness::start(&format!("[profiles.dead.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\n"));
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/anthropic/dead/v1/messages", &[], &anthropic_body(false, false)));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = Harness::start(&format!(
+        "[profiles.dead.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\n"
+    ));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/anthropic/dead/v1/messages",
+        &[],
+        &anthropic_body(false, false),
+    ));
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "api_error");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("could not connect"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect")
+    );
 }
 
 #[test]
 fn other_provider_paths_are_forwarded_without_the_profile_segment() {
     let h = Harness::start("");
-    let r = h.rt.block_on(send(h.addr(), "GET", "/v1/openai/team/models", &[], b""));
+    let r =
+        h.rt.block_on(send(h.addr(), "GET", "/v1/openai/team/models", &[], b""));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["object"], "list");
 }
@@ -110,7 +199,12 @@ fn other_provider_paths_are_forwarded_without_the_profile_segment() {
 fn configured_keys_replace_the_clients_and_never_appear_in_records() {
     // The mock does not check keys, so this checks the record and the error paths carry none.
     let h = Harness::start("[profiles.keyed.openai]\napi_key = \"sk-canary-123\"\n");
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/keyed/chat/completions", &[("authorization", "Bearer sk-client-456")], &chat_body(false, false)));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/keyed/chat/completions",
+        &[("authorization", "Bearer sk-client-456")],
+        &chat_body(false, false),
+    ));
     assert_eq!(r.status, 200);
     let rec = serde_json::to_string(&h.record(1)).unwrap();
     assert!(!rec.contains("sk-canary") && !rec.contains("sk-client"));
@@ -123,4 +217,45 @@ fn health_and_readiness() {
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     let r = h.rt.block_on(send(h.addr(), "GET", "/readyz", &[], b""));
     assert_eq!(r.status, 200);
+}
+
+#[test]
+fn client_disconnect_before_the_response_cancels_the_upstream_request() {
+    // A raw upstream that reads the request and never answers: the test sees exactly when
+    // Sluice gives up the upstream connection.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let h = Harness::start(&format!(
+        "[profiles.silent.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    ));
+    let addr = h.addr();
+    rt.block_on(async move {
+        use tokio::io::AsyncReadExt;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = chat_body(false, false).to_string();
+        let req = format!(
+            "POST /v1/openai/silent/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(req.as_bytes()).await.unwrap();
+        let (mut up, _) = upstream.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = up.read(&mut buf).await.unwrap();
+            assert!(n > 0, "upstream closed before the request arrived");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        drop(client);
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), up.read(&mut buf))
+            .await
+            .expect("Sluice kept the upstream request open after the client left");
+        assert!(matches!(n, Ok(0) | Err(_)), "expected EOF or reset on the upstream connection");
+    });
 }

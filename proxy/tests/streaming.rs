@@ -57,8 +57,14 @@ fn streams_reach_the_client_byte_identical_in_any_chunking() {
         for case in stream_cases(tools) {
             for chunk in ["0", "1", "7", "64"] {
                 let headers = [FIXED, ("x-mock-chunk-bytes", chunk)];
-                let direct = h.rt.block_on(post_json(h.mock.addr, case.direct_path, &headers, &case.body));
-                let proxied = h.rt.block_on(post_json(h.addr(), case.proxy_path, &headers, &case.body));
+                let direct = h.rt.block_on(post_json(
+                    h.mock.addr,
+                    case.direct_path,
+                    &headers,
+                    &case.body,
+                ));
+                let proxied =
+                    h.rt.block_on(post_json(h.addr(), case.proxy_path, &headers, &case.body));
                 n += 1;
                 assert_eq!(proxied.status, 200, "{}: {}", case.name, proxied.text());
                 assert!(proxied.complete, "{}", case.name);
@@ -70,9 +76,18 @@ fn streams_reach_the_client_byte_identical_in_any_chunking() {
                 );
                 let rec = h.record(n);
                 assert!(rec.response.completed, "{}", case.name);
-                assert!(rec.response.error.is_none(), "{}: {:?}", case.name, rec.response.error);
+                assert!(
+                    rec.response.error.is_none(),
+                    "{}: {:?}",
+                    case.name,
+                    rec.response.error
+                );
                 let usage = rec.response.usage.expect("usage read");
-                assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{}", case.name);
+                assert!(
+                    usage.input_tokens > 0 && usage.output_tokens > 0,
+                    "{}",
+                    case.name
+                );
                 if tools {
                     assert_eq!(rec.response.tool_calls.len(), 1, "{}", case.name);
                     let call = &rec.response.tool_calls[0];
@@ -88,15 +103,29 @@ fn streams_reach_the_client_byte_identical_in_any_chunking() {
 #[test]
 fn openai_usage_is_turned_on_and_hidden_from_clients_that_did_not_ask() {
     let h = Harness::start("");
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/chat/completions", &[], &chat_body(true, false)));
-    assert!(!r.text().contains("\"usage\""), "the injected usage chunk leaked: {}", r.text());
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &chat_body(true, false),
+    ));
+    assert!(
+        !r.text().contains("\"usage\""),
+        "the injected usage chunk leaked: {}",
+        r.text()
+    );
     let rec = h.record(1);
     assert!(rec.request.usage_injected);
     assert!(rec.response.usage.expect("usage").output_tokens > 0);
 
     let mut asked = chat_body(true, false);
     asked["stream_options"] = json!({"include_usage": true});
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/chat/completions", &[], &asked));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &asked,
+    ));
     assert!(r.text().contains("\"usage\""));
     assert!(!h.record(2).request.usage_injected);
 }
@@ -110,7 +139,10 @@ fn parallel_tool_calls_are_assembled_by_index() {
         ("/v1/openai/chat/completions", chat_body(false, true)),
         ("/v1/anthropic/v1/messages", anthropic_body(true, true)),
         ("/v1/openai/responses", responses_body(true, true)),
-        ("/v1/gemini/v1beta/models/g:streamGenerateContent?alt=sse", gemini_body(true)),
+        (
+            "/v1/gemini/v1beta/models/g:streamGenerateContent?alt=sse",
+            gemini_body(true),
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -118,9 +150,15 @@ fn parallel_tool_calls_are_assembled_by_index() {
         let r = h.rt.block_on(post_json(h.addr(), path, &headers, &body));
         assert_eq!(r.status, 200);
         let rec = h.record(i as u64 + 1);
-        let names: Vec<_> = rec.response.tool_calls.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<_> = rec
+            .response
+            .tool_calls
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(names, ["send_email", "get_weather"], "{path}");
-        let weather: serde_json::Value = serde_json::from_str(&rec.response.tool_calls[1].arguments).unwrap();
+        let weather: serde_json::Value =
+            serde_json::from_str(&rec.response.tool_calls[1].arguments).unwrap();
         assert_eq!(weather["city"], "Paris", "{path}");
     }
 }
@@ -128,19 +166,32 @@ fn parallel_tool_calls_are_assembled_by_index() {
 /// The last SSE event of a body, whatever its line endings.
 fn last_event(text: &str) -> String {
     let normal = text.replace("\r\n", "\n");
-    normal.trim_end().rsplit("\n\n").next().unwrap_or("").to_owned()
+    normal
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn assert_terminal_error(case: &str, r: &RawResponse) {
     assert_eq!(r.status, 200, "{case}");
-    assert!(r.complete, "{case}: the stream must end cleanly, not be cut");
+    assert!(
+        r.complete,
+        "{case}: the stream must end cleanly, not be cut"
+    );
     let text = r.text();
     let last = last_event(&text);
     assert!(
-        last.contains("error") && last.contains("sluice_") || last.contains("\"type\":\"error\"") || last.contains("\"error\""),
+        last.contains("error") && last.contains("sluice_")
+            || last.contains("\"type\":\"error\"")
+            || last.contains("\"error\""),
         "{case}: last event is not an error event: {last}"
     );
-    assert!(text.ends_with("\n\n"), "{case}: the error event must be terminated");
+    assert!(
+        text.ends_with("\n\n"),
+        "{case}: the error event must be terminated"
+    );
 }
 
 #[test]
@@ -151,11 +202,16 @@ fn upstream_death_mid_stream_ends_with_a_provider_error_event() {
         for case in stream_cases(false) {
             // The delay lets the header and first events reach the client before the fault.
             let hdr = [("x-mock-fault", fault), ("x-mock-chunk-delay-ms", "20")];
-            let r = h.rt.block_on(post_json(h.addr(), case.proxy_path, &hdr, &case.body));
+            let r =
+                h.rt.block_on(post_json(h.addr(), case.proxy_path, &hdr, &case.body));
             n += 1;
             assert_terminal_error(&format!("{} / {fault}", case.name), &r);
             let rec = h.record(n);
-            assert!(rec.response.error.is_some(), "{}: fault not recorded", case.name);
+            assert!(
+                rec.response.error.is_some(),
+                "{}: fault not recorded",
+                case.name
+            );
         }
     }
 }
@@ -164,7 +220,10 @@ fn upstream_death_mid_stream_ends_with_a_provider_error_event() {
 fn terminal_events_parse_as_each_providers_error() {
     let h = Harness::start("");
     let get = |path: &str, body: &serde_json::Value| {
-        let hdr = [("x-mock-fault", "disconnect-after:2"), ("x-mock-chunk-delay-ms", "20")];
+        let hdr = [
+            ("x-mock-fault", "disconnect-after:2"),
+            ("x-mock-chunk-delay-ms", "20"),
+        ];
         let r = h.rt.block_on(post_json(h.addr(), path, &hdr, body));
         last_event(&r.text())
     };
@@ -178,7 +237,10 @@ fn terminal_events_parse_as_each_providers_error() {
     assert_eq!(v["error"]["type"], "api_error");
     let ev = get("/v1/openai/responses", &responses_body(true, false));
     assert!(ev.starts_with("event: error\n"), "{ev}");
-    let ev = get("/v1/gemini/v1beta/models/g:streamGenerateContent?alt=sse", &gemini_body(false));
+    let ev = get(
+        "/v1/gemini/v1beta/models/g:streamGenerateContent?alt=sse",
+        &gemini_body(false),
+    );
     let v: serde_json::Value = serde_json::from_str(ev.strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(v["error"]["status"], "UNAVAILABLE");
 }
@@ -220,7 +282,10 @@ fn an_over_long_event_is_a_terminal_error_not_unbounded_growth() {
         &anthropic_body(true, false),
     ));
     assert_terminal_error("huge event", &r);
-    assert!(r.body.len() < 8192, "the oversized event must not be forwarded");
+    assert!(
+        r.body.len() < 8192,
+        "the oversized event must not be forwarded"
+    );
 }
 
 #[test]
@@ -248,7 +313,11 @@ fn client_disconnect_cancels_the_upstream_stream() {
                 .await
                 .expect("the upstream stream was not cancelled after the client left");
         });
-        assert_eq!(h.mock.stats.aborted_streams.load(Ordering::SeqCst), before + 1, "{fault}");
+        assert_eq!(
+            h.mock.stats.aborted_streams.load(Ordering::SeqCst),
+            before + 1,
+            "{fault}"
+        );
     }
 }
 
@@ -256,9 +325,21 @@ fn client_disconnect_cancels_the_upstream_stream() {
 fn rate_limits_and_server_errors_pass_through_unchanged() {
     let h = Harness::start("");
     for (path, direct, body) in [
-        ("/v1/openai/chat/completions", "/v1/chat/completions", chat_body(false, false)),
-        ("/v1/anthropic/v1/messages", "/v1/messages", anthropic_body(false, false)),
-        ("/v1/gemini/v1beta/models/g:generateContent", "/v1beta/models/g:generateContent", gemini_body(false)),
+        (
+            "/v1/openai/chat/completions",
+            "/v1/chat/completions",
+            chat_body(false, false),
+        ),
+        (
+            "/v1/anthropic/v1/messages",
+            "/v1/messages",
+            anthropic_body(false, false),
+        ),
+        (
+            "/v1/gemini/v1beta/models/g:generateContent",
+            "/v1beta/models/g:generateContent",
+            gemini_body(false),
+        ),
     ] {
         for fault in ["status:429", "status:503", "status:500"] {
             let hdr = [("x-mock-fault", fault)];
@@ -266,7 +347,11 @@ fn rate_limits_and_server_errors_pass_through_unchanged() {
             let raw = h.rt.block_on(post_json(h.mock.addr, direct, &hdr, &body));
             assert_eq!(via.status, raw.status, "{path} {fault}");
             assert_eq!(via.body, raw.body, "{path} {fault}");
-            assert_eq!(via.header("retry-after"), raw.header("retry-after"), "{path} {fault}");
+            assert_eq!(
+                via.header("retry-after"),
+                raw.header("retry-after"),
+                "{path} {fault}"
+            );
         }
     }
 }
@@ -275,14 +360,31 @@ fn rate_limits_and_server_errors_pass_through_unchanged() {
 fn non_streaming_bodies_are_forwarded_and_read() {
     let h = Harness::start("");
     let cases = [
-        ("/v1/openai/chat/completions", "/v1/chat/completions", chat_body(false, true)),
-        ("/v1/openai/responses", "/v1/responses", responses_body(false, true)),
-        ("/v1/anthropic/team/v1/messages", "/v1/messages", anthropic_body(false, true)),
-        ("/v1/gemini/v1/models/gemini-2.5-pro:generateContent", "/v1/models/gemini-2.5-pro:generateContent", gemini_body(true)),
+        (
+            "/v1/openai/chat/completions",
+            "/v1/chat/completions",
+            chat_body(false, true),
+        ),
+        (
+            "/v1/openai/responses",
+            "/v1/responses",
+            responses_body(false, true),
+        ),
+        (
+            "/v1/anthropic/team/v1/messages",
+            "/v1/messages",
+            anthropic_body(false, true),
+        ),
+        (
+            "/v1/gemini/v1/models/gemini-2.5-pro:generateContent",
+            "/v1/models/gemini-2.5-pro:generateContent",
+            gemini_body(true),
+        ),
     ];
     for (i, (path, direct, body)) in cases.into_iter().enumerate() {
         let via = h.rt.block_on(post_json(h.addr(), path, &[FIXED], &body));
-        let raw = h.rt.block_on(post_json(h.mock.addr, direct, &[FIXED], &body));
+        let raw =
+            h.rt.block_on(post_json(h.mock.addr, direct, &[FIXED], &body));
         assert_eq!(via.body, raw.body, "{path}");
         let rec = h.record(i as u64 + 1);
         assert_eq!(rec.response.tool_calls.len(), 1, "{path}");
@@ -299,10 +401,18 @@ fn tool_results_in_requests_are_read() {
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]});
-    let r = h.rt.block_on(post_json(h.addr(), "/v1/openai/chat/completions", &[], &body));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &body,
+    ));
     assert_eq!(r.status, 200);
     let rec = h.record(1);
     assert_eq!(rec.request.tool_results.len(), 1);
-    assert_eq!(rec.request.tool_results[0].name.as_deref(), Some("get_weather"));
+    assert_eq!(
+        rec.request.tool_results[0].name.as_deref(),
+        Some("get_weather")
+    );
     assert!(rec.response.tool_calls.is_empty());
 }

@@ -29,14 +29,26 @@ fn event(kind: &str, data: &Value) -> String {
 pub async fn messages(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
     let k = knobs(&state, &headers);
     let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(StatusCode::BAD_REQUEST, error_json(400, "invalid JSON body"));
+        let r = Rendered::Json(
+            StatusCode::BAD_REQUEST,
+            error_json(400, "invalid JSON body"),
+        );
         return respond(&state, k, r, 0).await;
     };
     if let Fault::Status(s) = k.fault {
         let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return respond(&state, k, Rendered::Json(status, error_json(s, "mock fault")), 0).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(status, error_json(s, "mock fault")),
+            0,
+        )
+        .await;
     }
-    let model = req["model"].as_str().unwrap_or("claude-sonnet-4-5").to_owned();
+    let model = req["model"]
+        .as_str()
+        .unwrap_or("claude-sonnet-4-5")
+        .to_owned();
     let declared = script::names_at(&req, "/tools", "/name");
     let last_is_tool = req["messages"]
         .as_array()
@@ -66,23 +78,41 @@ pub async fn messages(State(state): State<MockState>, headers: HeaderMap, body: 
             "usage": {"input_tokens": prompt, "output_tokens": out,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         });
-        return respond(&state, k, Rendered::Json(StatusCode::OK, body.to_string()), out).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(StatusCode::OK, body.to_string()),
+            out,
+        )
+        .await;
     }
-    let mut events = vec![event("message_start", &json!({"type": "message_start", "message": {
+    let mut events = vec![event(
+        "message_start",
+        &json!({"type": "message_start", "message": {
         "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [],
         "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": prompt, "output_tokens": 1,
-                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}))];
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+    )];
     match &answer {
         Answer::Text(words) => {
-            events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}})));
+            events.push(event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ));
             events.push(event("ping", &json!({"type": "ping"})));
             for d in script::deltas(words, k.tokens_per_chunk) {
-                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0,
-                    "delta": {"type": "text_delta", "text": d}})));
+                events.push(event(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": d}}),
+                ));
             }
-            events.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+            events.push(event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": 0}),
+            ));
         }
         Answer::Tools(calls) => {
             for (i, c) in calls.iter().enumerate() {
@@ -91,16 +121,37 @@ pub async fn messages(State(state): State<MockState>, headers: HeaderMap, body: 
                 let args: Vec<char> = c.arguments.chars().collect();
                 for piece in args.chunks(8) {
                     let s: String = piece.iter().collect();
-                    events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": i,
-                        "delta": {"type": "input_json_delta", "partial_json": s}})));
+                    events.push(event(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": i,
+                        "delta": {"type": "input_json_delta", "partial_json": s}}),
+                    ));
                 }
-                events.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": i})));
+                events.push(event(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": i}),
+                ));
             }
         }
     }
-    events.push(event("message_delta", &json!({"type": "message_delta",
-        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": out}})));
+    events.push(event(
+        "message_delta",
+        &json!({"type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": out}}),
+    ));
     events.push(event("message_stop", &json!({"type": "message_stop"})));
-    let error_event = event("error", &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}));
-    respond(&state, k, Rendered::Sse { events, error_event }, out).await
+    let error_event = event(
+        "error",
+        &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    );
+    respond(
+        &state,
+        k,
+        Rendered::Sse {
+            events,
+            error_event,
+        },
+        out,
+    )
+    .await
 }

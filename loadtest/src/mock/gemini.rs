@@ -21,7 +21,8 @@ fn error_json(status: u16, message: &str) -> String {
     };
     let mut v = json!({"error": {"code": status, "message": message, "status": name}});
     if status == 429 {
-        v["error"]["details"] = json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}]);
+        v["error"]["details"] =
+            json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}]);
     }
     v.to_string()
 }
@@ -52,12 +53,21 @@ pub async fn generate(
         }
     };
     let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(StatusCode::BAD_REQUEST, error_json(400, "Invalid JSON payload received."));
+        let r = Rendered::Json(
+            StatusCode::BAD_REQUEST,
+            error_json(400, "Invalid JSON payload received."),
+        );
         return respond(&state, k, r, 0).await;
     };
     if let Fault::Status(s) = k.fault {
         let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return respond(&state, k, Rendered::Json(status, error_json(s, "mock fault")), 0).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(status, error_json(s, "mock fault")),
+            0,
+        )
+        .await;
     }
     let declared: Vec<String> = req["tools"]
         .as_array()
@@ -85,7 +95,8 @@ pub async fn generate(
         c
     };
     let response = |c: Value, usage: Option<&Value>| {
-        let mut r = json!({"candidates": [c], "modelVersion": model, "responseId": "mock-response"});
+        let mut r =
+            json!({"candidates": [c], "modelVersion": model, "responseId": "mock-response"});
         if let Some(u) = usage {
             r["usageMetadata"] = u.clone();
         }
@@ -106,9 +117,17 @@ pub async fn generate(
             Answer::Tools(calls) => call_parts(calls),
         };
         let body = response(candidate(parts, Some("STOP")), Some(&usage));
-        return respond(&state, k, Rendered::Json(StatusCode::OK, body.to_string()), out).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(StatusCode::OK, body.to_string()),
+            out,
+        )
+        .await;
     }
-    let sse_mode = query.as_deref().is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
+    let sse_mode = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
     let mut chunks = Vec::new();
     match &answer {
         Answer::Text(words) => {
@@ -120,7 +139,10 @@ pub async fn generate(
                 chunks.push(response(candidate(vec![json!({"text": d})], finish), u));
             }
         }
-        Answer::Tools(calls) => chunks.push(response(candidate(call_parts(calls), Some("STOP")), Some(&usage))),
+        Answer::Tools(calls) => chunks.push(response(
+            candidate(call_parts(calls), Some("STOP")),
+            Some(&usage),
+        )),
     }
     if !sse_mode {
         // Without alt=sse the API streams one JSON array.
@@ -128,6 +150,17 @@ pub async fn generate(
         return respond(&state, k, Rendered::Json(StatusCode::OK, body), out).await;
     }
     let events = chunks.iter().map(sse).collect();
-    let error_event = sse(&json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}));
-    respond(&state, k, Rendered::Sse { events, error_event }, out).await
+    let error_event = sse(
+        &json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}),
+    );
+    respond(
+        &state,
+        k,
+        Rendered::Sse {
+            events,
+            error_event,
+        },
+        out,
+    )
+    .await
 }

@@ -132,7 +132,10 @@ impl RunningMock {
 }
 
 /// Serves the mock on `listener` in the current runtime.
-pub async fn serve(listener: tokio::net::TcpListener, config: MockConfig) -> std::io::Result<RunningMock> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: MockConfig,
+) -> std::io::Result<RunningMock> {
     let addr = listener.local_addr()?;
     let stats = Arc::new(MockStats::default());
     let state = MockState {
@@ -172,7 +175,12 @@ impl axum::serve::Listener for NoDelay {
 }
 
 /// Turns a rendered answer into the HTTP response, applying latency, chunking and faults.
-pub async fn respond(state: &MockState, knobs: Knobs, rendered: Rendered, output_tokens: u64) -> Response {
+pub async fn respond(
+    state: &MockState,
+    knobs: Knobs,
+    rendered: Rendered,
+    output_tokens: u64,
+) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
@@ -180,7 +188,10 @@ pub async fn respond(state: &MockState, knobs: Knobs, rendered: Rendered, output
     match rendered {
         Rendered::Json(status, body) => {
             if status.is_success() {
-                state.stats.output_tokens.fetch_add(output_tokens, Ordering::Relaxed);
+                state
+                    .stats
+                    .output_tokens
+                    .fetch_add(output_tokens, Ordering::Relaxed);
             }
             let mut b = Response::builder()
                 .status(status)
@@ -191,8 +202,14 @@ pub async fn respond(state: &MockState, knobs: Knobs, rendered: Rendered, output
             b.body(Body::from(body))
                 .unwrap_or_else(|_| Response::new(Body::empty()))
         }
-        Rendered::Sse { events, error_event } => {
-            state.stats.output_tokens.fetch_add(output_tokens, Ordering::Relaxed);
+        Rendered::Sse {
+            events,
+            error_event,
+        } => {
+            state
+                .stats
+                .output_tokens
+                .fetch_add(output_tokens, Ordering::Relaxed);
             sse_response(state, knobs, events, error_event)
         }
     }
@@ -204,7 +221,12 @@ enum Piece {
     Stall,
 }
 
-fn sse_response(state: &MockState, knobs: Knobs, mut events: Vec<String>, error_event: String) -> Response {
+fn sse_response(
+    state: &MockState,
+    knobs: Knobs,
+    mut events: Vec<String>,
+    error_event: String,
+) -> Response {
     let mut tail = None;
     match knobs.fault {
         Fault::DisconnectAfter(n) => {
@@ -236,7 +258,10 @@ fn sse_response(state: &MockState, knobs: Knobs, mut events: Vec<String>, error_
             .map(|c| Piece::Data(Bytes::copy_from_slice(c)))
             .collect()
     } else {
-        events.into_iter().map(|e| Piece::Data(Bytes::from(e))).collect()
+        events
+            .into_iter()
+            .map(|e| Piece::Data(Bytes::from(e)))
+            .collect()
     };
     if let Some(t) = tail {
         pieces.push(t);
@@ -257,7 +282,10 @@ fn sse_response(state: &MockState, knobs: Knobs, mut events: Vec<String>, error_
                 Some(Piece::Reset) => {
                     guard.complete();
                     Some((
-                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock disconnect")),
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "mock disconnect",
+                        )),
                         (it, guard, false),
                     ))
                 }
@@ -302,9 +330,9 @@ impl Drop for AbortGuard {
     }
 }
 
-/// Parses a JSON body or answers 400 in the caller's shape.
-pub fn parse_body(body: &Bytes) -> Result<serde_json::Value, ()> {
-    serde_json::from_slice(body).map_err(|_| ())
+/// Parses a JSON body; the caller answers 400 in its provider's shape on error.
+pub fn parse_body(body: &Bytes) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 /// Unix seconds now, or the `x-mock-created` header's value (for byte-exact comparisons).

@@ -35,7 +35,10 @@ pub async fn models() -> axum::Json<Value> {
 pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
     let k = knobs(&state, &headers);
     let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(StatusCode::BAD_REQUEST, error_json(400, "We could not parse the JSON body of your request."));
+        let r = Rendered::Json(
+            StatusCode::BAD_REQUEST,
+            error_json(400, "We could not parse the JSON body of your request."),
+        );
         return respond(&state, k, r, 0).await;
     };
     if let Fault::Status(s) = k.fault {
@@ -61,7 +64,10 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
     let created = now(&headers);
     if req["stream"] != true {
         let (message, finish) = match &answer {
-            Answer::Text(words) => (json!({"role": "assistant", "content": words.concat(), "refusal": null}), "stop"),
+            Answer::Text(words) => (
+                json!({"role": "assistant", "content": words.concat(), "refusal": null}),
+                "stop",
+            ),
             Answer::Tools(calls) => (
                 json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": calls.iter().map(|c| json!({
                     "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}
@@ -74,7 +80,13 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
             "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
             "usage": usage, "system_fingerprint": "fp_mock"
         });
-        return respond(&state, k, Rendered::Json(StatusCode::OK, body.to_string()), out).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(StatusCode::OK, body.to_string()),
+            out,
+        )
+        .await;
     }
     let chunk = |delta: Value, finish: Value| {
         sse(&json!({
@@ -86,7 +98,10 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
     let mut events = Vec::new();
     let finish = match &answer {
         Answer::Text(words) => {
-            events.push(chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null));
+            events.push(chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            ));
             for d in script::deltas(words, k.tokens_per_chunk) {
                 events.push(chunk(json!({"content": d}), Value::Null));
             }
@@ -108,7 +123,10 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
                 let args: Vec<char> = c.arguments.chars().collect();
                 for piece in args.chunks(8) {
                     let s: String = piece.iter().collect();
-                    events.push(chunk(json!({"tool_calls": [{"index": i, "function": {"arguments": s}}]}), Value::Null));
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": s}}]}),
+                        Value::Null,
+                    ));
                 }
             }
             "tool_calls"
@@ -122,20 +140,44 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
         })));
     }
     events.push("data: [DONE]\n\n".into());
-    let error_event = sse(&json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}));
-    respond(&state, k, Rendered::Sse { events, error_event }, out).await
+    let error_event = sse(
+        &json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}),
+    );
+    respond(
+        &state,
+        k,
+        Rendered::Sse {
+            events,
+            error_event,
+        },
+        out,
+    )
+    .await
 }
 
 /// `POST /v1/responses`.
-pub async fn responses(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn responses(
+    State(state): State<MockState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let k = knobs(&state, &headers);
     let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(StatusCode::BAD_REQUEST, error_json(400, "We could not parse the JSON body of your request."));
+        let r = Rendered::Json(
+            StatusCode::BAD_REQUEST,
+            error_json(400, "We could not parse the JSON body of your request."),
+        );
         return respond(&state, k, r, 0).await;
     };
     if let Fault::Status(s) = k.fault {
         let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return respond(&state, k, Rendered::Json(status, error_json(s, "mock fault")), 0).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(status, error_json(s, "mock fault")),
+            0,
+        )
+        .await;
     }
     let model = req["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let declared = script::names_at(&req, "/tools", "/name");
@@ -159,22 +201,32 @@ pub async fn responses(State(state): State<MockState>, headers: HeaderMap, body:
         Answer::Tools(calls) => calls
             .iter()
             .enumerate()
-            .map(|(i, c)| json!({
-                "type": "function_call", "id": format!("fc_mock_{i}"), "call_id": c.id,
-                "name": c.name, "arguments": c.arguments, "status": "completed"
-            }))
+            .map(|(i, c)| {
+                json!({
+                    "type": "function_call", "id": format!("fc_mock_{i}"), "call_id": c.id,
+                    "name": c.name, "arguments": c.arguments, "status": "completed"
+                })
+            })
             .collect(),
     };
     let created_at = now(&headers);
-    let response = |status: &str, output: Vec<Value>, usage: Value| json!({
-        "id": "resp_mock", "object": "response", "created_at": created_at, "status": status,
-        "model": model, "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
-        "tools": [], "usage": usage, "error": null, "incomplete_details": null,
-        "instructions": null, "metadata": {}, "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}}
-    });
+    let response = |status: &str, output: Vec<Value>, usage: Value| {
+        json!({
+            "id": "resp_mock", "object": "response", "created_at": created_at, "status": status,
+            "model": model, "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
+            "tools": [], "usage": usage, "error": null, "incomplete_details": null,
+            "instructions": null, "metadata": {}, "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}}
+        })
+    };
     if req["stream"] != true {
         let body = response("completed", items, usage);
-        return respond(&state, k, Rendered::Json(StatusCode::OK, body.to_string()), out).await;
+        return respond(
+            &state,
+            k,
+            Rendered::Json(StatusCode::OK, body.to_string()),
+            out,
+        )
+        .await;
     }
     let mut seq = 0u64;
     let mut events = Vec::new();
@@ -184,42 +236,90 @@ pub async fn responses(State(state): State<MockState>, headers: HeaderMap, body:
         seq += 1;
         events.push(format!("event: {kind}\ndata: {data}\n\n"));
     };
-    ev("response.created", json!({"response": response("in_progress", vec![], Value::Null)}));
-    ev("response.in_progress", json!({"response": response("in_progress", vec![], Value::Null)}));
+    ev(
+        "response.created",
+        json!({"response": response("in_progress", vec![], Value::Null)}),
+    );
+    ev(
+        "response.in_progress",
+        json!({"response": response("in_progress", vec![], Value::Null)}),
+    );
     match &answer {
         Answer::Text(words) => {
             let text = words.concat();
-            ev("response.output_item.added", json!({"output_index": 0, "item": {
-                "type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant", "content": []}}));
-            ev("response.content_part.added", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": []}}));
+            ev(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": {
+                "type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant", "content": []}}),
+            );
+            ev(
+                "response.content_part.added",
+                json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []}}),
+            );
             for d in script::deltas(words, k.tokens_per_chunk) {
-                ev("response.output_text.delta", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": d, "logprobs": []}));
+                ev(
+                    "response.output_text.delta",
+                    json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": d, "logprobs": []}),
+                );
             }
-            ev("response.output_text.done", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}));
-            ev("response.content_part.done", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0,
-                "part": {"type": "output_text", "text": text, "annotations": []}}));
-            ev("response.output_item.done", json!({"output_index": 0, "item": items[0]}));
+            ev(
+                "response.output_text.done",
+                json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+            );
+            ev(
+                "response.content_part.done",
+                json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": text, "annotations": []}}),
+            );
+            ev(
+                "response.output_item.done",
+                json!({"output_index": 0, "item": items[0]}),
+            );
         }
         Answer::Tools(calls) => {
             for (i, c) in calls.iter().enumerate() {
                 let item_id = format!("fc_mock_{i}");
-                ev("response.output_item.added", json!({"output_index": i, "item": {
-                    "type": "function_call", "id": item_id, "call_id": c.id, "name": c.name, "arguments": "", "status": "in_progress"}}));
+                ev(
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": {
+                    "type": "function_call", "id": item_id, "call_id": c.id, "name": c.name, "arguments": "", "status": "in_progress"}}),
+                );
                 let args: Vec<char> = c.arguments.chars().collect();
                 for piece in args.chunks(8) {
                     let s: String = piece.iter().collect();
-                    ev("response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": i, "delta": s}));
+                    ev(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id, "output_index": i, "delta": s}),
+                    );
                 }
-                ev("response.function_call_arguments.done", json!({"item_id": item_id, "output_index": i, "arguments": c.arguments}));
-                ev("response.output_item.done", json!({"output_index": i, "item": items[i]}));
+                ev(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id, "output_index": i, "arguments": c.arguments}),
+                );
+                ev(
+                    "response.output_item.done",
+                    json!({"output_index": i, "item": items[i]}),
+                );
             }
         }
     }
-    ev("response.completed", json!({"response": response("completed", items.clone(), usage)}));
+    ev(
+        "response.completed",
+        json!({"response": response("completed", items.clone(), usage)}),
+    );
     let error_event = format!(
         "event: error\ndata: {}\n\n",
         json!({"type": "error", "code": "server_error", "message": "The server had an error while processing your request.", "param": null, "sequence_number": seq})
     );
-    respond(&state, k, Rendered::Sse { events, error_event }, out).await
+    respond(
+        &state,
+        k,
+        Rendered::Sse {
+            events,
+            error_event,
+        },
+        out,
+    )
+    .await
 }

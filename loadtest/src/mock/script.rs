@@ -90,7 +90,8 @@ impl Knobs {
             latency_ms: num("x-mock-latency-ms", defaults.latency_ms),
             chunk_delay_ms: num("x-mock-chunk-delay-ms", defaults.chunk_delay_ms),
             chunk_bytes: num("x-mock-chunk-bytes", 0) as usize,
-            tokens_per_chunk: num("x-mock-tokens-per-chunk", defaults.tokens_per_chunk as u64).max(1) as usize,
+            tokens_per_chunk: num("x-mock-tokens-per-chunk", defaults.tokens_per_chunk as u64)
+                .max(1) as usize,
             fault,
             tools: header(h, "x-mock-tools").map(str::to_owned),
             tool_args: header(h, "x-mock-tool-args").map(str::to_owned),
@@ -101,7 +102,11 @@ impl Knobs {
 
 fn parse_fault(v: &str) -> Fault {
     let (kind, arg) = v.split_once(':').unwrap_or((v, "0"));
-    let n = arg.split(':').next().and_then(|a| a.parse().ok()).unwrap_or(0usize);
+    let n = arg
+        .split(':')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0usize);
     match kind {
         "status" => Fault::Status(u16::try_from(n).unwrap_or(500)),
         "disconnect-after" => Fault::DisconnectAfter(n),
@@ -109,7 +114,11 @@ fn parse_fault(v: &str) -> Fault {
         "error-event-after" => Fault::ErrorEventAfter(n),
         "stall-after" => Fault::StallAfter(n),
         "huge-event-after" => {
-            let size = arg.split(':').nth(1).and_then(|a| a.parse().ok()).unwrap_or(2 << 20);
+            let size = arg
+                .split(':')
+                .nth(1)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(2 << 20);
             Fault::HugeEventAfter(n, size)
         }
         _ => Fault::None,
@@ -184,7 +193,11 @@ pub fn names_at(v: &Value, array: &str, name_ptr: &str) -> Vec<String> {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .filter_map(|t| t.pointer(name_ptr).and_then(Value::as_str).map(str::to_owned))
+                .filter_map(|t| {
+                    t.pointer(name_ptr)
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .collect()
         })
         .unwrap_or_default()

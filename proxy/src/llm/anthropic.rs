@@ -229,31 +229,30 @@ impl MessagesStream {
                 }
             }
             "content_block_start" => {
-                if let (Some(index), Some(b)) = (e.index, e.content_block) {
-                    if b.kind.as_deref() == Some("tool_use") {
-                        // The start block carries `input: {}`; deltas replace it when present.
-                        let initial = b.input.map(|r| r.get().to_owned()).unwrap_or_default();
-                        let call = ToolCall {
-                            id: b.id.map(|s| s.into_owned()).unwrap_or_default(),
-                            name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
-                            arguments: initial,
-                            index,
-                        };
-                        self.open.insert(index, (call, false));
-                    }
+                if let (Some(index), Some(b)) = (e.index, e.content_block)
+                    && b.kind.as_deref() == Some("tool_use")
+                {
+                    // The start block carries `input: {}`; deltas replace it when present.
+                    let initial = b.input.map(|r| r.get().to_owned()).unwrap_or_default();
+                    let call = ToolCall {
+                        id: b.id.map(|s| s.into_owned()).unwrap_or_default(),
+                        name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
+                        arguments: initial,
+                        index,
+                    };
+                    self.open.insert(index, (call, false));
                 }
             }
             "content_block_delta" => {
-                if let (Some(index), Some(d)) = (e.index, e.delta) {
-                    if let (Some((call, seen_delta)), Some(part)) =
+                if let (Some(index), Some(d)) = (e.index, e.delta)
+                    && let (Some((call, seen_delta)), Some(part)) =
                         (self.open.get_mut(&index), d.partial_json)
-                    {
-                        if !*seen_delta {
-                            call.arguments.clear();
-                            *seen_delta = true;
-                        }
-                        call.arguments.push_str(&part);
+                {
+                    if !*seen_delta {
+                        call.arguments.clear();
+                        *seen_delta = true;
                     }
+                    call.arguments.push_str(&part);
                 }
             }
             "content_block_stop" => {

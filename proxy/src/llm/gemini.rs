@@ -214,10 +214,10 @@ impl GeminiStream {
         ev: &EventFields<'_>,
         facts: &mut ResponseFacts,
     ) -> EventVerdict {
-        if ev.has_data {
-            if let Ok(r) = serde_json::from_str::<GenerateResponse<'_>>(&ev.data) {
-                read_response(r, &mut self.next_index, facts);
-            }
+        if ev.has_data
+            && let Ok(r) = serde_json::from_str::<GenerateResponse<'_>>(&ev.data)
+        {
+            read_response(r, &mut self.next_index, facts);
         }
         EventVerdict::Forward
     }

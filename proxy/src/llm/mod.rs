@@ -60,7 +60,7 @@ impl ResponseInspector {
     pub fn new(api: Api, drop_usage_chunk: bool) -> Self {
         match api {
             Api::ChatCompletions => Self::Chat(openai::ChatStream::new(drop_usage_chunk)),
-            Api::Responses => Self::Responses(openai::ResponsesStream::default()),
+            Api::Responses => Self::Responses(openai::ResponsesStream),
             Api::Messages => Self::Messages(anthropic::MessagesStream::default()),
             Api::GenerateContent => Self::Gemini(gemini::GeminiStream::default()),
         }

@@ -95,7 +95,11 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
                 facts.prior_tool_calls.push(ToolCall {
                     id,
                     name,
-                    arguments: c.function.arguments.map(|s| s.into_owned()).unwrap_or_default(),
+                    arguments: c
+                        .function
+                        .arguments
+                        .map(|s| s.into_owned())
+                        .unwrap_or_default(),
                     index: u32::try_from(i).unwrap_or(u32::MAX),
                 });
             }
@@ -123,16 +127,15 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
 /// field is absent (the common case); otherwise edits the parsed object.
 fn with_include_usage(body: &[u8], options_absent: bool) -> Result<Bytes, SluiceError> {
     const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
-    if options_absent {
-        if let Some(open) = body.iter().position(|b| !b.is_ascii_whitespace()) {
-            if body[open] == b'{' {
-                let mut out = Vec::with_capacity(body.len() + FIELD.len());
-                out.extend_from_slice(&body[..=open]);
-                out.extend_from_slice(FIELD);
-                out.extend_from_slice(&body[open + 1..]);
-                return Ok(Bytes::from(out));
-            }
-        }
+    if options_absent
+        && let Some(open) = body.iter().position(|b| !b.is_ascii_whitespace())
+        && body[open] == b'{'
+    {
+        let mut out = Vec::with_capacity(body.len() + FIELD.len());
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(FIELD);
+        out.extend_from_slice(&body[open + 1..]);
+        return Ok(Bytes::from(out));
     }
     let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
     let Some(obj) = value.as_object_mut() else {
@@ -323,8 +326,16 @@ pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
         {
             facts.tool_calls.push(ToolCall {
                 id: call.id.map(|s| s.into_owned()).unwrap_or_default(),
-                name: call.function.name.map(|s| s.into_owned()).unwrap_or_default(),
-                arguments: call.function.arguments.map(|s| s.into_owned()).unwrap_or_default(),
+                name: call
+                    .function
+                    .name
+                    .map(|s| s.into_owned())
+                    .unwrap_or_default(),
+                arguments: call
+                    .function
+                    .arguments
+                    .map(|s| s.into_owned())
+                    .unwrap_or_default(),
                 index: u32::try_from(i).unwrap_or(u32::MAX),
             });
         }
@@ -384,7 +395,11 @@ impl ChatStream {
         }
     }
 
-    pub(super) fn on_event(&mut self, ev: &EventFields<'_>, facts: &mut ResponseFacts) -> EventVerdict {
+    pub(super) fn on_event(
+        &mut self,
+        ev: &EventFields<'_>,
+        facts: &mut ResponseFacts,
+    ) -> EventVerdict {
         if !ev.has_data {
             return EventVerdict::Forward;
         }
@@ -407,11 +422,7 @@ impl ChatStream {
             facts.usage = Some(u.to_usage());
         }
         for choice in chunk.choices {
-            for d in choice
-                .delta
-                .and_then(|d| d.tool_calls)
-                .unwrap_or_default()
-            {
+            for d in choice.delta.and_then(|d| d.tool_calls).unwrap_or_default() {
                 // A delta without an index continues the most recent call.
                 let index = d
                     .index
@@ -422,10 +433,10 @@ impl ChatStream {
                     arguments: String::new(),
                     index,
                 });
-                if let Some(id) = d.id {
-                    if call.id.is_empty() {
-                        call.id = id.into_owned();
-                    }
+                if let Some(id) = d.id
+                    && call.id.is_empty()
+                {
+                    call.id = id.into_owned();
                 }
                 if let Some(f) = d.function {
                     if let Some(n) = f.name {
@@ -564,7 +575,11 @@ struct ResponsesEvent<'a> {
 pub struct ResponsesStream;
 
 impl ResponsesStream {
-    pub(super) fn on_event(&mut self, ev: &EventFields<'_>, facts: &mut ResponseFacts) -> EventVerdict {
+    pub(super) fn on_event(
+        &mut self,
+        ev: &EventFields<'_>,
+        facts: &mut ResponseFacts,
+    ) -> EventVerdict {
         if !ev.has_data {
             return EventVerdict::Forward;
         }
@@ -573,7 +588,10 @@ impl ResponsesStream {
         };
         match e.kind.as_ref() {
             "response.output_item.done" => {
-                if let Some(call) = e.item.and_then(|i| i.into_call(e.output_index.unwrap_or(0))) {
+                if let Some(call) = e
+                    .item
+                    .and_then(|i| i.into_call(e.output_index.unwrap_or(0)))
+                {
                     facts.tool_calls.push(call);
                 }
             }
@@ -653,9 +671,19 @@ mod tests {
     #[test]
     fn leaves_requests_that_ask_for_usage() {
         let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
-        assert!(inspect_chat_request(body).expect("valid").rewritten.is_none());
+        assert!(
+            inspect_chat_request(body)
+                .expect("valid")
+                .rewritten
+                .is_none()
+        );
         let body = br#"{"model":"m","messages":[]}"#;
-        assert!(inspect_chat_request(body).expect("valid").rewritten.is_none());
+        assert!(
+            inspect_chat_request(body)
+                .expect("valid")
+                .rewritten
+                .is_none()
+        );
     }
 
     #[test]

@@ -78,7 +78,11 @@ impl ProxyHttp for SluiceProxy {
         RequestCtx::new()
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
         ctx.config = self.live.current();
         ctx.error_shape = request::guess_provider(session);
         if let Some(cfg) = ctx.config.clone() {
@@ -90,16 +94,28 @@ impl ProxyHttp for SluiceProxy {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
         match session.req_header().uri.path() {
             "/healthz" => {
-                request::write_simple(session, 200, "text/plain", None, Bytes::from_static(b"ok\n")).await?;
+                request::write_simple(
+                    session,
+                    200,
+                    "text/plain",
+                    None,
+                    Bytes::from_static(b"ok\n"),
+                )
+                .await?;
                 ctx.status = 200;
                 return Ok(true);
             }
             "/readyz" => {
                 let (status, text) = self.live.readiness();
-                request::write_simple(session, status, "text/plain", None, Bytes::from(text)).await?;
+                request::write_simple(session, status, "text/plain", None, Bytes::from(text))
+                    .await?;
                 ctx.status = status;
                 return Ok(true);
             }
@@ -111,15 +127,21 @@ impl ProxyHttp for SluiceProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
-        let (Some(cfg), Some(route)) = (ctx.config.clone(), ctx.route.clone()) else {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let up = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.profile.upstreams.get(&r.provider))
+            .cloned();
+        let (Some(cfg), Some(up)) = (ctx.config.clone(), up) else {
             return Err(raise(ctx, SluiceError::Internal));
         };
-        let Some(up) = route.profile.upstreams.get(&route.provider) else {
-            return Err(raise(ctx, SluiceError::Internal));
-        };
-        match upstream::resolve(up).await {
-            Ok(addr) => Ok(upstream::peer(up, addr, &cfg.limits)),
+        match upstream::resolve(&up).await {
+            Ok(addr) => Ok(upstream::peer(&up, addr, &cfg.limits)),
             Err(e) => Err(raise(ctx, e)),
         }
     }
@@ -176,8 +198,16 @@ impl ProxyHttp for SluiceProxy {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let err = ctx.error.clone().unwrap_or_else(|| classify_pingora(e, ctx));
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = ctx
+            .error
+            .clone()
+            .unwrap_or_else(|| classify_pingora(e, ctx));
         let mut code = 0;
         if !ctx.response_started {
             if !downstream_gone(e) {
@@ -215,7 +245,10 @@ fn downstream_gone(e: &Error) -> bool {
 
 /// Maps Pingora's error for a failed proxy attempt to the Sluice error the client sees.
 fn classify_pingora(e: &Error, ctx: &RequestCtx) -> SluiceError {
-    let provider = ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str());
+    let provider = ctx
+        .route
+        .as_ref()
+        .map_or("upstream", |r| r.provider.as_str());
     let idle = ctx
         .config
         .as_ref()

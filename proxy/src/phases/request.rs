@@ -19,12 +19,13 @@ const KEY_QUERY_PARAMS: &[&str] = &["key", "api_key", "api-key", "apikey", "acce
 pub fn check_header_limits(session: &Session, limits: &Limits) -> Result<(), SluiceError> {
     let req = session.req_header();
     let count = req.headers.len();
+    let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     let bytes: usize = req
         .headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri.to_string().len();
+        + uri_len;
     if count > limits.max_header_count || bytes > limits.max_header_bytes {
         return Err(SluiceError::HeadersTooLarge {
             count,
@@ -60,7 +61,10 @@ pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), Slui
     if let Some(q) = req.uri.query() {
         for pair in q.split('&') {
             let name = pair.split('=').next().unwrap_or("");
-            if KEY_QUERY_PARAMS.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+            if KEY_QUERY_PARAMS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(name))
+            {
                 return Err(SluiceError::KeyInQuery(name.chars().take(32).collect()));
             }
         }
@@ -71,12 +75,11 @@ pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), Slui
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
+        && len > config.limits.max_request_body_bytes
     {
-        if len > config.limits.max_request_body_bytes {
-            return Err(SluiceError::BodyTooLarge {
-                limit: config.limits.max_request_body_bytes,
-            });
-        }
+        return Err(SluiceError::BodyTooLarge {
+            limit: config.limits.max_request_body_bytes,
+        });
     }
     ctx.error_shape = r.provider;
     if let Some(model) = &r.url_model {

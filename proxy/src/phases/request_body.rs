@@ -24,10 +24,10 @@ pub fn on_chunk(
     let Some(api) = ctx.api() else {
         return Ok(());
     };
-    if let Some(chunk) = body.take() {
-        if !chunk.is_empty() {
-            ctx.request_chunks.push(chunk);
-        }
+    if let Some(chunk) = body.take()
+        && !chunk.is_empty()
+    {
+        ctx.request_chunks.push(chunk);
     }
     if !end_of_stream {
         // Nothing upstream yet; an empty chunk tells Pingora "more to come".

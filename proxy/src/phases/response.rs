@@ -30,7 +30,10 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
-    ctx.inspector = Some(ResponseInspector::new(api, ctx.request_facts.usage_injected));
+    ctx.inspector = Some(ResponseInspector::new(
+        api,
+        ctx.request_facts.usage_injected,
+    ));
     if is_sse {
         // Events may be dropped (injected usage) or appended (terminal errors): the length
         // is no longer the upstream's.
@@ -88,24 +91,31 @@ pub fn on_chunk(
     Ok(())
 }
 
-fn on_sse_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
+fn on_sse_chunk(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+) -> Result<(), SluiceError> {
     let BodyMode::Sse(framer) = &mut ctx.body_mode else {
         return Ok(());
     };
     let Some(inspector) = ctx.inspector.as_mut() else {
         return Ok(());
     };
-    let provider = ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str());
+    let provider = ctx
+        .route
+        .as_ref()
+        .map_or("upstream", |r| r.provider.as_str());
     let mut framed = Framed::default();
     let mut fault: Option<SluiceError> = None;
     let chunk_in = body.clone();
-    if let Some(chunk) = body.as_ref() {
-        if let Err(e) = framer.push(chunk, &mut framed) {
-            fault = Some(SluiceError::UpstreamProtocol {
-                provider,
-                detail: e.to_string(),
-            });
-        }
+    if let Some(chunk) = body.as_ref()
+        && let Err(e) = framer.push(chunk, &mut framed)
+    {
+        fault = Some(SluiceError::UpstreamProtocol {
+            provider,
+            detail: e.to_string(),
+        });
     }
     if end_of_stream && fault.is_none() {
         if framer.remainder_is_complete_event() {
@@ -139,11 +149,12 @@ fn on_sse_chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Request
             detail: "the stream ended before its final event".into(),
         });
     }
-    if !dropped && fault.is_none() {
-        if let Some(slice) = chunk_in.as_ref().and_then(|c| contiguous_in(c, &keep)) {
-            *body = Some(slice);
-            return Ok(());
-        }
+    if !dropped
+        && fault.is_none()
+        && let Some(slice) = chunk_in.as_ref().and_then(|c| contiguous_in(c, &keep))
+    {
+        *body = Some(slice);
+        return Ok(());
     }
     let mut out = Framed { events: keep };
     let Some(err) = fault else {

@@ -83,9 +83,9 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
         }
         (None, true) => {}
     }
-    let uri = path
-        .parse::<http::Uri>()
-        .map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream uri"))?;
+    let uri = path.parse::<http::Uri>().map_err(|_| {
+        pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream uri")
+    })?;
     req.set_uri(uri);
     req.insert_header(http::header::HOST, up.authority())?;
     if let Some(key) = &up.api_key {

@@ -34,7 +34,9 @@ impl Harness {
             .unwrap();
         let mock = rt.block_on(async {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            sluice_loadtest::mock::serve(l, MockConfig::default()).await.unwrap()
+            sluice_loadtest::mock::serve(l, MockConfig::default())
+                .await
+                .unwrap()
         });
         let env = Environment {
             openai_base_url: Some(mock.openai_base()),
@@ -114,12 +116,19 @@ impl RawResponse {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not json ({e}): {}", self.text()))
     }
 }
 
 /// Sends one request on a fresh connection and reads the whole response.
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     let mut has_len = false;
@@ -139,7 +148,12 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
 }
 
 /// JSON POST helper.
-pub async fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> RawResponse {
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> RawResponse {
     let mut h = vec![("content-type", "application/json")];
     h.extend_from_slice(headers);
     send(addr, "POST", path, &h, body.to_string().as_bytes()).await
@@ -160,7 +174,14 @@ pub fn parse_response(buf: &[u8]) -> RawResponse {
         .unwrap_or_else(|| panic!("no header in {:?}", String::from_utf8_lossy(buf)));
     let head = std::str::from_utf8(&buf[..head_end]).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -220,13 +241,15 @@ pub fn anthropic_body(stream: bool, tools: bool) -> serde_json::Value {
     let mut v = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
         "messages": [{"role": "user", "content": "Email Alice"}]});
     if tools {
-        v["tools"] = serde_json::json!([{"name": "send_email", "input_schema": {"type": "object"}}]);
+        v["tools"] =
+            serde_json::json!([{"name": "send_email", "input_schema": {"type": "object"}}]);
     }
     v
 }
 
 pub fn gemini_body(tools: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "Email Alice"}]}]});
+    let mut v =
+        serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "Email Alice"}]}]});
     if tools {
         v["tools"] = serde_json::json!([{"functionDeclarations": [{"name": "send_email", "parameters": {"type": "object"}}]}]);
     }
@@ -234,7 +257,8 @@ pub fn gemini_body(tools: bool) -> serde_json::Value {
 }
 
 pub fn responses_body(stream: bool, tools: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({"model": "gpt-4o-mini", "stream": stream, "input": "Email Alice"});
+    let mut v =
+        serde_json::json!({"model": "gpt-4o-mini", "stream": stream, "input": "Email Alice"});
     if tools {
         v["tools"] = serde_json::json!([{"type": "function", "name": "send_email", "parameters": {"type": "object"}}]);
     }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, Rust tests (unit, property,
+# end-to-end on 127.0.0.1), then the official provider SDKs through a real `sluice dev`.
+# Everything builds once, in the release profile, into CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+export SLUICE_VENV="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
+# Tests must never reach a real provider, whatever the caller's environment says.
+unset SLUICE_OPENAI_BASE_URL SLUICE_ANTHROPIC_BASE_URL SLUICE_GEMINI_BASE_URL
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --release --workspace --all-targets -- -D warnings
+echo "== cargo build (the sluice binary the SDK tests run)"
+cargo build --locked --release -p sluice
+echo "== cargo test"
+cargo test --locked --release --workspace
+echo "== SDK tests (openai, anthropic, google-genai through sluice dev)"
+SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" "$SLUICE_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk
