@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{EventVerdict, InspectedRequest, JStr, Raw, RawContent, json_string, malformed};
+use super::{
+    EventVerdict, InspectedRequest, JStr, Raw, RawContent, contains, json_string, malformed,
+};
 use crate::error::{ErrorKind, SluiceError};
 use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
 use crate::sse::EventFields;
@@ -215,6 +217,14 @@ impl MessagesStream {
     ) -> EventVerdict {
         if !ev.has_data {
             return EventVerdict::Forward;
+        }
+        // Text and thinking deltas and pings carry nothing Sluice reads: not parsed.
+        match ev.event {
+            Some("ping") => return EventVerdict::Forward,
+            Some("content_block_delta") if !contains(&ev.data, "\"input_json_delta\"") => {
+                return EventVerdict::Forward;
+            }
+            _ => {}
         }
         let Ok(e) = serde_json::from_str::<StreamEvent<'_>>(&ev.data) else {
             return EventVerdict::Forward;

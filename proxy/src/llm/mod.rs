@@ -125,6 +125,21 @@ pub fn stream_error_event(api: Api, err: &SluiceError) -> Bytes {
     Bytes::from(event)
 }
 
+/// True when `data` contains `needle` (a cheap pre-check before parsing an event).
+pub(crate) fn contains(data: &str, needle: &str) -> bool {
+    memchr::memmem::find(data.as_bytes(), needle.as_bytes()).is_some()
+}
+
+/// True when the JSON field `"name"` is absent or null: a text delta in every provider
+/// carries `"finish_reason":null`, and only the last chunk a value.
+pub(crate) fn absent_or_null(data: &str, name: &str) -> bool {
+    let Some(at) = memchr::memmem::find(data.as_bytes(), name.as_bytes()) else {
+        return true;
+    };
+    let rest = data[at + name.len()..].trim_start_matches([' ', '\t', '\n', '\r', ':']);
+    rest.starts_with("null")
+}
+
 /// JSON-escapes a string (for the small bodies Sluice writes itself).
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
@@ -159,4 +174,20 @@ pub(crate) fn malformed(e: &serde_json::Error) -> SluiceError {
         e.line(),
         e.column()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parse_skip_check_sees_finish_reasons_however_spaced() {
+        assert!(absent_or_null(r#"{"finish_reason":null}"#, "\"finish_reason\""));
+        assert!(absent_or_null(r#"{"finish_reason" : null}"#, "\"finish_reason\""));
+        assert!(absent_or_null(r#"{"delta":{}}"#, "\"finish_reason\""));
+        assert!(!absent_or_null(r#"{"finish_reason": "stop"}"#, "\"finish_reason\""));
+        assert!(!absent_or_null(r#"{"finish_reason":"tool_calls"}"#, "\"finish_reason\""));
+        // A text delta that talks about tool calls is still skipped: the quote is escaped.
+        assert!(!contains(r#"{"content":"say \"tool_calls\""}"#, "\"tool_calls\""));
+    }
 }

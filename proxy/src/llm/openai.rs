@@ -6,7 +6,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{EventVerdict, InspectedRequest, JStr, Raw, RawContent, json_string, malformed};
+use super::{
+    EventVerdict, InspectedRequest, JStr, Raw, RawContent, absent_or_null, contains, json_string,
+    malformed,
+};
 use crate::error::{ErrorKind, SluiceError};
 use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
 use crate::sse::EventFields;
@@ -408,6 +411,17 @@ impl ChatStream {
             facts.completed = true;
             return EventVerdict::Forward;
         }
+        // Most events are text deltas: skip parsing those that cannot carry a tool call,
+        // usage, a finish reason or an error once the model is known.
+        let data: &str = &ev.data;
+        if facts.model.is_some()
+            && !contains(data, "\"tool_calls\"")
+            && !contains(data, "\"usage\"")
+            && !contains(data, "\"error\"")
+            && absent_or_null(data, "\"finish_reason\"")
+        {
+            return EventVerdict::Forward;
+        }
         let Ok(chunk) = serde_json::from_str::<ChatChunk<'_>>(&ev.data) else {
             return EventVerdict::Forward;
         };
@@ -581,6 +595,19 @@ impl ResponsesStream {
         facts: &mut ResponseFacts,
     ) -> EventVerdict {
         if !ev.has_data {
+            return EventVerdict::Forward;
+        }
+        // Only these events carry calls, usage or errors; the rest are not parsed.
+        if let Some(name) = ev.event
+            && !matches!(
+                name,
+                "response.output_item.done"
+                    | "response.completed"
+                    | "response.incomplete"
+                    | "response.failed"
+                    | "error"
+            )
+        {
             return EventVerdict::Forward;
         }
         let Ok(e) = serde_json::from_str::<ResponsesEvent<'_>>(&ev.data) else {
