@@ -140,9 +140,13 @@ http {{
         }
         body_json = json.dumps(CHAT)
         body_sse = json.dumps(dict(CHAT, stream=True))
-        hdr = ["content-type: application/json", "authorization: Bearer sk-bench"]
+        base_hdr = ["content-type: application/json", "authorization: Bearer sk-bench"]
+        # 110 words make a 1,011-byte chat.completion; streams keep the 40-word default
+        # (43 events, 9.5 KB).
+        headers = {"json": base_hdr + ["x-mock-words: 110"], "sse": base_hdr}
         results = {}
         for scenario, body in (("json", body_json), ("sse", body_sse)):
+            hdr = headers[scenario]
             for rep in range(args.reps):
                 for name, (url, pids) in targets.items():
                     c0 = cpu_seconds(pids)
@@ -159,7 +163,7 @@ http {{
             rate = round(max_rps / 2)
             for rep in range(args.reps):
                 for name, (url, _) in targets.items():
-                    r = loadgen(url, body, hdr, 32, args.seconds, rate=rate, label=name)
+                    r = loadgen(url, body, headers[scenario], 32, args.seconds, rate=rate, label=name)
                     half.setdefault((scenario, name), []).append(r)
             half[(scenario, "rate")] = rate
         report = render(args, results, half)
