@@ -182,12 +182,27 @@ mod tests {
 
     #[test]
     fn the_parse_skip_check_sees_finish_reasons_however_spaced() {
-        assert!(absent_or_null(r#"{"finish_reason":null}"#, "\"finish_reason\""));
-        assert!(absent_or_null(r#"{"finish_reason" : null}"#, "\"finish_reason\""));
+        assert!(absent_or_null(
+            r#"{"finish_reason":null}"#,
+            "\"finish_reason\""
+        ));
+        assert!(absent_or_null(
+            r#"{"finish_reason" : null}"#,
+            "\"finish_reason\""
+        ));
         assert!(absent_or_null(r#"{"delta":{}}"#, "\"finish_reason\""));
-        assert!(!absent_or_null(r#"{"finish_reason": "stop"}"#, "\"finish_reason\""));
-        assert!(!absent_or_null(r#"{"finish_reason":"tool_calls"}"#, "\"finish_reason\""));
+        assert!(!absent_or_null(
+            r#"{"finish_reason": "stop"}"#,
+            "\"finish_reason\""
+        ));
+        assert!(!absent_or_null(
+            r#"{"finish_reason":"tool_calls"}"#,
+            "\"finish_reason\""
+        ));
         // A text delta that talks about tool calls is still skipped: the quote is escaped.
-        assert!(!contains(r#"{"content":"say \"tool_calls\""}"#, "\"tool_calls\""));
+        assert!(!contains(
+            r#"{"content":"say \"tool_calls\""}"#,
+            "\"tool_calls\""
+        ));
     }
 }
