@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{
-    EventVerdict, InspectedRequest, JStr, Raw, RawContent, contains, json_string, malformed,
+    EventVerdict, InspectedRequest, JStr, Needle, Raw, RawContent, contains, json_string, malformed,
 };
 use crate::error::{ErrorKind, SluiceError};
 use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
@@ -202,6 +202,8 @@ struct Delta<'a> {
     stop_reason: Option<JStr<'a>>,
 }
 
+static INPUT_JSON_DELTA: Needle = Needle::new("\"input_json_delta\"");
+
 /// Assembles `tool_use` blocks from `input_json_delta`s; a call completes at its
 /// `content_block_stop`.
 #[derive(Debug, Default)]
@@ -221,7 +223,7 @@ impl MessagesStream {
         // Text and thinking deltas and pings carry nothing Sluice reads: not parsed.
         match ev.event {
             Some("ping") => return EventVerdict::Forward,
-            Some("content_block_delta") if !contains(&ev.data, "\"input_json_delta\"") => {
+            Some("content_block_delta") if !contains(&ev.data, &INPUT_JSON_DELTA) => {
                 return EventVerdict::Forward;
             }
             _ => {}

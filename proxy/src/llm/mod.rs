@@ -125,18 +125,40 @@ pub fn stream_error_event(api: Api, err: &SluiceError) -> Bytes {
     Bytes::from(event)
 }
 
-/// True when `data` contains `needle` (a cheap pre-check before parsing an event).
-pub(crate) fn contains(data: &str, needle: &str) -> bool {
-    memchr::memmem::find(data.as_bytes(), needle.as_bytes()).is_some()
+/// A substring searcher built once (building one per event costs more than the search).
+pub(crate) struct Needle {
+    text: &'static str,
+    finder: std::sync::OnceLock<memchr::memmem::Finder<'static>>,
 }
 
-/// True when the JSON field `"name"` is absent or null: a text delta in every provider
-/// carries `"finish_reason":null`, and only the last chunk a value.
-pub(crate) fn absent_or_null(data: &str, name: &str) -> bool {
-    let Some(at) = memchr::memmem::find(data.as_bytes(), name.as_bytes()) else {
+impl Needle {
+    /// A needle for `text`.
+    pub(crate) const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            finder: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn find(&self, data: &str) -> Option<usize> {
+        self.finder
+            .get_or_init(|| memchr::memmem::Finder::new(self.text))
+            .find(data.as_bytes())
+    }
+}
+
+/// True when `data` contains `needle` (a cheap pre-check before parsing an event).
+pub(crate) fn contains(data: &str, needle: &Needle) -> bool {
+    needle.find(data).is_some()
+}
+
+/// True when the JSON field `needle` (`"name"`) is absent or null: a text delta carries
+/// `"finish_reason":null`, and only the last chunk a value.
+pub(crate) fn absent_or_null(data: &str, needle: &Needle) -> bool {
+    let Some(at) = needle.find(data) else {
         return true;
     };
-    let rest = data[at + name.len()..].trim_start_matches([' ', '\t', '\n', '\r', ':']);
+    let rest = data[at + needle.text.len()..].trim_start_matches([' ', '\t', '\n', '\r', ':']);
     rest.starts_with("null")
 }
 
@@ -180,29 +202,23 @@ pub(crate) fn malformed(e: &serde_json::Error) -> SluiceError {
 mod tests {
     use super::*;
 
+    static FINISH: Needle = Needle::new("\"finish_reason\"");
+    static TOOL_CALLS: Needle = Needle::new("\"tool_calls\"");
+
     #[test]
     fn the_parse_skip_check_sees_finish_reasons_however_spaced() {
-        assert!(absent_or_null(
-            r#"{"finish_reason":null}"#,
-            "\"finish_reason\""
-        ));
-        assert!(absent_or_null(
-            r#"{"finish_reason" : null}"#,
-            "\"finish_reason\""
-        ));
-        assert!(absent_or_null(r#"{"delta":{}}"#, "\"finish_reason\""));
-        assert!(!absent_or_null(
-            r#"{"finish_reason": "stop"}"#,
-            "\"finish_reason\""
-        ));
+        assert!(absent_or_null(r#"{"finish_reason":null}"#, &FINISH));
+        assert!(absent_or_null(r#"{"finish_reason" : null}"#, &FINISH));
+        assert!(absent_or_null(r#"{"delta":{}}"#, &FINISH));
+        assert!(!absent_or_null(r#"{"finish_reason": "stop"}"#, &FINISH));
         assert!(!absent_or_null(
             r#"{"finish_reason":"tool_calls"}"#,
-            "\"finish_reason\""
+            &FINISH
         ));
         // A text delta that talks about tool calls is still skipped: the quote is escaped.
         assert!(!contains(
             r#"{"content":"say \"tool_calls\""}"#,
-            "\"tool_calls\""
+            &TOOL_CALLS
         ));
     }
 }

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{
-    EventVerdict, InspectedRequest, JStr, Raw, RawContent, absent_or_null, contains, json_string,
-    malformed,
+    EventVerdict, InspectedRequest, JStr, Needle, Raw, RawContent, absent_or_null, contains,
+    json_string, malformed,
 };
 use crate::error::{ErrorKind, SluiceError};
 use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
@@ -382,6 +382,11 @@ struct DeltaToolCall<'a> {
     function: Option<FunctionCall<'a>>,
 }
 
+static TOOL_CALLS: Needle = Needle::new("\"tool_calls\"");
+static USAGE: Needle = Needle::new("\"usage\"");
+static ERROR: Needle = Needle::new("\"error\"");
+static FINISH_REASON: Needle = Needle::new("\"finish_reason\"");
+
 /// Assembles chat-completion tool calls from their deltas, keyed by `index`.
 #[derive(Debug, Default)]
 pub struct ChatStream {
@@ -415,10 +420,10 @@ impl ChatStream {
         // usage, a finish reason or an error once the model is known.
         let data: &str = &ev.data;
         if facts.model.is_some()
-            && !contains(data, "\"tool_calls\"")
-            && !contains(data, "\"usage\"")
-            && !contains(data, "\"error\"")
-            && absent_or_null(data, "\"finish_reason\"")
+            && !contains(data, &TOOL_CALLS)
+            && !contains(data, &USAGE)
+            && !contains(data, &ERROR)
+            && absent_or_null(data, &FINISH_REASON)
         {
             return EventVerdict::Forward;
         }

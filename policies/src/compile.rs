@@ -1,0 +1,221 @@
+//! Compiling a [`PolicySet`] once per snapshot: conditions built, tools indexed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use regex::RegexSet;
+
+use crate::ToolId;
+use crate::condition::{CompiledCondition, ConditionError};
+use crate::model::{Defaults, InvocationAction, PolicySet, ResultAction, ToolSelector};
+
+/// A policy set that does not compile; the whole set is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// A condition of a policy is invalid.
+    #[error("policy '{policy}', condition {index}: {source}")]
+    Condition {
+        /// Policy id.
+        policy: String,
+        /// Condition position (0-based).
+        index: usize,
+        /// What is wrong.
+        source: ConditionError,
+    },
+    /// Two policies share an id.
+    #[error("policy id '{0}' is used twice")]
+    DuplicateId(String),
+    /// A policy has an empty id or selector.
+    #[error("policy '{0}': {1}")]
+    Invalid(String, &'static str),
+    /// The defaults use an action that makes no sense there.
+    #[error("defaults: {0}")]
+    Defaults(&'static str),
+}
+
+/// One compiled policy (invocation or result).
+#[derive(Debug, Clone)]
+pub struct Compiled<A> {
+    /// Its id.
+    pub id: Arc<str>,
+    /// Its conditions; empty for the tool's default policy.
+    pub conditions: Vec<CompiledCondition>,
+    /// Its action.
+    pub action: A,
+    /// The reason shown to people.
+    pub reason: Option<Arc<str>>,
+}
+
+impl<A> Compiled<A> {
+    /// True for a tool's default policy (no conditions).
+    pub fn is_default(&self) -> bool {
+        self.conditions.is_empty()
+    }
+}
+
+/// Policies indexed by tool: exact identities in a map, globs in one `RegexSet`.
+#[derive(Debug, Clone, Default)]
+pub struct ToolIndex {
+    exact: HashMap<ToolId, Vec<u32>>,
+    patterns: Option<RegexSet>,
+    pattern_policy: Vec<u32>,
+}
+
+impl ToolIndex {
+    fn build(selectors: &[&ToolSelector]) -> Self {
+        let mut exact: HashMap<ToolId, Vec<u32>> = HashMap::new();
+        let mut patterns = Vec::new();
+        let mut pattern_policy = Vec::new();
+        for (i, s) in selectors.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            if s.source.contains('*') || s.name.contains('*') {
+                patterns.push(format!("^{}\u{0}{}$", glob(&s.source), glob(&s.name)));
+                pattern_policy.push(i);
+            } else {
+                exact
+                    .entry(ToolId::new(s.source.as_str(), s.name.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        // Globs are escaped literals and `.*`: the set always builds.
+        let patterns = (!patterns.is_empty())
+            .then(|| RegexSet::new(&patterns).ok())
+            .flatten();
+        Self {
+            exact,
+            patterns,
+            pattern_policy,
+        }
+    }
+
+    /// Indices of the policies that bind to `tool`, in declaration order.
+    pub fn lookup(&self, tool: &ToolId, out: &mut Vec<u32>) {
+        out.clear();
+        if let Some(v) = self.exact.get(tool) {
+            out.extend_from_slice(v);
+        }
+        if let Some(set) = &self.patterns {
+            let key = format!("{}\u{0}{}", tool.source, tool.name);
+            let before = out.len();
+            out.extend(set.matches(&key).iter().map(|m| self.pattern_policy[m]));
+            if before > 0 && out.len() > before {
+                out.sort_unstable();
+            }
+        }
+    }
+}
+
+fn glob(s: &str) -> String {
+    s.split('*')
+        .map(regex::escape)
+        .collect::<Vec<_>>()
+        .join(".*")
+}
+
+/// The compiled form every evaluation reads.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledPolicies {
+    /// Snapshot version (part of every cache key).
+    pub version: u64,
+    pub(crate) invocation: Vec<Compiled<InvocationAction>>,
+    pub(crate) result: Vec<Compiled<ResultAction>>,
+    pub(crate) invocation_index: ToolIndex,
+    pub(crate) result_index: ToolIndex,
+    pub(crate) defaults: Defaults,
+}
+
+fn compile_conditions(
+    id: &str,
+    conditions: &[crate::model::Condition],
+) -> Result<Vec<CompiledCondition>, CompileError> {
+    conditions
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            CompiledCondition::compile(c).map_err(|source| CompileError::Condition {
+                policy: id.to_owned(),
+                index,
+                source,
+            })
+        })
+        .collect()
+}
+
+fn check_common(
+    id: &str,
+    tool: &ToolSelector,
+    seen: &mut HashSet<String>,
+) -> Result<(), CompileError> {
+    if id.is_empty() {
+        return Err(CompileError::Invalid(id.to_owned(), "the id is empty"));
+    }
+    if tool.source.is_empty() || tool.name.is_empty() {
+        return Err(CompileError::Invalid(
+            id.to_owned(),
+            "tool.source and tool.name are required",
+        ));
+    }
+    if !seen.insert(id.to_owned()) {
+        return Err(CompileError::DuplicateId(id.to_owned()));
+    }
+    Ok(())
+}
+
+impl CompiledPolicies {
+    /// Compiles `set` as snapshot `version`.
+    pub fn compile(set: &PolicySet, version: u64) -> Result<Self, CompileError> {
+        if !matches!(
+            set.defaults.untrusted_call,
+            InvocationAction::AllowWhenUntrusted | InvocationAction::BlockWhenUntrusted
+        ) {
+            return Err(CompileError::Defaults(
+                "untrusted_call must be allow_when_untrusted or block_when_untrusted",
+            ));
+        }
+        if !matches!(
+            set.defaults.result,
+            ResultAction::Trusted | ResultAction::Untrusted
+        ) {
+            return Err(CompileError::Defaults(
+                "result must be trusted or untrusted",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut invocation = Vec::with_capacity(set.invocation.len());
+        for p in &set.invocation {
+            check_common(&p.id, &p.tool, &mut seen)?;
+            invocation.push(Compiled {
+                id: p.id.as_str().into(),
+                conditions: compile_conditions(&p.id, &p.conditions)?,
+                action: p.action,
+                reason: p.reason.as_deref().map(Into::into),
+            });
+        }
+        let mut result = Vec::with_capacity(set.result.len());
+        for p in &set.result {
+            check_common(&p.id, &p.tool, &mut seen)?;
+            result.push(Compiled {
+                id: p.id.as_str().into(),
+                conditions: compile_conditions(&p.id, &p.conditions)?,
+                action: p.action,
+                reason: p.reason.as_deref().map(Into::into),
+            });
+        }
+        let inv_sel: Vec<&ToolSelector> = set.invocation.iter().map(|p| &p.tool).collect();
+        let res_sel: Vec<&ToolSelector> = set.result.iter().map(|p| &p.tool).collect();
+        Ok(Self {
+            version,
+            invocation,
+            result,
+            invocation_index: ToolIndex::build(&inv_sel),
+            result_index: ToolIndex::build(&res_sel),
+            defaults: set.defaults,
+        })
+    }
+
+    /// The defaults in force.
+    pub fn defaults(&self) -> &Defaults {
+        &self.defaults
+    }
+}
