@@ -259,3 +259,58 @@ fn client_disconnect_before_the_response_cancels_the_upstream_request() {
         assert!(matches!(n, Ok(0) | Err(_)), "expected EOF or reset on the upstream connection");
     });
 }
+
+#[test]
+fn the_upstream_gets_the_rewritten_path_host_query_and_injected_key() {
+    // A raw upstream that records the request it receives and answers one JSON body.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let h = Harness::start(&format!(
+        "[profiles.azure.openai]\nbase_url = \"http://127.0.0.1:{port}/openai/deployments/gpt4o\"\napi_key = \"azure-canary-key\"\nauth_header = \"api-key\"\nquery = {{ \"api-version\" = \"2024-10-21\" }}\nheaders = {{ \"x-team\" = \"blue\" }}\n"
+    ));
+    let addr = h.addr();
+    let seen = rt.block_on(async move {
+        use tokio::io::AsyncReadExt;
+        let client = tokio::spawn(async move {
+            post_json(addr, "/v1/openai/azure/chat/completions?trace=1", &[("authorization", "Bearer sk-client-secret")], &chat_body(false, false)).await
+        });
+        let (mut up, _) = upstream.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = up.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let body = br#"{"id":"x","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+        up.write_all(resp.as_bytes()).await.unwrap();
+        up.write_all(body).await.unwrap();
+        let r = client.await.unwrap();
+        assert_eq!(r.status, 200);
+        String::from_utf8(seen).unwrap()
+    });
+    let head = seen.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("post /openai/deployments/gpt4o/chat/completions?trace=1&api-version=2024-10-21 http/1.1"),
+        "{head}"
+    );
+    assert!(head.contains(&format!("host: 127.0.0.1:{port}")), "{head}");
+    assert!(head.contains("api-key: azure-canary-key"), "{head}");
+    assert!(head.contains("x-team: blue"), "{head}");
+    assert!(
+        !head.contains("sk-client-secret"),
+        "the client's key must not reach the upstream: {head}"
+    );
+    assert!(!head.contains("authorization"), "{head}");
+    assert!(
+        seen.contains("\"model\":\"gpt-4o-mini\""),
+        "the body is forwarded"
+    );
+}
