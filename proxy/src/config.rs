@@ -83,6 +83,9 @@ pub struct RawConfig {
     /// Profiles by name.
     #[serde(default)]
     pub profiles: BTreeMap<String, RawProfile>,
+    /// Tool-invocation and tool-result policies (see docs/policies.md).
+    #[serde(default)]
+    pub policies: sluice_policies::PolicySet,
 }
 
 /// Limits as written; every field optional, defaults in [`Limits::default`].
@@ -252,7 +255,7 @@ pub struct Profile {
 }
 
 /// The checked configuration every request reads from one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Proxy listener.
     pub listen: String,
@@ -264,6 +267,8 @@ pub struct Config {
     pub limits: Limits,
     /// Profiles by name.
     pub profiles: HashMap<Arc<str>, Arc<Profile>>,
+    /// The compiled policies of this snapshot.
+    pub policies: Arc<sluice_policies::CompiledPolicies>,
 }
 
 /// Provider base URLs that apply to every profile that does not set its own.
@@ -396,6 +401,11 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .clone()
         .or(raw.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
+    // Every compiled snapshot gets a new version: verdict caches key on it.
+    static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let version = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let policies = sluice_policies::CompiledPolicies::compile(&raw.policies, version)
+        .map_err(|e| ConfigError::Invalid(format!("policies: {e}")))?;
     let threads = raw.threads.unwrap_or(1);
     if threads == 0 || threads > 256 {
         return Err(ConfigError::Invalid(
@@ -408,6 +418,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         threads,
         limits,
         profiles,
+        policies: Arc::new(policies),
     })
 }
 

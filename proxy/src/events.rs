@@ -70,6 +70,10 @@ pub struct ToolCall {
     pub arguments: String,
     /// Position of the call in the response (index for OpenAI, content block for Anthropic).
     pub index: u32,
+    /// Why the call could not be assembled cleanly (e.g. two calls sharing one index): such a
+    /// call is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub malformed: Option<String>,
 }
 
 /// A tool result the client sent back in the request.
@@ -81,6 +85,10 @@ pub struct ToolResult {
     pub name: Option<String>,
     /// The size of the result content, in bytes (the content itself is not recorded).
     pub content_bytes: usize,
+    /// Where the content's JSON value lies in the request body (start, end), so a policy
+    /// can replace it without re-serialising the body.
+    #[serde(skip)]
+    pub span: Option<(usize, usize)>,
 }
 
 /// What the request inspector read from the request body.
@@ -136,6 +144,14 @@ pub struct RequestRecord {
     pub duration_us: u64,
     /// Time to the first response byte, in microseconds.
     pub ttfb_us: Option<u64>,
+    /// Whether the context was trusted when the response's tool calls were judged.
+    pub trusted: bool,
+    /// Where the context's taint began, if it is untrusted.
+    pub taint_boundary: Option<String>,
+    /// True when Sluice refused the response's tool calls.
+    pub refused: bool,
+    /// Every policy decision (results, then calls).
+    pub decisions: Vec<crate::guard::Decision>,
 }
 
 /// Where finished records go. The control plane's usage journal will implement this.

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod live;
 pub mod llm;
 pub mod passthrough;

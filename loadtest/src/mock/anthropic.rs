@@ -50,12 +50,13 @@ pub async fn messages(State(state): State<MockState>, headers: HeaderMap, body: 
         .unwrap_or("claude-sonnet-4-5")
         .to_owned();
     let declared = script::names_at(&req, "/tools", "/name");
-    let last_is_tool = req["messages"]
+    let last_tool = req["messages"]
         .as_array()
         .and_then(|m| m.last())
         .and_then(|m| m["content"].as_array())
-        .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
-    let answer = script::answer(&k, &declared, last_is_tool);
+        .and_then(|c| c.iter().find(|b| b["type"] == "tool_result"))
+        .map(|b| &b["content"]);
+    let answer = script::answer(&k, &declared, last_tool);
     let prompt = script::input_tokens(&body);
     let out = answer.output_tokens();
     let (content, stop) = match &answer {

@@ -78,12 +78,15 @@ pub async fn generate(
                 .collect()
         })
         .unwrap_or_default();
-    let last_is_tool = req["contents"]
+    let last_tool = req["contents"]
         .as_array()
         .and_then(|c| c.last())
         .and_then(|c| c["parts"].as_array())
-        .is_some_and(|p| p.iter().any(|part| part.get("functionResponse").is_some()));
-    let answer = script::answer(&k, &declared, last_is_tool);
+        .and_then(|p| {
+            p.iter()
+                .find_map(|part| part.pointer("/functionResponse/response"))
+        });
+    let answer = script::answer(&k, &declared, last_tool);
     let prompt = script::input_tokens(&body);
     let out = answer.output_tokens();
     let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out});

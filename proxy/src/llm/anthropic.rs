@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use super::{
     EventVerdict, InspectedRequest, JStr, Needle, Raw, RawContent, contains, json_string, malformed,
@@ -26,16 +25,10 @@ struct MessagesRequest<'a> {
 
 #[derive(Deserialize)]
 struct Message<'a> {
+    /// A string or a list of blocks; kept raw and read as blocks only when it is a list
+    /// (an untagged enum would lose the borrowed raw values).
     #[serde(borrow, default)]
-    content: Option<Content<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content<'a> {
-    #[serde(borrow)]
-    Blocks(Vec<Block<'a>>),
-    Text(IgnoredAny),
+    content: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -75,9 +68,13 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
     };
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for msg in req.messages {
-        let Some(Content::Blocks(blocks)) = msg.content else {
+        let Some(raw) = msg
+            .content
+            .filter(|r| r.get().trim_start().starts_with('['))
+        else {
             continue;
         };
+        let blocks: Vec<Block<'_>> = serde_json::from_str(raw.get()).map_err(|e| malformed(&e))?;
         for (i, b) in blocks.into_iter().enumerate() {
             match b.kind.as_deref() {
                 Some("tool_use") => {
@@ -89,6 +86,7 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
                         name,
                         arguments: b.input.map(|r| r.get().to_owned()).unwrap_or_default(),
                         index: u32::try_from(i).unwrap_or(u32::MAX),
+                        malformed: None,
                     });
                 }
                 Some("tool_result") => {
@@ -96,7 +94,8 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
                     facts.tool_results.push(ToolResult {
                         name: names.get(&call_id).cloned(),
                         call_id,
-                        content_bytes: b.content.map_or(0, |c| c.len()),
+                        content_bytes: b.content.as_ref().map_or(0, |c| c.len()),
+                        span: b.content.as_ref().and_then(|c| c.span(body)),
                     });
                 }
                 _ => {}
@@ -172,6 +171,7 @@ pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
                 name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
                 arguments: b.input.map(|r| r.get().to_owned()).unwrap_or_default(),
                 index: u32::try_from(i).unwrap_or(u32::MAX),
+                malformed: None,
             });
         }
     }
@@ -209,9 +209,28 @@ static INPUT_JSON_DELTA: Needle = Needle::new("\"input_json_delta\"");
 #[derive(Debug, Default)]
 pub struct MessagesStream {
     open: BTreeMap<u32, (ToolCall, bool)>,
+    /// The content-block index of the first tool call: a refusal's text block takes it.
+    first_tool_index: Option<u32>,
 }
 
 impl MessagesStream {
+    /// A text block at the first tool call's index and a `message_delta` ending the turn.
+    pub(super) fn refusal_events(&self, text: &str, facts: &ResponseFacts) -> String {
+        let index = self.first_tool_index.unwrap_or(0);
+        let output = facts.usage.map_or(0, |u| u.output_tokens);
+        let ev = |kind: &str, data: serde_json::Value| format!("event: {kind}\ndata: {data}\n\n");
+        [
+            ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "text", "text": ""}})),
+            ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "text_delta", "text": text}})),
+            ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": index})),
+            ev("message_delta", serde_json::json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}})),
+        ]
+        .concat()
+    }
+
     pub(super) fn on_event(
         &mut self,
         ev: &EventFields<'_>,
@@ -231,6 +250,7 @@ impl MessagesStream {
         let Ok(e) = serde_json::from_str::<StreamEvent<'_>>(&ev.data) else {
             return EventVerdict::Forward;
         };
+        let mut verdict = EventVerdict::Forward;
         match e.kind.as_ref() {
             "message_start" => {
                 if let Some(m) = e.message {
@@ -251,6 +271,11 @@ impl MessagesStream {
                         name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
                         arguments: initial,
                         index,
+                        malformed: None,
+                    };
+                    self.first_tool_index.get_or_insert(index);
+                    verdict = EventVerdict::ToolCall {
+                        name: Some(call.name.clone()),
                     };
                     self.open.insert(index, (call, false));
                 }
@@ -265,11 +290,13 @@ impl MessagesStream {
                         *seen_delta = true;
                     }
                     call.arguments.push_str(&part);
+                    verdict = EventVerdict::ToolCall { name: None };
                 }
             }
             "content_block_stop" => {
                 if let Some((call, _)) = e.index.and_then(|i| self.open.remove(&i)) {
                     facts.tool_calls.push(call);
+                    verdict = EventVerdict::ToolCall { name: None };
                 }
             }
             "message_delta" => {
@@ -279,6 +306,9 @@ impl MessagesStream {
                 if let Some(u) = e.usage {
                     u.merge(facts.usage.get_or_insert_with(Usage::default));
                 }
+                if self.first_tool_index.is_some() {
+                    verdict = EventVerdict::BatchEnd;
+                }
             }
             "message_stop" => facts.completed = true,
             "error" => {
@@ -287,8 +317,17 @@ impl MessagesStream {
             }
             _ => {}
         }
-        EventVerdict::Forward
+        verdict
     }
+}
+
+/// Replaces `tool_use` blocks with one text block and ends the turn.
+pub(super) fn refuse(v: &mut serde_json::Value, text: &str) {
+    if let Some(content) = v.get_mut("content").and_then(|c| c.as_array_mut()) {
+        content.retain(|b| b["type"] != "tool_use");
+        content.push(serde_json::json!({"type": "text", "text": text}));
+    }
+    v["stop_reason"] = serde_json::json!("end_turn");
 }
 
 /// `{"type":"error","error":{"type","message"}}`, as the Anthropic SDKs parse it.

@@ -53,6 +53,7 @@ impl FunctionCall<'_> {
                 .map(|r| r.get().to_owned())
                 .unwrap_or_else(|| "{}".into()),
             index,
+            malformed: None,
         }
     }
 }
@@ -102,7 +103,8 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
             facts.tool_results.push(ToolResult {
                 call_id: r.id.map(|s| s.into_owned()).unwrap_or_default(),
                 name: r.name.map(|s| s.into_owned()),
-                content_bytes: r.response.map_or(0, |c| c.len()),
+                content_bytes: r.response.as_ref().map_or(0, |c| c.len()),
+                span: r.response.as_ref().and_then(|c| c.span(body)),
             });
         }
     }
@@ -217,10 +219,73 @@ impl GeminiStream {
         if ev.has_data
             && let Ok(r) = serde_json::from_str::<GenerateResponse<'_>>(&ev.data)
         {
+            let before = facts.tool_calls.len();
             read_response(r, &mut self.next_index, facts);
+            if facts.tool_calls.len() > before {
+                return EventVerdict::WholeBatch;
+            }
         }
         EventVerdict::Forward
     }
+}
+
+/// Replaces `functionCall` parts with one text part, in a response object or in each
+/// element of a streamed JSON array.
+pub(super) fn refuse(v: &mut serde_json::Value, text: &str) {
+    match v {
+        serde_json::Value::Array(items) => {
+            let mut first = true;
+            for item in items.iter_mut() {
+                if refuse_one(item, if first { text } else { "" }) {
+                    first = false;
+                }
+            }
+        }
+        other => {
+            refuse_one(other, text);
+        }
+    }
+}
+
+fn refuse_one(v: &mut serde_json::Value, text: &str) -> bool {
+    let Some(parts) = v
+        .pointer_mut("/candidates/0/content/parts")
+        .and_then(|p| p.as_array_mut())
+    else {
+        return false;
+    };
+    let had_calls = parts.iter().any(|p| p.get("functionCall").is_some());
+    if had_calls {
+        parts.retain(|p| p.get("functionCall").is_none());
+        if !text.is_empty() {
+            parts.push(serde_json::json!({ "text": text }));
+        }
+    }
+    had_calls
+}
+
+/// The SSE event that replaces a refused `functionCall` event: the same response with its
+/// calls replaced by `text`, keeping usage and finish reason, and the event's line ending.
+pub(super) fn refusal_event(original: &[u8], text: &str) -> String {
+    let raw = String::from_utf8_lossy(original);
+    let terminator = if raw.ends_with("\r\n\r\n") {
+        "\r\n\r\n"
+    } else {
+        "\n\n"
+    };
+    let data = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&data).unwrap_or_else(|_| serde_json::json!({}));
+    if !refuse_one(&mut v, text) {
+        v = serde_json::json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": "STOP", "index": 0}]});
+    }
+    format!("data: {v}{terminator}")
 }
 
 /// `{"error":{"code","message","status"}}`, as google-genai parses it.

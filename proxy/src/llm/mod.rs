@@ -33,12 +33,21 @@ pub fn inspect_request(api: Api, body: &[u8]) -> Result<InspectedRequest, Sluice
 }
 
 /// What an event means for forwarding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventVerdict {
     /// Forward the event's bytes unchanged.
     Forward,
     /// Drop the event: it exists only because Sluice asked for it (injected usage).
     Drop,
+    /// Part of a tool call; `name` is set on the event that names a new call.
+    ToolCall {
+        /// The new call's name.
+        name: Option<String>,
+    },
+    /// The event that closes a batch of tool calls (finish reason, stop reason).
+    BatchEnd,
+    /// An event that is a whole batch of complete calls by itself (Gemini).
+    WholeBatch,
 }
 
 /// Per-response state of a provider's stream reader.
@@ -86,6 +95,19 @@ impl ResponseInspector {
         }
     }
 
+    /// The events that replace a refused batch (and the event that closed it), so the
+    /// client's SDK sees an ordinary assistant message with `text`.
+    pub fn refusal_events(&self, text: &str, facts: &ResponseFacts, closing: &[u8]) -> Bytes {
+        let out = match self {
+            Self::Chat(s) => s.refusal_events(text, facts),
+            Self::Messages(s) => s.refusal_events(text, facts),
+            Self::Gemini(_) => gemini::refusal_event(closing, text),
+            // Responses streams are not gated yet (docs/policies.md); never reached.
+            Self::Responses(_) => String::from_utf8_lossy(closing).into_owned(),
+        };
+        Bytes::from(out)
+    }
+
     /// Called at end of stream: completes calls still being assembled.
     pub fn finish(&mut self, facts: &mut ResponseFacts) {
         match self {
@@ -93,6 +115,18 @@ impl ResponseInspector {
             Self::Responses(_) | Self::Messages(_) | Self::Gemini(_) => {}
         }
     }
+}
+
+/// Rewrites a non-streaming response so the refused calls become an assistant message.
+pub fn refuse_json(api: Api, body: &[u8], text: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match api {
+        Api::ChatCompletions => openai::refuse_chat(&mut v, text),
+        Api::Responses => openai::refuse_response(&mut v, text),
+        Api::Messages => anthropic::refuse(&mut v, text),
+        Api::GenerateContent => gemini::refuse(&mut v, text),
+    }
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// Renders a Sluice error as a complete HTTP body in the provider's error shape.
@@ -180,6 +214,13 @@ pub(crate) struct RawContent<'a>(#[serde(borrow)] pub Raw<'a>);
 impl RawContent<'_> {
     pub(crate) fn len(&self) -> usize {
         self.0.get().len()
+    }
+
+    /// The value's byte range inside `body`, which it was borrowed from.
+    pub(crate) fn span(&self, body: &[u8]) -> Option<(usize, usize)> {
+        let start = (self.0.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+        let end = start + self.0.get().len();
+        (end <= body.len()).then_some((start, end))
     }
 }
 

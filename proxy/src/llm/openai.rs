@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use super::{
     EventVerdict, InspectedRequest, JStr, Needle, Raw, RawContent, absent_or_null, contains,
@@ -104,6 +103,7 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
                         .map(|s| s.into_owned())
                         .unwrap_or_default(),
                     index: u32::try_from(i).unwrap_or(u32::MAX),
+                    malformed: None,
                 });
             }
         }
@@ -112,7 +112,8 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
             facts.tool_results.push(ToolResult {
                 name: names.get(&call_id).cloned(),
                 call_id,
-                content_bytes: msg.content.map_or(0, |c| c.len()),
+                content_bytes: msg.content.as_ref().map_or(0, |c| c.len()),
+                span: msg.content.as_ref().and_then(|c| c.span(body)),
             });
         }
     }
@@ -163,18 +164,12 @@ struct ResponsesRequest<'a> {
     model: Option<JStr<'a>>,
     #[serde(default)]
     stream: bool,
+    /// A string or a list of items; kept raw and read as items only when it is a list
+    /// (an untagged enum would lose the borrowed raw values).
     #[serde(borrow, default)]
-    input: Option<ResponsesInput<'a>>,
+    input: Option<Raw<'a>>,
     #[serde(borrow, default)]
     tools: Vec<ResponsesTool<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ResponsesInput<'a> {
-    #[serde(borrow)]
-    Items(Vec<ResponsesItem<'a>>),
-    Text(IgnoredAny),
 }
 
 #[derive(Deserialize)]
@@ -210,7 +205,13 @@ pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, Sluice
             .collect(),
         ..RequestFacts::default()
     };
-    if let Some(ResponsesInput::Items(items)) = req.input {
+    let items: Option<Vec<ResponsesItem<'_>>> = match req.input {
+        Some(raw) if raw.get().trim_start().starts_with('[') => {
+            Some(serde_json::from_str(raw.get()).map_err(|e| malformed(&e))?)
+        }
+        _ => None,
+    };
+    if let Some(items) = items {
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, item) in items.into_iter().enumerate() {
             let call_id = item.call_id.map(|s| s.into_owned()).unwrap_or_default();
@@ -223,12 +224,14 @@ pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, Sluice
                         name,
                         arguments: item.arguments.map(|s| s.into_owned()).unwrap_or_default(),
                         index: u32::try_from(i).unwrap_or(u32::MAX),
+                        malformed: None,
                     });
                 }
                 Some("function_call_output") => facts.tool_results.push(ToolResult {
                     name: names.get(&call_id).cloned(),
                     call_id,
-                    content_bytes: item.output.map_or(0, |c| c.len()),
+                    content_bytes: item.output.as_ref().map_or(0, |c| c.len()),
+                    span: item.output.as_ref().and_then(|c| c.span(body)),
                 }),
                 _ => {}
             }
@@ -340,6 +343,7 @@ pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
                     .map(|s| s.into_owned())
                     .unwrap_or_default(),
                 index: u32::try_from(i).unwrap_or(u32::MAX),
+                malformed: None,
             });
         }
     }
@@ -348,6 +352,10 @@ pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
 
 #[derive(Deserialize)]
 struct ChatChunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<JStr<'a>>,
+    #[serde(default)]
+    created: Option<u64>,
     #[serde(borrow, default)]
     model: Option<JStr<'a>>,
     #[serde(borrow, default)]
@@ -392,6 +400,10 @@ static FINISH_REASON: Needle = Needle::new("\"finish_reason\"");
 pub struct ChatStream {
     partial: BTreeMap<u32, ToolCall>,
     drop_usage_chunk: bool,
+    /// The stream's `id` and `created`, reused in refusal chunks.
+    id: String,
+    created: u64,
+    saw_tool_call: bool,
 }
 
 impl ChatStream {
@@ -400,7 +412,27 @@ impl ChatStream {
         Self {
             partial: BTreeMap::new(),
             drop_usage_chunk,
+            id: String::new(),
+            created: 0,
+            saw_tool_call: false,
         }
+    }
+
+    /// A text chunk carrying `text` and a closing chunk with `finish_reason: "stop"`.
+    pub(super) fn refusal_events(&self, text: &str, facts: &ResponseFacts) -> String {
+        let model = facts.model.as_deref().unwrap_or("");
+        let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+            serde_json::json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        };
+        format!(
+            "data: {}\n\ndata: {}\n\n",
+            chunk(
+                serde_json::json!({"role": "assistant", "content": text}),
+                serde_json::Value::Null
+            ),
+            chunk(serde_json::json!({}), serde_json::json!("stop"))
+        )
     }
 
     pub(super) fn on_event(
@@ -435,7 +467,10 @@ impl ChatStream {
         }
         if facts.model.is_none() {
             facts.model = chunk.model.map(|m| m.into_owned());
+            self.id = chunk.id.map(|i| i.into_owned()).unwrap_or_default();
+            self.created = chunk.created.unwrap_or(0);
         }
+        let mut verdict = EventVerdict::Forward;
         let usage_only = chunk.choices.is_empty() && chunk.usage.is_some();
         if let Some(u) = &chunk.usage {
             facts.usage = Some(u.to_usage());
@@ -451,30 +486,45 @@ impl ChatStream {
                     name: String::new(),
                     arguments: String::new(),
                     index,
+                    malformed: None,
                 });
-                if let Some(id) = d.id
-                    && call.id.is_empty()
-                {
-                    call.id = id.into_owned();
+                self.saw_tool_call = true;
+                if let Some(id) = d.id {
+                    if call.id.is_empty() {
+                        call.id = id.into_owned();
+                    } else if call.id != id {
+                        // Two calls on one index (or a new call without one): the arguments
+                        // cannot be told apart, so the call is refused.
+                        call.malformed =
+                            Some(format!("two tool calls share the stream index {index}"));
+                    }
                 }
+                let mut named = None;
                 if let Some(f) = d.function {
                     if let Some(n) = f.name {
                         call.name.push_str(&n);
+                        named = Some(call.name.clone());
                     }
                     if let Some(a) = f.arguments {
                         call.arguments.push_str(&a);
                     }
                 }
+                if !matches!(verdict, EventVerdict::ToolCall { name: Some(_) }) {
+                    verdict = EventVerdict::ToolCall { name: named };
+                }
             }
             if let Some(reason) = choice.finish_reason {
                 facts.finish_reason = Some(reason.into_owned());
                 self.finish(facts);
+                if self.saw_tool_call {
+                    verdict = EventVerdict::BatchEnd;
+                }
             }
         }
         if usage_only && self.drop_usage_chunk {
             EventVerdict::Drop
         } else {
-            EventVerdict::Forward
+            verdict
         }
     }
 
@@ -549,6 +599,7 @@ impl OutputItem<'_> {
             name: self.name.map(|s| s.into_owned()).unwrap_or_default(),
             arguments: self.arguments.map(|s| s.into_owned()).unwrap_or_default(),
             index,
+            malformed: None,
         })
     }
 }
@@ -646,6 +697,26 @@ impl ResponsesStream {
     }
 }
 
+// ---------------------------------------------------------------- refusals
+
+/// Replaces the first choice's tool calls with an assistant message.
+pub(super) fn refuse_chat(v: &mut serde_json::Value, text: &str) {
+    if let Some(choice) = v.pointer_mut("/choices/0") {
+        choice["message"] =
+            serde_json::json!({"role": "assistant", "content": text, "refusal": null});
+        choice["finish_reason"] = serde_json::json!("stop");
+    }
+}
+
+/// Replaces the function calls of a Responses object with one output message.
+pub(super) fn refuse_response(v: &mut serde_json::Value, text: &str) {
+    if let Some(out) = v.get_mut("output").and_then(|o| o.as_array_mut()) {
+        out.retain(|item| item["type"] != "function_call");
+        out.push(serde_json::json!({"type": "message", "id": "msg_sluice_refusal", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}));
+    }
+}
+
 // ---------------------------------------------------------------- errors
 
 /// `{"error":{"message","type","param","code"}}`, as the OpenAI SDKs parse it.
@@ -736,5 +807,19 @@ mod tests {
             inspect_chat_request(b"{\"model\":"),
             Err(SluiceError::MalformedRequest(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod responses_tests {
+    use super::*;
+
+    #[test]
+    fn responses_input_items_with_tool_outputs_are_read() {
+        let body = br#"{"model":"m","input":[{"role":"user","content":"hi"},{"type":"function_call","call_id":"c1","name":"fetch_url","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":"page"}]}"#;
+        let f = inspect_responses_request(body).expect("valid").facts;
+        assert_eq!(f.tool_results.len(), 1);
+        assert_eq!(f.tool_results[0].name.as_deref(), Some("fetch_url"));
+        assert!(f.tool_results[0].span.is_some());
     }
 }

@@ -67,6 +67,20 @@ pub struct RequestCtx {
     /// Bytes that close a stream Sluice is ending itself (good events + terminal event),
     /// written by `fail_to_proxy`.
     pub closing_bytes: Option<Bytes>,
+    /// Whether the conversation's context is trusted (after the request's tool results).
+    pub trusted: bool,
+    /// Why the request says the context starts untrusted, if it does.
+    pub started_untrusted: Option<&'static str>,
+    /// Where the taint began.
+    pub taint_boundary: Option<String>,
+    /// The caller's agent id (`X-Sluice-Agent-Id`).
+    pub agent: Option<String>,
+    /// Every policy decision made for this request.
+    pub decisions: Vec<crate::guard::Decision>,
+    /// Tool-call holding state for streams.
+    pub gate: super::gate::CallGate,
+    /// True when Sluice refused the response's tool calls.
+    pub refused: bool,
 }
 
 impl RequestCtx {
@@ -89,6 +103,13 @@ impl RequestCtx {
             stream_closed_by_sluice: false,
             error: None,
             closing_bytes: None,
+            trusted: true,
+            started_untrusted: None,
+            taint_boundary: None,
+            agent: None,
+            decisions: Vec::new(),
+            gate: super::gate::CallGate::default(),
+            refused: false,
         }
     }
 

@@ -21,6 +21,7 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         input_tokens = usage.input_tokens,
         output_tokens = usage.output_tokens,
         tool_calls = ctx.response_facts.tool_calls.len(),
+        refused = ctx.refused,
         duration_us,
         error = ctx.error.as_ref().map(|e| e.classify().1).or(e.map(|_| "proxy")).unwrap_or("-"),
     );
@@ -36,5 +37,9 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         response: std::mem::take(&mut ctx.response_facts),
         duration_us,
         ttfb_us: ctx.ttfb_us,
+        trusted: ctx.trusted,
+        taint_boundary: ctx.taint_boundary.take(),
+        refused: ctx.refused,
+        decisions: std::mem::take(&mut ctx.decisions),
     });
 }

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod ctx;
+pub mod gate;
 pub mod logging;
 pub mod request;
 pub mod request_body;
@@ -38,12 +39,18 @@ use ctx::RequestCtx;
 pub struct SluiceProxy {
     live: Arc<LiveConfig>,
     sink: Arc<dyn EventSink>,
+    verdicts: sluice_policies::taint::VerdictCache,
 }
 
 impl SluiceProxy {
     /// A proxy reading config from `live` and recording to `sink`.
     pub fn new(live: Arc<LiveConfig>, sink: Arc<dyn EventSink>) -> Self {
-        Self { live, sink }
+        Self {
+            live,
+            sink,
+            // Result verdicts of recent conversations, keyed by snapshot version.
+            verdicts: sluice_policies::taint::VerdictCache::new(100_000),
+        }
     }
 }
 
@@ -166,7 +173,8 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
-        request_body::on_chunk(body, end_of_stream, ctx, max).map_err(|e| raise(ctx, e))
+        request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts)
+            .map_err(|e| raise(ctx, e))
     }
 
     async fn response_filter(

@@ -82,6 +82,11 @@ pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), Slui
         });
     }
     ctx.error_shape = r.provider;
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if header("x-sluice-context-untrusted").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        ctx.started_untrusted = Some("the request carries X-Sluice-Context-Untrusted: true");
+    }
+    ctx.agent = header("x-sluice-agent-id").map(|v| v.chars().take(128).collect());
     if let Some(model) = &r.url_model {
         ctx.request_facts.model = Some(model.clone());
     }

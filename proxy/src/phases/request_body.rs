@@ -5,7 +5,9 @@ use bytes::Bytes;
 
 use super::ctx::RequestCtx;
 use crate::error::SluiceError;
+use crate::guard::judge_request;
 use crate::llm::inspect_request;
+use sluice_policies::taint::VerdictCache;
 
 /// Handles one request body chunk. `body` is replaced by what goes upstream now: an empty
 /// chunk while an inspected body is being held, the whole body at its end.
@@ -14,6 +16,7 @@ pub fn on_chunk(
     end_of_stream: bool,
     ctx: &mut RequestCtx,
     max_body: usize,
+    cache: &VerdictCache,
 ) -> Result<(), SluiceError> {
     if let Some(chunk) = body.as_ref() {
         ctx.request_len = ctx.request_len.saturating_add(chunk.len());
@@ -43,6 +46,30 @@ pub fn on_chunk(
         ctx.request_facts.model = url_model;
     }
     ctx.request_facts.stream |= url_stream;
-    *body = Some(inspected.rewritten.unwrap_or(whole));
+    let mut out = inspected.rewritten.unwrap_or_else(|| whole.clone());
+    if let (Some(cfg), Some(route)) = (ctx.config.clone(), ctx.route.clone()) {
+        let judged = judge_request(
+            &cfg.policies,
+            cache,
+            route.provider,
+            &route.profile.name,
+            ctx.agent.as_deref(),
+            ctx.started_untrusted,
+            &whole,
+            &ctx.request_facts,
+        );
+        ctx.trusted = judged.trusted;
+        ctx.taint_boundary = judged.boundary;
+        ctx.decisions.extend(judged.decisions);
+        if let Some(spliced) = judged.rewritten {
+            // Blocked results were replaced; re-apply the usage switch to the new body.
+            out = if ctx.request_facts.usage_injected {
+                inspect_request(api, &spliced)?.rewritten.unwrap_or(spliced)
+            } else {
+                spliced
+            };
+        }
+    }
+    *body = Some(out);
     Ok(())
 }

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::ctx::{BodyMode, RequestCtx};
+use super::gate;
 use crate::error::SluiceError;
-use crate::llm::{EventVerdict, ResponseInspector, stream_error_event};
+use crate::llm::{ResponseInspector, stream_error_event};
 use crate::sse::{Framed, SseFramer, parse_event};
 
 /// Reads the response header and picks the body mode.
@@ -40,6 +41,8 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
         resp.remove_header(&http::header::CONTENT_LENGTH);
         ctx.body_mode = BodyMode::Sse(SseFramer::new(max_event));
     } else {
+        // The body is held and may be rewritten (refused tool calls).
+        resp.remove_header(&http::header::CONTENT_LENGTH);
         ctx.body_mode = BodyMode::Json {
             chunks: Vec::new(),
             len: 0,
@@ -70,21 +73,43 @@ pub fn on_chunk(
             len,
             overflowed,
         } => {
-            if let Some(b) = body.as_ref() {
+            // Held whole: its tool calls are judged before any of it goes out.
+            if let Some(b) = body.take() {
                 *len += b.len();
                 if *len > max_json {
                     *overflowed = true;
                     chunks.clear();
                 } else if !*overflowed {
-                    chunks.push(b.clone());
+                    chunks.push(b);
                 }
             }
-            if end_of_stream && !*overflowed {
-                let whole = super::join_chunks(std::mem::take(chunks), *len);
-                if let Some(inspector) = ctx.inspector.as_mut() {
-                    inspector.on_json(&whole, &mut ctx.response_facts);
-                }
+            if !end_of_stream {
+                return Ok(());
             }
+            let overflowed = *overflowed;
+            let whole = super::join_chunks(std::mem::take(chunks), *len);
+            let Some(api) = ctx.api() else {
+                return Ok(());
+            };
+            if overflowed {
+                // Fail closed: a body too large to read is not forwarded unread.
+                let err = SluiceError::UpstreamProtocol {
+                    provider: ctx
+                        .route
+                        .as_ref()
+                        .map_or("upstream", |r| r.provider.as_str()),
+                    detail: format!(
+                        "the response is larger than limits.max_inspected_response_bytes ({max_json} bytes) and could not be checked"
+                    ),
+                };
+                ctx.response_facts.error = Some(err.to_string());
+                *body = Some(crate::llm::render_error(ctx.error_shape, &err).2);
+                return Ok(());
+            }
+            if let Some(inspector) = ctx.inspector.as_mut() {
+                inspector.on_json(&whole, &mut ctx.response_facts);
+            }
+            *body = Some(gate::on_json_body(ctx, api, &whole).unwrap_or(whole));
         }
         BodyMode::Sse(_) => return on_sse_chunk(body, end_of_stream, ctx),
     }
@@ -96,16 +121,16 @@ fn on_sse_chunk(
     end_of_stream: bool,
     ctx: &mut RequestCtx,
 ) -> Result<(), SluiceError> {
-    let BodyMode::Sse(framer) = &mut ctx.body_mode else {
+    if ctx.inspector.is_none() {
         return Ok(());
-    };
-    let Some(inspector) = ctx.inspector.as_mut() else {
-        return Ok(());
-    };
+    }
     let provider = ctx
         .route
         .as_ref()
         .map_or("upstream", |r| r.provider.as_str());
+    let BodyMode::Sse(framer) = &mut ctx.body_mode else {
+        return Ok(());
+    };
     let mut framed = Framed::default();
     let mut fault: Option<SluiceError> = None;
     let chunk_in = body.clone();
@@ -128,22 +153,35 @@ fn on_sse_chunk(
     let mut keep = Vec::with_capacity(framed.events.len());
     let mut dropped = false;
     for ev in framed.events {
-        match parse_event(&ev) {
-            Ok(fields) => match inspector.on_event(&fields, &mut ctx.response_facts) {
-                EventVerdict::Forward => keep.push(ev),
-                EventVerdict::Drop => dropped = true,
-            },
-            Err(e) => {
-                fault = Some(SluiceError::UpstreamProtocol {
-                    provider,
-                    detail: e.to_string(),
-                });
+        let verdict = {
+            let Some(inspector) = ctx.inspector.as_mut() else {
                 break;
+            };
+            match parse_event(&ev) {
+                Ok(fields) => inspector.on_event(&fields, &mut ctx.response_facts),
+                Err(e) => {
+                    fault = Some(SluiceError::UpstreamProtocol {
+                        provider,
+                        detail: e.to_string(),
+                    });
+                    break;
+                }
             }
+        };
+        if !gate::on_event(ctx, ev, verdict, &mut keep) {
+            dropped = true;
         }
     }
+    if end_of_stream && fault.is_none() && gate::is_holding(ctx) {
+        fault = Some(SluiceError::UpstreamBroken {
+            provider,
+            detail: "the stream ended inside a tool call, which was not forwarded".into(),
+        });
+    }
     if end_of_stream && fault.is_none() && !ctx.response_facts.completed {
-        inspector.finish(&mut ctx.response_facts);
+        if let Some(inspector) = ctx.inspector.as_mut() {
+            inspector.finish(&mut ctx.response_facts);
+        }
         fault = Some(SluiceError::UpstreamBroken {
             provider,
             detail: "the stream ended before its final event".into(),

@@ -1,0 +1,288 @@
+//! Enforcement glue between the traffic readers and the policy engine: tool results in the
+//! request are judged (and replaced when blocked) before anything goes upstream; tool calls
+//! in the response are judged when their arguments are complete.
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use serde_json::Value;
+use sluice_policies::taint::{ResultInput, TaintBoundary, VerdictCache};
+use sluice_policies::{CallVerdict, CompiledPolicies, EvalContext, ResultVerdict, ToolId};
+
+use crate::events::{Provider, RequestFacts, ToolCall};
+
+/// One policy decision, for the request record and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// `result` or `call`.
+    pub kind: &'static str,
+    /// The tool (`source/name`).
+    pub tool: String,
+    /// The call id.
+    pub call_id: String,
+    /// `trusted`, `untrusted`, `blocked`, `allowed`, `approval_required`.
+    pub verdict: &'static str,
+    /// The deciding policy, if any.
+    pub policy: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What judging the request decided.
+#[derive(Debug, Default)]
+pub struct RequestJudgement {
+    /// Whether the context is trusted after the request's tool results.
+    pub trusted: bool,
+    /// Where the taint began, described for people.
+    pub boundary: Option<String>,
+    /// Decisions on results.
+    pub decisions: Vec<Decision>,
+    /// The request body with blocked results replaced, when any was.
+    pub rewritten: Option<Bytes>,
+}
+
+/// The identity of a tool seen in LLM traffic on `profile`.
+pub fn llm_tool(profile: &str, name: &str) -> ToolId {
+    ToolId::new(format!("profile:{profile}"), name)
+}
+
+/// A result's content as policies see it: JSON strings that hold JSON are parsed, text parts
+/// are joined.
+pub fn normalise_content(raw: &[u8]) -> Value {
+    let text_or_json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s));
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::String(s)) => text_or_json(s),
+        Ok(Value::Array(parts))
+            if parts
+                .iter()
+                .all(|p| p.get("text").is_some_and(Value::is_string)) =>
+        {
+            let joined: String = parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n");
+            text_or_json(joined)
+        }
+        Ok(v) => v,
+        Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
+    }
+}
+
+fn result_notice(provider: Provider, reason: &str) -> String {
+    let text = format!("[Sluice blocked this tool result: {reason}] [sluice:result_blocked]");
+    match provider {
+        // Gemini's functionResponse.response must be an object.
+        Provider::Gemini => serde_json::json!({ "error": text }).to_string(),
+        Provider::Openai | Provider::Anthropic => Value::String(text).to_string(),
+    }
+}
+
+/// Judges every tool result in the request, in order.
+#[allow(clippy::too_many_arguments)]
+pub fn judge_request(
+    policies: &CompiledPolicies,
+    cache: &VerdictCache,
+    provider: Provider,
+    profile: &str,
+    agent: Option<&str>,
+    started_untrusted: Option<&str>,
+    body: &Bytes,
+    facts: &RequestFacts,
+) -> RequestJudgement {
+    let tools: Vec<ToolId> = facts
+        .tool_results
+        .iter()
+        .map(|r| llm_tool(profile, r.name.as_deref().unwrap_or("")))
+        .collect();
+    let raws: Vec<&[u8]> = facts
+        .tool_results
+        .iter()
+        .map(|r| r.span.map_or(&b""[..], |(s, e)| &body[s..e]))
+        .collect();
+    let contents: Vec<Value> = raws.iter().map(|r| normalise_content(r)).collect();
+    let inputs: Vec<ResultInput<'_>> = facts
+        .tool_results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ResultInput {
+            call_id: &r.call_id,
+            tool: &tools[i],
+            content: &contents[i],
+            raw: raws[i],
+        })
+        .collect();
+    let base = EvalContext {
+        profile,
+        team: None,
+        agent,
+        labels: &[],
+        trusted: true,
+    };
+    let trust = policies.evaluate_conversation(&inputs, &base, started_untrusted, cache);
+    let mut replacements: Vec<((usize, usize), String)> = Vec::new();
+    let mut decisions = Vec::with_capacity(trust.decisions.len());
+    for (i, d) in trust.decisions.iter().enumerate() {
+        let r = &facts.tool_results[i];
+        let (verdict, reason) = match d.verdict {
+            ResultVerdict::Trusted => ("trusted", d.reason.clone()),
+            ResultVerdict::Untrusted => ("untrusted", d.reason.clone()),
+            ResultVerdict::Block => ("blocked", d.reason.clone()),
+            // No quarantine model is wired yet: fail closed.
+            ResultVerdict::Sanitize => (
+                "blocked",
+                format!(
+                    "{}; the dual-LLM quarantine is not configured, so the result is blocked (fail closed)",
+                    d.reason
+                ),
+            ),
+        };
+        if verdict == "blocked"
+            && let Some(span) = r.span
+        {
+            replacements.push((span, result_notice(provider, &reason)));
+        }
+        decisions.push(Decision {
+            kind: "result",
+            tool: tools[i].to_string(),
+            call_id: r.call_id.clone(),
+            verdict,
+            policy: d.policy.as_deref().map(str::to_owned),
+            reason,
+        });
+    }
+    // A sanitize that fails closed taints like a block.
+    let sanitized_taint = trust.boundary.is_none()
+        && trust
+            .decisions
+            .iter()
+            .any(|d| d.verdict == ResultVerdict::Sanitize);
+    let boundary = trust.boundary.as_ref().map(|b| match b {
+        TaintBoundary::StartedUntrusted { reason } => format!("started untrusted: {reason}"),
+        TaintBoundary::ToolResult {
+            index,
+            call_id,
+            tool,
+            verdict,
+        } => format!(
+            "tool result {index} ({tool}, call {call_id}) was {}",
+            if *verdict == ResultVerdict::Block {
+                "blocked"
+            } else {
+                "untrusted"
+            }
+        ),
+    });
+    RequestJudgement {
+        trusted: trust.trusted && !sanitized_taint,
+        boundary: boundary.or_else(|| {
+            sanitized_taint.then(|| "a result needing the quarantine was blocked".into())
+        }),
+        decisions,
+        rewritten: splice(body, replacements),
+    }
+}
+
+fn splice(body: &Bytes, mut replacements: Vec<((usize, usize), String)>) -> Option<Bytes> {
+    if replacements.is_empty() {
+        return None;
+    }
+    replacements.sort_by_key(|((s, _), _)| *s);
+    let mut out = BytesMut::with_capacity(body.len());
+    let mut at = 0;
+    for ((s, e), text) in replacements {
+        if s < at {
+            continue;
+        }
+        out.extend_from_slice(&body[at..s]);
+        out.extend_from_slice(text.as_bytes());
+        at = e;
+    }
+    out.extend_from_slice(&body[at..]);
+    Some(out.freeze())
+}
+
+/// What judging a batch of calls decided: `None` when every call may go through.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The text that replaces the calls, as an ordinary assistant message.
+    pub text: String,
+    /// Decisions on every call of the batch.
+    pub decisions: Vec<Decision>,
+}
+
+/// Judges a batch of calls; one refused call refuses the batch.
+pub fn judge_calls(
+    policies: &CompiledPolicies,
+    profile: &str,
+    agent: Option<&str>,
+    trusted: bool,
+    calls: &[ToolCall],
+) -> (Vec<Decision>, Option<Refusal>) {
+    let ctx = EvalContext {
+        profile,
+        team: None,
+        agent,
+        labels: &[],
+        trusted,
+    };
+    let mut decisions = Vec::with_capacity(calls.len());
+    let mut refused: Vec<String> = Vec::new();
+    for call in calls {
+        let tool = llm_tool(profile, &call.name);
+        let args = if call.arguments.trim().is_empty() {
+            Ok(Value::Object(serde_json::Map::new()))
+        } else {
+            serde_json::from_str::<Value>(&call.arguments)
+        };
+        let (verdict, policy, reason) = match (&call.malformed, args) {
+            (Some(problem), _) => ("blocked", None, problem.clone()),
+            (None, Err(_)) => (
+                "blocked",
+                None,
+                "its arguments are not valid JSON".to_owned(),
+            ),
+            (None, Ok(args)) => {
+                let d = policies.evaluate_call(&tool, &args, &ctx);
+                let v = match d.verdict {
+                    CallVerdict::Allow => "allowed",
+                    CallVerdict::Block => "blocked",
+                    CallVerdict::RequireApproval => "approval_required",
+                };
+                (v, d.policy.as_deref().map(str::to_owned), d.reason)
+            }
+        };
+        if verdict != "allowed" {
+            let marker = policy
+                .as_deref()
+                .map_or("sluice:policy_denied".to_owned(), |p| {
+                    format!("sluice:policy_denied policy={p}")
+                });
+            let what = if verdict == "approval_required" {
+                "needs approval"
+            } else {
+                "was blocked"
+            };
+            refused.push(format!(
+                "The tool call {} {what}: {reason}. [{marker}]",
+                call.name
+            ));
+        }
+        decisions.push(Decision {
+            kind: "call",
+            tool: tool.to_string(),
+            call_id: call.id.clone(),
+            verdict,
+            policy,
+            reason,
+        });
+    }
+    if refused.is_empty() {
+        return (decisions, None);
+    }
+    let mut text = String::from("Sluice refused to run the requested tool calls. ");
+    text.push_str(&refused.join(" "));
+    if calls.len() > 1 {
+        text.push_str(" Because one call in the batch was refused, none of them ran.");
+    }
+    (decisions.clone(), Some(Refusal { text, decisions }))
+}
