@@ -29,6 +29,32 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say something about gateways, please."}]}
 
+# A tool-using turn: a trusted weather result in the history, two declared tools; the mock
+# answers with a send_email call, which Sluice judges (held, then allowed).
+TOOLS_CHAT = {"model": "gpt-4o-mini",
+    "tools": [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("send_email", "get_weather")],
+    "messages": [{"role": "user", "content": "What is the weather in Paris? Then email it to Alice."},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "{\"city\":\"Paris\",\"temp_c\":18,\"sky\":\"clear\"}"},
+        {"role": "user", "content": "Thanks, now send it."}]}
+
+
+def hundred_policies():
+    """100 policies: 94 on other tools, and the ones the tool turn actually evaluates."""
+    out = []
+    for i in range(94):
+        out.append(f'[[policies.invocation]]\nid = "other-{i}"\ntool = {{ source = "profile:*", name = "tool_{i}" }}\n'
+                   f'conditions = [{{ path = "query", op = "contains", value = "secret" }}]\naction = "block"\n')
+    out.append('[[policies.result]]\nid = "weather-trusted"\ntool = { source = "profile:*", name = "get_weather" }\naction = "trusted"\n')
+    out.append('[[policies.result]]\nid = "web-untrusted"\ntool = { source = "profile:*", name = "fetch_url" }\naction = "untrusted"\n')
+    out.append('[[policies.invocation]]\nid = "email-default"\ntool = { source = "profile:*", name = "send_email" }\naction = "block_when_untrusted"\n')
+    out.append('[[policies.invocation]]\nid = "email-external"\ntool = { source = "profile:*", name = "send_email" }\n'
+               'conditions = [{ path = "to", op = "notEndsWith", value = "@example.com" }]\naction = "require_approval"\n')
+    out.append('[[policies.invocation]]\nid = "email-cc"\ntool = { source = "profile:*", name = "send_email" }\n'
+               'conditions = [{ path = "cc[*]", op = "regex", value = "@rival\\\\.com$", quantifier = "any" }]\naction = "block"\n')
+    out.append('[[policies.invocation]]\nid = "weather-ok"\ntool = { source = "profile:*", name = "get_weather" }\naction = "allow_when_untrusted"\n')
+    return "\n".join(out)
+
 
 def free_port():
     s = socket.socket()
@@ -91,7 +117,7 @@ def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     try:
-        mock_port, nginx_port, sluice_port, pass_port = free_port(), free_port(), free_port(), free_port()
+        mock_port, nginx_port, sluice_port, pass_port, pol_port = (free_port() for _ in range(5))
         mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
                                 stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
         procs.append(mock)
@@ -127,6 +153,12 @@ http {{
         procs.append(sl)
         wait_port(sluice_port, sl)
 
+        pconf = os.path.join(tmp, "sluice-policies.toml")
+        with open(pconf, "w") as f:
+            f.write(f'listen = "127.0.0.1:{pol_port}"\nthreads = 1\n[profiles.default]\n' + hundred_policies())
+        sp = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", pconf], env=env, stderr=subprocess.DEVNULL)
+        procs.append(sp)
+        wait_port(pol_port, sp)
         pt = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{pass_port}",
                                "--upstream", f"127.0.0.1:{mock_port}"], env=env, stderr=subprocess.DEVNULL)
         procs.append(pt)
@@ -137,15 +169,18 @@ http {{
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/openai/chat/completions", [nginx.pid]),
             "pingora passthrough": (f"http://127.0.0.1:{pass_port}/v1/chat/completions", [pt.pid]),
             "sluice": (f"http://127.0.0.1:{sluice_port}/v1/openai/chat/completions", [sl.pid]),
+            "sluice + 100 policies": (f"http://127.0.0.1:{pol_port}/v1/openai/chat/completions", [sp.pid]),
         }
         body_json = json.dumps(CHAT)
         body_sse = json.dumps(dict(CHAT, stream=True))
         base_hdr = ["content-type: application/json", "authorization: Bearer sk-bench"]
         # 110 words make a 1,011-byte chat.completion; streams keep the 40-word default
         # (43 events, 9.5 KB).
-        headers = {"json": base_hdr + ["x-mock-words: 110"], "sse": base_hdr}
+        headers = {"json": base_hdr + ["x-mock-words: 110"], "sse": base_hdr, "tools": base_hdr, "tools-sse": base_hdr}
+        scenarios = (("json", body_json), ("sse", body_sse), ("tools", json.dumps(TOOLS_CHAT)),
+                     ("tools-sse", json.dumps(dict(TOOLS_CHAT, stream=True))))
         results = {}
-        for scenario, body in (("json", body_json), ("sse", body_sse)):
+        for scenario, body in scenarios:
             hdr = headers[scenario]
             for rep in range(args.reps):
                 for name, (url, pids) in targets.items():
@@ -182,7 +217,8 @@ http {{
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-NAMES = ("direct (mock)", "nginx", "pingora passthrough", "sluice")
+NAMES = ("direct (mock)", "nginx", "pingora passthrough", "sluice", "sluice + 100 policies")
+SCENARIOS = ("json", "sse", "tools", "tools-sse")
 
 
 def med(rows, key, sub=None):
@@ -208,18 +244,20 @@ def render(args, results, half):
     lines.append("")
     lines.append("| payload | target | req/s | p50 ms | p99 ms | TTFB p99 ms | server CPU µs/req | errors |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
-    for scenario in ("json", "sse"):
+    for scenario in SCENARIOS:
         for name in NAMES:
             rows = results[(scenario, name)]
             lines.append(f"| {scenario} | {name} | {med(rows, 'rps'):,.0f} | {med(rows, 'latency_us', 'p50')/1000:.2f} | "
                          f"{med(rows, 'latency_us', 'p99')/1000:.2f} | {med(rows, 'ttfb_us', 'p99')/1000:.2f} | "
                          f"{med(rows, 'cpu_us_per_req'):.1f} | {sum(r['errors'] for r in rows)} |")
     lines.append("")
-    for scenario in ("json", "sse"):
+    for scenario in SCENARIOS:
         s_rps = med(results[(scenario, "sluice")], "rps")
+        p_rps = med(results[(scenario, "sluice + 100 policies")], "rps")
         ratio = s_rps / med(results[(scenario, "nginx")], "rps")
         ratio_p = s_rps / med(results[(scenario, "pingora passthrough")], "rps")
-        lines.append(f"- {scenario}: Sluice / nginx requests/s = **{ratio:.2f}×**; Sluice / bare Pingora = **{ratio_p:.2f}×**")
+        lines.append(f"- {scenario}: Sluice / nginx requests/s = **{ratio:.2f}×**; Sluice / bare Pingora = **{ratio_p:.2f}×**; "
+                     f"with 100 policies / without = **{p_rps / s_rps:.2f}×**")
     lines.append("")
     lines.append("### Fixed rate (half of the slower proxy's maximum), 32 connections")
     lines.append("")

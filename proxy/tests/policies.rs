@@ -245,7 +245,10 @@ fn no_policy_at_all_is_the_secure_default() {
 
 #[test]
 fn malformed_arguments_are_refused_deterministically_never_a_500() {
-    let h = Harness::start(POLICIES);
+    // A policy that reads `to`: arguments that cannot be read are refused.
+    let h = Harness::start(&format!(
+        "{POLICIES}\n[[policies.invocation]]\nid = \"internal-ok\"\ntool = {{ source = \"profile:default\", name = \"send_email\" }}\nconditions = [{{ path = \"to\", op = \"endsWith\", value = \"@corp.com\" }}]\naction = \"allow_when_untrusted\"\n"
+    ));
     for stream in [false, true] {
         let r = h.rt.block_on(post_json(
             h.addr(),
@@ -310,4 +313,30 @@ fn unconditionally_allowed_calls_stream_through_unchanged() {
         (rec.decisions[0].kind, rec.decisions[0].verdict),
         ("call", "allowed")
     );
+}
+
+#[test]
+fn an_undeclared_tool_call_is_still_refused_under_the_upstreams_content_length() {
+    // No tools declared: Sluice keeps the upstream's Content-Length (no rewrite expected),
+    // yet the model calls a tool anyway; the refusal is padded to the announced length.
+    let h = Harness::start(POLICIES);
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[
+            ("x-mock-tools", "send_email"),
+            ("x-sluice-context-untrusted", "true"),
+        ],
+        &chat_body(false, false),
+    ));
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-length").is_some());
+    let v = r.json();
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("sluice:policy_denied")
+    );
+    assert!(v["choices"][0]["message"].get("tool_calls").is_none());
 }

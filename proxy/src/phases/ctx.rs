@@ -81,6 +81,8 @@ pub struct RequestCtx {
     pub gate: super::gate::CallGate,
     /// True when Sluice refused the response's tool calls.
     pub refused: bool,
+    /// The upstream's Content-Length, kept for a JSON body that cannot be rewritten.
+    pub json_fixed_length: Option<usize>,
 }
 
 impl RequestCtx {
@@ -110,6 +112,7 @@ impl RequestCtx {
             decisions: Vec::new(),
             gate: super::gate::CallGate::default(),
             refused: false,
+            json_fixed_length: None,
         }
     }
 

@@ -32,9 +32,12 @@ pub struct CallGate {
 /// refused later (one refused call refuses the whole batch, and a streamed call cannot be
 /// taken back).
 fn may_stream_through(ctx: &mut RequestCtx, name: &str) -> bool {
-    if !ctx.request_facts.tools_declared.iter().any(|t| t == name) {
-        return false;
-    }
+    ctx.request_facts.tools_declared.iter().any(|t| t == name) && all_declared_unconditional(ctx)
+}
+
+/// True when every tool the request declares is allowed whatever its arguments (vacuously
+/// true when it declares none): no call can be refused, so no response will be rewritten.
+pub fn all_declared_unconditional(ctx: &mut RequestCtx) -> bool {
     if let Some(known) = ctx.gate.all_declared_unconditional {
         return known;
     }
@@ -165,7 +168,24 @@ pub fn on_event(
 pub fn on_json_body(ctx: &mut RequestCtx, api: Api, body: &[u8]) -> Option<Bytes> {
     let text = judge_new_calls(ctx)?;
     ctx.refused = true;
-    refuse_json(api, body, &text)
+    let full = refuse_json(api, body, &text)?;
+    match ctx.json_fixed_length {
+        // Under a kept Content-Length, fall back to the shortest refusal that keeps the
+        // stable marker when the full one does not fit.
+        Some(n) if full.len() > n => {
+            let policy = ctx
+                .decisions
+                .iter()
+                .rev()
+                .find(|d| d.kind == "call" && d.verdict != "allowed")
+                .and_then(|d| d.policy.clone());
+            let marker = policy.map_or("sluice:policy_denied".to_owned(), |p| {
+                format!("sluice:policy_denied policy={p}")
+            });
+            refuse_json(api, body, &format!("Refused by Sluice. [{marker}]"))
+        }
+        _ => Some(full),
+    }
 }
 
 /// Whether anything is being held (a stream that ends now ends inside a tool call).

@@ -41,8 +41,20 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
         resp.remove_header(&http::header::CONTENT_LENGTH);
         ctx.body_mode = BodyMode::Sse(SseFramer::new(max_event));
     } else {
-        // The body is held and may be rewritten (refused tool calls).
-        resp.remove_header(&http::header::CONTENT_LENGTH);
+        // The body is held whole. Its length changes only if a refused call is rewritten,
+        // which is impossible when every declared tool is an unconditional allow: then the
+        // upstream's Content-Length is kept (chunked framing costs ~30 µs per response here).
+        ctx.json_fixed_length = if gate::all_declared_unconditional(ctx) {
+            resp.headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+        } else {
+            None
+        };
+        if ctx.json_fixed_length.is_none() {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
         ctx.body_mode = BodyMode::Json {
             chunks: Vec::new(),
             len: 0,
@@ -103,13 +115,37 @@ pub fn on_chunk(
                     ),
                 };
                 ctx.response_facts.error = Some(err.to_string());
+                if ctx.json_fixed_length.is_some() {
+                    // The error body cannot fit the announced length: fail the response.
+                    return Err(err);
+                }
                 *body = Some(crate::llm::render_error(ctx.error_shape, &err).2);
                 return Ok(());
             }
             if let Some(inspector) = ctx.inspector.as_mut() {
                 inspector.on_json(&whole, &mut ctx.response_facts);
             }
-            *body = Some(gate::on_json_body(ctx, api, &whole).unwrap_or(whole));
+            let out = match gate::on_json_body(ctx, api, &whole) {
+                None => whole,
+                Some(rewritten) => match ctx.json_fixed_length {
+                    None => rewritten,
+                    // A call of an undeclared tool was refused under a kept Content-Length:
+                    // JSON allows trailing spaces, so a shorter refusal is padded; a longer
+                    // one cannot be sent, and the response is failed rather than let through.
+                    Some(n) if rewritten.len() <= n => {
+                        let mut padded = rewritten.to_vec();
+                        padded.resize(n, b' ');
+                        Bytes::from(padded)
+                    }
+                    Some(_) => {
+                        return Err(SluiceError::UpstreamProtocol {
+                            provider: ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str()),
+                            detail: "a refused tool call could not be rewritten within the response's length".into(),
+                        });
+                    }
+                },
+            };
+            *body = Some(out);
         }
         BodyMode::Sse(_) => return on_sse_chunk(body, end_of_stream, ctx),
     }
