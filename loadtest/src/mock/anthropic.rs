@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::script::{self, Answer, Fault};
-use super::{MockState, Rendered, knobs, parse_body, respond};
+use super::script::{self, Answer};
+use super::{MockState, Rendered, knobs, preflight, respond};
 
 fn error_json(status: u16, message: &str) -> String {
     let kind = match status {
@@ -28,23 +28,10 @@ fn event(kind: &str, data: &Value) -> String {
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
     let k = knobs(&state, &headers);
-    let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(
-            StatusCode::BAD_REQUEST,
-            error_json(400, "invalid JSON body"),
-        );
-        return respond(&state, k, r, 0).await;
+    let (k, req) = match preflight(&state, k, &body, error_json, "invalid JSON body").await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
     };
-    if let Fault::Status(s) = k.fault {
-        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return respond(
-            &state,
-            k,
-            Rendered::Json(status, error_json(s, "mock fault")),
-            0,
-        )
-        .await;
-    }
     let model = req["model"]
         .as_str()
         .unwrap_or("claude-sonnet-4-5")

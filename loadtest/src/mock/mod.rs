@@ -330,9 +330,31 @@ impl Drop for AbortGuard {
     }
 }
 
-/// Parses a JSON body; the caller answers 400 in its provider's shape on error.
-pub fn parse_body(body: &Bytes) -> Result<serde_json::Value, serde_json::Error> {
-    serde_json::from_slice(body)
+/// The checks every handler makes first: the body must be JSON (else 400), and an injected
+/// status fault answers at once. `error_json(status, message)` renders the provider's error
+/// body; `bad_json` is the provider's own wording for an unparseable body.
+pub async fn preflight(
+    state: &MockState,
+    knobs: Knobs,
+    body: &Bytes,
+    error_json: fn(u16, &str) -> String,
+    bad_json: &str,
+) -> Result<(Knobs, serde_json::Value), Response> {
+    let Ok(req) = serde_json::from_slice(body) else {
+        let r = Rendered::Json(StatusCode::BAD_REQUEST, error_json(400, bad_json));
+        return Err(respond(state, knobs, r, 0).await);
+    };
+    if let Fault::Status(s) = knobs.fault {
+        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(respond(
+            state,
+            knobs,
+            Rendered::Json(status, error_json(s, "mock fault")),
+            0,
+        )
+        .await);
+    }
+    Ok((knobs, req))
 }
 
 /// Unix seconds now, or the `x-mock-created` header's value (for byte-exact comparisons).

@@ -8,8 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::script::{self, Answer, Fault};
-use super::{MockState, Rendered, knobs, now, parse_body, respond};
+use super::script::{self, Answer};
+use super::{MockState, Rendered, knobs, now, preflight, respond};
+
+const BAD_JSON: &str = "We could not parse the JSON body of your request.";
 
 fn error_json(status: u16, message: &str) -> String {
     let (kind, code) = match status {
@@ -34,18 +36,10 @@ pub async fn models() -> axum::Json<Value> {
 /// `POST /v1/chat/completions`.
 pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
     let k = knobs(&state, &headers);
-    let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(
-            StatusCode::BAD_REQUEST,
-            error_json(400, "We could not parse the JSON body of your request."),
-        );
-        return respond(&state, k, r, 0).await;
+    let (k, req) = match preflight(&state, k, &body, error_json, BAD_JSON).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
     };
-    if let Fault::Status(s) = k.fault {
-        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let r = Rendered::Json(status, error_json(s, "mock fault"));
-        return respond(&state, k, r, 0).await;
-    }
     let model = req["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let declared = script::names_at(&req, "/tools", "/function/name");
     let last_tool = req["messages"]
@@ -163,23 +157,10 @@ pub async fn responses(
     body: Bytes,
 ) -> Response {
     let k = knobs(&state, &headers);
-    let Ok(req) = parse_body(&body) else {
-        let r = Rendered::Json(
-            StatusCode::BAD_REQUEST,
-            error_json(400, "We could not parse the JSON body of your request."),
-        );
-        return respond(&state, k, r, 0).await;
+    let (k, req) = match preflight(&state, k, &body, error_json, BAD_JSON).await {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
     };
-    if let Fault::Status(s) = k.fault {
-        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return respond(
-            &state,
-            k,
-            Rendered::Json(status, error_json(s, "mock fault")),
-            0,
-        )
-        .await;
-    }
     let model = req["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let declared = script::names_at(&req, "/tools", "/name");
     let last_tool = req["input"]

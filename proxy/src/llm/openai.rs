@@ -271,21 +271,28 @@ struct CompletionDetails {
 
 impl ChatUsage {
     fn to_usage(&self) -> Usage {
-        Usage {
-            input_tokens: self.prompt_tokens,
-            output_tokens: self.completion_tokens,
-            cache_read_tokens: self
-                .prompt_tokens_details
-                .as_ref()
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            cache_write_tokens: 0,
-            reasoning_tokens: self
-                .completion_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
-        }
+        openai_usage(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.prompt_tokens_details.as_ref(),
+            self.completion_tokens_details.as_ref(),
+        )
+    }
+}
+
+/// Both OpenAI APIs report usage the same way under different field names.
+fn openai_usage(
+    input: u64,
+    output: u64,
+    prompt: Option<&PromptDetails>,
+    completion: Option<&CompletionDetails>,
+) -> Usage {
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        cache_read_tokens: prompt.and_then(|d| d.cached_tokens).unwrap_or(0),
+        cache_write_tokens: 0,
+        reasoning_tokens: completion.and_then(|d| d.reasoning_tokens).unwrap_or(0),
     }
 }
 
@@ -550,21 +557,12 @@ struct ResponsesUsage {
 
 impl ResponsesUsage {
     fn to_usage(&self) -> Usage {
-        Usage {
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cache_read_tokens: self
-                .input_tokens_details
-                .as_ref()
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            cache_write_tokens: 0,
-            reasoning_tokens: self
-                .output_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
-        }
+        openai_usage(
+            self.input_tokens,
+            self.output_tokens,
+            self.input_tokens_details.as_ref(),
+            self.output_tokens_details.as_ref(),
+        )
     }
 }
 
