@@ -1,0 +1,160 @@
+//! Responses API responses: the JSON object and the typed event stream.
+
+use serde::Deserialize;
+
+use super::{CompletionDetails, PromptDetails, openai_usage};
+use crate::events::{ResponseFacts, ToolCall, Usage};
+use crate::llm::{EventVerdict, JStr};
+use crate::sse::EventFields;
+
+#[derive(Deserialize, Default)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<CompletionDetails>,
+}
+
+impl ResponsesUsage {
+    fn to_usage(&self) -> Usage {
+        openai_usage(
+            self.input_tokens,
+            self.output_tokens,
+            self.input_tokens_details.as_ref(),
+            self.output_tokens_details.as_ref(),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponseObject<'a> {
+    #[serde(borrow, default)]
+    model: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    status: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    output: Vec<OutputItem<'a>>,
+    #[serde(default)]
+    usage: Option<ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(borrow, rename = "type", default)]
+    kind: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    call_id: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    arguments: Option<JStr<'a>>,
+}
+
+impl OutputItem<'_> {
+    fn into_call(self, index: u32) -> Option<ToolCall> {
+        (self.kind.as_deref() == Some("function_call")).then(|| ToolCall {
+            id: self.call_id.map(|s| s.into_owned()).unwrap_or_default(),
+            name: self.name.map(|s| s.into_owned()).unwrap_or_default(),
+            arguments: self.arguments.map(|s| s.into_owned()).unwrap_or_default(),
+            index,
+            malformed: None,
+        })
+    }
+}
+
+fn read_response_object(r: ResponseObject<'_>, facts: &mut ResponseFacts, with_calls: bool) {
+    facts.model = r.model.map(|m| m.into_owned());
+    facts.usage = r.usage.map(|u| u.to_usage());
+    facts.finish_reason = r.status.map(|s| s.into_owned());
+    if with_calls {
+        for (i, item) in r.output.into_iter().enumerate() {
+            if let Some(call) = item.into_call(u32::try_from(i).unwrap_or(u32::MAX)) {
+                facts.tool_calls.push(call);
+            }
+        }
+    }
+}
+
+/// Reads a non-streaming Responses API body.
+pub fn read_responses_json(body: &[u8], facts: &mut ResponseFacts) {
+    match serde_json::from_slice::<ResponseObject<'_>>(body) {
+        Ok(r) => {
+            read_response_object(r, facts, true);
+            facts.completed = true;
+        }
+        Err(_) => facts.error = Some("unparseable response body".into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: JStr<'a>,
+    #[serde(default)]
+    output_index: Option<u32>,
+    #[serde(borrow, default)]
+    item: Option<OutputItem<'a>>,
+    #[serde(borrow, default)]
+    response: Option<ResponseObject<'a>>,
+}
+
+/// Reads Responses API stream events; a call is complete at `response.output_item.done`.
+#[derive(Debug, Default)]
+pub struct ResponsesStream;
+
+impl ResponsesStream {
+    pub(in crate::llm) fn on_event(
+        &mut self,
+        ev: &EventFields<'_>,
+        facts: &mut ResponseFacts,
+    ) -> EventVerdict {
+        if !ev.has_data {
+            return EventVerdict::Forward;
+        }
+        // Only these events carry calls, usage or errors; the rest are not parsed.
+        if let Some(name) = ev.event
+            && !matches!(
+                name,
+                "response.output_item.done"
+                    | "response.completed"
+                    | "response.incomplete"
+                    | "response.failed"
+                    | "error"
+            )
+        {
+            return EventVerdict::Forward;
+        }
+        let Ok(e) = serde_json::from_str::<ResponsesEvent<'_>>(&ev.data) else {
+            return EventVerdict::Forward;
+        };
+        match e.kind.as_ref() {
+            "response.output_item.done" => {
+                if let Some(call) = e
+                    .item
+                    .and_then(|i| i.into_call(e.output_index.unwrap_or(0)))
+                {
+                    facts.tool_calls.push(call);
+                }
+            }
+            "response.completed" | "response.incomplete" => {
+                if let Some(r) = e.response {
+                    read_response_object(r, facts, false);
+                }
+                facts.completed = true;
+            }
+            "response.failed" | "error" => {
+                if let Some(r) = e.response {
+                    read_response_object(r, facts, false);
+                }
+                facts.error = Some(format!("upstream stream event {}", e.kind));
+                facts.completed = true;
+            }
+            _ => {}
+        }
+        EventVerdict::Forward
+    }
+}
