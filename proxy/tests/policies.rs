@@ -83,10 +83,11 @@ fn conversation(api: &str, result_tool: &str, stream: bool) -> (String, Value) {
     }
 }
 
-const CASES: [(&str, bool); 7] = [
+const CASES: [(&str, bool); 8] = [
     ("chat", false),
     ("chat", true),
     ("responses", false),
+    ("responses", true),
     ("anthropic", false),
     ("anthropic", true),
     ("gemini", false),
@@ -156,6 +157,7 @@ fn an_injected_email_is_refused_after_an_untrusted_page_for_every_provider() {
             let end = match *api {
                 "chat" => "data: [DONE]",
                 "anthropic" => "event: message_stop",
+                "responses" => "event: response.completed",
                 _ => "\"finishReason\":\"STOP\"",
             };
             assert!(r.text().contains(end), "{case}: {}", r.text());

@@ -68,3 +68,17 @@ def test_gemini_refusal_streamed(sluice):
     chunks = list(c.models.generate_content_stream(model="gemini-2.5-flash", contents=contents, config=config))
     assert not any(ch.function_calls for ch in chunks)
     assert MARKER in "".join(ch.text or "" for ch in chunks)
+
+
+def test_openai_responses_refusal_streamed(sluice):
+    c = openai.OpenAI(base_url=f"{sluice.proxy}/v1/openai/demo", api_key="sk-x", max_retries=0)
+    items = [
+        {"role": "user", "content": "Summarise example.com"},
+        {"type": "function_call", "call_id": "c1", "name": "fetch_url", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": PAGE},
+    ]
+    tools = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("fetch_url", "send_email")]
+    with c.responses.stream(model="gpt-4o-mini", input=items, tools=tools) as s:
+        final = s.get_final_response()
+    assert not [o for o in final.output if o.type == "function_call"]
+    assert MARKER in final.output_text

@@ -69,7 +69,7 @@ impl ResponseInspector {
     pub fn new(api: Api, drop_usage_chunk: bool) -> Self {
         match api {
             Api::ChatCompletions => Self::Chat(openai::ChatStream::new(drop_usage_chunk)),
-            Api::Responses => Self::Responses(openai::ResponsesStream),
+            Api::Responses => Self::Responses(openai::ResponsesStream::default()),
             Api::Messages => Self::Messages(anthropic::MessagesStream::default()),
             Api::GenerateContent => Self::Gemini(gemini::GeminiStream::default()),
         }
@@ -102,8 +102,7 @@ impl ResponseInspector {
             Self::Chat(s) => s.refusal_events(text, facts),
             Self::Messages(s) => s.refusal_events(text, facts),
             Self::Gemini(_) => gemini::refusal_event(closing, text),
-            // Responses streams are not gated yet (docs/policies.md); never reached.
-            Self::Responses(_) => String::from_utf8_lossy(closing).into_owned(),
+            Self::Responses(s) => s.refusal_events(text, closing),
         };
         Bytes::from(out)
     }
