@@ -66,6 +66,9 @@ pub fn run() -> Result<()> {
         None => None,
     };
     let pool = config.limits.upstream_pool_size;
+    let approvals = std::sync::Arc::new(sluice_proxy::approvals::ApprovalStore::new(
+        config.limits.approval_ttl,
+    ));
     let recent = crate::recent();
     let running = start(
         ProxyParts {
@@ -74,6 +77,7 @@ pub fn run() -> Result<()> {
             recent,
             threads: 1,
             upstream_pool_size: pool,
+            approvals,
         },
         proxy_l,
         admin_l,

@@ -119,6 +119,9 @@ fn run_proxy(path: PathBuf) -> Result<()> {
     };
     let threads = config.threads;
     let pool = config.limits.upstream_pool_size;
+    let approvals = std::sync::Arc::new(sluice_proxy::approvals::ApprovalStore::new(
+        config.limits.approval_ttl,
+    ));
     let live = LiveConfig::with(config);
     let recent = RecentRecords::new(1000);
     let running = start(
@@ -128,6 +131,7 @@ fn run_proxy(path: PathBuf) -> Result<()> {
             recent,
             threads,
             upstream_pool_size: pool,
+            approvals,
         },
         proxy_l,
         admin_l,

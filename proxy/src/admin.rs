@@ -17,6 +17,13 @@ pub struct AdminApp {
     pub live: Arc<LiveConfig>,
     /// Recent records.
     pub recent: Arc<RecentRecords>,
+    /// Approvals for `require_approval` calls.
+    pub approvals: Arc<crate::approvals::ApprovalStore>,
+}
+
+fn is_approval_id(id: &str) -> bool {
+    id.strip_prefix("apr_")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -36,7 +43,37 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let uri = session.req_header().uri.clone();
+        let method = session.req_header().method.clone();
+        if let Some(id) = uri.path().strip_prefix("/admin/v1/approvals/") {
+            if method != http::Method::POST {
+                return reply(
+                    405,
+                    "application/json",
+                    br#"{"error":{"type":"method_not_allowed","message":"use POST to approve"}}"#
+                        .to_vec(),
+                );
+            }
+            if !is_approval_id(id) {
+                return reply(400, "application/json", br#"{"error":{"type":"invalid_request","message":"an approval id is apr_ followed by 32 hex digits, as the refusal says"}}"#.to_vec());
+            }
+            let secs = self.approvals.approve(id);
+            let body = serde_json::json!({"id": id, "expires_in_secs": secs}).to_string();
+            return reply(200, "application/json", body.into_bytes());
+        }
         match uri.path() {
+            "/admin/v1/approvals" => {
+                let list: Vec<_> = self
+                    .approvals
+                    .list()
+                    .into_iter()
+                    .map(|(id, secs)| serde_json::json!({"id": id, "expires_in_secs": secs}))
+                    .collect();
+                reply(
+                    200,
+                    "application/json",
+                    serde_json::json!({ "data": list }).to_string().into_bytes(),
+                )
+            }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 let (status, text) = self.live.readiness();

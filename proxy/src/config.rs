@@ -110,6 +110,8 @@ pub struct RawLimits {
     pub max_inspected_response_bytes: Option<usize>,
     /// Idle upstream connections kept per worker.
     pub upstream_pool_size: Option<usize>,
+    /// How long an admin's approval of a `require_approval` call lasts, in seconds.
+    pub approval_ttl_secs: Option<u64>,
 }
 
 /// One profile as written.
@@ -171,6 +173,8 @@ pub struct Limits {
     pub max_inspected_response_bytes: usize,
     /// Idle upstream connections kept. Default 1024.
     pub upstream_pool_size: usize,
+    /// How long an approval lasts. Default 1 h.
+    pub approval_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -185,6 +189,7 @@ impl Default for Limits {
             max_sse_event_bytes: 1024 * 1024,
             max_inspected_response_bytes: 32 * 1024 * 1024,
             upstream_pool_size: 1024,
+            approval_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -372,6 +377,9 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             "limits.max_inspected_response_bytes",
         )?,
         upstream_pool_size: l.upstream_pool_size.unwrap_or(d.upstream_pool_size),
+        approval_ttl: l
+            .approval_ttl_secs
+            .map_or(d.approval_ttl, Duration::from_secs),
     };
     let mut raw_profiles = raw.profiles;
     if raw_profiles.is_empty() {

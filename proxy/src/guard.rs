@@ -8,6 +8,7 @@ use serde_json::Value;
 use sluice_policies::taint::{ResultInput, TaintBoundary, VerdictCache};
 use sluice_policies::{CallVerdict, CompiledPolicies, EvalContext, ResultVerdict, ToolId};
 
+use crate::approvals::{ApprovalStore, approval_id};
 use crate::events::{Provider, RequestFacts, ToolCall};
 
 /// One policy decision, for the request record and the audit trail.
@@ -213,6 +214,7 @@ pub struct Refusal {
 /// Judges a batch of calls; one refused call refuses the batch.
 pub fn judge_calls(
     policies: &CompiledPolicies,
+    approvals: &ApprovalStore,
     profile: &str,
     agent: Option<&str>,
     trusted: bool,
@@ -234,21 +236,48 @@ pub fn judge_calls(
         } else {
             serde_json::from_str::<Value>(&call.arguments)
         };
+        // Arguments that cannot be read are refused whenever a policy needs to read them;
+        // a tool whose policies never read arguments is judged as if it had none (its call
+        // would have streamed through unread).
+        let args = match args {
+            Err(_) if !policies.call_depends_on_args(&tool) => {
+                Ok(Value::Object(serde_json::Map::new()))
+            }
+            other => other,
+        };
         let (verdict, policy, reason) = match (&call.malformed, args) {
             (Some(problem), _) => ("blocked", None, problem.clone()),
             (None, Err(_)) => (
                 "blocked",
                 None,
-                "its arguments are not valid JSON".to_owned(),
+                "its arguments are not valid JSON, and a policy needs to read them".to_owned(),
             ),
             (None, Ok(args)) => {
                 let d = policies.evaluate_call(&tool, &args, &ctx);
-                let v = match d.verdict {
-                    CallVerdict::Allow => "allowed",
-                    CallVerdict::Block => "blocked",
-                    CallVerdict::RequireApproval => "approval_required",
-                };
-                (v, d.policy.as_deref().map(str::to_owned), d.reason)
+                let policy = d.policy.as_deref().map(str::to_owned);
+                match d.verdict {
+                    CallVerdict::Allow => ("allowed", policy, d.reason),
+                    CallVerdict::Block => ("blocked", policy, d.reason),
+                    CallVerdict::RequireApproval => {
+                        let id = approval_id(&tool, &args);
+                        if approvals.is_approved(&id) {
+                            (
+                                "allowed",
+                                policy,
+                                format!("approved by an admin (approval id {id})"),
+                            )
+                        } else {
+                            (
+                                "approval_required",
+                                policy,
+                                format!(
+                                    "{}; approval id {id} (an admin approves it with POST /admin/v1/approvals/{id}, then the identical call goes through)",
+                                    d.reason
+                                ),
+                            )
+                        }
+                    }
+                }
             }
         };
         if verdict != "allowed" {

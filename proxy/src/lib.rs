@@ -2,6 +2,7 @@
 //! forwards traffic byte for byte and reads it inline (model, usage, tool calls).
 
 pub mod admin;
+pub mod approvals;
 pub mod config;
 pub mod error;
 pub mod events;

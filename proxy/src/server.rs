@@ -29,6 +29,8 @@ pub struct ProxyParts {
     pub threads: usize,
     /// Idle upstream connections kept.
     pub upstream_pool_size: usize,
+    /// Approvals for `require_approval` calls (shared with the admin API).
+    pub approvals: Arc<crate::approvals::ApprovalStore>,
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -177,7 +179,11 @@ pub fn start(
     });
     let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(
         &conf,
-        SluiceProxy::new(parts.live.clone(), parts.sink.clone()),
+        SluiceProxy::new(
+            parts.live.clone(),
+            parts.sink.clone(),
+            parts.approvals.clone(),
+        ),
         "sluice-proxy",
     );
     for a in &proxy_addrs {
@@ -190,6 +196,7 @@ pub fn start(
             AdminApp {
                 live: parts.live.clone(),
                 recent: parts.recent.clone(),
+                approvals: parts.approvals.clone(),
             },
         );
         for a in &admin_addrs {

@@ -342,3 +342,60 @@ fn an_undeclared_tool_call_is_still_refused_under_the_upstreams_content_length()
     );
     assert!(v["choices"][0]["message"].get("tool_calls").is_none());
 }
+
+#[test]
+fn require_approval_refuses_with_an_id_until_an_admin_approves_the_identical_call() {
+    let h = Harness::start(
+        "[[policies.invocation]]\nid = \"email-needs-approval\"\ntool = { source = \"profile:default\", name = \"send_email\" }\naction = \"require_approval\"\n",
+    );
+    let ask = |args: &str| {
+        h.rt.block_on(post_json(
+            h.addr(),
+            "/v1/openai/chat/completions",
+            &[("x-mock-tools", "send_email"), ("x-mock-tool-args", args)],
+            &chat_body(false, true),
+        ))
+    };
+    let alice = r#"{"to":"alice@example.com","body":"hi"}"#;
+    let r = ask(alice);
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("needs approval"), "{text}");
+    let id: String = text
+        .split("approval id ")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    assert!(id.starts_with("apr_") && id.len() == 36, "{id}");
+
+    let approve = h.rt.block_on(send(
+        h.admin_addr(),
+        "POST",
+        &format!("/admin/v1/approvals/{id}"),
+        &[],
+        b"",
+    ));
+    assert_eq!(approve.status, 200, "{}", approve.text());
+    assert_eq!(approve.json()["id"], id.as_str());
+
+    // The identical call (same arguments, keys in another order) now goes through...
+    let r = ask(r#"{"body":"hi","to":"alice@example.com"}"#);
+    assert!(r.text().contains("\"tool_calls\""), "{}", r.text());
+    assert_eq!(h.record(2).decisions[0].verdict, "allowed");
+    // ...and a different one still needs its own approval.
+    let r = ask(r#"{"to":"mallory@example.com","body":"hi"}"#);
+    assert!(r.text().contains("needs approval"), "{}", r.text());
+
+    let bad = h.rt.block_on(send(
+        h.admin_addr(),
+        "POST",
+        "/admin/v1/approvals/not-an-id",
+        &[],
+        b"",
+    ));
+    assert_eq!(bad.status, 400);
+}

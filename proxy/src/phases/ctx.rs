@@ -83,6 +83,8 @@ pub struct RequestCtx {
     pub refused: bool,
     /// The upstream's Content-Length, kept for a JSON body that cannot be rewritten.
     pub json_fixed_length: Option<usize>,
+    /// Approvals granted for `require_approval` calls.
+    pub approvals: Arc<crate::approvals::ApprovalStore>,
 }
 
 impl RequestCtx {
@@ -113,6 +115,7 @@ impl RequestCtx {
             gate: super::gate::CallGate::default(),
             refused: false,
             json_fixed_length: None,
+            approvals: no_approvals(),
         }
     }
 
@@ -127,6 +130,15 @@ impl RequestCtx {
             .as_ref()
             .map_or(self.error_shape.as_str(), |r| r.provider.as_str())
     }
+}
+
+/// An empty store shared by contexts created without one (tests, tools).
+fn no_approvals() -> Arc<crate::approvals::ApprovalStore> {
+    static EMPTY: std::sync::OnceLock<Arc<crate::approvals::ApprovalStore>> =
+        std::sync::OnceLock::new();
+    EMPTY
+        .get_or_init(|| Arc::new(crate::approvals::ApprovalStore::default()))
+        .clone()
 }
 
 impl Default for RequestCtx {

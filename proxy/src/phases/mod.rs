@@ -40,14 +40,20 @@ pub struct SluiceProxy {
     live: Arc<LiveConfig>,
     sink: Arc<dyn EventSink>,
     verdicts: sluice_policies::taint::VerdictCache,
+    approvals: Arc<crate::approvals::ApprovalStore>,
 }
 
 impl SluiceProxy {
-    /// A proxy reading config from `live` and recording to `sink`.
-    pub fn new(live: Arc<LiveConfig>, sink: Arc<dyn EventSink>) -> Self {
+    /// A proxy reading config from `live`, recording to `sink`, honouring `approvals`.
+    pub fn new(
+        live: Arc<LiveConfig>,
+        sink: Arc<dyn EventSink>,
+        approvals: Arc<crate::approvals::ApprovalStore>,
+    ) -> Self {
         Self {
             live,
             sink,
+            approvals,
             // Result verdicts of recent conversations, keyed by snapshot version.
             verdicts: sluice_policies::taint::VerdictCache::new(100_000),
         }
@@ -82,7 +88,9 @@ impl ProxyHttp for SluiceProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.approvals = self.approvals.clone();
+        ctx
     }
 
     async fn early_request_filter(

@@ -55,9 +55,12 @@ impl Harness {
                 recent: recent.clone(),
                 threads: 1,
                 upstream_pool_size: 16,
+                approvals: Arc::new(sluice_proxy::approvals::ApprovalStore::new(
+                    Duration::from_secs(60),
+                )),
             },
             bind("127.0.0.1:0").unwrap(),
-            None,
+            Some(bind("127.0.0.1:0").unwrap()),
         )
         .unwrap();
         Harness {
@@ -71,6 +74,10 @@ impl Harness {
 
     pub fn addr(&self) -> SocketAddr {
         self.proxy.as_ref().unwrap().proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.proxy.as_ref().unwrap().admin_addr.unwrap()
     }
 
     /// The record of the `n`th inspected request (1-based), waiting for its logging phase,
