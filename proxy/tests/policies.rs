@@ -399,3 +399,54 @@ fn require_approval_refuses_with_an_id_until_an_admin_approves_the_identical_cal
     ));
     assert_eq!(bad.status, 400);
 }
+
+#[test]
+fn parallel_calls_sharing_one_stream_index_are_refused() {
+    // A policy reads send_email's arguments, so its calls are held and judged.
+    let h = Harness::start(
+        "[[policies.invocation]]\nid = \"internal\"\ntool = { source = \"profile:default\", name = \"send_email\" }\nconditions = [{ path = \"to\", op = \"endsWith\", value = \"@example.com\" }]\naction = \"allow_when_untrusted\"\n",
+    );
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[
+            ("x-mock-tools", "send_email,get_weather"),
+            ("x-mock-shared-index", "true"),
+        ],
+        &chat_body(true, true),
+    ));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("share the stream index 0"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("\"tool_calls\""), "{}", r.text());
+}
+
+#[test]
+fn two_profiles_exposing_the_same_tool_name_get_different_policies() {
+    let h = Harness::start(
+        "[[policies.invocation]]\nid = \"team-search-blocked\"\ntool = { source = \"profile:team\", name = \"search\" }\naction = \"block\"\n\n[[policies.invocation]]\nid = \"default-search-ok\"\ntool = { source = \"profile:default\", name = \"search\" }\naction = \"allow_when_untrusted\"\n",
+    );
+    let mut body = chat_body(false, false);
+    body["tools"] = json!([{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]);
+    let ok = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &body,
+    ));
+    assert!(ok.text().contains("\"tool_calls\""), "{}", ok.text());
+    let refused = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/team/chat/completions",
+        &[],
+        &body,
+    ));
+    assert!(
+        refused.text().contains("policy=team-search-blocked"),
+        "{}",
+        refused.text()
+    );
+}

@@ -103,10 +103,11 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
             "stop"
         }
         Answer::Tools(calls) => {
-            for (i, c) in calls.iter().enumerate() {
+            for (n, c) in calls.iter().enumerate() {
+                let i = if k.shared_index { 0 } else { n };
                 let first = json!({"tool_calls": [{"index": i, "id": c.id, "type": "function",
                     "function": {"name": c.name, "arguments": ""}}]});
-                let first = if i == 0 {
+                let first = if n == 0 {
                     let mut f = first;
                     f["role"] = json!("assistant");
                     f["content"] = Value::Null;

@@ -75,6 +75,8 @@ pub struct Knobs {
     pub tool_args: Option<String>,
     /// Length of the text answer in words.
     pub words: usize,
+    /// Stream every parallel call on index 0 (a malformed stream some servers produce).
+    pub shared_index: bool,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -96,6 +98,7 @@ impl Knobs {
             tools: header(h, "x-mock-tools").map(str::to_owned),
             tool_args: header(h, "x-mock-tool-args").map(str::to_owned),
             words: num("x-mock-words", defaults.words as u64) as usize,
+            shared_index: header(h, "x-mock-shared-index").is_some_and(|v| v == "true"),
         }
     }
 }
