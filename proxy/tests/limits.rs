@@ -314,3 +314,26 @@ fn the_upstream_gets_the_rewritten_path_host_query_and_injected_key() {
         "the body is forwarded"
     );
 }
+
+#[test]
+fn http2_to_the_upstream_when_the_profile_asks_for_it() {
+    // The mock serves HTTP/2 with prior knowledge (h2c) as well as HTTP/1.1.
+    let h = Harness::start("");
+    let h2 = Harness::start(&format!(
+        "[profiles.h2.openai]\nbase_url = \"{}\"\nhttp2 = true\n",
+        h.mock.openai_base()
+    ));
+    for stream in [false, true] {
+        let r = h2.rt.block_on(post_json(
+            h2.addr(),
+            "/v1/openai/h2/chat/completions",
+            &[],
+            &chat_body(stream, true),
+        ));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.complete);
+        let rec = h2.record(if stream { 2 } else { 1 });
+        assert_eq!(rec.response.tool_calls[0].name, "send_email");
+        assert!(rec.response.usage.is_some());
+    }
+}
