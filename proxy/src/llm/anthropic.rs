@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{
-    EventVerdict, InspectedRequest, JStr, Needle, Raw, RawContent, contains, json_string, malformed,
+    EventVerdict, InspectedRequest, JStr, Named, Needle, Raw, RawContent, contains, json_string,
+    malformed, names, owned,
 };
 use crate::error::{ErrorKind, SluiceError};
 use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
@@ -20,7 +21,7 @@ struct MessagesRequest<'a> {
     #[serde(borrow, default)]
     messages: Vec<Message<'a>>,
     #[serde(borrow, default)]
-    tools: Vec<Tool<'a>>,
+    tools: Vec<Named<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -47,23 +48,13 @@ struct Block<'a> {
     content: Option<RawContent<'a>>,
 }
 
-#[derive(Deserialize)]
-struct Tool<'a> {
-    #[serde(borrow, default)]
-    name: Option<JStr<'a>>,
-}
-
 /// Reads a Messages request.
 pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
     let req: MessagesRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
         model: req.model.map(|m| m.into_owned()),
         stream: req.stream,
-        tools_declared: req
-            .tools
-            .into_iter()
-            .filter_map(|t| t.name.map(|n| n.into_owned()))
-            .collect(),
+        tools_declared: names(req.tools),
         ..RequestFacts::default()
     };
     let mut names: BTreeMap<String, String> = BTreeMap::new();
@@ -78,8 +69,8 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
         for (i, b) in blocks.into_iter().enumerate() {
             match b.kind.as_deref() {
                 Some("tool_use") => {
-                    let id = b.id.map(|s| s.into_owned()).unwrap_or_default();
-                    let name = b.name.map(|s| s.into_owned()).unwrap_or_default();
+                    let id = owned(b.id);
+                    let name = owned(b.name);
                     names.insert(id.clone(), name.clone());
                     facts.prior_tool_calls.push(ToolCall {
                         id,
@@ -90,7 +81,7 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
                     });
                 }
                 Some("tool_result") => {
-                    let call_id = b.tool_use_id.map(|s| s.into_owned()).unwrap_or_default();
+                    let call_id = owned(b.tool_use_id);
                     facts.tool_results.push(ToolResult {
                         name: names.get(&call_id).cloned(),
                         call_id,
@@ -167,8 +158,8 @@ pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
     for (i, b) in m.content.into_iter().enumerate() {
         if b.kind.as_deref() == Some("tool_use") {
             facts.tool_calls.push(ToolCall {
-                id: b.id.map(|s| s.into_owned()).unwrap_or_default(),
-                name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
+                id: owned(b.id),
+                name: owned(b.name),
                 arguments: b.input.map(|r| r.get().to_owned()).unwrap_or_default(),
                 index: u32::try_from(i).unwrap_or(u32::MAX),
                 malformed: None,
@@ -267,8 +258,8 @@ impl MessagesStream {
                     // The start block carries `input: {}`; deltas replace it when present.
                     let initial = b.input.map(|r| r.get().to_owned()).unwrap_or_default();
                     let call = ToolCall {
-                        id: b.id.map(|s| s.into_owned()).unwrap_or_default(),
-                        name: b.name.map(|s| s.into_owned()).unwrap_or_default(),
+                        id: owned(b.id),
+                        name: owned(b.name),
                         arguments: initial,
                         index,
                         malformed: None,

@@ -5,7 +5,10 @@
 
 use serde::Deserialize;
 
-use super::{EventVerdict, InspectedRequest, JStr, Raw, RawContent, json_string, malformed};
+use super::{
+    EventVerdict, InspectedRequest, JStr, Named, Raw, RawContent, json_string, malformed, names,
+    owned,
+};
 use crate::error::{ErrorKind, SluiceError};
 use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
 use crate::sse::EventFields;
@@ -46,8 +49,8 @@ struct FunctionCall<'a> {
 impl FunctionCall<'_> {
     fn into_call(self, index: u32) -> ToolCall {
         ToolCall {
-            id: self.id.map(|s| s.into_owned()).unwrap_or_default(),
-            name: self.name.map(|s| s.into_owned()).unwrap_or_default(),
+            id: owned(self.id),
+            name: owned(self.name),
             arguments: self
                 .args
                 .map(|r| r.get().to_owned())
@@ -72,25 +75,19 @@ struct FunctionResponse<'a> {
 #[serde(rename_all = "camelCase")]
 struct Tool<'a> {
     #[serde(borrow, default)]
-    function_declarations: Vec<Declaration<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Declaration<'a> {
-    #[serde(borrow, default)]
-    name: Option<JStr<'a>>,
+    function_declarations: Vec<Named<'a>>,
 }
 
 /// Reads a generateContent request body.
 pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
     let req: GenerateRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
-        tools_declared: req
-            .tools
-            .into_iter()
-            .flat_map(|t| t.function_declarations)
-            .filter_map(|d| d.name.map(|n| n.into_owned()))
-            .collect(),
+        tools_declared: names(
+            req.tools
+                .into_iter()
+                .flat_map(|t| t.function_declarations)
+                .collect(),
+        ),
         ..RequestFacts::default()
     };
     let mut index = 0u32;
@@ -101,7 +98,7 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
         }
         if let Some(r) = part.function_response {
             facts.tool_results.push(ToolResult {
-                call_id: r.id.map(|s| s.into_owned()).unwrap_or_default(),
+                call_id: owned(r.id),
                 name: r.name.map(|s| s.into_owned()),
                 content_bytes: r.response.as_ref().map_or(0, |c| c.len()),
                 span: r.response.as_ref().and_then(|c| c.span(body)),

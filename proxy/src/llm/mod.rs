@@ -206,6 +206,26 @@ pub(crate) type JStr<'a> = std::borrow::Cow<'a, str>;
 /// Any JSON value, kept raw (not parsed beyond its extent).
 pub(crate) type Raw<'a> = &'a RawValue;
 
+/// An object of which only the `name` is read (declared tools, in every provider's shape).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Named<'a> {
+    #[serde(borrow, default)]
+    pub(crate) name: Option<JStr<'a>>,
+}
+
+/// The names of declared tools.
+pub(crate) fn names(items: Vec<Named<'_>>) -> Vec<String> {
+    items
+        .into_iter()
+        .filter_map(|t| t.name.map(std::borrow::Cow::into_owned))
+        .collect()
+}
+
+/// An optional borrowed string, owned (empty when absent).
+pub(crate) fn owned(s: Option<JStr<'_>>) -> String {
+    s.map(std::borrow::Cow::into_owned).unwrap_or_default()
+}
+
 /// Content that may be a string or an array of parts: only its size is needed.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawContent<'a>(#[serde(borrow)] pub Raw<'a>);

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{CompletionDetails, FullToolCall, FunctionCall, PromptDetails, openai_usage};
 use crate::events::{ResponseFacts, ToolCall, Usage};
-use crate::llm::{EventVerdict, JStr, Needle, Raw, absent_or_null, contains};
+use crate::llm::{EventVerdict, JStr, Needle, Raw, absent_or_null, contains, owned};
 use crate::sse::EventFields;
 
 #[derive(Deserialize, Default)]
@@ -74,17 +74,9 @@ pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
             .enumerate()
         {
             facts.tool_calls.push(ToolCall {
-                id: call.id.map(|s| s.into_owned()).unwrap_or_default(),
-                name: call
-                    .function
-                    .name
-                    .map(|s| s.into_owned())
-                    .unwrap_or_default(),
-                arguments: call
-                    .function
-                    .arguments
-                    .map(|s| s.into_owned())
-                    .unwrap_or_default(),
+                id: owned(call.id),
+                name: owned(call.function.name),
+                arguments: owned(call.function.arguments),
                 index: u32::try_from(i).unwrap_or(u32::MAX),
                 malformed: None,
             });

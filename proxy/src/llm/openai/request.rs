@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::FullToolCall;
 use crate::error::SluiceError;
 use crate::events::{RequestFacts, ToolCall, ToolResult};
-use crate::llm::{InspectedRequest, JStr, Raw, RawContent, malformed};
+use crate::llm::{InspectedRequest, JStr, Named, Raw, RawContent, malformed, names, owned};
 
 #[derive(Deserialize)]
 struct ChatRequest<'a> {
@@ -70,24 +70,20 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
     for msg in req.messages {
         if let Some(calls) = msg.tool_calls {
             for (i, c) in calls.into_iter().enumerate() {
-                let id = c.id.map(|s| s.into_owned()).unwrap_or_default();
-                let name = c.function.name.map(|s| s.into_owned()).unwrap_or_default();
+                let id = owned(c.id);
+                let name = owned(c.function.name);
                 names.insert(id.clone(), name.clone());
                 facts.prior_tool_calls.push(ToolCall {
                     id,
                     name,
-                    arguments: c
-                        .function
-                        .arguments
-                        .map(|s| s.into_owned())
-                        .unwrap_or_default(),
+                    arguments: owned(c.function.arguments),
                     index: u32::try_from(i).unwrap_or(u32::MAX),
                     malformed: None,
                 });
             }
         }
         if msg.role == "tool" {
-            let call_id = msg.tool_call_id.map(|s| s.into_owned()).unwrap_or_default();
+            let call_id = owned(msg.tool_call_id);
             facts.tool_results.push(ToolResult {
                 name: names.get(&call_id).cloned(),
                 call_id,
@@ -148,7 +144,7 @@ struct ResponsesRequest<'a> {
     #[serde(borrow, default)]
     input: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    tools: Vec<ResponsesTool<'a>>,
+    tools: Vec<Named<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -165,23 +161,13 @@ struct ResponsesItem<'a> {
     output: Option<RawContent<'a>>,
 }
 
-#[derive(Deserialize)]
-struct ResponsesTool<'a> {
-    #[serde(borrow, default)]
-    name: Option<JStr<'a>>,
-}
-
 /// Reads a Responses API request.
 pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
     let req: ResponsesRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
         model: req.model.map(|m| m.into_owned()),
         stream: req.stream,
-        tools_declared: req
-            .tools
-            .into_iter()
-            .filter_map(|t| t.name.map(|n| n.into_owned()))
-            .collect(),
+        tools_declared: names(req.tools),
         ..RequestFacts::default()
     };
     let items: Option<Vec<ResponsesItem<'_>>> = match req.input {
@@ -193,15 +179,15 @@ pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, Sluice
     if let Some(items) = items {
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, item) in items.into_iter().enumerate() {
-            let call_id = item.call_id.map(|s| s.into_owned()).unwrap_or_default();
+            let call_id = owned(item.call_id);
             match item.kind.as_deref() {
                 Some("function_call") => {
-                    let name = item.name.map(|s| s.into_owned()).unwrap_or_default();
+                    let name = owned(item.name);
                     names.insert(call_id.clone(), name.clone());
                     facts.prior_tool_calls.push(ToolCall {
                         id: call_id,
                         name,
-                        arguments: item.arguments.map(|s| s.into_owned()).unwrap_or_default(),
+                        arguments: owned(item.arguments),
                         index: u32::try_from(i).unwrap_or(u32::MAX),
                         malformed: None,
                     });

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::{CompletionDetails, PromptDetails, openai_usage};
 use crate::events::{ResponseFacts, ToolCall, Usage};
-use crate::llm::{EventVerdict, JStr};
+use crate::llm::{EventVerdict, JStr, owned};
 use crate::sse::EventFields;
 
 #[derive(Deserialize, Default)]
@@ -57,9 +57,9 @@ struct OutputItem<'a> {
 impl OutputItem<'_> {
     fn into_call(self, index: u32) -> Option<ToolCall> {
         (self.kind.as_deref() == Some("function_call")).then(|| ToolCall {
-            id: self.call_id.map(|s| s.into_owned()).unwrap_or_default(),
-            name: self.name.map(|s| s.into_owned()).unwrap_or_default(),
-            arguments: self.arguments.map(|s| s.into_owned()).unwrap_or_default(),
+            id: owned(self.call_id),
+            name: owned(self.name),
+            arguments: owned(self.arguments),
             index,
             malformed: None,
         })
