@@ -86,6 +86,22 @@ pub struct RawConfig {
     /// Tool-invocation and tool-result policies (see docs/policies.md).
     #[serde(default)]
     pub policies: sluice_policies::PolicySet,
+    /// The dual-LLM quarantine for `sanitize` results; off when absent.
+    pub quarantine: Option<RawQuarantine>,
+}
+
+/// The quarantine as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuarantine {
+    /// Profile whose OpenAI(-compatible) upstream serves both models (default `default`).
+    pub profile: Option<String>,
+    /// The model both roles use.
+    pub model: String,
+    /// Questions at most (default 3, at most 10).
+    pub max_rounds: Option<u32>,
+    /// Deadline for one result's whole exchange, in ms (default 15000).
+    pub timeout_ms: Option<u64>,
 }
 
 /// Limits as written; every field optional, defaults in [`Limits::default`].
@@ -274,6 +290,8 @@ pub struct Config {
     pub profiles: HashMap<Arc<str>, Arc<Profile>>,
     /// The compiled policies of this snapshot.
     pub policies: Arc<sluice_policies::CompiledPolicies>,
+    /// The dual-LLM quarantine, if configured.
+    pub quarantine: Option<crate::quarantine::QuarantineConfig>,
 }
 
 /// Provider base URLs that apply to every profile that does not set its own.
@@ -414,6 +432,39 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
     let version = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let policies = sluice_policies::CompiledPolicies::compile(&raw.policies, version)
         .map_err(|e| ConfigError::Invalid(format!("policies: {e}")))?;
+    let quarantine = match raw.quarantine {
+        None => None,
+        Some(q) => {
+            let profile = q.profile.unwrap_or_else(|| "default".into());
+            let serves_openai = profiles
+                .get(profile.as_str())
+                .is_some_and(|p: &Arc<Profile>| p.upstreams.contains_key(&Provider::Openai));
+            if !serves_openai {
+                return Err(ConfigError::Invalid(format!(
+                    "quarantine.profile '{profile}' must be a profile with an OpenAI upstream"
+                )));
+            }
+            if q.model.is_empty() {
+                return Err(ConfigError::Invalid("quarantine.model is required".into()));
+            }
+            let max_rounds = q.max_rounds.unwrap_or(3);
+            if !(1..=10).contains(&max_rounds) {
+                return Err(ConfigError::Invalid(
+                    "quarantine.max_rounds must be between 1 and 10".into(),
+                ));
+            }
+            Some(crate::quarantine::QuarantineConfig {
+                profile,
+                model: q.model,
+                max_rounds,
+                timeout: ms(
+                    q.timeout_ms,
+                    Duration::from_secs(15),
+                    "quarantine.timeout_ms",
+                )?,
+            })
+        }
+    };
     let threads = raw.threads.unwrap_or(1);
     if threads == 0 || threads > 256 {
         return Err(ConfigError::Invalid(
@@ -427,6 +478,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         limits,
         profiles,
         policies: Arc::new(policies),
+        quarantine,
     })
 }
 

@@ -106,6 +106,9 @@ pub struct RequestFacts {
     pub prior_tool_calls: Vec<ToolCall>,
     /// True when Sluice turned on `stream_options.include_usage` for this request.
     pub usage_injected: bool,
+    /// Where the latest user message's content lies in the body (for the quarantine).
+    #[serde(skip)]
+    pub last_user: Option<(usize, usize)>,
 }
 
 /// What the response inspector read.

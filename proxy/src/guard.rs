@@ -28,6 +28,17 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// A result the quarantine must summarise before the request can go upstream.
+#[derive(Debug, Clone)]
+pub struct SanitizeJob {
+    /// Its decision's position in `RequestJudgement::decisions`.
+    pub decision: usize,
+    /// Where its content lies in the request body.
+    pub span: (usize, usize),
+    /// The content as text, for the quarantined model only.
+    pub text: String,
+}
+
 /// What judging the request decided.
 #[derive(Debug, Default)]
 pub struct RequestJudgement {
@@ -37,8 +48,61 @@ pub struct RequestJudgement {
     pub boundary: Option<String>,
     /// Decisions on results.
     pub decisions: Vec<Decision>,
-    /// The request body with blocked results replaced, when any was.
-    pub rewritten: Option<Bytes>,
+    /// Content spans to replace, with their replacement JSON text.
+    pub replacements: Vec<((usize, usize), String)>,
+    /// Results waiting for the quarantine.
+    pub sanitize: Vec<SanitizeJob>,
+}
+
+impl RequestJudgement {
+    /// Applies the quarantine's outcomes: a summary replaces the result (which then does not
+    /// taint); a failure blocks it and taints the context (fail closed).
+    pub fn settle(&mut self, provider: Provider, outcomes: Vec<Result<String, String>>) {
+        for (job, outcome) in std::mem::take(&mut self.sanitize).into_iter().zip(outcomes) {
+            let Some(d) = self.decisions.get_mut(job.decision) else {
+                continue;
+            };
+            match outcome {
+                Ok(summary) => {
+                    d.verdict = "sanitized";
+                    d.reason = format!("{}; replaced by the quarantine's summary", d.reason);
+                    let text =
+                        format!("[Summary of this tool result by Sluice's quarantine: {summary}]");
+                    self.replacements
+                        .push((job.span, content_json(provider, &text)));
+                }
+                Err(e) => {
+                    d.verdict = "blocked";
+                    d.reason = format!(
+                        "{}; the quarantine failed ({e}), so the result is blocked (fail closed)",
+                        d.reason
+                    );
+                    self.replacements
+                        .push((job.span, result_notice(provider, &d.reason)));
+                    self.trusted = false;
+                    self.boundary.get_or_insert_with(|| {
+                        format!(
+                            "tool result {} ({}) could not be sanitized",
+                            job.decision, d.tool
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    /// The request body with every replacement applied, when there is any.
+    pub fn rewrite(&mut self, body: &Bytes) -> Option<Bytes> {
+        splice(body, std::mem::take(&mut self.replacements))
+    }
+}
+
+/// A replacement content value in the provider's shape (Gemini wants an object).
+fn content_json(provider: Provider, text: &str) -> String {
+    match provider {
+        Provider::Gemini => serde_json::json!({ "content": text }).to_string(),
+        Provider::Openai | Provider::Anthropic => Value::String(text.to_owned()).to_string(),
+    }
 }
 
 /// The identity of a tool seen in LLM traffic on `profile`.
@@ -71,18 +135,16 @@ pub fn normalise_content(raw: &[u8]) -> Value {
 
 fn result_notice(provider: Provider, reason: &str) -> String {
     let text = format!("[Sluice blocked this tool result: {reason}] [sluice:result_blocked]");
-    match provider {
-        // Gemini's functionResponse.response must be an object.
-        Provider::Gemini => serde_json::json!({ "error": text }).to_string(),
-        Provider::Openai | Provider::Anthropic => Value::String(text).to_string(),
-    }
+    content_json(provider, &text)
 }
 
-/// Judges every tool result in the request, in order.
+/// Judges every tool result in the request, in order. With `quarantine` on, results whose
+/// verdict is `sanitize` become jobs for it; without, they are blocked (fail closed).
 #[allow(clippy::too_many_arguments)]
 pub fn judge_request(
     policies: &CompiledPolicies,
     cache: &VerdictCache,
+    quarantine: bool,
     provider: Provider,
     profile: &str,
     agent: Option<&str>,
@@ -121,6 +183,7 @@ pub fn judge_request(
     };
     let trust = policies.evaluate_conversation(&inputs, &base, started_untrusted, cache);
     let mut replacements: Vec<((usize, usize), String)> = Vec::new();
+    let mut sanitize = Vec::new();
     let mut decisions = Vec::with_capacity(trust.decisions.len());
     for (i, d) in trust.decisions.iter().enumerate() {
         let r = &facts.tool_results[i];
@@ -128,7 +191,9 @@ pub fn judge_request(
             ResultVerdict::Trusted => ("trusted", d.reason.clone()),
             ResultVerdict::Untrusted => ("untrusted", d.reason.clone()),
             ResultVerdict::Block => ("blocked", d.reason.clone()),
-            // No quarantine model is wired yet: fail closed.
+            ResultVerdict::Sanitize if quarantine && r.span.is_some() => {
+                ("sanitizing", d.reason.clone())
+            }
             ResultVerdict::Sanitize => (
                 "blocked",
                 format!(
@@ -142,6 +207,19 @@ pub fn judge_request(
         {
             replacements.push((span, result_notice(provider, &reason)));
         }
+        if verdict == "sanitizing"
+            && let Some(span) = r.span
+        {
+            let text = match &contents[i] {
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            sanitize.push(SanitizeJob {
+                decision: i,
+                span,
+                text,
+            });
+        }
         decisions.push(Decision {
             kind: "result",
             tool: tools[i].to_string(),
@@ -151,8 +229,9 @@ pub fn judge_request(
             reason,
         });
     }
-    // A sanitize that fails closed taints like a block.
+    // A sanitize that fails closed (no quarantine) taints like a block.
     let sanitized_taint = trust.boundary.is_none()
+        && !quarantine
         && trust
             .decisions
             .iter()
@@ -179,7 +258,8 @@ pub fn judge_request(
             sanitized_taint.then(|| "a result needing the quarantine was blocked".into())
         }),
         decisions,
-        rewritten: splice(body, replacements),
+        replacements,
+        sanitize,
     }
 }
 

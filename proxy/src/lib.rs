@@ -11,6 +11,7 @@ pub mod live;
 pub mod llm;
 pub mod passthrough;
 pub mod phases;
+pub mod quarantine;
 pub mod route;
 pub mod server;
 pub mod sse;

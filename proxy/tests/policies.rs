@@ -450,3 +450,96 @@ fn two_profiles_exposing_the_same_tool_name_get_different_policies() {
         refused.text()
     );
 }
+
+const SANITIZE: &str = r#"
+[quarantine]
+model = "gpt-4o-mini"
+
+[[policies.result]]
+id = "web-through-quarantine"
+tool = { source = "profile:*", name = "fetch_url" }
+action = "sanitize"
+
+[[policies.invocation]]
+id = "email-not-when-untrusted"
+tool = { source = "profile:*", name = "send_email" }
+action = "block_when_untrusted"
+"#;
+
+#[test]
+fn sanitize_replaces_the_result_with_the_quarantines_summary_and_the_call_is_allowed() {
+    let h = Harness::start(SANITIZE);
+    let mut n = 0;
+    for (api, stream) in [
+        ("chat", false),
+        ("chat", true),
+        ("anthropic", false),
+        ("gemini", true),
+    ] {
+        let case = format!("{api} stream={stream}");
+        // Left to itself, the model no longer sees the injected instruction: no call at all.
+        let (path, body) = conversation(api, "fetch_url", stream);
+        let r = h.rt.block_on(post_json(h.addr(), &path, &[], &body));
+        n += 1;
+        assert_eq!(r.status, 200, "{case}");
+        assert!(
+            !r.text().contains("attacker@evil.example"),
+            "{case}: {}",
+            r.text()
+        );
+        let rec = h.record(n);
+        assert_eq!(
+            rec.decisions[0].verdict, "sanitized",
+            "{case}: {:?}",
+            rec.decisions
+        );
+        assert!(rec.trusted, "{case}: a sanitized result does not taint");
+        assert!(rec.response.tool_calls.is_empty(), "{case}");
+        // A call the user wants still goes through: the context stayed trusted.
+        let r = h.rt.block_on(post_json(
+            h.addr(),
+            &path,
+            &[("x-mock-tools", "send_email")],
+            &body,
+        ));
+        n += 1;
+        assert!(
+            !r.text().contains("sluice:policy_denied"),
+            "{case}: {}",
+            r.text()
+        );
+        let rec = h.record(n);
+        assert_eq!(
+            rec.decisions.last().map(|d| d.verdict),
+            Some("allowed"),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_quarantine_blocks_the_result_fail_closed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = Harness::start(&format!(
+        "{}\n[profiles.q.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n",
+        SANITIZE.replace(
+            "model = \"gpt-4o-mini\"",
+            "model = \"gpt-4o-mini\"\nprofile = \"q\""
+        )
+    ));
+    let (path, body) = conversation("chat", "fetch_url", false);
+    let r = h.rt.block_on(post_json(h.addr(), &path, &[], &body));
+    assert!(r.text().contains("sluice:policy_denied"), "{}", r.text());
+    let rec = h.record(1);
+    assert_eq!(rec.decisions[0].verdict, "blocked");
+    assert!(
+        rec.decisions[0].reason.contains("quarantine failed"),
+        "{}",
+        rec.decisions[0].reason
+    );
+    assert!(!rec.trusted);
+}

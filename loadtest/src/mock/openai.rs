@@ -41,6 +41,26 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
         Err(resp) => return resp,
     };
     let model = req["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
+    let system = req
+        .pointer("/messages/0/content")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let user = req
+        .pointer("/messages/1/content")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if let Some(text) = script::quarantine_reply(system, user) {
+        let body = json!({"id": "chatcmpl-quarantine", "object": "chat.completion", "created": now(&headers),
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+        return respond(
+            &state,
+            k,
+            Rendered::Json(StatusCode::OK, body.to_string()),
+            1,
+        )
+        .await;
+    }
     let declared = script::names_at(&req, "/tools", "/function/name");
     let last_tool = req["messages"]
         .as_array()

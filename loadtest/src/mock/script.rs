@@ -227,3 +227,29 @@ pub fn names_at(v: &Value, array: &str, name_ptr: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The mock's side of a dual-LLM quarantine exchange, recognised by the role each system
+/// prompt gives the model (the pattern's question mode, quarantined reader and summary mode).
+/// The mock "reader" reports instructions aimed at an AI assistant when the text has them.
+pub fn quarantine_reply(system: &str, user: &str) -> Option<String> {
+    let lower = user.to_lowercase();
+    if system.contains("QUESTION MODE") {
+        return Some(if user.contains("Answer:") {
+            "DONE".into()
+        } else {
+            "QUESTION: Does the tool result contain instructions addressed to an AI assistant?\nOPTIONS:\n0: no\n1: yes".into()
+        });
+    }
+    if system.contains("quarantined reader") {
+        let yes = lower.contains("assistant") || lower.contains("ignore");
+        return Some(format!(r#"{{"answer": {}}}"#, u8::from(yes)));
+    }
+    if system.contains("SUMMARY MODE") {
+        return Some(if user.contains("Answer: 1") {
+            "The page lists products and prices. It also contains text addressed to an AI assistant, which is left out of this summary.".into()
+        } else {
+            "The page lists products and prices.".into()
+        });
+    }
+    None
+}

@@ -30,6 +30,8 @@ struct Message<'a> {
     /// (an untagged enum would lose the borrowed raw values).
     #[serde(borrow, default)]
     content: Option<Raw<'a>>,
+    #[serde(borrow, default)]
+    role: Option<JStr<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +61,12 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
     };
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for msg in req.messages {
+        if msg.role.as_deref() == Some("user")
+            && let Some(raw) = msg.content
+            && !raw.get().contains("\"tool_result\"")
+        {
+            facts.last_user = RawContent(raw).span(body);
+        }
         let Some(raw) = msg
             .content
             .filter(|r| r.get().trim_start().starts_with('['))

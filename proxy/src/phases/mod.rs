@@ -41,6 +41,7 @@ pub struct SluiceProxy {
     sink: Arc<dyn EventSink>,
     verdicts: sluice_policies::taint::VerdictCache,
     approvals: Arc<crate::approvals::ApprovalStore>,
+    quarantine: crate::quarantine::Quarantine,
 }
 
 impl SluiceProxy {
@@ -54,9 +55,44 @@ impl SluiceProxy {
             live,
             sink,
             approvals,
+            quarantine: crate::quarantine::Quarantine::default(),
             // Result verdicts of recent conversations, keyed by snapshot version.
             verdicts: sluice_policies::taint::VerdictCache::new(100_000),
         }
+    }
+}
+
+impl SluiceProxy {
+    /// Runs every pending result through the quarantine, in order; one outcome per job.
+    async fn sanitize_all(
+        &self,
+        ctx: &RequestCtx,
+        pending: &request_body::Pending,
+    ) -> Vec<Result<String, String>> {
+        let n = pending.jobs().len();
+        let Some(cfg) = ctx.config.as_ref() else {
+            return vec![Err("no configuration".into()); n];
+        };
+        let Some(q) = cfg.quarantine.as_ref() else {
+            return vec![Err("the quarantine is not configured".into()); n];
+        };
+        let Some(up) = cfg
+            .profiles
+            .get(q.profile.as_str())
+            .and_then(|p| p.upstreams.get(&crate::events::Provider::Openai))
+        else {
+            return vec![Err("the quarantine profile has no OpenAI upstream".into()); n];
+        };
+        let user = pending.user_request(ctx);
+        let mut out = Vec::with_capacity(n);
+        for job in pending.jobs() {
+            out.push(
+                self.quarantine
+                    .sanitize(q, cfg.policies.version, up, &cfg.limits, &user, &job.text)
+                    .await,
+            );
+        }
+        out
     }
 }
 
@@ -181,8 +217,13 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
-        request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts)
-            .map_err(|e| raise(ctx, e))
+        let pending = request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts)
+            .map_err(|e| raise(ctx, e))?;
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        let outcomes = self.sanitize_all(ctx, &pending).await;
+        request_body::finish(body, ctx, pending, outcomes).map_err(|e| raise(ctx, e))
     }
 
     async fn response_filter(

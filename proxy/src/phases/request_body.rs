@@ -5,19 +5,47 @@ use bytes::Bytes;
 
 use super::ctx::RequestCtx;
 use crate::error::SluiceError;
-use crate::guard::judge_request;
+use crate::guard::{RequestJudgement, judge_request, normalise_content};
 use crate::llm::inspect_request;
 use sluice_policies::taint::VerdictCache;
 
+/// A complete request whose sanitize results wait for the quarantine before it can go
+/// upstream.
+pub struct Pending {
+    whole: Bytes,
+    rewritten: Option<Bytes>,
+    judged: RequestJudgement,
+}
+
+impl Pending {
+    /// The jobs for the quarantine.
+    pub fn jobs(&self) -> &[crate::guard::SanitizeJob] {
+        &self.judged.sanitize
+    }
+
+    /// The user's latest request, as text, for the privileged model.
+    pub fn user_request(&self, ctx: &RequestCtx) -> String {
+        ctx.request_facts
+            .last_user
+            .map(|(s, e)| normalise_content(&self.whole[s..e]))
+            .map(|v| match v {
+                serde_json::Value::String(t) => t,
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Handles one request body chunk. `body` is replaced by what goes upstream now: an empty
-/// chunk while an inspected body is being held, the whole body at its end.
+/// chunk while an inspected body is being held, the whole body at its end. Returns the
+/// request when results must first go through the quarantine ([`finish`] completes it).
 pub fn on_chunk(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
     ctx: &mut RequestCtx,
     max_body: usize,
     cache: &VerdictCache,
-) -> Result<(), SluiceError> {
+) -> Result<Option<Pending>, SluiceError> {
     if let Some(chunk) = body.as_ref() {
         ctx.request_len = ctx.request_len.saturating_add(chunk.len());
         if ctx.request_len > max_body {
@@ -25,7 +53,7 @@ pub fn on_chunk(
         }
     }
     let Some(api) = ctx.api() else {
-        return Ok(());
+        return Ok(None);
     };
     if let Some(chunk) = body.take()
         && !chunk.is_empty()
@@ -35,7 +63,7 @@ pub fn on_chunk(
     if !end_of_stream {
         // Nothing upstream yet; an empty chunk tells Pingora "more to come".
         *body = Some(Bytes::new());
-        return Ok(());
+        return Ok(None);
     }
     let whole = super::join_chunks(std::mem::take(&mut ctx.request_chunks), ctx.request_len);
     let inspected = inspect_request(api, &whole)?;
@@ -46,30 +74,61 @@ pub fn on_chunk(
         ctx.request_facts.model = url_model;
     }
     ctx.request_facts.stream |= url_stream;
-    let mut out = inspected.rewritten.unwrap_or_else(|| whole.clone());
-    if let (Some(cfg), Some(route)) = (ctx.config.clone(), ctx.route.clone()) {
-        let judged = judge_request(
-            &cfg.policies,
-            cache,
-            route.provider,
-            &route.profile.name,
-            ctx.agent.as_deref(),
-            ctx.started_untrusted,
-            &whole,
-            &ctx.request_facts,
-        );
-        ctx.trusted = judged.trusted;
-        ctx.taint_boundary = judged.boundary;
-        ctx.decisions.extend(judged.decisions);
-        if let Some(spliced) = judged.rewritten {
-            // Blocked results were replaced; re-apply the usage switch to the new body.
-            out = if ctx.request_facts.usage_injected {
-                inspect_request(api, &spliced)?.rewritten.unwrap_or(spliced)
-            } else {
-                spliced
-            };
-        }
+    let (Some(cfg), Some(route)) = (ctx.config.clone(), ctx.route.clone()) else {
+        *body = Some(inspected.rewritten.unwrap_or(whole));
+        return Ok(None);
+    };
+    let judged = judge_request(
+        &cfg.policies,
+        cache,
+        cfg.quarantine.is_some(),
+        route.provider,
+        &route.profile.name,
+        ctx.agent.as_deref(),
+        ctx.started_untrusted,
+        &whole,
+        &ctx.request_facts,
+    );
+    let pending = Pending {
+        whole,
+        rewritten: inspected.rewritten,
+        judged,
+    };
+    if !pending.judged.sanitize.is_empty() {
+        return Ok(Some(pending));
     }
+    finish(body, ctx, pending, Vec::new())?;
+    Ok(None)
+}
+
+/// Settles the quarantine's outcomes (one per job) and sets the body that goes upstream.
+pub fn finish(
+    body: &mut Option<Bytes>,
+    ctx: &mut RequestCtx,
+    pending: Pending,
+    outcomes: Vec<Result<String, String>>,
+) -> Result<(), SluiceError> {
+    let Pending {
+        whole,
+        rewritten,
+        mut judged,
+    } = pending;
+    let provider = ctx.error_shape;
+    if !outcomes.is_empty() {
+        judged.settle(provider, outcomes);
+    }
+    ctx.trusted = judged.trusted;
+    ctx.taint_boundary = judged.boundary.take();
+    let spliced = judged.rewrite(&whole);
+    ctx.decisions.extend(judged.decisions);
+    let out = match (spliced, ctx.api()) {
+        // Results were replaced; re-apply the usage switch to the new body.
+        (Some(new), Some(api)) if ctx.request_facts.usage_injected => {
+            inspect_request(api, &new)?.rewritten.unwrap_or(new)
+        }
+        (Some(new), _) => new,
+        (None, _) => rewritten.unwrap_or(whole),
+    };
     *body = Some(out);
     Ok(())
 }

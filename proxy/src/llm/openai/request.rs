@@ -82,6 +82,9 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
                 });
             }
         }
+        if msg.role == "user" {
+            facts.last_user = msg.content.as_ref().and_then(|c| c.span(body));
+        }
         if msg.role == "tool" {
             let call_id = owned(msg.tool_call_id);
             facts.tool_results.push(ToolResult {
@@ -159,6 +162,10 @@ struct ResponsesItem<'a> {
     arguments: Option<JStr<'a>>,
     #[serde(borrow, default)]
     output: Option<RawContent<'a>>,
+    #[serde(borrow, default)]
+    role: Option<JStr<'a>>,
+    #[serde(borrow, default)]
+    content: Option<RawContent<'a>>,
 }
 
 /// Reads a Responses API request.
@@ -174,11 +181,18 @@ pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, Sluice
         Some(raw) if raw.get().trim_start().starts_with('[') => {
             Some(serde_json::from_str(raw.get()).map_err(|e| malformed(&e))?)
         }
-        _ => None,
+        Some(raw) => {
+            facts.last_user = RawContent(raw).span(body);
+            None
+        }
+        None => None,
     };
     if let Some(items) = items {
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, item) in items.into_iter().enumerate() {
+            if item.role.as_deref() == Some("user") {
+                facts.last_user = item.content.as_ref().and_then(|c| c.span(body));
+            }
             let call_id = owned(item.call_id);
             match item.kind.as_deref() {
                 Some("function_call") => {
