@@ -78,6 +78,7 @@ pub fn run() -> Result<()> {
             threads: 1,
             upstream_pool_size: pool,
             approvals,
+            catalogue: Default::default(),
         },
         proxy_l,
         admin_l,

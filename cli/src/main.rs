@@ -132,6 +132,7 @@ fn run_proxy(path: PathBuf) -> Result<()> {
             threads,
             upstream_pool_size: pool,
             approvals,
+            catalogue: Default::default(),
         },
         proxy_l,
         admin_l,

@@ -19,6 +19,8 @@ pub struct AdminApp {
     pub recent: Arc<RecentRecords>,
     /// Approvals for `require_approval` calls.
     pub approvals: Arc<crate::approvals::ApprovalStore>,
+    /// Tools seen per profile.
+    pub catalogue: Arc<crate::catalogue::ToolCatalogue>,
 }
 
 fn is_approval_id(id: &str) -> bool {
@@ -61,6 +63,11 @@ impl ServeHttp for AdminApp {
             return reply(200, "application/json", body.into_bytes());
         }
         match uri.path() {
+            "/admin/v1/tools" => reply(
+                200,
+                "application/json",
+                self.catalogue.to_json().to_string().into_bytes(),
+            ),
             "/admin/v1/approvals" => {
                 let list: Vec<_> = self
                     .approvals

@@ -140,6 +140,14 @@ pub struct RawProfile {
     pub anthropic: Option<RawUpstream>,
     /// Gemini upstream.
     pub gemini: Option<RawUpstream>,
+    /// The team that owns the profile (`context.team` in policy conditions).
+    pub team: Option<String>,
+    /// Labels (`context.labels.<key>` in policy conditions).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Every conversation on this profile starts untrusted (result policies still apply).
+    #[serde(default)]
+    pub starts_untrusted: bool,
 }
 
 /// One upstream as written.
@@ -273,6 +281,12 @@ pub struct Profile {
     pub name: Arc<str>,
     /// Upstreams by provider.
     pub upstreams: HashMap<Provider, Arc<Upstream>>,
+    /// Owning team, for policy conditions.
+    pub team: Option<Arc<str>>,
+    /// Labels, for policy conditions.
+    pub labels: Arc<[(String, String)]>,
+    /// Conversations start untrusted.
+    pub starts_untrusted: bool,
 }
 
 /// The checked configuration every request reads from one snapshot.
@@ -420,7 +434,16 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             upstreams.insert(provider, Arc::new(checked));
         }
         let name: Arc<str> = name.into();
-        profiles.insert(name.clone(), Arc::new(Profile { name, upstreams }));
+        profiles.insert(
+            name.clone(),
+            Arc::new(Profile {
+                name,
+                upstreams,
+                team: p.team.map(Into::into),
+                labels: p.labels.into_iter().collect::<Vec<_>>().into(),
+                starts_untrusted: p.starts_untrusted,
+            }),
+        );
     }
     let listen = env
         .proxy_listen

@@ -9,6 +9,7 @@ use sluice_policies::taint::{ResultInput, TaintBoundary, VerdictCache};
 use sluice_policies::{CallVerdict, CompiledPolicies, EvalContext, ResultVerdict, ToolId};
 
 use crate::approvals::{ApprovalStore, approval_id};
+use crate::config::Profile;
 use crate::events::{Provider, RequestFacts, ToolCall};
 
 /// One policy decision, for the request record and the audit trail.
@@ -105,6 +106,14 @@ fn content_json(provider: Provider, text: &str) -> String {
     }
 }
 
+fn labels_of(profile: &Profile) -> Vec<(&str, &str)> {
+    profile
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// The identity of a tool seen in LLM traffic on `profile`.
 pub fn llm_tool(profile: &str, name: &str) -> ToolId {
     ToolId::new(format!("profile:{profile}"), name)
@@ -146,7 +155,7 @@ pub fn judge_request(
     cache: &VerdictCache,
     quarantine: bool,
     provider: Provider,
-    profile: &str,
+    profile: &Profile,
     agent: Option<&str>,
     started_untrusted: Option<&str>,
     body: &Bytes,
@@ -155,7 +164,7 @@ pub fn judge_request(
     let tools: Vec<ToolId> = facts
         .tool_results
         .iter()
-        .map(|r| llm_tool(profile, r.name.as_deref().unwrap_or("")))
+        .map(|r| llm_tool(&profile.name, r.name.as_deref().unwrap_or("")))
         .collect();
     let raws: Vec<&[u8]> = facts
         .tool_results
@@ -174,11 +183,12 @@ pub fn judge_request(
             raw: raws[i],
         })
         .collect();
+    let labels = labels_of(profile);
     let base = EvalContext {
-        profile,
-        team: None,
+        profile: &profile.name,
+        team: profile.team.as_deref(),
         agent,
-        labels: &[],
+        labels: &labels,
         trusted: true,
     };
     let trust = policies.evaluate_conversation(&inputs, &base, started_untrusted, cache);
@@ -295,22 +305,23 @@ pub struct Refusal {
 pub fn judge_calls(
     policies: &CompiledPolicies,
     approvals: &ApprovalStore,
-    profile: &str,
+    profile: &Profile,
     agent: Option<&str>,
     trusted: bool,
     calls: &[ToolCall],
 ) -> (Vec<Decision>, Option<Refusal>) {
+    let labels = labels_of(profile);
     let ctx = EvalContext {
-        profile,
-        team: None,
+        profile: &profile.name,
+        team: profile.team.as_deref(),
         agent,
-        labels: &[],
+        labels: &labels,
         trusted,
     };
     let mut decisions = Vec::with_capacity(calls.len());
     let mut refused: Vec<String> = Vec::new();
     for call in calls {
-        let tool = llm_tool(profile, &call.name);
+        let tool = llm_tool(&profile.name, &call.name);
         let args = if call.arguments.trim().is_empty() {
             Ok(Value::Object(serde_json::Map::new()))
         } else {

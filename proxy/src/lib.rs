@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod catalogue;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -31,6 +31,8 @@ pub struct ProxyParts {
     pub upstream_pool_size: usize,
     /// Approvals for `require_approval` calls (shared with the admin API).
     pub approvals: Arc<crate::approvals::ApprovalStore>,
+    /// Tools seen per profile (shared with the admin API).
+    pub catalogue: Arc<crate::catalogue::ToolCatalogue>,
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -183,7 +185,8 @@ pub fn start(
             parts.live.clone(),
             parts.sink.clone(),
             parts.approvals.clone(),
-        ),
+        )
+        .with_catalogue(parts.catalogue.clone()),
         "sluice-proxy",
     );
     for a in &proxy_addrs {
@@ -197,6 +200,7 @@ pub fn start(
                 live: parts.live.clone(),
                 recent: parts.recent.clone(),
                 approvals: parts.approvals.clone(),
+                catalogue: parts.catalogue.clone(),
             },
         );
         for a in &admin_addrs {

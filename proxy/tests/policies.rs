@@ -543,3 +543,90 @@ fn a_failing_quarantine_blocks_the_result_fail_closed() {
     );
     assert!(!rec.trusted);
 }
+
+#[test]
+fn profile_team_labels_and_starting_untrusted_feed_the_policies() {
+    let h = Harness::start(
+        r#"
+[profiles.pay]
+team = "payments"
+labels = { env = "prod" }
+
+[profiles.cautious]
+starts_untrusted = true
+
+[[policies.invocation]]
+id = "no-prod-email-from-payments"
+tool = { source = "profile:pay", name = "send_email" }
+conditions = [{ path = "context.team", op = "equal", value = "payments" }, { path = "context.labels.env", op = "equal", value = "prod" }]
+action = "block"
+"#,
+    );
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/pay/chat/completions",
+        &[],
+        &chat_body(false, true),
+    ));
+    assert!(
+        r.text().contains("policy=no-prod-email-from-payments"),
+        "{}",
+        r.text()
+    );
+    // No tool result at all, yet the profile starts untrusted: the default refuses the call.
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/cautious/chat/completions",
+        &[],
+        &chat_body(false, true),
+    ));
+    assert!(r.text().contains("sluice:policy_denied"), "{}", r.text());
+    assert!(
+        h.record(2)
+            .taint_boundary
+            .unwrap()
+            .contains("profile starts")
+    );
+    // The default profile is unaffected.
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &chat_body(false, true),
+    ));
+    assert!(r.text().contains("\"tool_calls\""), "{}", r.text());
+}
+
+#[test]
+fn declared_tools_are_recorded_in_each_profiles_catalogue() {
+    let h = Harness::start("");
+    h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/team/chat/completions",
+        &[],
+        &chat_body(false, true),
+    ));
+    h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/anthropic/v1/messages",
+        &[],
+        &anthropic_body(false, true),
+    ));
+    h.record(2);
+    let r =
+        h.rt.block_on(send(h.admin_addr(), "GET", "/admin/v1/tools", &[], b""));
+    let v = r.json();
+    let by: std::collections::BTreeMap<String, Value> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["profile"].as_str().unwrap().to_owned(),
+                e["tools"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(by["team"], json!(["send_email"]));
+    assert_eq!(by["default"], json!(["send_email"]));
+}

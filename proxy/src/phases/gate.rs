@@ -61,7 +61,7 @@ fn unconditional_allow(ctx: &RequestCtx, name: &str) -> bool {
         && judge_calls(
             policies,
             &ctx.approvals,
-            &route.profile.name,
+            &route.profile,
             ctx.agent.as_deref(),
             ctx.trusted,
             &[crate::events::ToolCall {
@@ -90,7 +90,7 @@ fn judge_new_calls(ctx: &mut RequestCtx) -> Option<String> {
     let (decisions, refusal) = judge_calls(
         &cfg.policies,
         &ctx.approvals,
-        &route.profile.name,
+        &route.profile,
         ctx.agent.as_deref(),
         ctx.trusted,
         calls,

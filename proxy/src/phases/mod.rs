@@ -42,6 +42,7 @@ pub struct SluiceProxy {
     verdicts: sluice_policies::taint::VerdictCache,
     approvals: Arc<crate::approvals::ApprovalStore>,
     quarantine: crate::quarantine::Quarantine,
+    catalogue: Arc<crate::catalogue::ToolCatalogue>,
 }
 
 impl SluiceProxy {
@@ -56,6 +57,7 @@ impl SluiceProxy {
             sink,
             approvals,
             quarantine: crate::quarantine::Quarantine::default(),
+            catalogue: Arc::default(),
             // Result verdicts of recent conversations, keyed by snapshot version.
             verdicts: sluice_policies::taint::VerdictCache::new(100_000),
         }
@@ -63,6 +65,12 @@ impl SluiceProxy {
 }
 
 impl SluiceProxy {
+    /// Records declared tools into `catalogue` (shared with the admin API).
+    pub fn with_catalogue(mut self, catalogue: Arc<crate::catalogue::ToolCatalogue>) -> Self {
+        self.catalogue = catalogue;
+        self
+    }
+
     /// Runs every pending result through the quarantine, in order; one outcome per job.
     async fn sanitize_all(
         &self,
@@ -288,6 +296,10 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(route) = ctx.route.as_ref() {
+            self.catalogue
+                .record(&route.profile.name, &ctx.request_facts.tools_declared);
+        }
         logging::finish(ctx, e, self.sink.as_ref());
     }
 }

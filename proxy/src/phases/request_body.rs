@@ -83,9 +83,12 @@ pub fn on_chunk(
         cache,
         cfg.quarantine.is_some(),
         route.provider,
-        &route.profile.name,
+        &route.profile,
         ctx.agent.as_deref(),
-        ctx.started_untrusted,
+        ctx.started_untrusted.or(route
+            .profile
+            .starts_untrusted
+            .then_some("the profile starts every conversation untrusted")),
         &whole,
         &ctx.request_facts,
     );

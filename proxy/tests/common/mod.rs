@@ -58,6 +58,7 @@ impl Harness {
                 approvals: Arc::new(sluice_proxy::approvals::ApprovalStore::new(
                     Duration::from_secs(60),
                 )),
+                catalogue: Default::default(),
             },
             bind("127.0.0.1:0").unwrap(),
             Some(bind("127.0.0.1:0").unwrap()),
