@@ -630,3 +630,28 @@ fn declared_tools_are_recorded_in_each_profiles_catalogue() {
     assert_eq!(by["team"], json!(["send_email"]));
     assert_eq!(by["default"], json!(["send_email"]));
 }
+
+#[test]
+fn a_5_mib_argument_is_judged_and_refused_never_a_500() {
+    let h = Harness::start(&format!(
+        "{POLICIES}\n[[policies.invocation]]\nid = \"internal-ok\"\ntool = {{ source = \"profile:default\", name = \"send_email\" }}\nconditions = [{{ path = \"to\", op = \"endsWith\", value = \"@corp.com\" }}]\naction = \"allow_when_untrusted\"\n"
+    ));
+    for stream in [false, true] {
+        let r = h.rt.block_on(post_json(
+            h.addr(),
+            "/v1/openai/chat/completions",
+            &[
+                ("x-mock-tools", "send_email"),
+                ("x-mock-tool-args-bytes", "5242880"),
+                ("x-sluice-context-untrusted", "true"),
+            ],
+            &chat_body(stream, true),
+        ));
+        assert_eq!(r.status, 200, "stream={stream}");
+        assert!(r.text().contains("sluice:policy_denied"), "stream={stream}");
+        assert!(
+            r.body.len() < 10_000,
+            "the 5 MiB call must not be forwarded (stream={stream})"
+        );
+    }
+}

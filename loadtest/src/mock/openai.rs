@@ -137,7 +137,9 @@ pub async fn chat(State(state): State<MockState>, headers: HeaderMap, body: Byte
                 };
                 events.push(chunk(first, Value::Null));
                 let args: Vec<char> = c.arguments.chars().collect();
-                for piece in args.chunks(8) {
+                // Small pieces like the real API; large arguments in 64 KiB pieces.
+                let piece_len = if args.len() > 65_536 { 65_536 } else { 8 };
+                for piece in args.chunks(piece_len) {
                     let s: String = piece.iter().collect();
                     events.push(chunk(
                         json!({"tool_calls": [{"index": i, "function": {"arguments": s}}]}),

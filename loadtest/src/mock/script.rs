@@ -77,6 +77,8 @@ pub struct Knobs {
     pub words: usize,
     /// Stream every parallel call on index 0 (a malformed stream some servers produce).
     pub shared_index: bool,
+    /// Pad forced tool-call arguments to about this many bytes (a `body` field of `x`s).
+    pub tool_args_bytes: usize,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -99,6 +101,7 @@ impl Knobs {
             tool_args: header(h, "x-mock-tool-args").map(str::to_owned),
             words: num("x-mock-words", defaults.words as u64) as usize,
             shared_index: header(h, "x-mock-shared-index").is_some_and(|v| v == "true"),
+            tool_args_bytes: num("x-mock-tool-args-bytes", 0) as usize,
         }
     }
 }
@@ -182,10 +185,17 @@ pub fn answer(
             .enumerate()
             .map(|(i, name)| ScriptedCall {
                 id: format!("call_mock_{i}"),
-                arguments: knobs
-                    .tool_args
-                    .clone()
-                    .unwrap_or_else(|| default_args(&name)),
+                arguments: if knobs.tool_args_bytes > 0 {
+                    format!(
+                        r#"{{"to":"alice@example.com","body":"{}"}}"#,
+                        "x".repeat(knobs.tool_args_bytes)
+                    )
+                } else {
+                    knobs
+                        .tool_args
+                        .clone()
+                        .unwrap_or_else(|| default_args(&name))
+                },
                 name,
             })
             .collect(),
