@@ -67,6 +67,7 @@ fn bench(c: &mut Criterion) {
         agent: None,
         labels: &[],
         trusted: false,
+        defaults: None,
     };
     c.bench_function("policy/call_vs_1000_policies", |b| {
         b.iter(|| black_box(policies.evaluate_call(black_box(&tool), black_box(&args), &ctx)))

@@ -162,25 +162,28 @@ fn check_common(
     Ok(())
 }
 
+/// Checks defaults (the policy set's, or a profile's own).
+pub fn check_defaults(d: &Defaults) -> Result<(), CompileError> {
+    if !matches!(
+        d.untrusted_call,
+        InvocationAction::AllowWhenUntrusted | InvocationAction::BlockWhenUntrusted
+    ) {
+        return Err(CompileError::Defaults(
+            "untrusted_call must be allow_when_untrusted or block_when_untrusted",
+        ));
+    }
+    if !matches!(d.result, ResultAction::Trusted | ResultAction::Untrusted) {
+        return Err(CompileError::Defaults(
+            "result must be trusted or untrusted",
+        ));
+    }
+    Ok(())
+}
+
 impl CompiledPolicies {
     /// Compiles `set` as snapshot `version`.
     pub fn compile(set: &PolicySet, version: u64) -> Result<Self, CompileError> {
-        if !matches!(
-            set.defaults.untrusted_call,
-            InvocationAction::AllowWhenUntrusted | InvocationAction::BlockWhenUntrusted
-        ) {
-            return Err(CompileError::Defaults(
-                "untrusted_call must be allow_when_untrusted or block_when_untrusted",
-            ));
-        }
-        if !matches!(
-            set.defaults.result,
-            ResultAction::Trusted | ResultAction::Untrusted
-        ) {
-            return Err(CompileError::Defaults(
-                "result must be trusted or untrusted",
-            ));
-        }
+        check_defaults(&set.defaults)?;
         let mut seen = HashSet::new();
         let mut invocation = Vec::with_capacity(set.invocation.len());
         for p in &set.invocation {

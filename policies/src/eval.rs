@@ -33,6 +33,8 @@ pub struct EvalContext<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     /// Whether the context is trusted at this point.
     pub trusted: bool,
+    /// The profile's own defaults, replacing the policy set's where given.
+    pub defaults: Option<&'a crate::model::Defaults>,
 }
 
 /// Which rule decided.
@@ -185,8 +187,9 @@ impl CompiledPolicies {
     }
 
     fn global_call_default(&self, tool: &ToolId, ctx: &EvalContext<'_>) -> CallDecision {
-        let allow =
-            ctx.trusted || self.defaults.untrusted_call == InvocationAction::AllowWhenUntrusted;
+        let allow = ctx.trusted
+            || ctx.defaults.unwrap_or(&self.defaults).untrusted_call
+                == InvocationAction::AllowWhenUntrusted;
         CallDecision {
             verdict: if allow {
                 CallVerdict::Allow
@@ -243,7 +246,7 @@ impl CompiledPolicies {
         if let Some(p) = first_default {
             return result_decision(p, Basis::ToolDefault, tool);
         }
-        let verdict = match self.defaults.result {
+        let verdict = match ctx.defaults.unwrap_or(&self.defaults).result {
             ResultAction::Trusted => ResultVerdict::Trusted,
             _ => ResultVerdict::Untrusted,
         };

@@ -18,7 +18,7 @@ pub mod model;
 pub mod path;
 pub mod taint;
 
-pub use compile::{CompileError, CompiledPolicies};
+pub use compile::{CompileError, CompiledPolicies, check_defaults};
 pub use eval::{CallDecision, CallVerdict, EvalContext, ResultDecision, ResultVerdict};
 pub use model::{
     Condition, Defaults, InvocationAction, InvocationPolicy, Operator, PolicySet, Quantifier,

@@ -141,9 +141,11 @@ impl CompiledPolicies {
             Some(reason) => Some(TaintBoundary::StartedUntrusted {
                 reason: reason.to_owned(),
             }),
-            None if self.defaults.starts_untrusted => Some(TaintBoundary::StartedUntrusted {
-                reason: "the policy defaults start every conversation untrusted".into(),
-            }),
+            None if base.defaults.unwrap_or(&self.defaults).starts_untrusted => {
+                Some(TaintBoundary::StartedUntrusted {
+                    reason: "the policy defaults start every conversation untrusted".into(),
+                })
+            }
             None => None,
         };
         let mut decisions = Vec::with_capacity(results.len());

@@ -21,6 +21,7 @@ fn ctx(trusted: bool) -> EvalContext<'static> {
         agent: Some("billing-bot"),
         labels: &[("env", "prod")],
         trusted,
+        defaults: None,
     }
 }
 

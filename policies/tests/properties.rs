@@ -13,6 +13,7 @@ fn ctx(trusted: bool) -> EvalContext<'static> {
         agent: None,
         labels: &[],
         trusted,
+        defaults: None,
     }
 }
 

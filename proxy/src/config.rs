@@ -148,6 +148,8 @@ pub struct RawProfile {
     /// Every conversation on this profile starts untrusted (result policies still apply).
     #[serde(default)]
     pub starts_untrusted: bool,
+    /// This profile's policy defaults, replacing `policies.defaults` for it.
+    pub policy_defaults: Option<sluice_policies::Defaults>,
 }
 
 /// One upstream as written.
@@ -287,6 +289,8 @@ pub struct Profile {
     pub labels: Arc<[(String, String)]>,
     /// Conversations start untrusted.
     pub starts_untrusted: bool,
+    /// Policy defaults for this profile, when it overrides the policy set's.
+    pub policy_defaults: Option<sluice_policies::Defaults>,
 }
 
 /// The checked configuration every request reads from one snapshot.
@@ -420,6 +424,11 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
     let mut profiles = HashMap::new();
     for (name, p) in raw_profiles {
         check_profile_name(&name)?;
+        if let Some(d) = &p.policy_defaults {
+            sluice_policies::check_defaults(d).map_err(|e| {
+                ConfigError::Invalid(format!("profiles.{name}.policy_defaults: {e}"))
+            })?;
+        }
         let mut upstreams = HashMap::new();
         for (provider, up) in [
             (Provider::Openai, p.openai),
@@ -442,6 +451,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
                 team: p.team.map(Into::into),
                 labels: p.labels.into_iter().collect::<Vec<_>>().into(),
                 starts_untrusted: p.starts_untrusted,
+                policy_defaults: p.policy_defaults,
             }),
         );
     }

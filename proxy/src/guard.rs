@@ -190,6 +190,7 @@ pub fn judge_request(
         agent,
         labels: &labels,
         trusted: true,
+        defaults: profile.policy_defaults.as_ref(),
     };
     let trust = policies.evaluate_conversation(&inputs, &base, started_untrusted, cache);
     let mut replacements: Vec<((usize, usize), String)> = Vec::new();
@@ -317,6 +318,7 @@ pub fn judge_calls(
         agent,
         labels: &labels,
         trusted,
+        defaults: profile.policy_defaults.as_ref(),
     };
     let mut decisions = Vec::with_capacity(calls.len());
     let mut refused: Vec<String> = Vec::new();

@@ -655,3 +655,37 @@ fn a_5_mib_argument_is_judged_and_refused_never_a_500() {
         );
     }
 }
+
+#[test]
+fn a_profile_can_relax_the_secure_defaults_for_itself() {
+    let h = Harness::start(
+        "[profiles.lenient]\n[profiles.lenient.policy_defaults]\nresult = \"trusted\"\nuntrusted_call = \"allow_when_untrusted\"\n",
+    );
+    let (_, body) = conversation("chat", "get_weather", false);
+    let strict = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &body,
+    ));
+    assert!(
+        strict.text().contains("sluice:policy_denied"),
+        "{}",
+        strict.text()
+    );
+    let lenient = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/lenient/chat/completions",
+        &[],
+        &body,
+    ));
+    assert!(
+        lenient.text().contains("\"tool_calls\""),
+        "{}",
+        lenient.text()
+    );
+    assert!(
+        h.record(2).trusted,
+        "results are trusted by this profile's default"
+    );
+}
