@@ -295,6 +295,18 @@ impl ProxyHttp for SluiceProxy {
         }
     }
 
+    /// Pingora's error lines name the request; never with its query string, where a key
+    /// or other secret may have been sent.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
+    /// Errors Sluice raised itself are logged once, in the access line.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.error.is_some()
+    }
+
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(route) = ctx.route.as_ref() {
             self.catalogue
