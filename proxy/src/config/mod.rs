@@ -2,12 +2,16 @@
 //! file, then [`Config`], the checked model every request reads. The control plane will feed
 //! the same model.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+mod raw;
+mod upstream;
+
+pub use raw::{RawConfig, RawLimits, RawProfile, RawQuarantine, RawUpstream};
+use upstream::compile_upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::events::Provider;
 
@@ -63,117 +67,6 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("config is not valid: {0}")]
     Invalid(String),
-}
-
-// ---------------------------------------------------------------- raw stage
-
-/// The file as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    /// Proxy listener (overridden by `SLUICE_PROXY_LISTEN`).
-    pub listen: Option<String>,
-    /// Admin listener (`/healthz`, `/readyz`, recent requests); off when absent.
-    pub admin_listen: Option<String>,
-    /// Worker threads for the proxy.
-    pub threads: Option<usize>,
-    /// Limits.
-    #[serde(default)]
-    pub limits: RawLimits,
-    /// Profiles by name.
-    #[serde(default)]
-    pub profiles: BTreeMap<String, RawProfile>,
-    /// Tool-invocation and tool-result policies (see docs/policies.md).
-    #[serde(default)]
-    pub policies: sluice_policies::PolicySet,
-    /// The dual-LLM quarantine for `sanitize` results; off when absent.
-    pub quarantine: Option<RawQuarantine>,
-}
-
-/// The quarantine as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawQuarantine {
-    /// Profile whose OpenAI(-compatible) upstream serves both models (default `default`).
-    pub profile: Option<String>,
-    /// The model both roles use.
-    pub model: String,
-    /// Questions at most (default 3, at most 10).
-    pub max_rounds: Option<u32>,
-    /// Deadline for one result's whole exchange, in ms (default 15000).
-    pub timeout_ms: Option<u64>,
-}
-
-/// Limits as written; every field optional, defaults in [`Limits::default`].
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLimits {
-    /// Request body cap in bytes (413).
-    pub max_request_body_bytes: Option<usize>,
-    /// Header bytes cap (431).
-    pub max_header_bytes: Option<usize>,
-    /// Header count cap (431).
-    pub max_header_count: Option<usize>,
-    /// Deadline for reading a request's headers and body from the client, in ms.
-    pub client_read_timeout_ms: Option<u64>,
-    /// Upstream connect timeout, in ms.
-    pub upstream_connect_timeout_ms: Option<u64>,
-    /// Longest silence from the upstream (before the first byte or between two chunks), ms.
-    pub upstream_idle_timeout_ms: Option<u64>,
-    /// Cap on one SSE event, in bytes.
-    pub max_sse_event_bytes: Option<usize>,
-    /// Cap on a non-streaming response body kept for inspection, in bytes.
-    pub max_inspected_response_bytes: Option<usize>,
-    /// Idle upstream connections kept per worker.
-    pub upstream_pool_size: Option<usize>,
-    /// How long an admin's approval of a `require_approval` call lasts, in seconds.
-    pub approval_ttl_secs: Option<u64>,
-}
-
-/// One profile as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProfile {
-    /// OpenAI (or OpenAI-compatible) upstream.
-    pub openai: Option<RawUpstream>,
-    /// Anthropic upstream.
-    pub anthropic: Option<RawUpstream>,
-    /// Gemini upstream.
-    pub gemini: Option<RawUpstream>,
-    /// The team that owns the profile (`context.team` in policy conditions).
-    pub team: Option<String>,
-    /// Labels (`context.labels.<key>` in policy conditions).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Every conversation on this profile starts untrusted (result policies still apply).
-    #[serde(default)]
-    pub starts_untrusted: bool,
-    /// This profile's policy defaults, replacing `policies.defaults` for it.
-    pub policy_defaults: Option<sluice_policies::Defaults>,
-}
-
-/// One upstream as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    /// `false` disables this provider for the profile (404).
-    pub enabled: Option<bool>,
-    /// Base URL, e.g. `https://api.openai.com/v1`.
-    pub base_url: Option<String>,
-    /// Name of an environment variable holding a provider key to inject.
-    pub api_key_env: Option<String>,
-    /// A provider key to inject, written in the file (prefer `api_key_env`).
-    pub api_key: Option<String>,
-    /// Header that carries the injected key (default per provider; `api-key` for Azure).
-    pub auth_header: Option<String>,
-    /// Extra headers sent upstream.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Extra query parameters added upstream (e.g. Azure's `api-version`).
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// Speak HTTP/2 to the upstream (ALPN over TLS, prior knowledge over plain HTTP).
-    pub http2: Option<bool>,
 }
 
 // ---------------------------------------------------------------- checked model
@@ -555,129 +448,6 @@ fn check_profile_name(name: &str) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
-}
-
-fn compile_upstream(
-    profile: &str,
-    provider: Provider,
-    up: RawUpstream,
-    env: &Environment,
-) -> Result<Upstream, ConfigError> {
-    let ctx = format!("profiles.{profile}.{}", provider.as_str());
-    let base = up.base_url.unwrap_or_else(|| env.base_url(provider));
-    let (tls, rest) = if let Some(r) = base.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = base.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(ConfigError::Invalid(format!(
-            "{ctx}.base_url '{base}' must start with http:// or https://"
-        )));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if authority.contains('@') || rest.contains('?') || rest.contains('#') {
-        return Err(ConfigError::Invalid(format!(
-            "{ctx}.base_url must not contain credentials, a query or a fragment; use api_key_env and query"
-        )));
-    }
-    let (host, port) = split_host_port(authority, if tls { 443 } else { 80 }).ok_or_else(|| {
-        ConfigError::Invalid(format!("{ctx}.base_url has an invalid host or port"))
-    })?;
-    let api_key = match (up.api_key, up.api_key_env) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::Invalid(format!(
-                "{ctx}: set api_key or api_key_env, not both"
-            )));
-        }
-        (Some(k), None) => Some(Secret(k.into())),
-        (None, Some(var)) => match std::env::var(&var) {
-            Ok(k) if !k.is_empty() => Some(Secret(k.into())),
-            _ => {
-                return Err(ConfigError::Invalid(format!(
-                    "{ctx}.api_key_env names {var}, which is not set"
-                )));
-            }
-        },
-        (None, None) => None,
-    };
-    let auth_header = up.auth_header.unwrap_or_else(|| {
-        match provider {
-            Provider::Openai => "authorization",
-            Provider::Anthropic => "x-api-key",
-            Provider::Gemini => "x-goog-api-key",
-        }
-        .to_owned()
-    });
-    for (k, v) in up
-        .headers
-        .iter()
-        .chain(std::iter::once((&auth_header, &String::new())))
-    {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
-            || http::HeaderValue::from_str(v).is_err()
-        {
-            return Err(ConfigError::Invalid(format!("{ctx}: invalid header '{k}'")));
-        }
-    }
-    let query = up
-        .query
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    // Resolved once here, off the request path; a name that does not resolve now is looked
-    // up per request instead (the upstream may come up after Sluice).
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next());
-    Ok(Upstream {
-        provider,
-        tls,
-        host: host.into(),
-        port,
-        path_prefix: path.into(),
-        addr,
-        api_key,
-        auth_header: auth_header.to_ascii_lowercase().into(),
-        headers: up.headers.into_iter().collect::<Vec<_>>().into(),
-        query: query.into(),
-        http2: up.http2.unwrap_or(false),
-    })
-}
-
-fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    if authority.is_empty() {
-        return None;
-    }
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Some((host.to_owned(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
-        None => Some((authority.to_owned(), default_port)),
-    }
-}
-
-fn encode_query(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,114 @@
+//! The raw stage: the file as written, unknown fields refused.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Proxy listener (overridden by `SLUICE_PROXY_LISTEN`).
+    pub listen: Option<String>,
+    /// Admin listener (`/healthz`, `/readyz`, recent requests); off when absent.
+    pub admin_listen: Option<String>,
+    /// Worker threads for the proxy.
+    pub threads: Option<usize>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, RawProfile>,
+    /// Tool-invocation and tool-result policies (see docs/policies.md).
+    #[serde(default)]
+    pub policies: sluice_policies::PolicySet,
+    /// The dual-LLM quarantine for `sanitize` results; off when absent.
+    pub quarantine: Option<RawQuarantine>,
+}
+
+/// The quarantine as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuarantine {
+    /// Profile whose OpenAI(-compatible) upstream serves both models (default `default`).
+    pub profile: Option<String>,
+    /// The model both roles use.
+    pub model: String,
+    /// Questions at most (default 3, at most 10).
+    pub max_rounds: Option<u32>,
+    /// Deadline for one result's whole exchange, in ms (default 15000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// Limits as written; every field optional, defaults in [`Limits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Request body cap in bytes (413).
+    pub max_request_body_bytes: Option<usize>,
+    /// Header bytes cap (431).
+    pub max_header_bytes: Option<usize>,
+    /// Header count cap (431).
+    pub max_header_count: Option<usize>,
+    /// Deadline for reading a request's headers and body from the client, in ms.
+    pub client_read_timeout_ms: Option<u64>,
+    /// Upstream connect timeout, in ms.
+    pub upstream_connect_timeout_ms: Option<u64>,
+    /// Longest silence from the upstream (before the first byte or between two chunks), ms.
+    pub upstream_idle_timeout_ms: Option<u64>,
+    /// Cap on one SSE event, in bytes.
+    pub max_sse_event_bytes: Option<usize>,
+    /// Cap on a non-streaming response body kept for inspection, in bytes.
+    pub max_inspected_response_bytes: Option<usize>,
+    /// Idle upstream connections kept per worker.
+    pub upstream_pool_size: Option<usize>,
+    /// How long an admin's approval of a `require_approval` call lasts, in seconds.
+    pub approval_ttl_secs: Option<u64>,
+}
+
+/// One profile as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    /// OpenAI (or OpenAI-compatible) upstream.
+    pub openai: Option<RawUpstream>,
+    /// Anthropic upstream.
+    pub anthropic: Option<RawUpstream>,
+    /// Gemini upstream.
+    pub gemini: Option<RawUpstream>,
+    /// The team that owns the profile (`context.team` in policy conditions).
+    pub team: Option<String>,
+    /// Labels (`context.labels.<key>` in policy conditions).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Every conversation on this profile starts untrusted (result policies still apply).
+    #[serde(default)]
+    pub starts_untrusted: bool,
+    /// This profile's policy defaults, replacing `policies.defaults` for it.
+    pub policy_defaults: Option<sluice_policies::Defaults>,
+}
+
+/// One upstream as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `false` disables this provider for the profile (404).
+    pub enabled: Option<bool>,
+    /// Base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// Name of an environment variable holding a provider key to inject.
+    pub api_key_env: Option<String>,
+    /// A provider key to inject, written in the file (prefer `api_key_env`).
+    pub api_key: Option<String>,
+    /// Header that carries the injected key (default per provider; `api-key` for Azure).
+    pub auth_header: Option<String>,
+    /// Extra headers sent upstream.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Extra query parameters added upstream (e.g. Azure's `api-version`).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Speak HTTP/2 to the upstream (ALPN over TLS, prior knowledge over plain HTTP).
+    pub http2: Option<bool>,
+}

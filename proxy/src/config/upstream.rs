@@ -1,0 +1,129 @@
+//! Checking one upstream entry: base URL, credentials, headers, query, address.
+
+use std::net::ToSocketAddrs;
+
+use super::{ConfigError, Environment, RawUpstream, Secret, Upstream};
+use crate::events::Provider;
+
+pub(super) fn compile_upstream(
+    profile: &str,
+    provider: Provider,
+    up: RawUpstream,
+    env: &Environment,
+) -> Result<Upstream, ConfigError> {
+    let ctx = format!("profiles.{profile}.{}", provider.as_str());
+    let base = up.base_url.unwrap_or_else(|| env.base_url(provider));
+    let (tls, rest) = if let Some(r) = base.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = base.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(ConfigError::Invalid(format!(
+            "{ctx}.base_url '{base}' must start with http:// or https://"
+        )));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.contains('@') || rest.contains('?') || rest.contains('#') {
+        return Err(ConfigError::Invalid(format!(
+            "{ctx}.base_url must not contain credentials, a query or a fragment; use api_key_env and query"
+        )));
+    }
+    let (host, port) = split_host_port(authority, if tls { 443 } else { 80 }).ok_or_else(|| {
+        ConfigError::Invalid(format!("{ctx}.base_url has an invalid host or port"))
+    })?;
+    let api_key = match (up.api_key, up.api_key_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid(format!(
+                "{ctx}: set api_key or api_key_env, not both"
+            )));
+        }
+        (Some(k), None) => Some(Secret(k.into())),
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(k) if !k.is_empty() => Some(Secret(k.into())),
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{ctx}.api_key_env names {var}, which is not set"
+                )));
+            }
+        },
+        (None, None) => None,
+    };
+    let auth_header = up.auth_header.unwrap_or_else(|| {
+        match provider {
+            Provider::Openai => "authorization",
+            Provider::Anthropic => "x-api-key",
+            Provider::Gemini => "x-goog-api-key",
+        }
+        .to_owned()
+    });
+    for (k, v) in up
+        .headers
+        .iter()
+        .chain(std::iter::once((&auth_header, &String::new())))
+    {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            return Err(ConfigError::Invalid(format!("{ctx}: invalid header '{k}'")));
+        }
+    }
+    let query = up
+        .query
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    // Resolved once here, off the request path; a name that does not resolve now is looked
+    // up per request instead (the upstream may come up after Sluice).
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next());
+    Ok(Upstream {
+        provider,
+        tls,
+        host: host.into(),
+        port,
+        path_prefix: path.into(),
+        addr,
+        api_key,
+        auth_header: auth_header.to_ascii_lowercase().into(),
+        headers: up.headers.into_iter().collect::<Vec<_>>().into(),
+        query: query.into(),
+        http2: up.http2.unwrap_or(false),
+    })
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if authority.is_empty() {
+        return None;
+    }
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
+        None => Some((authority.to_owned(), default_port)),
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
