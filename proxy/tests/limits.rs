@@ -223,14 +223,7 @@ fn health_and_readiness() {
 fn client_disconnect_before_the_response_cancels_the_upstream_request() {
     // A raw upstream that reads the request and never answers: the test sees exactly when
     // Sluice gives up the upstream connection.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = upstream.local_addr().unwrap().port();
+    let (rt, upstream, port) = raw_upstream();
     let h = Harness::start(&format!(
         "[profiles.silent.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
     ));
@@ -245,13 +238,8 @@ fn client_disconnect_before_the_response_cancels_the_upstream_request() {
         );
         client.write_all(req.as_bytes()).await.unwrap();
         let (mut up, _) = upstream.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !seen.ends_with(b"0\r\n\r\n") {
-            let n = up.read(&mut buf).await.unwrap();
-            assert!(n > 0, "upstream closed before the request arrived");
-            seen.extend_from_slice(&buf[..n]);
-        }
+        read_upstream_request(&mut up).await;
+        let mut buf = [0u8; 64];
         drop(client);
         let n = tokio::time::timeout(std::time::Duration::from_secs(5), up.read(&mut buf))
             .await
@@ -263,31 +251,17 @@ fn client_disconnect_before_the_response_cancels_the_upstream_request() {
 #[test]
 fn the_upstream_gets_the_rewritten_path_host_query_and_injected_key() {
     // A raw upstream that records the request it receives and answers one JSON body.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = upstream.local_addr().unwrap().port();
+    let (rt, upstream, port) = raw_upstream();
     let h = Harness::start(&format!(
         "[profiles.azure.openai]\nbase_url = \"http://127.0.0.1:{port}/openai/deployments/gpt4o\"\napi_key = \"azure-canary-key\"\nauth_header = \"api-key\"\nquery = {{ \"api-version\" = \"2024-10-21\" }}\nheaders = {{ \"x-team\" = \"blue\" }}\n"
     ));
     let addr = h.addr();
     let seen = rt.block_on(async move {
-        use tokio::io::AsyncReadExt;
         let client = tokio::spawn(async move {
             post_json(addr, "/v1/openai/azure/chat/completions?trace=1", &[("authorization", "Bearer sk-client-secret")], &chat_body(false, false)).await
         });
         let (mut up, _) = upstream.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !seen.ends_with(b"0\r\n\r\n") {
-            let n = up.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            seen.extend_from_slice(&buf[..n]);
-        }
+        let seen = read_upstream_request(&mut up).await;
         let body = br#"{"id":"x","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
         let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
         up.write_all(resp.as_bytes()).await.unwrap();

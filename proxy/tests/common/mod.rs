@@ -272,3 +272,32 @@ pub fn responses_body(stream: bool, tools: bool) -> serde_json::Value {
     }
     v
 }
+
+/// A raw TCP "upstream" on port 0 with its own runtime: tests see exactly what Sluice sends
+/// and when it lets go of the connection.
+pub fn raw_upstream() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (rt, listener, port)
+}
+
+/// Reads one request Sluice sent upstream (inspected bodies go chunked) up to its last chunk.
+pub async fn read_upstream_request(up: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"0\r\n\r\n") {
+        let n = up.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "upstream connection closed before the request arrived"
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    seen
+}
