@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh Debian machine:
-# cmake (pingora-core builds zlib-ng with it) and a Python virtualenv holding the
-# official provider SDKs that the end-to-end tests use as clients.
+# cmake (pingora-core builds zlib-ng with it), PostgreSQL's server binaries (the control
+# plane's tests start a throwaway cluster), and a Python virtualenv holding the official
+# provider SDKs and schemathesis that the end-to-end tests use.
 # Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,6 +11,8 @@ venv="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+# The control plane's tests run against a throwaway PostgreSQL cluster (scripts/pg.sh).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -16,7 +16,11 @@ echo "== cargo clippy"
 cargo clippy --locked --release --workspace --all-targets -- -D warnings
 echo "== cargo build (the sluice binary the SDK tests run)"
 cargo build --locked --release -p sluice
+echo "== PostgreSQL (a throwaway cluster for the control plane's tests)"
+read -r pg_dir pg_url < <(bash scripts/pg.sh start)
+trap 'bash scripts/pg.sh stop "$pg_dir"' EXIT
+export SLUICE_TEST_POSTGRES_URL="$pg_url" SLUICE_REQUIRE_POSTGRES=1
 echo "== cargo test"
 cargo test --locked --release --workspace
-echo "== SDK tests (openai, anthropic, google-genai through sluice dev)"
-SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" "$SLUICE_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk
+echo "== SDK and multi-process tests (openai, anthropic, google-genai, schemathesis; sluice dev, control plane + proxies)"
+SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" SLUICE_PYTHON="$SLUICE_VENV/bin/python" "$SLUICE_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk

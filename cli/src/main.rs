@@ -4,6 +4,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod control;
 mod dev;
 mod logging;
 
@@ -31,13 +32,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy from a config file (reloaded on change or SIGHUP).
+    /// Run the proxy: from a config file (reloaded on change or SIGHUP), or fed by a
+    /// control plane (`--control URL --token KEY`).
     Proxy {
         /// TOML config file.
-        #[arg(long, env = "SLUICE_CONFIG")]
-        config: PathBuf,
+        #[arg(long, env = "SLUICE_CONFIG", conflicts_with = "control")]
+        config: Option<PathBuf>,
+        /// Control plane URL, e.g. http://127.0.0.1:8081.
+        #[arg(long, env = "SLUICE_CONTROL_URL")]
+        control: Option<String>,
+        /// An admin API key with the `proxy` role.
+        #[arg(long, env = "SLUICE_CONTROL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Where the usage journal and the last good snapshot are kept.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-proxy-data")]
+        data_dir: PathBuf,
+        /// Proxy listener (with --control).
+        #[arg(long, env = "SLUICE_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin listener (with --control): /healthz, /readyz, recent requests.
+        #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+        /// Worker threads (with --control).
+        #[arg(long, env = "SLUICE_THREADS", default_value_t = 1)]
+        threads: usize,
     },
-    /// Quick start: proxy + mock providers + a demo profile, all on this machine.
+    /// The control plane: admin API, snapshots for proxies, usage collection.
+    Control {
+        /// Listen address.
+        #[arg(long, env = "SLUICE_CONTROL_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// `sqlite://path` (embedded) or `postgres://…`.
+        #[arg(
+            long,
+            env = "SLUICE_DATABASE_URL",
+            default_value = "sqlite://sluice.db",
+            hide_env_values = true
+        )]
+        database_url: String,
+    },
+    /// Quick start: control plane (SQLite), proxy, mock providers, demo data, all here.
     Dev,
     /// Run only the mock providers (OpenAI, Anthropic, Gemini) on one port.
     Mock {
@@ -71,9 +105,37 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Proxy { config } => {
+        Command::Proxy {
+            config,
+            control,
+            token,
+            data_dir,
+            listen,
+            admin_listen,
+            threads,
+        } => {
             logging::init(false);
-            run_proxy(config)
+            match (config, control) {
+                (Some(config), _) => run_proxy(config),
+                (None, Some(control)) => control::run_controlled(control::ProxyOptions {
+                    control,
+                    token: token.unwrap_or_default(),
+                    data_dir,
+                    listen,
+                    admin_listen,
+                    threads,
+                }),
+                (None, None) => anyhow::bail!(
+                    "give --config FILE, or --control URL --token KEY (see docs/control-plane.md)"
+                ),
+            }
+        }
+        Command::Control {
+            listen,
+            database_url,
+        } => {
+            logging::init(false);
+            control::run_control(&listen, &database_url)
         }
         Command::Dev => {
             logging::init(true);
@@ -133,6 +195,7 @@ fn run_proxy(path: PathBuf) -> Result<()> {
             upstream_pool_size: pool,
             approvals,
             catalogue: Default::default(),
+            journal: None,
         },
         proxy_l,
         admin_l,
@@ -175,6 +238,10 @@ fn run_mock(listen: &str, latency_ms: u64, chunk_delay_ms: u64, words: usize) ->
         };
         let m = sluice_loadtest::mock::serve(l, cfg).await?;
         println!("mock providers listening on http://{}", m.addr);
+        println!(
+            "SLUICE_MOCK_READY {}",
+            serde_json::json!({"mock": m.addr.to_string()})
+        );
         wait_for_signal().await;
         Ok(())
     })

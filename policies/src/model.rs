@@ -1,9 +1,10 @@
 //! What admins write: plain serde data, unknown fields refused.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Every policy of one snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySet {
     /// Tool-invocation policies, in the order they were written.
@@ -19,7 +20,7 @@ pub struct PolicySet {
 
 /// Which tools a policy binds to. Both parts are exact names or globs (`*` matches any run
 /// of characters); the source is always written, so a policy never binds to a bare name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolSelector {
     /// `profile:<name>`, `mcp:<server>`, or a glob such as `mcp:*`.
@@ -29,7 +30,7 @@ pub struct ToolSelector {
 }
 
 /// A policy on tool calls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvocationPolicy {
     /// Stable id, reported in decisions and audit events.
@@ -47,7 +48,7 @@ pub struct InvocationPolicy {
 }
 
 /// A policy on tool results.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResultPolicy {
     /// Stable id.
@@ -65,7 +66,7 @@ pub struct ResultPolicy {
 }
 
 /// Invocation actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InvocationAction {
     /// Allowed while the context is trusted; in an untrusted context the untrusted default
@@ -82,7 +83,7 @@ pub enum InvocationAction {
 }
 
 /// Result actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResultAction {
     /// The result is trusted: it does not taint the context.
@@ -96,7 +97,7 @@ pub enum ResultAction {
 }
 
 /// One condition: the values at `path`, tested with `op` against `value`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// A path into the arguments or the result (`to`, `recipients[*]`, `items[*].url`,
@@ -115,7 +116,7 @@ pub struct Condition {
 }
 
 /// Condition operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Operator {
     /// Equal to the value (strings; numbers and bools by their JSON text).
@@ -147,7 +148,7 @@ pub enum Operator {
 }
 
 /// How values found through a wildcard combine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Quantifier {
     /// Every value must match (and there must be at least one).
@@ -158,7 +159,7 @@ pub enum Quantifier {
 }
 
 /// What applies where no policy does; the secure defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// A result no policy covers: `untrusted` (default) or `trusted`.

@@ -21,6 +21,8 @@ pub struct AdminApp {
     pub approvals: Arc<crate::approvals::ApprovalStore>,
     /// Tools seen per profile.
     pub catalogue: Arc<crate::catalogue::ToolCatalogue>,
+    /// The usage journal, if any.
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 fn is_approval_id(id: &str) -> bool {
@@ -62,7 +64,39 @@ impl ServeHttp for AdminApp {
             let body = serde_json::json!({"id": id, "expires_in_secs": secs}).to_string();
             return reply(200, "application/json", body.into_bytes());
         }
+        let param = |name: &str| {
+            uri.query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        };
         match uri.path() {
+            // `min_version` + `wait_ms` (at most 10 s): answers once that control-plane
+            // snapshot (or a later one) is serving, so a caller can see a change take effect.
+            "/admin/v1/snapshot" => {
+                if let Some(v) = param("min_version") {
+                    let wait = std::time::Duration::from_millis(
+                        param("wait_ms").unwrap_or(2000).min(10_000),
+                    );
+                    self.live.wait_for_control_version(v, wait).await;
+                }
+                let body = serde_json::json!({"version": self.live.control_version()});
+                reply(200, "application/json", body.to_string().into_bytes())
+            }
+            "/admin/v1/journal" => match &self.journal {
+                Some(j) => {
+                    let body = serde_json::json!({"proxy_id": j.proxy_id(), "last_seq": j.last_seq(),
+                        "acked_seq": j.acked().unwrap_or(0), "failures": j.failures()});
+                    reply(200, "application/json", body.to_string().into_bytes())
+                }
+                None => reply(
+                    404,
+                    "application/json",
+                    br#"{"error":{"type":"not_found","message":"this proxy keeps no usage journal"}}"#
+                        .to_vec(),
+                ),
+            },
             "/admin/v1/tools" => reply(
                 200,
                 "application/json",
@@ -87,13 +121,6 @@ impl ServeHttp for AdminApp {
                 reply(status, "text/plain", text.into_bytes())
             }
             "/admin/v1/requests" => {
-                let param = |name: &str| {
-                    uri.query().and_then(|q| {
-                        q.split('&')
-                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                            .and_then(|v| v.parse::<u64>().ok())
-                    })
-                };
                 let limit = usize::try_from(param("limit").unwrap_or(50).min(1000)).unwrap_or(50);
                 // `min_total` lets a caller wait (up to `wait_ms`, at most 10 s) until the
                 // request it just made has been recorded: records are written after the

@@ -31,6 +31,20 @@ pub fn approval_id(tool: &ToolId, args: &Value) -> String {
     id
 }
 
+/// True when `id` is approved on this proxy or in the snapshot (the control plane's
+/// approvals, with their end in ms since the epoch).
+pub fn approved(store: &ApprovalStore, snapshot: &HashMap<String, i64>, id: &str) -> bool {
+    if store.is_approved(id) {
+        return true;
+    }
+    snapshot.get(id).is_some_and(|until| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        *until > now
+    })
+}
+
 /// Granted approvals and their expiry.
 #[derive(Debug)]
 pub struct ApprovalStore {

@@ -86,6 +86,36 @@ pub enum SluiceError {
         /// What was wrong.
         detail: String,
     },
+    /// The profile needs a Sluice virtual key and the request carried none.
+    #[error("profile '{0}' needs a Sluice virtual key: send it where your SDK sends its API key")]
+    VirtualKeyRequired(String),
+    /// The virtual key is unknown, revoked, or its secret does not match.
+    #[error("the Sluice virtual key is not valid (unknown or revoked)")]
+    VirtualKeyInvalid,
+    /// The virtual key has expired.
+    #[error("the Sluice virtual key has expired; ask an admin for a new one")]
+    VirtualKeyExpired,
+    /// The key belongs to another profile than the URL names.
+    #[error(
+        "this Sluice virtual key belongs to profile '{key_profile}', not '{url_profile}'; use the base URL of profile '{key_profile}'"
+    )]
+    VirtualKeyWrongProfile {
+        /// The key's profile.
+        key_profile: String,
+        /// The profile the URL names.
+        url_profile: String,
+    },
+    /// Too many failed key attempts from this address.
+    #[error("too many failed key attempts from this address; retry after {0} s")]
+    TooManyFailedAuth(u64),
+    /// A virtual key was used but the profile holds no provider key to send upstream.
+    #[error("profile '{profile}' holds no {provider} credential; an admin must attach one")]
+    NoProviderCredential {
+        /// Profile name.
+        profile: String,
+        /// Provider name.
+        provider: &'static str,
+    },
     /// No configuration has been loaded yet.
     #[error("Sluice has no valid configuration loaded yet")]
     NotReady,
@@ -101,6 +131,12 @@ pub enum ErrorKind {
     InvalidRequest,
     /// 404.
     NotFound,
+    /// 401.
+    Unauthenticated,
+    /// 403.
+    PermissionDenied,
+    /// 429.
+    RateLimited,
     /// 413.
     TooLarge,
     /// 431.
@@ -134,6 +170,26 @@ impl SluiceError {
             SluiceError::UpstreamIdle { .. } => (504, "upstream_idle", ErrorKind::Upstream),
             SluiceError::UpstreamBroken { .. } => (502, "upstream_broken", ErrorKind::Upstream),
             SluiceError::UpstreamProtocol { .. } => (502, "upstream_protocol", ErrorKind::Upstream),
+            SluiceError::VirtualKeyRequired(_) => {
+                (401, "virtual_key_required", ErrorKind::Unauthenticated)
+            }
+            SluiceError::VirtualKeyInvalid => {
+                (401, "virtual_key_invalid", ErrorKind::Unauthenticated)
+            }
+            SluiceError::VirtualKeyExpired => {
+                (401, "virtual_key_expired", ErrorKind::Unauthenticated)
+            }
+            SluiceError::VirtualKeyWrongProfile { .. } => (
+                403,
+                "virtual_key_wrong_profile",
+                ErrorKind::PermissionDenied,
+            ),
+            SluiceError::TooManyFailedAuth(_) => {
+                (429, "too_many_failed_auth", ErrorKind::RateLimited)
+            }
+            SluiceError::NoProviderCredential { .. } => {
+                (503, "no_provider_credential", ErrorKind::Unavailable)
+            }
             SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
             SluiceError::Internal => (500, "internal", ErrorKind::Internal),
         }

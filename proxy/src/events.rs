@@ -155,6 +155,18 @@ pub struct RequestRecord {
     pub refused: bool,
     /// Every policy decision (results, then calls).
     pub decisions: Vec<crate::guard::Decision>,
+    /// The client's `X-Request-Id`.
+    pub request_id: Option<String>,
+    /// The virtual key's id, when one was used.
+    pub key_id: Option<String>,
+    /// Cost in millionths of a dollar, when the price is known.
+    pub cost_micros: Option<i64>,
+    /// The request body, when the profile captures content.
+    #[serde(skip)]
+    pub captured_request: Option<bytes::Bytes>,
+    /// The response body, when the profile captures content.
+    #[serde(skip)]
+    pub captured_response: Option<bytes::Bytes>,
 }
 
 /// Where finished records go. The control plane's usage journal will implement this.

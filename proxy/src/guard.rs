@@ -305,7 +305,7 @@ pub struct Refusal {
 /// Judges a batch of calls; one refused call refuses the batch.
 pub fn judge_calls(
     policies: &CompiledPolicies,
-    approvals: &ApprovalStore,
+    approvals: (&ApprovalStore, &std::collections::HashMap<String, i64>),
     profile: &Profile,
     agent: Option<&str>,
     trusted: bool,
@@ -353,7 +353,7 @@ pub fn judge_calls(
                     CallVerdict::Block => ("blocked", policy, d.reason),
                     CallVerdict::RequireApproval => {
                         let id = approval_id(&tool, &args);
-                        if approvals.is_approved(&id) {
+                        if crate::approvals::approved(approvals.0, approvals.1, &id) {
                             (
                                 "allowed",
                                 policy,

@@ -14,6 +14,8 @@ use crate::config::{Config, Environment, load_file};
 pub struct LiveConfig {
     current: ArcSwapOption<Config>,
     last_error: Mutex<Option<String>>,
+    source: Mutex<Option<String>>,
+    control_version: std::sync::atomic::AtomicU64,
     /// Bumped on every swap, so waiters (tests, future metrics) see changes without polling.
     version: tokio::sync::watch::Sender<u64>,
 }
@@ -23,6 +25,8 @@ impl Default for LiveConfig {
         Self {
             current: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
+            source: Mutex::new(None),
+            control_version: std::sync::atomic::AtomicU64::new(0),
             version: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -72,6 +76,35 @@ impl LiveConfig {
         *g = err;
     }
 
+    /// Stores a control-plane snapshot and its version (one swap; waiters see both).
+    pub fn store_versioned(&self, config: Config, version: u64) {
+        self.control_version
+            .store(version, std::sync::atomic::Ordering::Release);
+        self.store(config);
+    }
+
+    /// The control plane's version of the current snapshot (0 when it came from a file).
+    pub fn control_version(&self) -> u64 {
+        self.control_version
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until the control plane's snapshot `version` (or a later one) is serving.
+    pub async fn wait_for_control_version(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let wait = rx.wait_for(|_| self.control_version() >= version);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+
+    /// Says where the current snapshot came from (shown by `/readyz`).
+    pub fn set_source(&self, source: String) {
+        let mut g = match self.source.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Some(source);
+    }
+
     /// `/readyz`: 200 with a snapshot, 503 and the reason without one.
     pub fn readiness(&self) -> (u16, String) {
         let err = match self.last_error.lock() {
@@ -79,7 +112,10 @@ impl LiveConfig {
             Err(p) => p.into_inner().clone(),
         };
         match (self.current.load().is_some(), err) {
-            (true, None) => (200, "ready\n".into()),
+            (true, None) => match self.source.lock().ok().and_then(|g| g.clone()) {
+                Some(src) => (200, format!("ready ({src})\n")),
+                None => (200, "ready\n".into()),
+            },
             (true, Some(e)) => (
                 200,
                 format!("ready (serving the previous config; the last reload failed: {e})\n"),

@@ -28,6 +28,8 @@ pub struct Route {
     pub url_model: Option<String>,
     /// True when the URL itself says the response streams (Gemini `:streamGenerateContent`).
     pub url_stream: bool,
+    /// True when the URL named the profile (rather than falling back to a default).
+    pub profile_named: bool,
 }
 
 /// Which provider a path's prefix names, if any; used also to shape errors for unknown paths.
@@ -60,11 +62,22 @@ fn first_segments(path: &str) -> String {
 
 /// Routes `path` (without query) against the current config.
 pub fn route(config: &Config, method: &http::Method, path: &str) -> Result<Route, SluiceError> {
+    route_for_key(config, method, path, None)
+}
+
+/// Routes `path`; a URL that names no profile goes to `key_profile` (the profile of the
+/// request's virtual key) when there is one, else to `default`.
+pub fn route_for_key(
+    config: &Config,
+    method: &http::Method,
+    path: &str,
+    key_profile: Option<&str>,
+) -> Result<Route, SluiceError> {
     let (provider, tail) = provider_of(path)?;
     let trimmed = tail.strip_prefix('/').unwrap_or(tail);
     let first = trimmed.split('/').next().unwrap_or("");
-    let (profile_name, upstream_path) = match config.profiles.get(first) {
-        Some(_) => (first, &trimmed[first.len()..]),
+    let (profile_name, upstream_path, profile_named) = match config.profiles.get(first) {
+        Some(_) => (first, &trimmed[first.len()..], true),
         None => {
             let looks_like_provider_path = first.is_empty()
                 || crate::config::RESERVED_PROFILE_NAMES.contains(&first)
@@ -72,7 +85,7 @@ pub fn route(config: &Config, method: &http::Method, path: &str) -> Result<Route
             if !looks_like_provider_path {
                 return Err(SluiceError::UnknownProfile(truncate(first)));
             }
-            (DEFAULT_PROFILE, tail)
+            (key_profile.unwrap_or(DEFAULT_PROFILE), tail, false)
         }
     };
     let profile = config
@@ -103,6 +116,7 @@ pub fn route(config: &Config, method: &http::Method, path: &str) -> Result<Route
         api,
         url_model,
         url_stream,
+        profile_named,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct ProxyParts {
     pub approvals: Arc<crate::approvals::ApprovalStore>,
     /// Tools seen per profile (shared with the admin API).
     pub catalogue: Arc<crate::catalogue::ToolCatalogue>,
+    /// The usage journal, when a control plane collects usage (shown by the admin API).
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -201,6 +203,7 @@ pub fn start(
                 recent: parts.recent.clone(),
                 approvals: parts.approvals.clone(),
                 catalogue: parts.catalogue.clone(),
+                journal: parts.journal.clone(),
             },
         );
         for a in &admin_addrs {

@@ -21,6 +21,9 @@ class Sluice:
         self.proxy = "http://" + ready["proxy"]
         self.admin = "http://" + ready["admin"]
         self.mock = "http://" + ready["mock"]
+        self.control = "http://" + ready["control"]
+        self.admin_key = ready["admin_key"]
+        self.virtual_key = ready["virtual_key"]
 
     def total(self):
         with urllib.request.urlopen(f"{self.admin}/admin/v1/requests?limit=0") as r:
@@ -43,6 +46,7 @@ def sluice():
         SLUICE_PROXY_LISTEN="127.0.0.1:0",
         SLUICE_ADMIN_LISTEN="127.0.0.1:0",
         SLUICE_MOCK_LISTEN="127.0.0.1:0",
+        SLUICE_CONTROL_LISTEN="127.0.0.1:0",
         SLUICE_LOG="warn",
     )
     for k in ("SLUICE_OPENAI_BASE_URL", "SLUICE_ANTHROPIC_BASE_URL", "SLUICE_GEMINI_BASE_URL"):

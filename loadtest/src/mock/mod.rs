@@ -62,6 +62,9 @@ pub struct MockStats {
     pub aborted_streams: AtomicU64,
     /// Woken whenever a stream is aborted.
     pub aborted_notify: tokio::sync::Notify,
+    /// `(X-Request-Id, output tokens)` of each successful answer that carried an id; at most
+    /// a million are kept.
+    pub served: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// Shared state.
@@ -96,7 +99,16 @@ pub fn router(state: MockState) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/{version}/models/{model_call}", post(gemini::generate))
         .route("/mock/stats", get(stats))
+        .route("/mock/served", get(served))
         .with_state(state)
+}
+
+async fn served(State(s): State<MockState>) -> axum::Json<serde_json::Value> {
+    let list = match s.stats.served.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    axum::Json(serde_json::json!({ "served": list }))
 }
 
 async fn stats(State(s): State<MockState>) -> axum::Json<serde_json::Value> {
@@ -184,6 +196,19 @@ pub async fn respond(
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    }
+    let ok = match &rendered {
+        Rendered::Json(status, _) => status.is_success(),
+        Rendered::Sse { .. } => true,
+    };
+    if ok && let Some(id) = &knobs.request_id {
+        let mut served = match state.stats.served.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if served.len() < 1_000_000 {
+            served.push((id.clone(), output_tokens));
+        }
     }
     match rendered {
         Rendered::Json(status, body) => {

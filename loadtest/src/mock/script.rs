@@ -79,6 +79,8 @@ pub struct Knobs {
     pub shared_index: bool,
     /// Pad forced tool-call arguments to about this many bytes (a `body` field of `x`s).
     pub tool_args_bytes: usize,
+    /// The client's `X-Request-Id`, recorded with what was served (for accounting tests).
+    pub request_id: Option<String>,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -98,6 +100,7 @@ impl Knobs {
                 .max(1) as usize,
             fault,
             tools: header(h, "x-mock-tools").map(str::to_owned),
+            request_id: header(h, "x-request-id").map(|v| v.chars().take(128).collect()),
             tool_args: header(h, "x-mock-tool-args").map(str::to_owned),
             words: num("x-mock-words", defaults.words as u64) as usize,
             shared_index: header(h, "x-mock-shared-index").is_some_and(|v| v == "true"),

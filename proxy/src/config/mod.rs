@@ -5,7 +5,10 @@
 mod raw;
 mod upstream;
 
-pub use raw::{RawConfig, RawLimits, RawProfile, RawQuarantine, RawUpstream};
+pub use raw::{
+    RawApproval, RawConfig, RawLimits, RawProfile, RawQuarantine, RawSealedKey, RawUpstream,
+    RawVirtualKey,
+};
 use upstream::compile_upstream;
 
 use std::collections::HashMap;
@@ -94,6 +97,8 @@ pub struct Limits {
     pub upstream_pool_size: usize,
     /// How long an approval lasts. Default 1 h.
     pub approval_ttl: Duration,
+    /// Failed virtual-key attempts allowed per client address per minute. Default 20.
+    pub max_failed_auth_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -109,6 +114,7 @@ impl Default for Limits {
             max_inspected_response_bytes: 32 * 1024 * 1024,
             upstream_pool_size: 1024,
             approval_ttl: Duration::from_secs(3600),
+            max_failed_auth_per_minute: 20,
         }
     }
 }
@@ -184,6 +190,10 @@ pub struct Profile {
     pub starts_untrusted: bool,
     /// Policy defaults for this profile, when it overrides the policy set's.
     pub policy_defaults: Option<sluice_policies::Defaults>,
+    /// Requests need one of this profile's virtual keys.
+    pub require_virtual_key: bool,
+    /// Usage records carry request and response bodies.
+    pub capture_content: bool,
 }
 
 /// The checked configuration every request reads from one snapshot.
@@ -203,6 +213,10 @@ pub struct Config {
     pub policies: Arc<sluice_policies::CompiledPolicies>,
     /// The dual-LLM quarantine, if configured.
     pub quarantine: Option<crate::quarantine::QuarantineConfig>,
+    /// Virtual keys by id.
+    pub virtual_keys: HashMap<Arc<str>, crate::keys::VirtualKey>,
+    /// Approved call ids and when each approval ends (ms since the epoch).
+    pub approvals: HashMap<String, i64>,
 }
 
 /// Provider base URLs that apply to every profile that does not set its own.
@@ -218,6 +232,8 @@ pub struct Environment {
     pub proxy_listen: Option<String>,
     /// `SLUICE_ADMIN_LISTEN`.
     pub admin_listen: Option<String>,
+    /// `SLUICE_MASTER_KEY`: opens credentials the control plane sealed.
+    pub master_key: Option<crate::keys::MasterKey>,
 }
 
 impl Environment {
@@ -230,6 +246,8 @@ impl Environment {
             gemini_base_url: var("SLUICE_GEMINI_BASE_URL"),
             proxy_listen: var("SLUICE_PROXY_LISTEN"),
             admin_listen: var("SLUICE_ADMIN_LISTEN"),
+            master_key: var("SLUICE_MASTER_KEY")
+                .and_then(|k| crate::keys::MasterKey::from_hex(&k).ok()),
         }
     }
 
@@ -309,6 +327,9 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         approval_ttl: l
             .approval_ttl_secs
             .map_or(d.approval_ttl, Duration::from_secs),
+        max_failed_auth_per_minute: l
+            .max_failed_auth_per_minute
+            .unwrap_or(d.max_failed_auth_per_minute),
     };
     let mut raw_profiles = raw.profiles;
     if raw_profiles.is_empty() {
@@ -345,6 +366,8 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
                 labels: p.labels.into_iter().collect::<Vec<_>>().into(),
                 starts_untrusted: p.starts_untrusted,
                 policy_defaults: p.policy_defaults,
+                require_virtual_key: p.require_virtual_key,
+                capture_content: p.capture_content,
             }),
         );
     }
@@ -397,6 +420,31 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             "threads must be between 1 and 256".into(),
         ));
     }
+    let mut virtual_keys = HashMap::new();
+    for k in raw.virtual_keys {
+        let Some((name, _)) = profiles.get_key_value(k.profile.as_str()) else {
+            return Err(ConfigError::Invalid(format!(
+                "virtual key {} names profile '{}', which does not exist",
+                k.id, k.profile
+            )));
+        };
+        let id: Arc<str> = k.id.into();
+        virtual_keys.insert(
+            id.clone(),
+            crate::keys::VirtualKey {
+                id,
+                profile: name.clone(),
+                salt: k.salt,
+                digest: k.digest,
+                expires_at_ms: k.expires_at_ms,
+            },
+        );
+    }
+    let approvals = raw
+        .approvals
+        .into_iter()
+        .map(|a| (a.id, a.expires_at_ms))
+        .collect();
     Ok(Config {
         listen,
         admin_listen: env.admin_listen.clone().or(raw.admin_listen),
@@ -405,6 +453,8 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         profiles,
         policies: Arc::new(policies),
         quarantine,
+        virtual_keys,
+        approvals,
     })
 }
 
@@ -428,7 +478,8 @@ fn ms(v: Option<u64>, default: Duration, name: &str) -> Result<Duration, ConfigE
     }
 }
 
-fn check_profile_name(name: &str) -> Result<(), ConfigError> {
+/// Profile names: 1-64 letters, digits, `-` or `_`, and never a provider path segment.
+pub fn check_profile_name(name: &str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name

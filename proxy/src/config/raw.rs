@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The file as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Proxy listener (overridden by `SLUICE_PROXY_LISTEN`).
@@ -25,10 +25,54 @@ pub struct RawConfig {
     pub policies: sluice_policies::PolicySet,
     /// The dual-LLM quarantine for `sanitize` results; off when absent.
     pub quarantine: Option<RawQuarantine>,
+    /// Sluice virtual keys (salted digests), as the control plane publishes them.
+    #[serde(default)]
+    pub virtual_keys: Vec<RawVirtualKey>,
+    /// Approved calls (`apr_…` ids) and when each approval ends.
+    #[serde(default)]
+    pub approvals: Vec<RawApproval>,
+}
+
+/// One virtual key: its id, profile, salt and digest. The key itself is never stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtualKey {
+    /// The key's public id (16 hex digits, also inside the key).
+    pub id: String,
+    /// The profile it serves.
+    pub profile: String,
+    /// Salt, hex.
+    pub salt: String,
+    /// SHA-256(salt, 0, secret), hex.
+    pub digest: String,
+    /// Expiry in ms since the epoch, if any.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A sealed credential: the id it is bound to, the nonce and the ciphertext (hex).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSealedKey {
+    /// The credential's id (authenticated with the ciphertext).
+    pub credential_id: String,
+    /// Nonce, hex.
+    pub nonce: String,
+    /// Ciphertext and tag, hex.
+    pub ciphertext: String,
+}
+
+/// One approval of an exact call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    /// The call's approval id (`apr_…`), as the refusal named it.
+    pub id: String,
+    /// When the approval ends, in ms since the epoch.
+    pub expires_at_ms: i64,
 }
 
 /// The quarantine as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuarantine {
     /// Profile whose OpenAI(-compatible) upstream serves both models (default `default`).
@@ -42,7 +86,7 @@ pub struct RawQuarantine {
 }
 
 /// Limits as written; every field optional, defaults in [`Limits::default`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     /// Request body cap in bytes (413).
@@ -65,10 +109,12 @@ pub struct RawLimits {
     pub upstream_pool_size: Option<usize>,
     /// How long an admin's approval of a `require_approval` call lasts, in seconds.
     pub approval_ttl_secs: Option<u64>,
+    /// Failed virtual-key attempts allowed per client address per minute (then 429).
+    pub max_failed_auth_per_minute: Option<u32>,
 }
 
 /// One profile as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProfile {
     /// OpenAI (or OpenAI-compatible) upstream.
@@ -87,10 +133,16 @@ pub struct RawProfile {
     pub starts_untrusted: bool,
     /// This profile's policy defaults, replacing `policies.defaults` for it.
     pub policy_defaults: Option<sluice_policies::Defaults>,
+    /// Requests must carry one of this profile's Sluice virtual keys (401 otherwise).
+    #[serde(default)]
+    pub require_virtual_key: bool,
+    /// Usage records of this profile carry the request and response bodies.
+    #[serde(default)]
+    pub capture_content: bool,
 }
 
 /// One upstream as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// `false` disables this provider for the profile (404).
@@ -101,6 +153,9 @@ pub struct RawUpstream {
     pub api_key_env: Option<String>,
     /// A provider key to inject, written in the file (prefer `api_key_env`).
     pub api_key: Option<String>,
+    /// A provider key sealed by the control plane (AES-256-GCM under `SLUICE_MASTER_KEY`),
+    /// so snapshots and their caches never hold it in the clear.
+    pub api_key_sealed: Option<RawSealedKey>,
     /// Header that carries the injected key (default per provider; `api-key` for Azure).
     pub auth_header: Option<String>,
     /// Extra headers sent upstream.

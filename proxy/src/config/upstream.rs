@@ -34,14 +34,31 @@ pub(super) fn compile_upstream(
     let (host, port) = split_host_port(authority, if tls { 443 } else { 80 }).ok_or_else(|| {
         ConfigError::Invalid(format!("{ctx}.base_url has an invalid host or port"))
     })?;
-    let api_key = match (up.api_key, up.api_key_env) {
-        (Some(_), Some(_)) => {
+    let api_key = match (up.api_key, up.api_key_env, up.api_key_sealed) {
+        (None, None, Some(sealed)) => {
+            let Some(master) = env.master_key.as_ref() else {
+                return Err(ConfigError::Invalid(format!(
+                    "{ctx}: credential {} is sealed; set SLUICE_MASTER_KEY (the control plane's) on this proxy",
+                    sealed.credential_id
+                )));
+            };
+            let key = master
+                .open(&sealed.credential_id, &sealed.nonce, &sealed.ciphertext)
+                .map_err(|e| ConfigError::Invalid(format!("{ctx}: {e}")))?;
+            Some(Secret(key.into()))
+        }
+        (_, _, Some(_)) => {
+            return Err(ConfigError::Invalid(format!(
+                "{ctx}: a sealed credential cannot be combined with api_key or api_key_env"
+            )));
+        }
+        (Some(_), Some(_), None) => {
             return Err(ConfigError::Invalid(format!(
                 "{ctx}: set api_key or api_key_env, not both"
             )));
         }
-        (Some(k), None) => Some(Secret(k.into())),
-        (None, Some(var)) => match std::env::var(&var) {
+        (Some(k), None, None) => Some(Secret(k.into())),
+        (None, Some(var), None) => match std::env::var(&var) {
             Ok(k) if !k.is_empty() => Some(Secret(k.into())),
             _ => {
                 return Err(ConfigError::Invalid(format!(
@@ -49,7 +66,7 @@ pub(super) fn compile_upstream(
                 )));
             }
         },
-        (None, None) => None,
+        (None, None, None) => None,
     };
     let auth_header = up.auth_header.unwrap_or_else(|| {
         match provider {

@@ -334,6 +334,9 @@ pub fn error_body(message: &str, kind: ErrorKind) -> String {
     let kind = match kind {
         ErrorKind::InvalidRequest | ErrorKind::HeadersTooLarge => "invalid_request_error",
         ErrorKind::NotFound => "not_found_error",
+        ErrorKind::Unauthenticated => "authentication_error",
+        ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::TooLarge => "request_too_large",
         ErrorKind::Upstream | ErrorKind::Internal => "api_error",
         ErrorKind::Unavailable => "overloaded_error",

@@ -85,6 +85,14 @@ pub struct RequestCtx {
     pub json_fixed_length: Option<usize>,
     /// Approvals granted for `require_approval` calls.
     pub approvals: Arc<crate::approvals::ApprovalStore>,
+    /// The client's `X-Request-Id`.
+    pub request_id: Option<String>,
+    /// The virtual key's id, once checked.
+    pub key_id: Option<String>,
+    /// The request body, kept when the profile captures content.
+    pub captured_request: Option<Bytes>,
+    /// The response body, kept when the profile captures content.
+    pub captured_response: Option<Bytes>,
 }
 
 impl RequestCtx {
@@ -116,6 +124,10 @@ impl RequestCtx {
             refused: false,
             json_fixed_length: None,
             approvals: no_approvals(),
+            request_id: None,
+            key_id: None,
+            captured_request: None,
+            captured_response: None,
         }
     }
 

@@ -60,7 +60,7 @@ fn unconditional_allow(ctx: &RequestCtx, name: &str) -> bool {
     !policies.call_depends_on_args(&tool)
         && judge_calls(
             policies,
-            &ctx.approvals,
+            (&ctx.approvals, &cfg.approvals),
             &route.profile,
             ctx.agent.as_deref(),
             ctx.trusted,
@@ -89,7 +89,7 @@ fn judge_new_calls(ctx: &mut RequestCtx) -> Option<String> {
     }
     let (decisions, refusal) = judge_calls(
         &cfg.policies,
-        &ctx.approvals,
+        (&ctx.approvals, &cfg.approvals),
         &route.profile,
         ctx.agent.as_deref(),
         ctx.trusted,

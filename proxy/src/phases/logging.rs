@@ -41,5 +41,10 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         taint_boundary: ctx.taint_boundary.take(),
         refused: ctx.refused,
         decisions: std::mem::take(&mut ctx.decisions),
+        request_id: ctx.request_id.take(),
+        key_id: ctx.key_id.take(),
+        cost_micros: None,
+        captured_request: ctx.captured_request.take(),
+        captured_response: ctx.captured_response.take(),
     });
 }

@@ -12,6 +12,7 @@
 //! logging                the request record and access line      (logging.rs)
 //! ```
 
+pub mod auth;
 pub mod ctx;
 pub mod gate;
 pub mod logging;
@@ -43,6 +44,7 @@ pub struct SluiceProxy {
     approvals: Arc<crate::approvals::ApprovalStore>,
     quarantine: crate::quarantine::Quarantine,
     catalogue: Arc<crate::catalogue::ToolCatalogue>,
+    auth_failures: crate::keys::FailedAuthLimiter,
 }
 
 impl SluiceProxy {
@@ -58,6 +60,8 @@ impl SluiceProxy {
             approvals,
             quarantine: crate::quarantine::Quarantine::default(),
             catalogue: Arc::default(),
+            // Failed virtual-key attempts per client address, per minute, for 100k addresses.
+            auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
             // Result verdicts of recent conversations, keyed by snapshot version.
             verdicts: sluice_policies::taint::VerdictCache::new(100_000),
         }
@@ -165,6 +169,7 @@ impl ProxyHttp for SluiceProxy {
                     200,
                     "text/plain",
                     None,
+                    None,
                     Bytes::from_static(b"ok\n"),
                 )
                 .await?;
@@ -173,14 +178,14 @@ impl ProxyHttp for SluiceProxy {
             }
             "/readyz" => {
                 let (status, text) = self.live.readiness();
-                request::write_simple(session, status, "text/plain", None, Bytes::from(text))
+                request::write_simple(session, status, "text/plain", None, None, Bytes::from(text))
                     .await?;
                 ctx.status = status;
                 return Ok(true);
             }
             _ => {}
         }
-        if let Err(e) = request::route_request(session, ctx) {
+        if let Err(e) = request::route_request(session, ctx, &self.auth_failures) {
             return Err(raise(ctx, e));
         }
         Ok(false)

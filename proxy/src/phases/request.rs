@@ -53,7 +53,11 @@ pub fn guess_provider(session: &Session) -> Provider {
 }
 
 /// Routes the request and applies the checks that need only the header.
-pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
+pub fn route_request(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    auth_failures: &crate::keys::FailedAuthLimiter,
+) -> Result<(), SluiceError> {
     let Some(config) = ctx.config.clone() else {
         return Err(SluiceError::NotReady);
     };
@@ -69,7 +73,11 @@ pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), Slui
             }
         }
     }
-    let r = route::route(&config, &req.method, req.uri.path())?;
+    let key = super::auth::verify_key(session, &config, auth_failures)?;
+    let key_profile = key.as_ref().map(|k| &*k.profile);
+    let r = route::route_for_key(&config, &req.method, req.uri.path(), key_profile)?;
+    super::auth::authorize(session, &config, auth_failures, &r, key.as_ref())?;
+    ctx.key_id = key.map(|k| k.id.to_string());
     if let Some(len) = req
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -87,6 +95,7 @@ pub fn route_request(session: &Session, ctx: &mut RequestCtx) -> Result<(), Slui
         ctx.started_untrusted = Some("the request carries X-Sluice-Context-Untrusted: true");
     }
     ctx.agent = header("x-sluice-agent-id").map(|v| v.chars().take(128).collect());
+    ctx.request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     if let Some(model) = &r.url_model {
         ctx.request_facts.model = Some(model.clone());
     }
@@ -102,7 +111,20 @@ pub async fn respond_error(
     err: &SluiceError,
 ) -> pingora::Result<u16> {
     let (status, code, body) = render_error(provider, err);
-    write_simple(session, status, "application/json", Some(code), body).await?;
+    let retry_after = match err {
+        SluiceError::TooManyFailedAuth(secs) => Some(*secs),
+        _ if status == 503 => Some(1),
+        _ => None,
+    };
+    write_simple(
+        session,
+        status,
+        "application/json",
+        Some(code),
+        retry_after,
+        body,
+    )
+    .await?;
     Ok(status)
 }
 
@@ -112,6 +134,7 @@ pub async fn write_simple(
     status: u16,
     content_type: &str,
     sluice_error: Option<&str>,
+    retry_after: Option<u64>,
     body: Bytes,
 ) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -120,8 +143,8 @@ pub async fn write_simple(
     if let Some(code) = sluice_error {
         resp.insert_header("x-sluice-error", code)?;
     }
-    if status == 503 {
-        resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    if let Some(secs) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;

@@ -59,6 +59,7 @@ impl Harness {
                     Duration::from_secs(60),
                 )),
                 catalogue: Default::default(),
+                journal: None,
             },
             bind("127.0.0.1:0").unwrap(),
             Some(bind("127.0.0.1:0").unwrap()),

@@ -89,6 +89,9 @@ pub fn error_body(message: &str, code: &str, kind: ErrorKind) -> String {
             "invalid_request_error"
         }
         ErrorKind::NotFound => "not_found_error",
+        ErrorKind::Unauthenticated => "authentication_error",
+        ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::Upstream => "upstream_error",
         ErrorKind::Unavailable => "service_unavailable",
         ErrorKind::Internal => "server_error",

@@ -1,0 +1,176 @@
+//! Starting the control plane: open and migrate the store, bootstrap the first admin,
+//! publish the current snapshot, serve the API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sqlx::Row;
+
+use crate::crypto::{ADMIN_KEY_PREFIX, MasterKey, import_key, new_key};
+use crate::error::ApiError;
+use crate::identity::{create_org, store_admin_key};
+use crate::snapshot::SnapshotHub;
+use crate::state::AppState;
+use crate::store::{Db, new_id, now_ms};
+
+/// How to run the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// `sqlite:…` or `postgres://…`.
+    pub database_url: String,
+    /// Encrypts provider credentials.
+    pub master_key: MasterKey,
+    /// An admin key to accept from the start (`SLUICE_ADMIN_KEY`); otherwise one is made and
+    /// returned once on first start.
+    pub bootstrap_admin_key: Option<String>,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Bootstrapping or the first snapshot.
+    #[error("{0}")]
+    Api(String),
+    /// The listener.
+    #[error("cannot serve the control plane: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ApiError> for StartError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Database(d) => StartError::Api(format!("database: {d}")),
+            other => StartError::Api(other.to_string()),
+        }
+    }
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct RunningControl {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The admin key generated at first start (print it once), if one was.
+    pub generated_admin_key: Option<String>,
+    /// Shared state (for seeding).
+    pub state: AppState,
+    /// The organisation the bootstrap admin belongs to.
+    pub org_id: String,
+    /// Ends when the server stops.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the store and prepares the state (no listener yet).
+pub async fn prepare(
+    cfg: &ControlConfig,
+) -> Result<(AppState, String, Option<String>), StartError> {
+    let db = Db::open(&cfg.database_url).await?;
+    let state = AppState {
+        db,
+        master: cfg.master_key.clone(),
+        hub: Arc::new(SnapshotHub::default()),
+    };
+    let (org_id, generated) = bootstrap(&state, cfg.bootstrap_admin_key.as_deref()).await?;
+    state.publish().await?;
+    tokio::spawn(state.hub.clone().follow(state.db.clone()));
+    Ok((state, org_id, generated))
+}
+
+/// Serves on `listener` (bound by the caller; port 0 works).
+pub async fn start(
+    cfg: ControlConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<RunningControl, StartError> {
+    let (state, org_id, generated) = prepare(&cfg).await?;
+    let addr = listener.local_addr()?;
+    let (app, _) = crate::routes::app(state.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "control plane server stopped");
+        }
+    });
+    Ok(RunningControl {
+        addr,
+        generated_admin_key: generated,
+        state,
+        org_id,
+        task,
+    })
+}
+
+/// First start: the default organisation, its roles and an admin member with a key. Every
+/// start: a given bootstrap key is made valid if it is not known yet.
+async fn bootstrap(
+    state: &AppState,
+    given: Option<&str>,
+) -> Result<(String, Option<String>), StartError> {
+    let given = match given {
+        Some(k) => Some(import_key(ADMIN_KEY_PREFIX, k).ok_or_else(|| {
+            StartError::Api(format!(
+                "the bootstrap admin key must look like {ADMIN_KEY_PREFIX}<16 hex>-<48 hex>"
+            ))
+        })?),
+        None => None,
+    };
+    let existing = sqlx::query("SELECT id FROM organisations ORDER BY created_at LIMIT 1")
+        .fetch_optional(&state.db.pool)
+        .await
+        .map_err(ApiError::from)?;
+    let org_id = match existing {
+        Some(r) => r.try_get::<String, _>("id").map_err(ApiError::from)?,
+        None => create_org(&state.db, "default").await?,
+    };
+    let admin = sqlx::query(
+        "SELECT m.id FROM members m JOIN roles r ON r.id = m.role_id WHERE m.org_id = $1 AND r.name = 'admin' \
+         ORDER BY m.created_at LIMIT 1",
+    )
+    .bind(&org_id)
+    .fetch_optional(&state.db.pool)
+    .await
+    .map_err(ApiError::from)?;
+    let (member_id, fresh) = match admin {
+        Some(r) => (r.try_get::<String, _>("id").map_err(ApiError::from)?, false),
+        None => {
+            let role: String =
+                sqlx::query("SELECT id FROM roles WHERE org_id = $1 AND name = 'admin'")
+                    .bind(&org_id)
+                    .fetch_one(&state.db.pool)
+                    .await
+                    .and_then(|r| r.try_get("id"))
+                    .map_err(ApiError::from)?;
+            let id = new_id("mem");
+            sqlx::query(
+                "INSERT INTO members (id, org_id, name, email, role_id, teams, created_at) VALUES ($1, $2, 'admin', 'admin@localhost', $3, '[]', $4)",
+            )
+            .bind(&id)
+            .bind(&org_id)
+            .bind(role)
+            .bind(now_ms())
+            .execute(&state.db.pool)
+            .await
+            .map_err(ApiError::from)?;
+            (id, true)
+        }
+    };
+    if let Some(key) = given {
+        let known = sqlx::query("SELECT COUNT(*) AS n FROM admin_keys WHERE id = $1")
+            .bind(&key.id)
+            .fetch_one(&state.db.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .map_err(ApiError::from)?;
+        if known == 0 {
+            store_admin_key(&state.db, &org_id, &member_id, "bootstrap", &key, None).await?;
+        }
+        return Ok((org_id, None));
+    }
+    if fresh {
+        let key = new_key(ADMIN_KEY_PREFIX);
+        store_admin_key(&state.db, &org_id, &member_id, "bootstrap", &key, None).await?;
+        return Ok((org_id, Some(key.key)));
+    }
+    Ok((org_id, None))
+}

@@ -1,0 +1,284 @@
+//! Snapshots: the database compiled into the proxy's own raw configuration, versioned and
+//! content-hashed, kept in the `snapshots` table and pushed to subscribed proxies (a long
+//! poll answers the moment a version exists). A replica that did not make a change learns of
+//! it by polling the table every second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proxy::config::{
+    RawApproval, RawConfig, RawProfile, RawSealedKey, RawUpstream, RawVirtualKey,
+};
+use sluice_proxy::snapshot::{SnapshotDoc, content_hash};
+use sqlx::Row;
+use tokio::sync::{Mutex, watch};
+
+use crate::documents::{self, ProfileBody, UpstreamSettings};
+use crate::error::ApiError;
+use crate::store::{Db, now_ms};
+
+/// A published snapshot, serialised once for every proxy.
+#[derive(Debug)]
+pub struct Published {
+    /// Version.
+    pub version: u64,
+    /// Content hash.
+    pub hash: String,
+    /// The `SnapshotDoc` as JSON.
+    pub body: Bytes,
+}
+
+/// Serialises compiles and fans out new versions.
+#[derive(Debug)]
+pub struct SnapshotHub {
+    compile: Mutex<()>,
+    latest: watch::Sender<Option<Arc<Published>>>,
+}
+
+impl Default for SnapshotHub {
+    fn default() -> Self {
+        Self {
+            compile: Mutex::new(()),
+            latest: watch::Sender::new(None),
+        }
+    }
+}
+
+impl SnapshotHub {
+    /// Waits for a version after `after`, up to `timeout`.
+    pub async fn wait_after(&self, after: u64, timeout: Duration) -> Option<Arc<Published>> {
+        let mut rx = self.latest.subscribe();
+        let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| p.version > after));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(p)) => p.clone(),
+            _ => None,
+        }
+    }
+
+    /// The newest version, if any.
+    pub fn latest(&self) -> Option<Arc<Published>> {
+        self.latest.borrow().clone()
+    }
+
+    /// Compiles the database; stores and announces a new version when the content changed.
+    pub async fn publish(&self, db: &Db) -> Result<(), ApiError> {
+        let _guard = self.compile.lock().await;
+        let config = compile(db).await?;
+        let hash = content_hash(&config);
+        let newest =
+            sqlx::query("SELECT version, hash FROM snapshots ORDER BY version DESC LIMIT 1")
+                .fetch_optional(&db.pool)
+                .await?;
+        let (last_version, last_hash) = match &newest {
+            Some(r) => (
+                r.try_get::<i64, _>("version")?,
+                r.try_get::<String, _>("hash")?,
+            ),
+            None => (0, String::new()),
+        };
+        if last_hash == hash {
+            if self
+                .latest()
+                .is_none_or(|p| p.version < last_version as u64)
+            {
+                self.load(db, last_version).await?;
+            }
+            return Ok(());
+        }
+        let doc = SnapshotDoc {
+            version: (last_version + 1) as u64,
+            hash: hash.clone(),
+            created_at_ms: now_ms(),
+            config,
+        };
+        let body = serde_json::to_string(&doc)
+            .map_err(|e| ApiError::Internal(format!("serialising a snapshot: {e}")))?;
+        sqlx::query(
+            "INSERT INTO snapshots (version, hash, body, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(last_version + 1)
+        .bind(&hash)
+        .bind(&body)
+        .bind(doc.created_at_ms)
+        .execute(&db.pool)
+        .await?;
+        // Old versions are kept for a while for audit; the newest hundred are enough.
+        sqlx::query("DELETE FROM snapshots WHERE version <= $1")
+            .bind(last_version + 1 - 100)
+            .execute(&db.pool)
+            .await?;
+        tracing::info!(version = last_version + 1, "published snapshot");
+        self.latest.send_replace(Some(Arc::new(Published {
+            version: (last_version + 1) as u64,
+            hash,
+            body: Bytes::from(body),
+        })));
+        Ok(())
+    }
+
+    async fn load(&self, db: &Db, version: i64) -> Result<(), ApiError> {
+        let row = sqlx::query("SELECT hash, body FROM snapshots WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&db.pool)
+            .await?;
+        if let Some(row) = row {
+            let body: String = row.try_get("body")?;
+            self.latest.send_replace(Some(Arc::new(Published {
+                version: version as u64,
+                hash: row.try_get("hash")?,
+                body: Bytes::from(body),
+            })));
+        }
+        Ok(())
+    }
+
+    /// Picks up versions another replica wrote.
+    pub async fn follow(self: Arc<Self>, db: Db) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let newest = sqlx::query("SELECT MAX(version) AS v FROM snapshots")
+                .fetch_one(&db.pool)
+                .await
+                .and_then(|r| r.try_get::<Option<i64>, _>("v"));
+            match newest {
+                Ok(Some(v)) if self.latest().is_none_or(|p| p.version < v as u64) => {
+                    if let Err(e) = self.load(&db, v).await {
+                        tracing::warn!(error = %e, "loading a snapshot another replica wrote");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "polling for snapshots"),
+            }
+        }
+    }
+}
+
+fn upstream(
+    s: Option<&UpstreamSettings>,
+    credentials: &HashMap<String, RawSealedKey>,
+) -> Option<RawUpstream> {
+    let s = s?;
+    Some(RawUpstream {
+        enabled: s.enabled,
+        base_url: s.base_url.clone(),
+        api_key_env: None,
+        api_key: None,
+        api_key_sealed: s
+            .credential_id
+            .as_ref()
+            .and_then(|c| credentials.get(c).cloned()),
+        auth_header: s.auth_header.clone(),
+        headers: s.headers.clone(),
+        query: s.query.clone(),
+        http2: s.http2,
+    })
+}
+
+/// Reads everything a proxy needs into one raw configuration.
+pub async fn compile(db: &Db) -> Result<RawConfig, ApiError> {
+    let mut credentials = HashMap::new();
+    for row in sqlx::query("SELECT id, nonce, ciphertext FROM credentials")
+        .fetch_all(&db.pool)
+        .await?
+    {
+        // Sealed as stored: the control plane never decrypts, the proxy opens them with
+        // the same master key.
+        let id: String = row.try_get("id")?;
+        credentials.insert(
+            id.clone(),
+            RawSealedKey {
+                credential_id: id,
+                nonce: row.try_get("nonce")?,
+                ciphertext: row.try_get("ciphertext")?,
+            },
+        );
+    }
+    let mut team_names = HashMap::new();
+    for row in sqlx::query("SELECT id, name FROM teams")
+        .fetch_all(&db.pool)
+        .await?
+    {
+        team_names.insert(
+            row.try_get::<String, _>("id")?,
+            row.try_get::<String, _>("name")?,
+        );
+    }
+    let mut raw = RawConfig::default();
+    let mut profile_names = HashMap::new();
+    for (id, body) in documents::all_of::<ProfileBody>(db).await? {
+        profile_names.insert(id, body.name.clone());
+        raw.profiles.insert(
+            body.name.clone(),
+            RawProfile {
+                openai: upstream(body.openai.as_ref(), &credentials).or_else(disabled),
+                anthropic: upstream(body.anthropic.as_ref(), &credentials).or_else(disabled),
+                gemini: upstream(body.gemini.as_ref(), &credentials).or_else(disabled),
+                team: body
+                    .team_id
+                    .as_ref()
+                    .and_then(|t| team_names.get(t).cloned()),
+                labels: body.labels.clone(),
+                starts_untrusted: body.starts_untrusted,
+                policy_defaults: body.policy_defaults,
+                require_virtual_key: body.require_virtual_key,
+                capture_content: body.capture_content,
+            },
+        );
+    }
+    raw.policies.invocation = documents::all_of::<sluice_policies::InvocationPolicy>(db)
+        .await?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    raw.policies.result = documents::all_of::<sluice_policies::ResultPolicy>(db)
+        .await?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    for row in sqlx::query(
+        "SELECT id, profile_id, salt, digest, expires_at FROM virtual_keys \
+         WHERE revoked_at IS NULL ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await?
+    {
+        let profile_id: String = row.try_get("profile_id")?;
+        let Some(profile) = profile_names.get(&profile_id) else {
+            continue;
+        };
+        raw.virtual_keys.push(RawVirtualKey {
+            id: row.try_get("id")?,
+            profile: profile.clone(),
+            salt: row.try_get("salt")?,
+            digest: row.try_get("digest")?,
+            expires_at_ms: row.try_get("expires_at")?,
+        });
+    }
+    let mut approvals: BTreeMap<String, i64> = BTreeMap::new();
+    for row in sqlx::query("SELECT call_id, expires_at FROM approvals WHERE expires_at > $1")
+        .bind(now_ms())
+        .fetch_all(&db.pool)
+        .await?
+    {
+        let id: String = row.try_get("call_id")?;
+        let until: i64 = row.try_get("expires_at")?;
+        let e = approvals.entry(id).or_insert(until);
+        *e = (*e).max(until);
+    }
+    raw.approvals = approvals
+        .into_iter()
+        .map(|(id, expires_at_ms)| RawApproval { id, expires_at_ms })
+        .collect();
+    Ok(raw)
+}
+
+/// A provider the profile does not set up is off (a file's profiles default to on; a
+/// control-plane profile serves only what the admin configured).
+fn disabled() -> Option<RawUpstream> {
+    Some(RawUpstream {
+        enabled: Some(false),
+        ..RawUpstream::default()
+    })
+}

@@ -1,0 +1,26 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use crate::crypto::MasterKey;
+use crate::snapshot::SnapshotHub;
+use crate::store::Db;
+
+/// The control plane's shared state.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Encrypts provider credentials.
+    pub master: MasterKey,
+    /// Compiles and publishes snapshots.
+    pub hub: Arc<SnapshotHub>,
+}
+
+impl AppState {
+    /// Compiles the database into a new snapshot (if anything changed) and tells every
+    /// subscribed proxy. Called after every write.
+    pub async fn publish(&self) -> Result<(), crate::error::ApiError> {
+        self.hub.publish(&self.db).await
+    }
+}

@@ -1,0 +1,491 @@
+//! Usage and audit: the proxies' journals arrive here in batches and are inserted once per
+//! (proxy id, sequence); admins search them as call logs and sum them.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sluice_proxy::journal::UsageRecord;
+use sqlx::Row;
+
+use crate::auth::Principal;
+use crate::documents::Page;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+use crate::store::{new_id, now_ms};
+
+/// A batch from one proxy's journal.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    /// The proxy's stable id.
+    pub proxy_id: String,
+    /// Records in sequence order.
+    pub records: Vec<UsageRecord>,
+}
+
+/// The acknowledgement: the proxy may trim its journal up to `acked_seq`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UsageAck {
+    /// Highest sequence now stored.
+    pub acked_seq: u64,
+    /// Rows inserted by this batch (a resent batch inserts 0).
+    pub inserted: u64,
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `POST /usage/batches`
+pub async fn ingest(
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<UsageBatch>,
+) -> Result<Json<UsageAck>, ApiError> {
+    if batch.proxy_id.is_empty() || batch.proxy_id.len() > 128 {
+        return Err(ApiError::Unprocessable(
+            "proxy_id must be 1-128 characters".into(),
+        ));
+    }
+    if batch.records.len() > 10_000 {
+        return Err(ApiError::Unprocessable(
+            "at most 10000 records per batch".into(),
+        ));
+    }
+    let mut profile_orgs = std::collections::HashMap::new();
+    for r in sqlx::query("SELECT name, org_id FROM documents WHERE kind = 'profiles'")
+        .fetch_all(&state.db.pool)
+        .await?
+    {
+        profile_orgs.insert(
+            r.try_get::<String, _>("name")?,
+            r.try_get::<String, _>("org_id")?,
+        );
+    }
+    let mut tx = state.db.pool.begin().await?;
+    let mut inserted = 0u64;
+    let mut acked = 0u64;
+    for r in &batch.records {
+        if r.seq == 0 || r.seq > i64::MAX as u64 {
+            return Err(ApiError::Unprocessable(
+                "record sequences start at 1".into(),
+            ));
+        }
+        acked = acked.max(r.seq);
+        let done = sqlx::query(
+            "INSERT INTO llm_calls (proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, \
+             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, \
+             duration_us, ttfb_us, refused, trusted, tool_calls, decisions, request_body, response_body, org_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
+             ON CONFLICT (proxy_id, seq) DO NOTHING",
+        )
+        .bind(&batch.proxy_id)
+        .bind(i(r.seq))
+        .bind(r.request_id.clone().unwrap_or_default())
+        .bind(r.ts_ms)
+        .bind(&r.profile)
+        .bind(r.key_id.clone())
+        .bind(&r.provider)
+        .bind(r.api.clone())
+        .bind(r.model.clone())
+        .bind(i64::from(r.status))
+        .bind(i(r.input_tokens))
+        .bind(i(r.output_tokens))
+        .bind(i(r.cache_read_tokens))
+        .bind(i(r.cache_write_tokens))
+        .bind(i(r.reasoning_tokens))
+        .bind(r.cost_micros)
+        .bind(i(r.duration_us))
+        .bind(r.ttfb_us.map(i))
+        .bind(i64::from(r.refused))
+        .bind(i64::from(r.trusted))
+        .bind(serde_json::to_string(&r.tool_calls).unwrap_or_default())
+        .bind(r.decisions.to_string())
+        .bind(r.request_body.clone())
+        .bind(r.response_body.clone())
+        .bind(profile_orgs.get(&r.profile).cloned())
+        .execute(&mut *tx)
+        .await?;
+        inserted += done.rows_affected();
+        // Tools seen in traffic join the catalogue as discovered.
+        if done.rows_affected() > 0
+            && let Some(org) = profile_orgs.get(&r.profile)
+        {
+            for name in &r.tool_calls {
+                let body = serde_json::json!({"source": format!("profile:{}", r.profile),
+                    "name": name, "origin": "discovered"});
+                sqlx::query(
+                    "INSERT INTO documents (kind, id, org_id, team_id, name, body, created_at, updated_at) \
+                     VALUES ('tools', $1, $2, NULL, $3, $4, $5, $5) ON CONFLICT (kind, name) DO NOTHING",
+                )
+                .bind(new_id("tool"))
+                .bind(org)
+                .bind(format!("profile:{}/{name}", r.profile))
+                .bind(body.to_string())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    let upd = sqlx::query(
+        "UPDATE proxies SET last_seen = $1, acked_seq = CASE WHEN acked_seq > $2 THEN acked_seq ELSE $2 END WHERE proxy_id = $3",
+    )
+    .bind(now_ms())
+    .bind(i(acked))
+    .bind(&batch.proxy_id)
+    .execute(&mut *tx)
+    .await?;
+    if upd.rows_affected() == 0 {
+        sqlx::query("INSERT INTO proxies (proxy_id, last_seen, acked_seq, snapshot_version) VALUES ($1, $2, $3, 0)")
+            .bind(&batch.proxy_id)
+            .bind(now_ms())
+            .bind(i(acked))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(UsageAck {
+        acked_seq: acked,
+        inserted,
+    }))
+}
+
+/// Filters for call logs and usage sums.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFilter {
+    /// Items per page, 1-500 (default 50; logs only).
+    pub limit: Option<u32>,
+    /// Items to skip (logs only).
+    pub offset: Option<u32>,
+    /// Only this profile.
+    pub profile: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this virtual key id.
+    pub key_id: Option<String>,
+    /// Only this proxy.
+    pub proxy_id: Option<String>,
+    /// Only this status.
+    pub status: Option<u16>,
+    /// Only refused (true) or not refused (false) requests.
+    pub refused: Option<bool>,
+    /// From this time, ms since the epoch.
+    pub since_ms: Option<i64>,
+    /// Before this time, ms since the epoch.
+    pub until_ms: Option<i64>,
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+async fn visible_profiles(
+    state: &AppState,
+    p: &Principal,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if p.all_teams {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for r in
+        sqlx::query("SELECT name, team_id FROM documents WHERE kind = 'profiles' AND org_id = $1")
+            .bind(&p.org_id)
+            .fetch_all(&state.db.pool)
+            .await?
+    {
+        if p.sees_team(r.try_get::<Option<String>, _>("team_id")?.as_deref()) {
+            out.push(r.try_get("name")?);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `WHERE …` and its arguments for a filter.
+async fn where_clause(
+    state: &AppState,
+    p: &Principal,
+    f: &LlmFilter,
+) -> Result<(String, Vec<Arg>), ApiError> {
+    let mut conds = Vec::new();
+    let mut args = Vec::new();
+    let mut push = |cond: &str, arg: Arg, conds: &mut Vec<String>| {
+        args.push(arg);
+        conds.push(cond.replace('?', &format!("${}", args.len())));
+    };
+    // Rows of this organisation's profiles (or rows whose profile is gone from every org).
+    let names = visible_profiles(state, p).await?;
+    push(
+        "(org_id = ? OR org_id IS NULL)",
+        Arg::Text(p.org_id.clone()),
+        &mut conds,
+    );
+    if let Some(v) = &f.profile {
+        push("profile = ?", Arg::Text(v.clone()), &mut conds);
+    }
+    if let Some(v) = &f.model {
+        push("model = ?", Arg::Text(v.clone()), &mut conds);
+    }
+    if let Some(v) = &f.key_id {
+        push("key_id = ?", Arg::Text(v.clone()), &mut conds);
+    }
+    if let Some(v) = &f.proxy_id {
+        push("proxy_id = ?", Arg::Text(v.clone()), &mut conds);
+    }
+    if let Some(v) = f.status {
+        push("status = ?", Arg::Int(i64::from(v)), &mut conds);
+    }
+    if let Some(v) = f.refused {
+        push("refused = ?", Arg::Int(i64::from(v)), &mut conds);
+    }
+    if let Some(v) = f.since_ms {
+        push("ts >= ?", Arg::Int(v), &mut conds);
+    }
+    if let Some(v) = f.until_ms {
+        push("ts < ?", Arg::Int(v), &mut conds);
+    }
+    if let Some(names) = names {
+        if names.is_empty() {
+            conds.push("1 = 0".into());
+        } else {
+            let mut marks = Vec::new();
+            for n in names {
+                args.push(Arg::Text(n));
+                marks.push(format!("${}", args.len()));
+            }
+            conds.push(format!("profile IN ({})", marks.join(", ")));
+        }
+    }
+    Ok((conds.join(" AND "), args))
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for a in args {
+        q = match a {
+            Arg::Text(s) => q.bind(s.clone()),
+            Arg::Int(n) => q.bind(*n),
+        };
+    }
+    q
+}
+
+/// One logged LLM call.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LlmCall {
+    /// The proxy that served it.
+    pub proxy_id: String,
+    /// Its journal sequence there.
+    pub seq: i64,
+    /// The client's `X-Request-Id`, or empty.
+    pub request_id: String,
+    /// When it ended, ms since the epoch.
+    pub ts_ms: i64,
+    /// Profile.
+    pub profile: String,
+    /// Virtual key id.
+    pub key_id: Option<String>,
+    /// Provider.
+    pub provider: String,
+    /// API.
+    pub api: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Status.
+    pub status: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cost, millionths of a dollar.
+    pub cost_micros: Option<i64>,
+    /// Wall time, µs.
+    pub duration_us: i64,
+    /// Sluice refused the response's tool calls.
+    pub refused: bool,
+    /// Tools the response called.
+    pub tool_calls: Vec<String>,
+    /// Policy decisions.
+    pub decisions: serde_json::Value,
+    /// Request body (content capture only).
+    pub request_body: Option<String>,
+    /// Response body (content capture only).
+    pub response_body: Option<String>,
+}
+
+/// `GET /logs/llm`
+pub async fn llm_logs(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiQuery(f): ApiQuery<LlmFilter>,
+) -> Result<Json<Page<LlmCall>>, ApiError> {
+    let limit = f.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let offset = f.offset.unwrap_or(0);
+    let (cond, args) = where_clause(&state, &p, &f).await?;
+    // Audited: `cond` holds only fixed fragments and $n placeholders; values are bound.
+    let sql = format!(
+        "SELECT proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, input_tokens, \
+         output_tokens, cost_micros, duration_us, refused, tool_calls, decisions, request_body, response_body \
+         FROM llm_calls WHERE {cond} ORDER BY ts DESC, proxy_id, seq DESC LIMIT {} OFFSET {offset}",
+        limit + 1
+    );
+    let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
+        .fetch_all(&state.db.pool)
+        .await?;
+    let more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len());
+    for r in rows.iter().take(limit as usize) {
+        let tools: String = r.try_get("tool_calls")?;
+        let decisions: String = r.try_get("decisions")?;
+        items.push(LlmCall {
+            proxy_id: r.try_get("proxy_id")?,
+            seq: r.try_get("seq")?,
+            request_id: r.try_get("request_id")?,
+            ts_ms: r.try_get("ts")?,
+            profile: r.try_get("profile")?,
+            key_id: r.try_get("key_id")?,
+            provider: r.try_get("provider")?,
+            api: r.try_get("api")?,
+            model: r.try_get("model")?,
+            status: r.try_get("status")?,
+            input_tokens: r.try_get("input_tokens")?,
+            output_tokens: r.try_get("output_tokens")?,
+            cost_micros: r.try_get("cost_micros")?,
+            duration_us: r.try_get("duration_us")?,
+            refused: r.try_get::<i64, _>("refused")? != 0,
+            tool_calls: serde_json::from_str(&tools).unwrap_or_default(),
+            decisions: serde_json::from_str(&decisions).unwrap_or_default(),
+            request_body: r.try_get("request_body")?,
+            response_body: r.try_get("response_body")?,
+        });
+    }
+    Ok(Json(Page {
+        items,
+        next_offset: more.then_some(offset + limit),
+    }))
+}
+
+/// Sums over the matching calls.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UsageSummary {
+    /// Requests.
+    pub requests: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cost, millionths of a dollar (known prices only).
+    pub cost_micros: i64,
+}
+
+/// `GET /usage/summary`
+pub async fn summary(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiQuery(f): ApiQuery<LlmFilter>,
+) -> Result<Json<UsageSummary>, ApiError> {
+    let (cond, args) = where_clause(&state, &p, &f).await?;
+    let sql = format!(
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS i, \
+         CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS o, \
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS c FROM llm_calls WHERE {cond}"
+    );
+    let r = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
+        .fetch_one(&state.db.pool)
+        .await?;
+    Ok(Json(UsageSummary {
+        requests: r.try_get("n")?,
+        input_tokens: r.try_get("i")?,
+        output_tokens: r.try_get("o")?,
+        cost_micros: r.try_get("c")?,
+    }))
+}
+
+/// One logged MCP call.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct McpCall {
+    /// The proxy that served it.
+    pub proxy_id: String,
+    /// Its journal sequence there.
+    pub seq: i64,
+    /// When it ended, ms since the epoch.
+    pub ts_ms: i64,
+    /// Server.
+    pub server: String,
+    /// JSON-RPC method.
+    pub method: String,
+    /// Tool, for `tools/call`.
+    pub tool: Option<String>,
+    /// Outcome.
+    pub status: String,
+    /// Wall time, µs.
+    pub duration_us: i64,
+}
+
+/// `?limit&offset&server`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpFilter {
+    /// Items per page, 1-500 (default 50).
+    pub limit: Option<u32>,
+    /// Items to skip.
+    pub offset: Option<u32>,
+    /// Only this server.
+    pub server: Option<String>,
+}
+
+/// `GET /logs/mcp`
+pub async fn mcp_logs(
+    State(state): State<AppState>,
+    ApiQuery(f): ApiQuery<McpFilter>,
+) -> Result<Json<Page<McpCall>>, ApiError> {
+    let limit = f.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let offset = f.offset.unwrap_or(0);
+    let sql = format!(
+        "SELECT proxy_id, seq, ts, server, method, tool, status, duration_us FROM mcp_calls \
+         WHERE ($1 = '' OR server = $1) ORDER BY ts DESC LIMIT {} OFFSET {offset}",
+        limit + 1
+    );
+    // Audited: only the numbers limit and offset are formatted into the text.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(f.server.unwrap_or_default())
+        .fetch_all(&state.db.pool)
+        .await?;
+    let more = rows.len() > limit as usize;
+    let items = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            Ok(McpCall {
+                proxy_id: r.try_get("proxy_id")?,
+                seq: r.try_get("seq")?,
+                ts_ms: r.try_get("ts")?,
+                server: r.try_get("server")?,
+                method: r.try_get("method")?,
+                tool: r.try_get("tool")?,
+                status: r.try_get("status")?,
+                duration_us: r.try_get("duration_us")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(Page {
+        items,
+        next_offset: more.then_some(offset + limit),
+    }))
+}

@@ -1,0 +1,490 @@
+//! The usage journal: every request record is appended to a local file before the proxy
+//! forgets it, shipped in batches with (proxy id, sequence) to the control plane, and
+//! trimmed only after the control plane acknowledged it. The control plane inserts
+//! idempotently on (proxy id, sequence), so a batch sent twice counts once, and a `kill -9`
+//! of either side loses nothing: a record is in the file (the page cache survives the
+//! process) before the proxy's logging phase returns.
+//!
+//! Layout of the journal directory: `proxy-id` (this proxy's stable id), `acked` (the
+//! highest acknowledged sequence, replaced atomically), and segments `seg-<first seq>.jsonl`,
+//! one JSON record per line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{EventSink, RequestRecord};
+
+/// One request's usage and audit record, as journaled and shipped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageRecord {
+    /// Sequence within this proxy's journal (1, 2, …; never reused).
+    pub seq: u64,
+    /// When the request ended, ms since the epoch.
+    pub ts_ms: i64,
+    /// The client's `X-Request-Id`, if it sent one (at most 128 characters).
+    pub request_id: Option<String>,
+    /// Serving profile.
+    pub profile: String,
+    /// The virtual key's id, when one was used.
+    pub key_id: Option<String>,
+    /// `openai`, `anthropic`, `gemini`.
+    pub provider: String,
+    /// `chat_completions`, `responses`, `messages`, `generate_content`.
+    pub api: Option<String>,
+    /// The model that answered (or was asked for).
+    pub model: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Prompt-cache reads.
+    pub cache_read_tokens: u64,
+    /// Prompt-cache writes.
+    pub cache_write_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+    /// Cost in millionths of a dollar, when the model's price is known.
+    pub cost_micros: Option<i64>,
+    /// Wall time, µs.
+    pub duration_us: u64,
+    /// Time to first upstream byte, µs.
+    pub ttfb_us: Option<u64>,
+    /// Sluice refused the response's tool calls.
+    pub refused: bool,
+    /// The context was trusted when calls were judged.
+    pub trusted: bool,
+    /// Names of the tools the response called.
+    pub tool_calls: Vec<String>,
+    /// Policy decisions, as the proxy records them.
+    pub decisions: serde_json::Value,
+    /// The request body, only where the profile turns content capture on.
+    pub request_body: Option<String>,
+    /// The response body, only where the profile turns content capture on.
+    pub response_body: Option<String>,
+}
+
+impl UsageRecord {
+    /// From a finished request.
+    pub fn from_record(r: &RequestRecord) -> Self {
+        let usage = r.response.usage.unwrap_or_default();
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Self {
+            seq: 0,
+            ts_ms,
+            request_id: r.request_id.clone(),
+            profile: r.profile.clone(),
+            key_id: r.key_id.clone(),
+            provider: r.provider.as_str().into(),
+            api: r.api.and_then(|a| {
+                serde_json::to_value(a)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            model: r.response.model.clone().or_else(|| r.request.model.clone()),
+            status: r.status,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            cost_micros: r.cost_micros,
+            duration_us: r.duration_us,
+            ttfb_us: r.ttfb_us,
+            refused: r.refused,
+            trusted: r.trusted,
+            tool_calls: r
+                .response
+                .tool_calls
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+            decisions: serde_json::to_value(&r.decisions).unwrap_or_default(),
+            request_body: r
+                .captured_request
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            response_body: r
+                .captured_response
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+}
+
+/// Journal failures.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// File I/O.
+    #[error("usage journal at {path}: {source}")]
+    Io {
+        /// Which file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+struct Writer {
+    file: File,
+    segment_bytes: u64,
+    next_seq: u64,
+}
+
+/// The journal. Cheap to share.
+pub struct Journal {
+    dir: PathBuf,
+    proxy_id: String,
+    segment_max_bytes: u64,
+    writer: parking_lot::Mutex<Writer>,
+    appended: tokio::sync::Notify,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("proxy_id", &self.proxy_id)
+            .finish()
+    }
+}
+
+fn segment_name(first: u64) -> String {
+    format!("seg-{first:020}.jsonl")
+}
+
+fn segments(dir: &Path) -> Result<Vec<u64>, JournalError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// The sequence of one journal line, if it is a whole record.
+fn line_seq(line: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<SeqOnly>(line).ok().map(|s| s.seq)
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`. A torn last line (power loss mid-write) is
+    /// cut off; sequences continue after the last whole record.
+    pub fn open(dir: &Path, segment_max_bytes: u64) -> Result<Arc<Self>, JournalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let id_path = dir.join("proxy-id");
+        let proxy_id = match std::fs::read_to_string(&id_path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+            _ => {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| JournalError::Io {
+                    path: id_path.display().to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                let id = format!(
+                    "px-{}",
+                    b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                );
+                write_atomic(&id_path, id.as_bytes())?;
+                id
+            }
+        };
+        let acked = read_acked(dir)?;
+        let segs = segments(dir)?;
+        let (file, segment_bytes, next_seq) = match segs.last() {
+            Some(&first) => {
+                let path = dir.join(segment_name(first));
+                let mut f = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                let mut text = Vec::new();
+                f.read_to_end(&mut text).map_err(io(&path))?;
+                let mut good_end = 0usize;
+                let mut last = first.saturating_sub(1);
+                let mut start = 0usize;
+                while let Some(nl) = memchr::memchr(b'\n', &text[start..]) {
+                    let line = &text[start..start + nl];
+                    match line_seq(line) {
+                        Some(s) => {
+                            last = s;
+                            good_end = start + nl + 1;
+                        }
+                        None => break,
+                    }
+                    start += nl + 1;
+                }
+                if good_end < text.len() {
+                    f.set_len(good_end as u64).map_err(io(&path))?;
+                    tracing::warn!(path = %path.display(), "usage journal: cut a torn last record");
+                }
+                (f, good_end as u64, last.max(acked) + 1)
+            }
+            None => {
+                let next = acked + 1;
+                let path = dir.join(segment_name(next));
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                (f, 0, next)
+            }
+        };
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            proxy_id,
+            segment_max_bytes,
+            writer: parking_lot::Mutex::new(Writer {
+                file,
+                segment_bytes,
+                next_seq,
+            }),
+            appended: tokio::sync::Notify::new(),
+            failures: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// This proxy's stable id.
+    pub fn proxy_id(&self) -> &str {
+        &self.proxy_id
+    }
+
+    /// Records that could not be written (disk full, I/O errors).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Appends one record, giving it the next sequence.
+    pub fn append(&self, mut record: UsageRecord) -> Result<u64, JournalError> {
+        let mut w = self.writer.lock();
+        record.seq = w.next_seq;
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        if w.segment_bytes > 0 && w.segment_bytes + line.len() as u64 > self.segment_max_bytes {
+            let path = self.dir.join(segment_name(record.seq));
+            w.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            w.segment_bytes = 0;
+        }
+        // One write call per record: a process kill cannot leave half of it in the file.
+        w.file.write_all(&line).map_err(io(&self.dir))?;
+        w.segment_bytes += line.len() as u64;
+        w.next_seq += 1;
+        drop(w);
+        self.appended.notify_one();
+        Ok(record.seq)
+    }
+
+    /// The last sequence written (0 before the first record).
+    pub fn last_seq(&self) -> u64 {
+        self.writer.lock().next_seq.saturating_sub(1)
+    }
+
+    /// The highest acknowledged sequence.
+    pub fn acked(&self) -> Result<u64, JournalError> {
+        read_acked(&self.dir)
+    }
+
+    /// Reads whole records after `after`, up to `max_records` / about `max_bytes`.
+    pub fn read_after(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+        let segs = segments(&self.dir)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (i, first) in segs.iter().enumerate() {
+            if let Some(next) = segs.get(i + 1)
+                && *next <= after + 1
+            {
+                continue;
+            }
+            let path = self.dir.join(segment_name(*first));
+            let mut f = File::open(&path).map_err(io(&path))?;
+            f.seek(SeekFrom::Start(0)).map_err(io(&path))?;
+            let mut text = Vec::new();
+            f.read_to_end(&mut text).map_err(io(&path))?;
+            let mut start = 0usize;
+            while let Some(nl) = memchr::memchr(b'\n', &text[start..]) {
+                let line = &text[start..start + nl];
+                start += nl + 1;
+                let Some(seq) = line_seq(line) else { break };
+                if seq <= after {
+                    continue;
+                }
+                bytes += line.len();
+                out.push((seq, line.to_vec()));
+                if out.len() >= max_records || bytes >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `seq` as acknowledged and removes segments wholly at or below it.
+    pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
+        if seq <= self.acked()? {
+            return Ok(());
+        }
+        write_atomic(&self.dir.join("acked"), seq.to_string().as_bytes())?;
+        let segs = segments(&self.dir)?;
+        for (i, first) in segs.iter().enumerate() {
+            // The last segment is the one being written: never removed.
+            let Some(next) = segs.get(i + 1) else { break };
+            if *next <= seq + 1 {
+                let path = self.dir.join(segment_name(*first));
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a record is appended (or returns at once if one was since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+}
+
+fn read_acked(dir: &Path) -> Result<u64, JournalError> {
+    let path = dir.join("acked");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().parse().unwrap_or(0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl EventSink for Journal {
+    fn record(&self, record: RequestRecord) {
+        if let Err(e) = self.append(UsageRecord::from_record(&record)) {
+            let n = self
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Logged for the first failure and then every thousandth, not per request.
+            if n.is_multiple_of(1000) {
+                tracing::error!(error = %e, failures = n + 1, "usage journal write failed");
+            }
+        }
+    }
+}
+
+/// Sends records to several sinks (the journal and the admin API's recent list).
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn record(&self, record: RequestRecord) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for s in rest {
+                s.record(record.clone());
+            }
+            last.record(record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(profile: &str) -> UsageRecord {
+        UsageRecord {
+            profile: profile.into(),
+            ..UsageRecord::default()
+        }
+    }
+
+    #[test]
+    fn sequences_survive_reopen_and_torn_tails_are_cut() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let j = Journal::open(dir.path(), 1 << 20).expect("open");
+        let id = j.proxy_id().to_owned();
+        assert_eq!(j.append(rec("a")).expect("append"), 1);
+        assert_eq!(j.append(rec("b")).expect("append"), 2);
+        drop(j);
+        // A torn write: half a record at the end.
+        let seg = dir.path().join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).expect("seg");
+        f.write_all(b"{\"seq\":3,\"ts_").expect("write");
+        let j = Journal::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(j.proxy_id(), id);
+        assert_eq!(j.append(rec("c")).expect("append"), 3);
+        let all = j.read_after(0, 100, 1 << 20).expect("read");
+        assert_eq!(
+            all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn acked_segments_are_trimmed_and_never_reread() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let j = Journal::open(dir.path(), 200).expect("open");
+        for _ in 0..20 {
+            j.append(rec("p")).expect("append");
+        }
+        assert!(segments(dir.path()).expect("segs").len() > 3);
+        let first = j.read_after(0, 5, 1 << 20).expect("read");
+        assert_eq!(first.len(), 5);
+        j.ack(5).expect("ack");
+        let rest = j
+            .read_after(j.acked().expect("acked"), 100, 1 << 20)
+            .expect("read");
+        assert_eq!(rest.first().map(|r| r.0), Some(6));
+        assert_eq!(rest.len(), 15);
+        j.ack(20).expect("ack");
+        assert_eq!(segments(dir.path()).expect("segs").len(), 1);
+        drop(j);
+        let j = Journal::open(dir.path(), 200).expect("reopen");
+        assert_eq!(j.append(rec("q")).expect("append"), 21);
+        assert!(j.read_after(20, 100, 1 << 20).expect("read").len() == 1);
+    }
+}
