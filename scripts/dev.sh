@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start: installs what the build needs, builds Sluice, and runs `sluice dev`
-# (proxy on 127.0.0.1:8080, admin on 127.0.0.1:8090, mock providers on a free port).
+# (proxy on 127.0.0.1:8080, its admin listener on 127.0.0.1:8090, control plane on
+# 127.0.0.1:8081, mock providers on a free port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null

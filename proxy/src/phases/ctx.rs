@@ -91,8 +91,11 @@ pub struct RequestCtx {
     pub key_id: Option<String>,
     /// The request body, kept when the profile captures content.
     pub captured_request: Option<Bytes>,
-    /// The response body, kept when the profile captures content.
-    pub captured_response: Option<Bytes>,
+    /// The response as sent to the client, while the profile captures content: chunks and
+    /// their total length.
+    pub capture: Option<(Vec<Bytes>, usize)>,
+    /// Set once the record went to the sink: what the access line prints.
+    pub access: Option<super::logging::AccessSummary>,
 }
 
 impl RequestCtx {
@@ -127,7 +130,8 @@ impl RequestCtx {
             request_id: None,
             key_id: None,
             captured_request: None,
-            captured_response: None,
+            capture: None,
+            access: None,
         }
     }
 

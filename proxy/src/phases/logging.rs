@@ -1,33 +1,48 @@
-//! The last phase: the request record for the sink, and one access line. No content, no keys.
+//! The request record for the sink, and one access line. No content, no keys.
+//!
+//! The record is emitted as soon as the upstream's response is complete, before its last
+//! bytes go to the client ([`record`], from `response_body_filter`): a client that saw a
+//! whole response can count on its record being journaled, even if the proxy dies the next
+//! instant. Requests that end otherwise (errors, refusals by Sluice) are recorded in the
+//! logging phase ([`finish`]).
 
 use pingora::Error;
 
 use super::ctx::RequestCtx;
 use crate::events::{EventSink, RequestRecord};
 
-/// Emits the record (inspected APIs) and the access line (every proxied request).
-pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
+/// What the access line prints, kept when the record took the facts.
+#[derive(Debug, Default, Clone)]
+pub struct AccessSummary {
+    model: Option<String>,
+    input_tokens: u64,
+    output_tokens: u64,
+    tool_calls: usize,
+}
+
+fn summary(ctx: &RequestCtx) -> AccessSummary {
+    let usage = ctx.response_facts.usage.unwrap_or_default();
+    AccessSummary {
+        model: ctx.request_facts.model.clone(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        tool_calls: ctx.response_facts.tool_calls.len(),
+    }
+}
+
+/// Emits the record of an inspected request once; later calls do nothing.
+pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
+    if ctx.access.is_some() {
+        return;
+    }
     let Some(route) = ctx.route.as_ref() else {
         return;
     };
-    let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let usage = ctx.response_facts.usage.unwrap_or_default();
-    tracing::info!(
-        target: "sluice::access",
-        profile = %route.profile.name,
-        provider = route.provider.as_str(),
-        model = ctx.request_facts.model.as_deref().unwrap_or("-"),
-        status = ctx.status,
-        input_tokens = usage.input_tokens,
-        output_tokens = usage.output_tokens,
-        tool_calls = ctx.response_facts.tool_calls.len(),
-        refused = ctx.refused,
-        duration_us,
-        error = ctx.error.as_ref().map(|e| e.classify().1).or(e.map(|_| "proxy")).unwrap_or("-"),
-    );
     if route.api.is_none() {
         return;
     }
+    ctx.access = Some(summary(ctx));
+    let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     sink.record(RequestRecord {
         profile: route.profile.name.to_string(),
         provider: route.provider,
@@ -45,6 +60,35 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         key_id: ctx.key_id.take(),
         cost_micros: None,
         captured_request: ctx.captured_request.take(),
-        captured_response: ctx.captured_response.take(),
+        captured_response: ctx
+            .capture
+            .take()
+            .map(|(chunks, len)| super::join_chunks(chunks, len)),
     });
+}
+
+/// The logging phase: the record if not emitted yet, and the access line.
+pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
+    if ctx.route.is_none() {
+        return;
+    }
+    record(ctx, sink);
+    let s = ctx.access.clone().unwrap_or_else(|| summary(ctx));
+    let Some(route) = ctx.route.as_ref() else {
+        return;
+    };
+    let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(
+        target: "sluice::access",
+        profile = %route.profile.name,
+        provider = route.provider.as_str(),
+        model = s.model.as_deref().unwrap_or("-"),
+        status = ctx.status,
+        input_tokens = s.input_tokens,
+        output_tokens = s.output_tokens,
+        tool_calls = s.tool_calls,
+        refused = ctx.refused,
+        duration_us,
+        error = ctx.error.as_ref().map(|e| e.classify().1).or(e.map(|_| "proxy")).unwrap_or("-"),
+    );
 }

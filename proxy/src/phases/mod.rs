@@ -75,6 +75,18 @@ impl SluiceProxy {
         self
     }
 
+    /// The request's record (once) and its declared tools in the catalogue.
+    fn emit_record(&self, ctx: &mut RequestCtx) {
+        if ctx.access.is_some() {
+            return;
+        }
+        if let Some(route) = ctx.route.as_ref() {
+            self.catalogue
+                .record(&route.profile.name, &ctx.request_facts.tools_declared);
+        }
+        logging::record(ctx, self.sink.as_ref());
+    }
+
     /// Runs every pending result through the quarantine, in order; one outcome per job.
     async fn sanitize_all(
         &self,
@@ -114,6 +126,17 @@ fn raise(ctx: &mut RequestCtx, err: SluiceError) -> Box<Error> {
     let (status, code, _) = err.classify();
     ctx.error = Some(err);
     Error::explain(ErrorType::HTTPStatus(status), code)
+}
+
+/// Keeps what went to the client (a refcount per chunk), up to the inspection cap, for a
+/// profile that captures content.
+fn capture(ctx: &mut RequestCtx, chunk: &Bytes, cap: usize) {
+    if let Some((chunks, len)) = ctx.capture.as_mut()
+        && *len + chunk.len() <= cap
+    {
+        *len += chunk.len();
+        chunks.push(chunk.clone());
+    }
 }
 
 /// One contiguous body; no copy when it arrived in one chunk.
@@ -265,6 +288,15 @@ impl ProxyHttp for SluiceProxy {
             .as_ref()
             .map_or(0, |c| c.limits.max_inspected_response_bytes);
         response::on_chunk(body, end_of_stream, ctx, max_json).map_err(|e| raise(ctx, e))?;
+        if ctx.capture.is_some()
+            && let Some(b) = body.as_ref()
+        {
+            capture(ctx, b, max_json);
+        }
+        if end_of_stream && ctx.error.is_none() {
+            // Before the last bytes go out: a client that got a whole response has a record.
+            self.emit_record(ctx);
+        }
         Ok(None)
     }
 
@@ -313,10 +345,7 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(route) = ctx.route.as_ref() {
-            self.catalogue
-                .record(&route.profile.name, &ctx.request_facts.tools_declared);
-        }
+        self.emit_record(ctx);
         logging::finish(ctx, e, self.sink.as_ref());
     }
 }

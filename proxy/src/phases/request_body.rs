@@ -66,6 +66,14 @@ pub fn on_chunk(
         return Ok(None);
     }
     let whole = super::join_chunks(std::mem::take(&mut ctx.request_chunks), ctx.request_len);
+    if ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| r.profile.capture_content)
+    {
+        ctx.captured_request = Some(whole.clone());
+        ctx.capture = Some((Vec::new(), 0));
+    }
     let inspected = inspect_request(api, &whole)?;
     let url_model = ctx.request_facts.model.take();
     let url_stream = ctx.request_facts.stream;
