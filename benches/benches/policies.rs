@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
         labels: &[],
         trusted: false,
         defaults: None,
+        provenance: None,
     };
     c.bench_function("policy/call_vs_1000_policies", |b| {
         b.iter(|| black_box(policies.evaluate_call(black_box(&tool), black_box(&args), &ctx)))

@@ -123,6 +123,7 @@ pub struct CompiledPolicies {
     pub(crate) invocation_index: ToolIndex,
     pub(crate) result_index: ToolIndex,
     pub(crate) defaults: Defaults,
+    pub(crate) uses_provenance: bool,
 }
 
 fn compile_conditions(
@@ -207,7 +208,12 @@ impl CompiledPolicies {
         }
         let inv_sel: Vec<&ToolSelector> = set.invocation.iter().map(|p| &p.tool).collect();
         let res_sel: Vec<&ToolSelector> = set.result.iter().map(|p| &p.tool).collect();
+        let uses_provenance = invocation
+            .iter()
+            .flat_map(|p| p.conditions.iter())
+            .any(CompiledCondition::is_provenance);
         Ok(Self {
+            uses_provenance,
             version,
             invocation,
             result,
@@ -215,6 +221,12 @@ impl CompiledPolicies {
             result_index: ToolIndex::build(&res_sel),
             defaults: set.defaults,
         })
+    }
+
+    /// True when some invocation policy judges provenance: only then does a request's
+    /// conversation need indexing.
+    pub fn uses_provenance(&self) -> bool {
+        self.uses_provenance
     }
 
     /// The defaults in force.

@@ -29,11 +29,14 @@ enum Operand {
     List(Vec<String>),
     Pattern(Regex),
     Flag(bool),
+    /// Provenance operators take no operand.
+    Provenance,
 }
 
 /// A condition ready to evaluate.
 #[derive(Debug, Clone)]
 pub struct CompiledCondition {
+    path_text: String,
     target: Target,
     op: Operator,
     operand: Operand,
@@ -62,6 +65,10 @@ pub enum ConditionError {
     /// The regex does not compile.
     #[error("invalid regex: {0}")]
     Regex(String),
+}
+
+fn target_is_data(path: &str) -> bool {
+    !path.starts_with("context.")
 }
 
 /// The text a scalar compares as: strings as themselves, numbers and bools as their JSON.
@@ -116,6 +123,15 @@ impl CompiledCondition {
                         .collect::<Result<_, _>>()?,
                 )
             }
+            Operator::FromUser | Operator::NotFromUntrusted | Operator::FromTrusted => {
+                if !matches!(c.value, Value::Null | Value::Bool(true)) {
+                    return Err(needs("no value (it judges where the values came from)"));
+                }
+                if !target_is_data(&c.path) {
+                    return Err(needs("a path into the arguments, not a context key"));
+                }
+                Operand::Provenance
+            }
             Operator::Exists => Operand::Flag(match &c.value {
                 Value::Null => true,
                 Value::Bool(b) => *b,
@@ -128,6 +144,7 @@ impl CompiledCondition {
             ),
         };
         Ok(Self {
+            path_text: c.path.clone(),
             target,
             op: c.op,
             operand,
@@ -169,11 +186,71 @@ impl CompiledCondition {
         if found.is_empty() {
             return false;
         }
+        if let Operand::Provenance = self.operand {
+            return self.provenance_holds(&found, ctx);
+        }
         let test = |v: &&Value| scalar_text(v).is_some_and(|t| self.test(&t));
         match self.quantifier {
             Quantifier::All => found.iter().all(test),
             Quantifier::Any => found.iter().any(test),
         }
+    }
+
+    /// Provenance over every string and number leaf of the matched values. Without an index
+    /// (no conversation to trace) nothing is proven: the condition fails closed.
+    fn provenance_holds(&self, found: &[&Value], ctx: &EvalContext<'_>) -> bool {
+        let Some(index) = ctx.provenance else {
+            return false;
+        };
+        let mut leaves = Vec::new();
+        for v in found {
+            crate::provenance::leaves(v, &mut leaves);
+        }
+        if leaves.is_empty() {
+            return false;
+        }
+        let test = |v: &&Value| {
+            let p = index.of_value(v);
+            match self.op {
+                Operator::FromUser => p.from_user(),
+                Operator::FromTrusted => p.from_trusted(),
+                Operator::NotFromUntrusted => !p.only_untrusted(),
+                _ => false,
+            }
+        };
+        match self.quantifier {
+            Quantifier::All => leaves.iter().all(test),
+            Quantifier::Any => leaves.iter().any(test),
+        }
+    }
+
+    /// True when this condition judges provenance (its failure can be explained).
+    pub fn is_provenance(&self) -> bool {
+        matches!(self.operand, Operand::Provenance)
+    }
+
+    /// For a refusal: the first matched value this provenance condition rejects, with the
+    /// path and where the value came from.
+    pub fn explain_failure(&self, data: &Value, ctx: &EvalContext<'_>) -> Option<String> {
+        let (Target::Data(path), Some(index)) = (&self.target, ctx.provenance) else {
+            return None;
+        };
+        let mut found = Vec::new();
+        path.collect(data, &mut found);
+        let mut leaves = Vec::new();
+        for v in &found {
+            crate::provenance::leaves(v, &mut leaves);
+        }
+        leaves.into_iter().find_map(|v| {
+            let p = index.of_value(v);
+            let ok = match self.op {
+                Operator::FromUser => p.from_user(),
+                Operator::FromTrusted => p.from_trusted(),
+                Operator::NotFromUntrusted => !p.only_untrusted(),
+                _ => true,
+            };
+            (!ok).then(|| format!("`{}` {}", self.path_text, index.explain(p)))
+        })
     }
 
     fn test(&self, s: &str) -> bool {

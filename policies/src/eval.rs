@@ -35,6 +35,9 @@ pub struct EvalContext<'a> {
     pub trusted: bool,
     /// The profile's own defaults, replacing the policy set's where given.
     pub defaults: Option<&'a crate::model::Defaults>,
+    /// Where the conversation's values came from, for the provenance operators; `None`
+    /// makes them fail closed.
+    pub provenance: Option<&'a crate::provenance::ProvenanceIndex>,
 }
 
 /// Which rule decided.
@@ -103,13 +106,32 @@ fn all_hold<A>(p: &Compiled<A>, data: &Value, ctx: &EvalContext<'_>) -> bool {
 }
 
 impl CompiledPolicies {
-    /// Judges one tool call with its parsed arguments.
+    /// Judges one tool call with its parsed arguments. A refusal that a provenance condition
+    /// could have prevented names the argument and where its value came from.
     pub fn evaluate_call(
         &self,
         tool: &ToolId,
         args: &Value,
         ctx: &EvalContext<'_>,
     ) -> CallDecision {
+        let mut d = self.decide_call(tool, args, ctx);
+        if d.verdict == CallVerdict::Block && ctx.provenance.is_some() {
+            let mut idx = Vec::new();
+            self.invocation_index.lookup(tool, &mut idx);
+            let why = idx
+                .iter()
+                .filter_map(|&i| self.invocation.get(i as usize))
+                .flat_map(|p| p.conditions.iter())
+                .filter(|c| c.is_provenance())
+                .find_map(|c| c.explain_failure(args, ctx));
+            if let Some(why) = why {
+                d.reason = format!("{}; {why}", d.reason);
+            }
+        }
+        d
+    }
+
+    fn decide_call(&self, tool: &ToolId, args: &Value, ctx: &EvalContext<'_>) -> CallDecision {
         let mut idx = Vec::new();
         self.invocation_index.lookup(tool, &mut idx);
         let policies = idx.iter().filter_map(|&i| self.invocation.get(i as usize));

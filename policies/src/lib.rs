@@ -16,6 +16,7 @@ pub mod condition;
 pub mod eval;
 pub mod model;
 pub mod path;
+pub mod provenance;
 pub mod taint;
 
 pub use compile::{CompileError, CompiledPolicies, check_defaults};

@@ -145,6 +145,14 @@ pub enum Operator {
     NotIn,
     /// The path exists (`value: true`, the default) or does not (`value: false`).
     Exists,
+    /// Every value (string and number leaves) occurs in the user's messages or the system
+    /// prompt (see docs/policies.md, provenance). Takes no value.
+    FromUser,
+    /// No value occurs only in untrusted tool results. Takes no value.
+    NotFromUntrusted,
+    /// Every value occurs in the user's messages, the system prompt or a trusted result.
+    /// Takes no value.
+    FromTrusted,
 }
 
 /// How values found through a wildcard combine.

@@ -22,6 +22,7 @@ fn ctx(trusted: bool) -> EvalContext<'static> {
         labels: &[("env", "prod")],
         trusted,
         defaults: None,
+        provenance: None,
     }
 }
 

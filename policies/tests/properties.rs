@@ -14,6 +14,7 @@ fn ctx(trusted: bool) -> EvalContext<'static> {
         labels: &[],
         trusted,
         defaults: None,
+        provenance: None,
     }
 }
 

@@ -109,6 +109,18 @@ pub struct RequestFacts {
     /// Where the latest user message's content lies in the body (for the quarantine).
     #[serde(skip)]
     pub last_user: Option<(usize, usize)>,
+    /// Where the user's and the system's texts lie in the body (for provenance).
+    #[serde(skip)]
+    pub texts: Vec<(Speaker, (usize, usize))>,
+}
+
+/// Who wrote a text of the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    /// The user.
+    User,
+    /// The system prompt or developer instructions.
+    System,
 }
 
 /// What the response inspector read.

@@ -53,6 +53,66 @@ pub struct RequestJudgement {
     pub replacements: Vec<((usize, usize), String)>,
     /// Results waiting for the quarantine.
     pub sanitize: Vec<SanitizeJob>,
+    /// Where the conversation's values came from, when a policy asks.
+    pub provenance: Option<std::sync::Arc<sluice_policies::provenance::ProvenanceIndex>>,
+}
+
+/// The text of a JSON content value (strings and numbers, in order), for provenance.
+fn text_of(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push('\n');
+        }
+        Value::Array(items) => items.iter().for_each(|i| text_of(i, out)),
+        Value::Object(map) => map.values().for_each(|i| text_of(i, out)),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// Indexes the user's and the system's texts and every tool result with its verdict.
+fn index_provenance(
+    body: &Bytes,
+    facts: &RequestFacts,
+    contents: &[Value],
+    verdicts: &[&'static str],
+) -> sluice_policies::provenance::ProvenanceIndex {
+    use sluice_policies::provenance::{Origin, ProvenanceIndex, Source};
+    let mut texts: Vec<(Origin, String, &str)> = Vec::new();
+    for (speaker, (s, e)) in &facts.texts {
+        let mut t = String::new();
+        text_of(&normalise_content(&body[*s..*e]), &mut t);
+        let origin = match speaker {
+            crate::events::Speaker::User => Origin::User,
+            crate::events::Speaker::System => Origin::System,
+        };
+        texts.push((origin, t, ""));
+    }
+    for (i, r) in facts.tool_results.iter().enumerate() {
+        let mut t = String::new();
+        if let Some(c) = contents.get(i) {
+            text_of(c, &mut t);
+        }
+        let origin = if verdicts.get(i) == Some(&"trusted") {
+            Origin::TrustedResult
+        } else {
+            Origin::UntrustedResult
+        };
+        texts.push((origin, t, r.name.as_deref().unwrap_or("")));
+    }
+    let sources: Vec<Source<'_>> = texts
+        .iter()
+        .map(|(origin, text, tool)| Source {
+            origin: *origin,
+            text,
+            tool,
+        })
+        .collect();
+    ProvenanceIndex::build(&sources)
 }
 
 impl RequestJudgement {
@@ -191,6 +251,7 @@ pub fn judge_request(
         labels: &labels,
         trusted: true,
         defaults: profile.policy_defaults.as_ref(),
+        provenance: None,
     };
     let trust = policies.evaluate_conversation(&inputs, &base, started_untrusted, cache);
     let mut replacements: Vec<((usize, usize), String)> = Vec::new();
@@ -263,7 +324,12 @@ pub fn judge_request(
             }
         ),
     });
+    let provenance = policies.uses_provenance().then(|| {
+        let verdicts: Vec<&'static str> = decisions.iter().map(|d| d.verdict).collect();
+        std::sync::Arc::new(index_provenance(body, facts, &contents, &verdicts))
+    });
     RequestJudgement {
+        provenance,
         trusted: trust.trusted && !sanitized_taint,
         boundary: boundary.or_else(|| {
             sanitized_taint.then(|| "a result needing the quarantine was blocked".into())
@@ -309,6 +375,7 @@ pub fn judge_calls(
     profile: &Profile,
     agent: Option<&str>,
     trusted: bool,
+    provenance: Option<&sluice_policies::provenance::ProvenanceIndex>,
     calls: &[ToolCall],
 ) -> (Vec<Decision>, Option<Refusal>) {
     let labels = labels_of(profile);
@@ -319,6 +386,7 @@ pub fn judge_calls(
         labels: &labels,
         trusted,
         defaults: profile.policy_defaults.as_ref(),
+        provenance,
     };
     let mut decisions = Vec::with_capacity(calls.len());
     let mut refused: Vec<String> = Vec::new();

@@ -9,7 +9,7 @@ use super::{
     malformed, names, owned,
 };
 use crate::error::{ErrorKind, SluiceError};
-use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
+use crate::events::{RequestFacts, ResponseFacts, Speaker, ToolCall, ToolResult, Usage};
 use crate::sse::EventFields;
 
 #[derive(Deserialize)]
@@ -20,6 +20,8 @@ struct MessagesRequest<'a> {
     stream: bool,
     #[serde(borrow, default)]
     messages: Vec<Message<'a>>,
+    #[serde(borrow, default)]
+    system: Option<RawContent<'a>>,
     #[serde(borrow, default)]
     tools: Vec<Named<'a>>,
 }
@@ -48,6 +50,8 @@ struct Block<'a> {
     tool_use_id: Option<JStr<'a>>,
     #[serde(borrow, default)]
     content: Option<RawContent<'a>>,
+    #[serde(borrow, default)]
+    text: Option<RawContent<'a>>,
 }
 
 /// Reads a Messages request.
@@ -59,13 +63,24 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
         tools_declared: names(req.tools),
         ..RequestFacts::default()
     };
+    if let Some(span) = req.system.as_ref().and_then(|c| c.span(body)) {
+        facts.texts.push((Speaker::System, span));
+    }
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for msg in req.messages {
-        if msg.role.as_deref() == Some("user")
+        let from_user = msg.role.as_deref() == Some("user");
+        if from_user
             && let Some(raw) = msg.content
             && !raw.get().contains("\"tool_result\"")
         {
             facts.last_user = RawContent(raw).span(body);
+        }
+        if from_user
+            && let Some(raw) = msg.content
+            && !raw.get().trim_start().starts_with('[')
+            && let Some(span) = RawContent(raw).span(body)
+        {
+            facts.texts.push((Speaker::User, span));
         }
         let Some(raw) = msg
             .content
@@ -87,6 +102,12 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
                         index: u32::try_from(i).unwrap_or(u32::MAX),
                         malformed: None,
                     });
+                }
+                // A user turn's own text blocks (its tool_result blocks are results).
+                Some("text") if from_user => {
+                    if let Some(span) = b.text.as_ref().and_then(|c| c.span(body)) {
+                        facts.texts.push((Speaker::User, span));
+                    }
                 }
                 Some("tool_result") => {
                     let call_id = owned(b.tool_use_id);

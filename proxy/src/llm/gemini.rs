@@ -10,13 +10,16 @@ use super::{
     owned,
 };
 use crate::error::{ErrorKind, SluiceError};
-use crate::events::{RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage};
+use crate::events::{RequestFacts, ResponseFacts, Speaker, ToolCall, ToolResult, Usage};
 use crate::sse::EventFields;
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct GenerateRequest<'a> {
     #[serde(borrow, default)]
     contents: Vec<Content<'a>>,
+    #[serde(borrow, default)]
+    system_instruction: Option<RawContent<'a>>,
     #[serde(borrow, default)]
     tools: Vec<Tool<'a>>,
 }
@@ -25,6 +28,8 @@ struct GenerateRequest<'a> {
 struct Content<'a> {
     #[serde(borrow, default)]
     parts: Vec<Part<'a>>,
+    #[serde(borrow, default)]
+    role: Option<JStr<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +39,8 @@ struct Part<'a> {
     function_call: Option<FunctionCall<'a>>,
     #[serde(borrow, default)]
     function_response: Option<FunctionResponse<'a>>,
+    #[serde(borrow, default)]
+    text: Option<RawContent<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -90,11 +97,30 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
         ),
         ..RequestFacts::default()
     };
+    if let Some(span) = req.system_instruction.as_ref().and_then(|c| c.span(body)) {
+        facts.texts.push((Speaker::System, span));
+    }
     let mut index = 0u32;
-    for part in req.contents.into_iter().flat_map(|c| c.parts) {
+    for content in req.contents {
+        let from_user = content.role.as_deref().is_none_or(|r| r == "user");
+        for part in content.parts {
+            if from_user && let Some(span) = part.text.as_ref().and_then(|c| c.span(body)) {
+                facts.texts.push((Speaker::User, span));
+            }
+            read_part(part, &mut facts, &mut index, body);
+        }
+    }
+    Ok(InspectedRequest {
+        facts,
+        rewritten: None,
+    })
+}
+
+fn read_part(part: Part<'_>, facts: &mut RequestFacts, index: &mut u32, body: &[u8]) {
+    {
         if let Some(call) = part.function_call {
-            facts.prior_tool_calls.push(call.into_call(index));
-            index = index.saturating_add(1);
+            facts.prior_tool_calls.push(call.into_call(*index));
+            *index = index.saturating_add(1);
         }
         if let Some(r) = part.function_response {
             facts.tool_results.push(ToolResult {
@@ -105,10 +131,6 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
             });
         }
     }
-    Ok(InspectedRequest {
-        facts,
-        rewritten: None,
-    })
 }
 
 #[derive(Deserialize)]

@@ -94,6 +94,8 @@ pub struct RequestCtx {
     /// The response as sent to the client, while the profile captures content: chunks and
     /// their total length.
     pub capture: Option<(Vec<Bytes>, usize)>,
+    /// Where the conversation's values came from (only when a policy judges provenance).
+    pub provenance: Option<Arc<sluice_policies::provenance::ProvenanceIndex>>,
     /// Set once the record went to the sink: what the access line prints.
     pub access: Option<super::logging::AccessSummary>,
 }
@@ -132,6 +134,7 @@ impl RequestCtx {
             captured_request: None,
             capture: None,
             access: None,
+            provenance: None,
         }
     }
 

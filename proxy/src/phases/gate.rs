@@ -64,6 +64,7 @@ fn unconditional_allow(ctx: &RequestCtx, name: &str) -> bool {
             &route.profile,
             ctx.agent.as_deref(),
             ctx.trusted,
+            ctx.provenance.as_deref(),
             &[crate::events::ToolCall {
                 id: String::new(),
                 name: name.to_owned(),
@@ -93,6 +94,7 @@ fn judge_new_calls(ctx: &mut RequestCtx) -> Option<String> {
         &route.profile,
         ctx.agent.as_deref(),
         ctx.trusted,
+        ctx.provenance.as_deref(),
         calls,
     );
     ctx.gate.judged = ctx.response_facts.tool_calls.len();

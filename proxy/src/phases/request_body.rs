@@ -130,6 +130,7 @@ pub fn finish(
     }
     ctx.trusted = judged.trusted;
     ctx.taint_boundary = judged.boundary.take();
+    ctx.provenance = judged.provenance.take();
     let spliced = judged.rewrite(&whole);
     ctx.decisions.extend(judged.decisions);
     let out = match (spliced, ctx.api()) {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::FullToolCall;
 use crate::error::SluiceError;
-use crate::events::{RequestFacts, ToolCall, ToolResult};
+use crate::events::{RequestFacts, Speaker, ToolCall, ToolResult};
 use crate::llm::{InspectedRequest, JStr, Named, Raw, RawContent, malformed, names, owned};
 
 #[derive(Deserialize)]
@@ -84,6 +84,14 @@ pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError
         }
         if msg.role == "user" {
             facts.last_user = msg.content.as_ref().and_then(|c| c.span(body));
+            if let Some(span) = facts.last_user {
+                facts.texts.push((Speaker::User, span));
+            }
+        }
+        if (msg.role == "system" || msg.role == "developer")
+            && let Some(span) = msg.content.as_ref().and_then(|c| c.span(body))
+        {
+            facts.texts.push((Speaker::System, span));
         }
         if msg.role == "tool" {
             let call_id = owned(msg.tool_call_id);
@@ -147,6 +155,8 @@ struct ResponsesRequest<'a> {
     #[serde(borrow, default)]
     input: Option<Raw<'a>>,
     #[serde(borrow, default)]
+    instructions: Option<RawContent<'a>>,
+    #[serde(borrow, default)]
     tools: Vec<Named<'a>>,
 }
 
@@ -177,12 +187,18 @@ pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, Sluice
         tools_declared: names(req.tools),
         ..RequestFacts::default()
     };
+    if let Some(span) = req.instructions.as_ref().and_then(|c| c.span(body)) {
+        facts.texts.push((Speaker::System, span));
+    }
     let items: Option<Vec<ResponsesItem<'_>>> = match req.input {
         Some(raw) if raw.get().trim_start().starts_with('[') => {
             Some(serde_json::from_str(raw.get()).map_err(|e| malformed(&e))?)
         }
         Some(raw) => {
             facts.last_user = RawContent(raw).span(body);
+            if let Some(span) = facts.last_user {
+                facts.texts.push((Speaker::User, span));
+            }
             None
         }
         None => None,
@@ -192,6 +208,14 @@ pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, Sluice
         for (i, item) in items.into_iter().enumerate() {
             if item.role.as_deref() == Some("user") {
                 facts.last_user = item.content.as_ref().and_then(|c| c.span(body));
+                if let Some(span) = facts.last_user {
+                    facts.texts.push((Speaker::User, span));
+                }
+            }
+            if matches!(item.role.as_deref(), Some("system" | "developer"))
+                && let Some(span) = item.content.as_ref().and_then(|c| c.span(body))
+            {
+                facts.texts.push((Speaker::System, span));
             }
             let call_id = owned(item.call_id);
             match item.kind.as_deref() {
