@@ -65,6 +65,21 @@ impl SnapshotHub {
     /// Compiles the database; stores and announces a new version when the content changed.
     pub async fn publish(&self, db: &Db) -> Result<(), ApiError> {
         let _guard = self.compile.lock().await;
+        // Another control-plane replica may take the next version between our read and our
+        // insert; then the database holds both writes, so compile again and retry.
+        for _ in 0..5 {
+            match self.try_publish(db).await {
+                Err(ApiError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {}
+                Err(ApiError::Conflict(_)) => {}
+                other => return other,
+            }
+        }
+        Err(ApiError::Internal(
+            "could not publish a snapshot: other replicas kept taking the next version".into(),
+        ))
+    }
+
+    async fn try_publish(&self, db: &Db) -> Result<(), ApiError> {
         let config = compile(db).await?;
         let hash = content_hash(&config);
         let newest =
