@@ -1,11 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-//! Provenance: indexing a 200-message, 1 MiB conversation (once per conversation), then
-//! tracing a tool call's 10 string arguments against it (the per-call cost; goal ≤ 50 µs).
+//! Provenance: indexing a 200-message, 1 MiB conversation the first time, again at a later
+//! turn (every text cached), and tracing a tool call's 10 string arguments against it (the
+//! per-call cost; goal ≤ 50 µs).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use sluice_policies::provenance::{Origin, ProvenanceIndex, Source};
+use sluice_policies::provenance::{Origin, ProvenanceIndex, Source, SourceCache};
 use std::hint::black_box;
 
 /// 200 messages of about 5 KiB each: user turns, trusted and untrusted tool results.
@@ -46,6 +47,12 @@ fn bench(c: &mut Criterion) {
     c.bench_function("provenance/index 200 messages, 1 MiB", |b| {
         b.iter(|| black_box(ProvenanceIndex::build(black_box(&sources))))
     });
+    let cache = SourceCache::new(10_000);
+    let _ = ProvenanceIndex::build_cached(&sources, &cache);
+    c.bench_function(
+        "provenance/index 1 MiB again, a later turn (texts cached)",
+        |b| b.iter(|| black_box(ProvenanceIndex::build_cached(black_box(&sources), &cache))),
+    );
     let idx = ProvenanceIndex::build(&sources);
     let args: Vec<Value> = vec![
         json!("contact0-3@corp.example"),

@@ -19,10 +19,17 @@ async fn racing_replicas_lose_no_write() {
         );
         let mut writes = Vec::new();
         for i in 0..8 {
-            let api = if i % 2 == 0 { api_a.clone() } else { api_b.clone() };
+            let api = if i % 2 == 0 {
+                api_a.clone()
+            } else {
+                api_b.clone()
+            };
             writes.push(tokio::spawn(async move {
-                api.post("/profiles", json!({"name": format!("p{i}"), "require_virtual_key": false}))
-                    .await
+                api.post(
+                    "/profiles",
+                    json!({"name": format!("p{i}"), "require_virtual_key": false}),
+                )
+                .await
             }));
         }
         for w in writes {
@@ -31,15 +38,45 @@ async fn racing_replicas_lose_no_write() {
         }
         // The newest version, whichever replica wrote it, holds all eight profiles.
         let roles = api_a.get("/roles").await.1;
-        let proxy_role = roles["items"].as_array().unwrap().iter().find(|r| r["name"] == "proxy").unwrap()["id"].clone();
-        let m = api_a.create("/members", json!({"name": "px", "email": "px@example.com", "role_id": proxy_role})).await;
-        let key = api_a.create("/admin-keys", json!({"member_id": m["id"], "name": "px"})).await["key"].as_str().unwrap().to_owned();
+        let proxy_role = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "proxy")
+            .unwrap()["id"]
+            .clone();
+        let m = api_a
+            .create(
+                "/members",
+                json!({"name": "px", "email": "px@example.com", "role_id": proxy_role}),
+            )
+            .await;
+        let key = api_a
+            .create("/admin-keys", json!({"member_id": m["id"], "name": "px"}))
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let (_, snap) = api_b.with_key(&key).get("/snapshots/watch?after=0").await;
         let v = snap["version"].as_u64().unwrap();
-        let (_, latest_a) = api_a.with_key(&key).get(&format!("/snapshots/watch?after={}&timeout_ms=3000", v.saturating_sub(1))).await;
-        let newest = if latest_a["version"].as_u64() > Some(v) { latest_a } else { snap };
+        let (_, latest_a) = api_a
+            .with_key(&key)
+            .get(&format!(
+                "/snapshots/watch?after={}&timeout_ms=3000",
+                v.saturating_sub(1)
+            ))
+            .await;
+        let newest = if latest_a["version"].as_u64() > Some(v) {
+            latest_a
+        } else {
+            snap
+        };
         for i in 0..8 {
-            assert!(newest["config"]["profiles"][format!("p{i}")].is_object(), "{engine}: p{i} missing from {}", newest["version"]);
+            assert!(
+                newest["config"]["profiles"][format!("p{i}")].is_object(),
+                "{engine}: p{i} missing from {}",
+                newest["version"]
+            );
         }
         a.task.abort();
         b.task.abort();

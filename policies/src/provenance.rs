@@ -3,10 +3,11 @@
 //! user's own request; so a policy may allow a side effect in an untrusted context when its
 //! arguments come from the user (CaMeL, "Defeating Prompt Injections by Design", 2025).
 //!
-//! The conversation's texts (user messages, the system prompt, trusted and untrusted tool
-//! results) are indexed once: every token, after normalisation, maps to the set of origins
-//! it occurs in. A value is looked up as a whole token (hash lookups, no scan of the
-//! history); a value of several words is checked against the normalised texts that contain
+//! Each text of the conversation (user messages, the system prompt, trusted and untrusted
+//! tool results) is indexed once, by content, into its set of normalised tokens
+//! ([`SourceIndex`], shared through [`SourceCache`]): a long conversation's history is not
+//! indexed again at every turn. A value is then looked up as a whole token in each text's
+//! set (hash probes, no scan); a value of several words is checked in the texts that hold
 //! its first word.
 //!
 //! Normalisation, applied to texts and values alike:
@@ -21,7 +22,9 @@
 //!
 //! Matching is exact on whole tokens: `bob` does not occur in `bobby@example.com`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -94,21 +97,6 @@ impl Provenance {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    mask: u8,
-    untrusted_source: Option<u32>,
-}
-
-/// The conversation's texts, indexed.
-#[derive(Debug, Default, Clone)]
-pub struct ProvenanceIndex {
-    tokens: HashMap<Box<str>, Entry>,
-    /// Normalised texts and their origin bit, for values of several words.
-    texts: Vec<(u8, String)>,
-    tools: Vec<String>,
-}
-
 fn is_separator(c: char) -> bool {
     c.is_whitespace()
         || matches!(
@@ -152,60 +140,207 @@ fn collapse_whitespace(s: &str) -> String {
     out
 }
 
-impl ProvenanceIndex {
-    /// Indexes the conversation's texts.
-    pub fn build(sources: &[Source<'_>]) -> Self {
-        let mut idx = ProvenanceIndex::default();
-        for (i, s) in sources.iter().enumerate() {
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
-            let bit = s.origin.bit();
-            let lower = s.text.to_lowercase();
-            let tokens: Vec<&str> = lower
-                .split(is_separator)
-                .map(trim_token)
-                .filter(|t| !t.is_empty())
-                .collect();
-            for (k, t) in tokens.iter().enumerate() {
-                idx.add(t, bit, i);
-                // An IBAN in groups: also its compact forms (every length an IBAN can have,
-                // since where it ends is not marked).
-                if iban_head(t) && t.len() < 15 {
-                    let mut compact = (*t).to_owned();
-                    for g in &tokens[k + 1..] {
-                        if !iban_group(g) || compact.len() + g.len() > 34 {
-                            break;
-                        }
-                        compact.push_str(g);
-                        if compact.len() >= 15 {
-                            idx.add(&compact, bit, i);
-                        }
+/// One text, indexed: its normalised tokens and its normalised text (for values of several
+/// words). Built once per distinct text and shared through [`SourceCache`].
+#[derive(Debug, Default)]
+pub struct SourceIndex {
+    /// Hashes of the tokens, for a negative answer without hashing the value again per text.
+    hashes: HashSet<u64, BuildHasherDefault<Prehashed>>,
+    tokens: HashSet<Box<str>>,
+    text: String,
+}
+
+/// The tokens' hash: keyed once per process, so values cannot be crafted to collide.
+fn token_hash(t: &str) -> u64 {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new).hash_one(t)
+}
+
+/// A hasher for keys that are already hashes.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+impl SourceIndex {
+    /// Indexes one text.
+    pub fn build(text: &str) -> Self {
+        let lower = text.to_lowercase();
+        let mut tokens: HashSet<Box<str>> = HashSet::new();
+        let words: Vec<&str> = lower
+            .split(is_separator)
+            .map(trim_token)
+            .filter(|t| !t.is_empty())
+            .collect();
+        for (k, t) in words.iter().enumerate() {
+            tokens.insert(Box::<str>::from(*t));
+            // An IBAN in groups: also its compact forms (every length an IBAN can have,
+            // since where it ends is not marked).
+            if iban_head(t) && t.len() < 15 {
+                let mut compact = (*t).to_owned();
+                for g in &words[k + 1..] {
+                    if !iban_group(g) || compact.len() + g.len() > 34 {
+                        break;
+                    }
+                    compact.push_str(g);
+                    if compact.len() >= 15 {
+                        tokens.insert(compact.as_str().into());
                     }
                 }
             }
-            idx.texts.push((bit, collapse_whitespace(&lower)));
-            idx.tools.push(s.tool.to_owned());
         }
-        idx
+        Self {
+            hashes: tokens.iter().map(|t| token_hash(t)).collect(),
+            tokens,
+            text: collapse_whitespace(&lower),
+        }
     }
 
-    fn add(&mut self, token: &str, bit: u8, source: u32) {
-        let untrusted = (bit == UNTRUSTED).then_some(source);
-        match self.tokens.get_mut(token) {
-            Some(e) => {
-                e.mask |= bit;
-                if e.untrusted_source.is_none() {
-                    e.untrusted_source = untrusted;
-                }
+    fn contains(&self, key: &Key) -> bool {
+        match key {
+            Key::Token(t, h) => self.hashes.contains(h) && self.tokens.contains(t.as_str()),
+            Key::Words { first, hash, all } => {
+                self.hashes.contains(hash)
+                    && self.tokens.contains(first.as_str())
+                    && contains_words(&self.text, all)
             }
-            None => {
-                self.tokens.insert(
-                    token.into(),
-                    Entry {
-                        mask: bit,
-                        untrusted_source: untrusted,
-                    },
-                );
+        }
+    }
+}
+
+/// Indexes of texts already seen, by content: a conversation's history is indexed once,
+/// not at every turn. Bounded: past `capacity` entries it starts over.
+#[derive(Debug)]
+pub struct SourceCache {
+    hashers: (RandomState, RandomState),
+    capacity: usize,
+    map: Mutex<HashMap<(u64, u64), Arc<SourceIndex>>>,
+}
+
+impl SourceCache {
+    /// A cache of at most `capacity` texts.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            hashers: (RandomState::new(), RandomState::new()),
+            capacity,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The index of `text`, built now if this text was not seen before.
+    pub fn get(&self, text: &str) -> Arc<SourceIndex> {
+        // 128 bits from two independently keyed hashers: a collision would need both.
+        let key = (self.hashers.0.hash_one(text), self.hashers.1.hash_one(text));
+        let hit = match self.map.lock() {
+            Ok(g) => g.get(&key).cloned(),
+            Err(p) => p.into_inner().get(&key).cloned(),
+        };
+        if let Some(hit) = hit {
+            return hit;
+        }
+        let built = Arc::new(SourceIndex::build(text));
+        let mut g = match self.map.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if g.len() >= self.capacity {
+            g.clear();
+        }
+        g.insert(key, built.clone());
+        built
+    }
+
+    /// Texts held.
+    pub fn len(&self) -> usize {
+        match self.map.lock() {
+            Ok(g) => g.len(),
+            Err(p) => p.into_inner().len(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A normalised value, ready to look up.
+enum Key {
+    Token(String, u64),
+    Words {
+        first: String,
+        hash: u64,
+        all: String,
+    },
+}
+
+fn key_of(value: &str) -> Option<Key> {
+    let lower = collapse_whitespace(&value.to_lowercase());
+    let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
+    let key = if iban_head(&compact) && compact.len() >= 15 {
+        compact
+    } else {
+        lower
+    };
+    let key = trim_token(&key);
+    if key.is_empty() {
+        return None;
+    }
+    Some(match key.split_once(' ') {
+        None => Key::Token(key.to_owned(), token_hash(key)),
+        Some((first, _)) => {
+            let first = trim_token(first);
+            Key::Words {
+                hash: token_hash(first),
+                first: first.to_owned(),
+                all: key.to_owned(),
             }
+        }
+    })
+}
+
+/// The conversation's texts, indexed, with their origins.
+#[derive(Debug, Default, Clone)]
+pub struct ProvenanceIndex {
+    sources: Vec<(u8, Arc<SourceIndex>, Box<str>)>,
+}
+
+impl ProvenanceIndex {
+    /// Indexes the conversation's texts (no cache).
+    pub fn build(sources: &[Source<'_>]) -> Self {
+        Self {
+            sources: sources
+                .iter()
+                .map(|s| {
+                    (
+                        s.origin.bit(),
+                        Arc::new(SourceIndex::build(s.text)),
+                        s.tool.into(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Indexes the conversation's texts, reusing the index of every text seen before.
+    pub fn build_cached(sources: &[Source<'_>], cache: &SourceCache) -> Self {
+        Self {
+            sources: sources
+                .iter()
+                .map(|s| (s.origin.bit(), cache.get(s.text), s.tool.into()))
+                .collect(),
         }
     }
 
@@ -220,40 +355,23 @@ impl ProvenanceIndex {
 
     /// Where a text value occurs, after normalisation.
     pub fn of_text(&self, value: &str) -> Provenance {
-        let lower = collapse_whitespace(&value.to_lowercase());
-        let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
-        let key = if iban_head(&compact) && compact.len() >= 15 {
-            compact
-        } else {
-            lower
-        };
-        let key = trim_token(&key);
-        if key.is_empty() {
-            return Provenance::default();
-        }
-        if !key.contains(' ') {
-            return match self.tokens.get(key) {
-                Some(e) => Provenance {
-                    mask: e.mask,
-                    untrusted_source: e.untrusted_source,
-                },
-                None => Provenance::default(),
-            };
-        }
-        // Several words: they must occur together, on word boundaries, in one text.
-        let first = key.split(' ').next().map(trim_token).unwrap_or_default();
-        let Some(e) = self.tokens.get(first) else {
+        let Some(key) = key_of(value) else {
             return Provenance::default();
         };
         let mut p = Provenance::default();
-        for (i, (bit, text)) in self.texts.iter().enumerate() {
-            if e.mask & bit == 0 || p.mask & bit != 0 {
+        for (i, (bit, source, _)) in self.sources.iter().enumerate() {
+            // An origin already found needs no second look, except to name the first
+            // untrusted source.
+            if p.mask & bit != 0 {
                 continue;
             }
-            if contains_words(text, key) {
+            if source.contains(&key) {
                 p.mask |= bit;
-                if *bit == UNTRUSTED && p.untrusted_source.is_none() {
+                if *bit == UNTRUSTED {
                     p.untrusted_source = u32::try_from(i).ok();
+                }
+                if p.mask & TRUSTED == TRUSTED {
+                    break;
                 }
             }
         }
@@ -271,7 +389,8 @@ impl ProvenanceIndex {
         } else if p.mask == UNTRUSTED {
             let tool = p
                 .untrusted_source
-                .and_then(|i| self.tools.get(i as usize))
+                .and_then(|i| self.sources.get(i as usize))
+                .map(|s| &*s.2)
                 .filter(|t| !t.is_empty());
             match tool {
                 Some(t) => format!("appears only in the result of `{t}`, which is untrusted"),
@@ -397,6 +516,31 @@ mod tests {
         assert!(idx.of_text("electricity bill to").from_user());
         assert!(idx.of_text("tricity bill").nowhere(), "words match whole");
         assert!(idx.of_text("").nowhere());
+    }
+
+    #[test]
+    fn a_later_turn_reuses_every_text_it_has_seen() {
+        let cache = SourceCache::new(100);
+        let turn1 = [Source {
+            origin: Origin::User,
+            text: "pay DE89 3704 0044 0532 0130 00",
+            tool: "",
+        }];
+        let a = ProvenanceIndex::build_cached(&turn1, &cache);
+        assert_eq!(cache.len(), 1);
+        let turn2 = [
+            turn1[0],
+            Source {
+                origin: Origin::UntrustedResult,
+                text: "pay GB33BUKB20201555555555",
+                tool: "inbox",
+            },
+        ];
+        let b = ProvenanceIndex::build_cached(&turn2, &cache);
+        assert_eq!(cache.len(), 2, "only the new text was indexed");
+        assert!(a.of_text("DE89370400440532013000").from_user());
+        assert!(b.of_text("DE89370400440532013000").from_user());
+        assert!(b.of_text("GB33BUKB20201555555555").only_untrusted());
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub struct VerdictCache {
     hasher: RandomState,
     capacity: usize,
     map: Mutex<HashMap<u64, ResultDecision>>,
+    sources: crate::provenance::SourceCache,
 }
 
 impl VerdictCache {
@@ -77,7 +78,13 @@ impl VerdictCache {
             hasher: RandomState::new(),
             capacity,
             map: Mutex::new(HashMap::new()),
+            sources: crate::provenance::SourceCache::new(capacity),
         }
+    }
+
+    /// The provenance indexes of texts already seen, kept beside the verdicts.
+    pub fn sources(&self) -> &crate::provenance::SourceCache {
+        &self.sources
     }
 
     /// Entries held.

@@ -80,6 +80,7 @@ fn index_provenance(
     facts: &RequestFacts,
     contents: &[Value],
     verdicts: &[&'static str],
+    cache: &VerdictCache,
 ) -> sluice_policies::provenance::ProvenanceIndex {
     use sluice_policies::provenance::{Origin, ProvenanceIndex, Source};
     let mut texts: Vec<(Origin, String, &str)> = Vec::new();
@@ -112,7 +113,8 @@ fn index_provenance(
             tool,
         })
         .collect();
-    ProvenanceIndex::build(&sources)
+    // Each text is indexed once across the conversation's turns.
+    ProvenanceIndex::build_cached(&sources, cache.sources())
 }
 
 impl RequestJudgement {
@@ -326,7 +328,7 @@ pub fn judge_request(
     });
     let provenance = policies.uses_provenance().then(|| {
         let verdicts: Vec<&'static str> = decisions.iter().map(|d| d.verdict).collect();
-        std::sync::Arc::new(index_provenance(body, facts, &contents, &verdicts))
+        std::sync::Arc::new(index_provenance(body, facts, &contents, &verdicts, cache))
     });
     RequestJudgement {
         provenance,
