@@ -229,6 +229,8 @@ pub async fn subscribe(
 /// Ships the journal until `shutdown`, oldest first, trimming after each acknowledgement.
 pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
+    // Where the last acknowledged batch ended: each byte of the journal is read once.
+    let mut cursor = crate::journal::Cursor::default();
     loop {
         if *shutdown.borrow() {
             return;
@@ -240,14 +242,16 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
                 0
             }
         };
-        let batch = match journal.read_after(acked, 1000, 4 << 20) {
+        let (batch, next) = match journal.read_from(cursor, acked, 1000, 4 << 20) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "usage journal");
-                Vec::new()
+                (Vec::new(), cursor)
             }
         };
         if batch.is_empty() {
+            // Whatever the read passed over was acknowledged already.
+            cursor = next;
             tokio::select! {
                 _ = journal.appended() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -288,6 +292,7 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
                 {
                     Some(seq) => match journal.ack(seq) {
                         Ok(()) => {
+                            cursor = next;
                             backoff = Duration::from_millis(100);
                             continue;
                         }

@@ -193,9 +193,28 @@ struct SeqOnly {
     seq: u64,
 }
 
-/// The sequence of one journal line, if it is a whole record.
+/// The sequence of one journal line, if it is a whole record. Records are written with
+/// `seq` first, so it is read from the prefix; the whole line must still end the object.
 fn line_seq(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"seq\":")
+        && line.last() == Some(&b'}')
+    {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest.get(digits) == Some(&b',') {
+            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+        }
+    }
     serde_json::from_slice::<SeqOnly>(line).ok().map(|s| s.seq)
+}
+
+/// One journal record: its sequence and its JSON line.
+pub type Line = (u64, Vec<u8>);
+
+/// Where a reader stopped: a segment (its first sequence) and a byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    segment: u64,
+    offset: u64,
 }
 
 impl Journal {
@@ -321,17 +340,42 @@ impl Journal {
         read_acked(&self.dir)
     }
 
-    /// Reads whole records after `after`, up to `max_records` / about `max_bytes`.
+    /// Reads whole records after `after`, up to `max_records` / about `max_bytes`, from the
+    /// start of the journal.
     pub fn read_after(
         &self,
         after: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+    ) -> Result<Vec<Line>, JournalError> {
+        Ok(self
+            .read_from(Cursor::default(), after, max_records, max_bytes)?
+            .0)
+    }
+
+    /// Reads whole records after `after` starting at `cursor` (where the previous read
+    /// stopped), so a shipper reads each byte once; returns where this read stopped.
+    pub fn read_from(
+        &self,
+        cursor: Cursor,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Line>, Cursor), JournalError> {
         let segs = segments(&self.dir)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let mut at = cursor;
         for (i, first) in segs.iter().enumerate() {
+            if *first < at.segment {
+                continue;
+            }
+            if *first > at.segment {
+                at = Cursor {
+                    segment: *first,
+                    offset: 0,
+                };
+            }
             if let Some(next) = segs.get(i + 1)
                 && *next <= after + 1
             {
@@ -339,25 +383,26 @@ impl Journal {
             }
             let path = self.dir.join(segment_name(*first));
             let mut f = File::open(&path).map_err(io(&path))?;
-            f.seek(SeekFrom::Start(0)).map_err(io(&path))?;
+            f.seek(SeekFrom::Start(at.offset)).map_err(io(&path))?;
             let mut text = Vec::new();
             f.read_to_end(&mut text).map_err(io(&path))?;
             let mut start = 0usize;
             while let Some(nl) = memchr::memchr(b'\n', &text[start..]) {
                 let line = &text[start..start + nl];
-                start += nl + 1;
                 let Some(seq) = line_seq(line) else { break };
+                start += nl + 1;
+                at.offset += (nl + 1) as u64;
                 if seq <= after {
                     continue;
                 }
                 bytes += line.len();
                 out.push((seq, line.to_vec()));
                 if out.len() >= max_records || bytes >= max_bytes {
-                    return Ok(out);
+                    return Ok((out, at));
                 }
             }
         }
-        Ok(out)
+        Ok((out, at))
     }
 
     /// Records `seq` as acknowledged and removes segments wholly at or below it.
@@ -480,6 +525,18 @@ mod tests {
             .expect("read");
         assert_eq!(rest.first().map(|r| r.0), Some(6));
         assert_eq!(rest.len(), 15);
+        // A cursor continues where the previous read stopped, across segments.
+        let (a, c) = j.read_from(Cursor::default(), 5, 4, 1 << 20).expect("read");
+        let (b, c2) = j.read_from(c, 9, 100, 1 << 20).expect("read");
+        assert_eq!(a.iter().map(|r| r.0).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        assert_eq!(b.first().map(|r| r.0), Some(10));
+        assert_eq!(b.last().map(|r| r.0), Some(20));
+        assert!(
+            j.read_from(c2, 20, 100, 1 << 20)
+                .expect("read")
+                .0
+                .is_empty()
+        );
         j.ack(20).expect("ack");
         assert_eq!(segments(dir.path()).expect("segs").len(), 1);
         drop(j);
