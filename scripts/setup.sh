@@ -23,6 +23,18 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   fi
 fi
 
+# promtool (Debian's prometheus package) checks the /metrics output in the tests. Only the
+# binary is taken from the package: installing it would start a Prometheus server.
+bin_dir="${SLUICE_TOOLS:-$HOME/.cache/sluice/bin}"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$bin_dir/promtool" ]; then
+  mkdir -p "$bin_dir"
+  tmp="$(mktemp -d)"
+  ( cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1 && dpkg-deb -x prometheus_*.deb x ) \
+    || { [ "$(id -u)" = 0 ] && apt-get update -qq && ( cd "$tmp" && apt-get download -qq prometheus >/dev/null && dpkg-deb -x prometheus_*.deb x ); }
+  cp "$tmp/x/usr/bin/promtool" "$bin_dir/promtool"
+  rm -rf "$tmp"
+fi
+
 req="$here/scripts/requirements-test.txt"
 stamp="$venv/.sluice-requirements"
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
@@ -30,4 +42,4 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
 fi
-echo "setup: ok (cmake $(cmake --version | head -1 | awk '{print $3}'), venv $venv)"
+echo "setup: ok (cmake $(cmake --version | head -1 | awk '{print $3}'), promtool in $bin_dir, venv $venv)"

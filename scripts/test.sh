@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 export SLUICE_VENV="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
+export PATH="${SLUICE_TOOLS:-$HOME/.cache/sluice/bin}:$PATH" SLUICE_REQUIRE_PROMTOOL=1
 # Tests must never reach a real provider, whatever the caller's environment says.
 unset SLUICE_OPENAI_BASE_URL SLUICE_ANTHROPIC_BASE_URL SLUICE_GEMINI_BASE_URL
 

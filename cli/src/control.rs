@@ -69,6 +69,8 @@ pub struct ProxyOptions {
     pub admin_listen: Option<String>,
     /// Worker threads.
     pub threads: usize,
+    /// Prometheus listener (`/metrics`), if any.
+    pub metrics_listen: Option<String>,
 }
 
 /// A control-fed proxy, running; its background tasks live on `rt`.
@@ -129,6 +131,7 @@ pub fn start_controlled(
             )),
             catalogue: Default::default(),
             journal: Some(journal.clone()),
+            metrics: crate::metrics_parts(opts.metrics_listen.as_deref())?,
         },
         proxy_l,
         admin_l,
@@ -162,7 +165,8 @@ pub fn run_controlled(opts: ProxyOptions) -> Result<()> {
     println!(
         "SLUICE_PROXY_READY {}",
         serde_json::json!({"proxy": p.running.proxy_addr.to_string(),
-            "admin": p.running.admin_addr.map(|a| a.to_string())})
+            "admin": p.running.admin_addr.map(|a| a.to_string()),
+            "metrics": p.running.metrics_addr.map(|a| a.to_string())})
     );
     rt.block_on(crate::wait_for_signal());
     p.stop();

@@ -110,6 +110,7 @@ pub fn run() -> Result<()> {
         listen: var("SLUICE_PROXY_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into()),
         admin_listen: Some(var("SLUICE_ADMIN_LISTEN").unwrap_or_else(|| "127.0.0.1:8090".into())),
         threads: 1,
+        metrics_listen: var("SLUICE_METRICS_LISTEN"),
     };
     let proxy = start_controlled(&rt, &opts, env, None)?;
     // Ready once the first snapshot arrived from the control plane.
@@ -164,6 +165,7 @@ pub fn run() -> Result<()> {
     println!(
         "SLUICE_READY {}",
         serde_json::json!({"proxy": p.to_string(), "admin": admin, "mock": mock.addr.to_string(),
+            "metrics": proxy.running.metrics_addr.map(|a| a.to_string()),
             "control": c.to_string(), "admin_key": admin_key, "virtual_key": vk})
     );
     rt.block_on(crate::wait_for_signal());

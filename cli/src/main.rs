@@ -56,6 +56,9 @@ enum Command {
         /// Worker threads (with --control).
         #[arg(long, env = "SLUICE_THREADS", default_value_t = 1)]
         threads: usize,
+        /// Prometheus listener serving /metrics; off when absent.
+        #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
     },
     /// The control plane: admin API, snapshots for proxies, usage collection.
     Control {
@@ -113,10 +116,11 @@ fn main() -> Result<()> {
             listen,
             admin_listen,
             threads,
+            metrics_listen,
         } => {
             logging::init(false);
             match (config, control) {
-                (Some(config), _) => run_proxy(config),
+                (Some(config), _) => run_proxy(config, metrics_listen.as_deref()),
                 (None, Some(control)) => control::run_controlled(control::ProxyOptions {
                     control,
                     token: token.unwrap_or_default(),
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
                     listen,
                     admin_listen,
                     threads,
+                    metrics_listen,
                 }),
                 (None, None) => anyhow::bail!(
                     "give --config FILE, or --control URL --token KEY (see docs/control-plane.md)"
@@ -170,7 +175,25 @@ fn main() -> Result<()> {
     }
 }
 
-fn run_proxy(path: PathBuf) -> Result<()> {
+/// Metrics and their bound listener, when `listen` is given.
+pub fn metrics_parts(
+    listen: Option<&str>,
+) -> Result<
+    Option<(
+        Arc<sluice_proxy::metrics::ProxyMetrics>,
+        std::net::TcpListener,
+    )>,
+> {
+    match listen {
+        Some(a) => {
+            let l = bind(a).with_context(|| format!("binding the metrics listener to {a}"))?;
+            Ok(Some((sluice_proxy::metrics::ProxyMetrics::new()?, l)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn run_proxy(path: PathBuf, metrics_listen: Option<&str>) -> Result<()> {
     let env = Environment::from_process();
     let seen = sluice_proxy::live::modified(&path);
     let config = load_file(&path, &env).with_context(|| format!("loading {}", path.display()))?;
@@ -196,6 +219,7 @@ fn run_proxy(path: PathBuf) -> Result<()> {
             approvals,
             catalogue: Default::default(),
             journal: None,
+            metrics: metrics_parts(metrics_listen)?,
         },
         proxy_l,
         admin_l,

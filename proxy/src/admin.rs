@@ -25,6 +25,30 @@ pub struct AdminApp {
     pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
+/// Serves `/metrics` (Prometheus text format) on its own listener.
+pub struct MetricsApp {
+    /// The metrics.
+    pub metrics: Arc<crate::metrics::ProxyMetrics>,
+    /// Live config, for the snapshot gauges.
+    pub live: Arc<LiveConfig>,
+    /// The usage journal, for its backlog.
+    pub journal: Option<Arc<crate::journal::Journal>>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.render(&self.live, self.journal.as_deref()),
+            ),
+            _ => reply(404, "text/plain", b"see /metrics\n".to_vec()),
+        }
+    }
+}
+
 fn is_approval_id(id: &str) -> bool {
     id.strip_prefix("apr_")
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))

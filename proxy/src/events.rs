@@ -173,6 +173,8 @@ pub struct RequestRecord {
     pub key_id: Option<String>,
     /// Cost in millionths of a dollar, when the price is known.
     pub cost_micros: Option<i64>,
+    /// Time spent in Sluice's own filters, µs.
+    pub sluice_us: Option<u64>,
     /// The request body, when the profile captures content.
     #[serde(skip)]
     pub captured_request: Option<bytes::Bytes>,

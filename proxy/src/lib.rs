@@ -13,6 +13,7 @@ pub mod journal;
 pub mod keys;
 pub mod live;
 pub mod llm;
+pub mod metrics;
 pub mod passthrough;
 pub mod phases;
 pub mod quarantine;

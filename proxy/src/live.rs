@@ -16,6 +16,7 @@ pub struct LiveConfig {
     last_error: Mutex<Option<String>>,
     source: Mutex<Option<String>>,
     control_version: std::sync::atomic::AtomicU64,
+    stored_at: Mutex<Option<std::time::Instant>>,
     /// Bumped on every swap, so waiters (tests, future metrics) see changes without polling.
     version: tokio::sync::watch::Sender<u64>,
 }
@@ -27,6 +28,7 @@ impl Default for LiveConfig {
             last_error: Mutex::new(None),
             source: Mutex::new(None),
             control_version: std::sync::atomic::AtomicU64::new(0),
+            stored_at: Mutex::new(None),
             version: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -50,9 +52,22 @@ impl LiveConfig {
         self.current.load_full()
     }
 
+    /// How long the current snapshot has been serving.
+    pub fn age(&self) -> Option<Duration> {
+        let g = match self.stored_at.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        g.map(|t| t.elapsed())
+    }
+
     /// Swaps in a new snapshot.
     pub fn store(&self, config: Config) {
         self.current.store(Some(Arc::new(config)));
+        match self.stored_at.lock() {
+            Ok(mut g) => *g = Some(std::time::Instant::now()),
+            Err(p) => *p.into_inner() = Some(std::time::Instant::now()),
+        }
         self.set_error(None);
         self.version.send_modify(|v| *v += 1);
     }

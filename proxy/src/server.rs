@@ -35,6 +35,8 @@ pub struct ProxyParts {
     pub catalogue: Arc<crate::catalogue::ToolCatalogue>,
     /// The usage journal, when a control plane collects usage (shown by the admin API).
     pub journal: Option<Arc<crate::journal::Journal>>,
+    /// Prometheus metrics and the listener that serves them (`SLUICE_METRICS_LISTEN`).
+    pub metrics: Option<(Arc<crate::metrics::ProxyMetrics>, TcpListener)>,
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -43,6 +45,8 @@ pub struct RunningProxy {
     pub proxy_addr: SocketAddr,
     /// The admin listener's address.
     pub admin_addr: Option<SocketAddr>,
+    /// The metrics listener's address.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -108,6 +112,7 @@ pub fn start_passthrough(
     }
     let (shutdown, thread) = spawn_runtime(1, fds, vec![Box::new(svc)])?;
     Ok(RunningProxy {
+        metrics_addr: None,
         proxy_addr,
         admin_addr: None,
         shutdown,
@@ -176,6 +181,16 @@ pub fn start(
         Some(l) => Some(hand_over(&fds, &mut admin_addrs, l)?),
         None => None,
     };
+    let mut metrics_addrs = Vec::new();
+    let (metrics, metrics_addr) = match parts.metrics {
+        Some((m, l)) => (Some(m), Some(hand_over(&fds, &mut metrics_addrs, l)?)),
+        None => (None, None),
+    };
+    // Metrics read the same records as every other sink, after the response.
+    let sink: Arc<dyn EventSink> = match &metrics {
+        Some(m) => Arc::new(crate::journal::Tee(vec![parts.sink.clone(), m.clone()])),
+        None => parts.sink.clone(),
+    };
     let conf = Arc::new(ServerConf {
         threads: parts.threads,
         upstream_keepalive_pool_size: parts.upstream_pool_size,
@@ -183,12 +198,8 @@ pub fn start(
     });
     let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(
         &conf,
-        SluiceProxy::new(
-            parts.live.clone(),
-            parts.sink.clone(),
-            parts.approvals.clone(),
-        )
-        .with_catalogue(parts.catalogue.clone()),
+        SluiceProxy::new(parts.live.clone(), sink, parts.approvals.clone())
+            .with_catalogue(parts.catalogue.clone()),
         "sluice-proxy",
     );
     for a in &proxy_addrs {
@@ -211,8 +222,23 @@ pub fn start(
         }
         services.push(Box::new(s));
     }
+    if let Some(m) = metrics {
+        let mut s = ListeningService::new(
+            "sluice-metrics".into(),
+            crate::admin::MetricsApp {
+                metrics: m,
+                live: parts.live.clone(),
+                journal: parts.journal.clone(),
+            },
+        );
+        for a in &metrics_addrs {
+            s.add_tcp(a);
+        }
+        services.push(Box::new(s));
+    }
     let (shutdown, thread) = spawn_runtime(parts.threads, fds, services)?;
     Ok(RunningProxy {
+        metrics_addr,
         proxy_addr,
         admin_addr,
         shutdown,

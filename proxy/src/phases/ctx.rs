@@ -96,6 +96,8 @@ pub struct RequestCtx {
     pub capture: Option<(Vec<Bytes>, usize)>,
     /// Where the conversation's values came from (only when a policy judges provenance).
     pub provenance: Option<Arc<sluice_policies::provenance::ProvenanceIndex>>,
+    /// Nanoseconds spent in Sluice's own filters.
+    pub sluice_ns: u64,
     /// Set once the record went to the sink: what the access line prints.
     pub access: Option<super::logging::AccessSummary>,
 }
@@ -135,6 +137,7 @@ impl RequestCtx {
             capture: None,
             access: None,
             provenance: None,
+            sluice_ns: 0,
         }
     }
 

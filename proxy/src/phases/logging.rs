@@ -59,6 +59,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         request_id: ctx.request_id.take(),
         key_id: ctx.key_id.take(),
         cost_micros: None,
+        sluice_us: Some(ctx.sluice_ns / 1000),
         captured_request: ctx.captured_request.take(),
         captured_response: ctx
             .capture

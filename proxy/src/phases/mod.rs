@@ -128,6 +128,10 @@ fn raise(ctx: &mut RequestCtx, err: SluiceError) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(status), code)
 }
 
+fn elapsed_ns(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Keeps what went to the client (a refcount per chunk), up to the inspection cap, for a
 /// profile that captures content.
 fn capture(ctx: &mut RequestCtx, chunk: &Bytes, cap: usize) {
@@ -208,7 +212,10 @@ impl ProxyHttp for SluiceProxy {
             }
             _ => {}
         }
-        if let Err(e) = request::route_request(session, ctx, &self.auth_failures) {
+        let t = std::time::Instant::now();
+        let routed = request::route_request(session, ctx, &self.auth_failures);
+        ctx.sluice_ns += elapsed_ns(t);
+        if let Err(e) = routed {
             return Err(raise(ctx, e));
         }
         Ok(false)
@@ -253,8 +260,10 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
-        let pending = request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts)
-            .map_err(|e| raise(ctx, e))?;
+        let t = std::time::Instant::now();
+        let pending = request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts);
+        ctx.sluice_ns += elapsed_ns(t);
+        let pending = pending.map_err(|e| raise(ctx, e))?;
         let Some(pending) = pending else {
             return Ok(());
         };
@@ -287,7 +296,10 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(0, |c| c.limits.max_inspected_response_bytes);
-        response::on_chunk(body, end_of_stream, ctx, max_json).map_err(|e| raise(ctx, e))?;
+        let t = std::time::Instant::now();
+        let read = response::on_chunk(body, end_of_stream, ctx, max_json);
+        ctx.sluice_ns += elapsed_ns(t);
+        read.map_err(|e| raise(ctx, e))?;
         if ctx.capture.is_some()
             && let Some(b) = body.as_ref()
         {

@@ -60,6 +60,10 @@ impl Harness {
                 )),
                 catalogue: Default::default(),
                 journal: None,
+                metrics: Some((
+                    sluice_proxy::metrics::ProxyMetrics::new().unwrap(),
+                    bind("127.0.0.1:0").unwrap(),
+                )),
             },
             bind("127.0.0.1:0").unwrap(),
             Some(bind("127.0.0.1:0").unwrap()),
@@ -76,6 +80,10 @@ impl Harness {
 
     pub fn addr(&self) -> SocketAddr {
         self.proxy.as_ref().unwrap().proxy_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.proxy.as_ref().unwrap().metrics_addr.unwrap()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -1,0 +1,269 @@
+//! Prometheus metrics, from the request records (off the byte path) and read at scrape time
+//! (snapshot, journal). Label values are bounded: no key or request ids; models and tools
+//! beyond the first 50 / 200 seen are counted under `other`; profiles come from the
+//! configuration.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::events::{EventSink, RequestRecord};
+
+const MAX_MODELS: usize = 50;
+const MAX_TOOLS: usize = 200;
+
+/// Keeps a label's distinct values bounded.
+#[derive(Debug)]
+struct Bounded {
+    max: usize,
+    seen: parking_lot::Mutex<HashSet<String>>,
+}
+
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: parking_lot::Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn label<'a>(&self, v: &'a str) -> &'a str {
+        let mut seen = self.seen.lock();
+        if seen.contains(v) {
+            return v;
+        }
+        if seen.len() < self.max && v.len() <= 128 {
+            seen.insert(v.to_owned());
+            return v;
+        }
+        "other"
+    }
+}
+
+/// The proxy's metrics.
+pub struct ProxyMetrics {
+    registry: Registry,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    tokens: IntCounterVec,
+    cost: prometheus::CounterVec,
+    blocked_tools: IntCounterVec,
+    decisions: IntCounterVec,
+    overhead: HistogramVec,
+    records: IntCounter,
+    snapshot_version: IntGauge,
+    snapshot_age: Gauge,
+    journal_backlog: IntGauge,
+    journal_failures: IntGauge,
+    models: Bounded,
+    tools: Bounded,
+}
+
+impl std::fmt::Debug for ProxyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyMetrics")
+    }
+}
+
+/// Latency buckets, seconds: 1 ms to 2 min.
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Overhead buckets, seconds: 10 µs to 50 ms.
+const OVERHEAD: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+];
+
+impl ProxyMetrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "llm_request_duration_seconds",
+                "Wall time of an LLM request through Sluice, from its first byte to its end.",
+            )
+            .buckets(LATENCY.to_vec()),
+            &["provider", "model", "profile", "status"],
+        )?;
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "llm_time_to_first_token_seconds",
+                "Time from the request to the upstream's first response byte.",
+            )
+            .buckets(LATENCY.to_vec()),
+            &["provider", "model", "profile"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "llm_tokens_total",
+                "Tokens the providers reported, by type.",
+            ),
+            &["provider", "model", "profile", "type"],
+        )?;
+        let cost = prometheus::CounterVec::new(
+            Opts::new(
+                "llm_cost_total",
+                "Cost in US dollars, where the model's price is known.",
+            ),
+            &["provider", "model", "profile"],
+        )?;
+        let blocked_tools = IntCounterVec::new(
+            Opts::new("llm_blocked_tools_total", "Tool calls Sluice refused."),
+            &["provider", "profile", "tool"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "llm_policy_decisions_total",
+                "Policy decisions: action is call or result; decision is the verdict.",
+            ),
+            &["action", "decision"],
+        )?;
+        let overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_overhead_seconds",
+                "Time spent in Sluice itself (its filters), excluding the upstream and the client.",
+            )
+            .buckets(OVERHEAD.to_vec()),
+            &["provider"],
+        )?;
+        let records = IntCounter::new(
+            "sluice_request_records_total",
+            "Request records written (one per inspected request).",
+        )?;
+        let snapshot_version = IntGauge::new(
+            "sluice_snapshot_version",
+            "The control plane's version of the serving snapshot (0: from a file).",
+        )?;
+        let snapshot_age = Gauge::new(
+            "sluice_snapshot_age_seconds",
+            "Seconds since the serving configuration was swapped in.",
+        )?;
+        let journal_backlog = IntGauge::new(
+            "sluice_usage_journal_backlog",
+            "Usage records written but not yet acknowledged by the control plane.",
+        )?;
+        let journal_failures = IntGauge::new(
+            "sluice_usage_journal_failures",
+            "Usage records that could not be written to the journal.",
+        )?;
+        for c in [
+            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ttft.clone()),
+            Box::new(tokens.clone()),
+            Box::new(cost.clone()),
+            Box::new(blocked_tools.clone()),
+            Box::new(decisions.clone()),
+            Box::new(overhead.clone()),
+            Box::new(records.clone()),
+            Box::new(snapshot_version.clone()),
+            Box::new(snapshot_age.clone()),
+            Box::new(journal_backlog.clone()),
+            Box::new(journal_failures.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Arc::new(Self {
+            registry,
+            duration,
+            ttft,
+            tokens,
+            cost,
+            blocked_tools,
+            decisions,
+            overhead,
+            records,
+            snapshot_version,
+            snapshot_age,
+            journal_backlog,
+            journal_failures,
+            models: Bounded::new(MAX_MODELS),
+            tools: Bounded::new(MAX_TOOLS),
+        }))
+    }
+
+    /// The text exposition, with the scrape-time gauges brought up to date.
+    pub fn render(
+        &self,
+        live: &crate::live::LiveConfig,
+        journal: Option<&crate::journal::Journal>,
+    ) -> Vec<u8> {
+        self.snapshot_version
+            .set(i64::try_from(live.control_version()).unwrap_or(i64::MAX));
+        self.snapshot_age
+            .set(live.age().map_or(0.0, |d| d.as_secs_f64()));
+        if let Some(j) = journal {
+            let backlog = j.last_seq().saturating_sub(j.acked().unwrap_or(0));
+            self.journal_backlog
+                .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+            self.journal_failures
+                .set(i64::try_from(j.failures()).unwrap_or(i64::MAX));
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl EventSink for ProxyMetrics {
+    fn record(&self, r: RequestRecord) {
+        let provider = r.provider.as_str();
+        let model_text = r
+            .response
+            .model
+            .as_deref()
+            .or(r.request.model.as_deref())
+            .unwrap_or("unknown");
+        let model = self.models.label(model_text);
+        let profile = r.profile.as_str();
+        let status = r.status.to_string();
+        self.records.inc();
+        self.duration
+            .with_label_values(&[provider, model, profile, &status])
+            .observe(r.duration_us as f64 / 1e6);
+        if let Some(t) = r.ttfb_us {
+            self.ttft
+                .with_label_values(&[provider, model, profile])
+                .observe(t as f64 / 1e6);
+        }
+        if let Some(u) = r.response.usage {
+            for (kind, n) in [
+                ("input", u.input_tokens),
+                ("output", u.output_tokens),
+                ("cache_read", u.cache_read_tokens),
+                ("cache_write", u.cache_write_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                if n > 0 {
+                    self.tokens
+                        .with_label_values(&[provider, model, profile, kind])
+                        .inc_by(n);
+                }
+            }
+        }
+        if let Some(micros) = r.cost_micros {
+            self.cost
+                .with_label_values(&[provider, model, profile])
+                .inc_by(micros as f64 / 1e6);
+        }
+        for d in &r.decisions {
+            self.decisions.with_label_values(&[d.kind, d.verdict]).inc();
+            if d.kind == "call" && d.verdict != "allowed" {
+                let name = d.tool.rsplit('/').next().unwrap_or(&d.tool);
+                let tool = self.tools.label(name);
+                self.blocked_tools
+                    .with_label_values(&[provider, profile, tool])
+                    .inc();
+            }
+        }
+        if let Some(us) = r.sluice_us {
+            self.overhead
+                .with_label_values(&[provider])
+                .observe(us as f64 / 1e6);
+        }
+    }
+}
