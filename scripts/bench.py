@@ -117,7 +117,7 @@ def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     try:
-        mock_port, nginx_port, sluice_port, pass_port, pol_port = (free_port() for _ in range(5))
+        mock_port, nginx_port, sluice_port, pass_port, pol_port, met_port, met_scrape = (free_port() for _ in range(7))
         mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
                                 stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
         procs.append(mock)
@@ -159,6 +159,13 @@ http {{
         sp = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", pconf], env=env, stderr=subprocess.DEVNULL)
         procs.append(sp)
         wait_port(pol_port, sp)
+        mconf = os.path.join(tmp, "sluice-metrics.toml")
+        with open(mconf, "w") as f:
+            f.write(f'listen = "127.0.0.1:{met_port}"\nthreads = 1\n[profiles.default]\n')
+        sm = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", mconf,
+                               "--metrics-listen", f"127.0.0.1:{met_scrape}"], env=env, stderr=subprocess.DEVNULL)
+        procs.append(sm)
+        wait_port(met_port, sm)
         pt = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{pass_port}",
                                "--upstream", f"127.0.0.1:{mock_port}"], env=env, stderr=subprocess.DEVNULL)
         procs.append(pt)
@@ -170,6 +177,7 @@ http {{
             "pingora passthrough": (f"http://127.0.0.1:{pass_port}/v1/chat/completions", [pt.pid]),
             "sluice": (f"http://127.0.0.1:{sluice_port}/v1/openai/chat/completions", [sl.pid]),
             "sluice + 100 policies": (f"http://127.0.0.1:{pol_port}/v1/openai/chat/completions", [sp.pid]),
+            "sluice + metrics": (f"http://127.0.0.1:{met_port}/v1/openai/chat/completions", [sm.pid]),
         }
         body_json = json.dumps(CHAT)
         body_sse = json.dumps(dict(CHAT, stream=True))
@@ -217,7 +225,7 @@ http {{
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-NAMES = ("direct (mock)", "nginx", "pingora passthrough", "sluice", "sluice + 100 policies")
+NAMES = ("direct (mock)", "nginx", "pingora passthrough", "sluice", "sluice + 100 policies", "sluice + metrics")
 SCENARIOS = ("json", "sse", "tools", "tools-sse")
 
 
@@ -254,10 +262,12 @@ def render(args, results, half):
     for scenario in SCENARIOS:
         s_rps = med(results[(scenario, "sluice")], "rps")
         p_rps = med(results[(scenario, "sluice + 100 policies")], "rps")
+        m_rps = med(results[(scenario, "sluice + metrics")], "rps")
         ratio = s_rps / med(results[(scenario, "nginx")], "rps")
         ratio_p = s_rps / med(results[(scenario, "pingora passthrough")], "rps")
         lines.append(f"- {scenario}: Sluice / nginx requests/s = **{ratio:.2f}×**; Sluice / bare Pingora = **{ratio_p:.2f}×**; "
-                     f"with 100 policies / without = **{p_rps / s_rps:.2f}×**")
+                     f"with 100 policies / without = **{p_rps / s_rps:.2f}×**; "
+                     f"with Prometheus metrics / without = **{m_rps / s_rps:.2f}×**")
     lines.append("")
     lines.append("### Fixed rate (half of the slower proxy's maximum), 32 connections")
     lines.append("")
