@@ -14,7 +14,7 @@ use sluice_proxy::live::LiveConfig;
 use sluice_proxy::server::{ProxyParts, RunningProxy, bind, start};
 
 /// Runs the control plane until SIGINT/SIGTERM.
-pub fn run_control(listen: &str, database_url: &str) -> Result<()> {
+pub fn run_control(listen: &str, database_url: &str, metrics_listen: Option<String>) -> Result<()> {
     let master = std::env::var("SLUICE_MASTER_KEY").map_err(|_| {
         anyhow::anyhow!(
             "SLUICE_MASTER_KEY is not set: it encrypts provider credentials (64 hex digits, e.g. `openssl rand -hex 32`)"
@@ -38,6 +38,7 @@ pub fn run_control(listen: &str, database_url: &str) -> Result<()> {
                 database_url: database_url.to_owned(),
                 master_key,
                 bootstrap_admin_key,
+                metrics_listen,
             },
             l,
         )
@@ -48,7 +49,8 @@ pub fn run_control(listen: &str, database_url: &str) -> Result<()> {
         }
         println!(
             "SLUICE_CONTROL_READY {}",
-            serde_json::json!({"control": running.addr.to_string()})
+            serde_json::json!({"control": running.addr.to_string(),
+                "metrics": running.metrics_addr.map(|a| a.to_string())})
         );
         crate::wait_for_signal().await;
         Ok(())

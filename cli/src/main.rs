@@ -73,6 +73,9 @@ enum Command {
             hide_env_values = true
         )]
         database_url: String,
+        /// Prometheus listener serving /metrics; off when absent.
+        #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
     },
     /// Quick start: control plane (SQLite), proxy, mock providers, demo data, all here.
     Dev,
@@ -138,9 +141,10 @@ fn main() -> Result<()> {
         Command::Control {
             listen,
             database_url,
+            metrics_listen,
         } => {
             logging::init(false);
-            control::run_control(&listen, &database_url)
+            control::run_control(&listen, &database_url, metrics_listen)
         }
         Command::Dev => {
             logging::init(true);

@@ -9,6 +9,7 @@ pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod routes;

@@ -444,13 +444,18 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
 pub fn app(state: AppState) -> (Router, Vec<RouteInfo>) {
     let (api, doc, routes) = api(state.clone());
     let doc = std::sync::Arc::new(doc);
-    let api = api.route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { axum::Json((*doc).clone()) }
-        }),
-    );
+    let api = api
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        );
     let router = Router::new()
         .nest("/api/v1", api)
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))

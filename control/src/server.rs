@@ -23,6 +23,8 @@ pub struct ControlConfig {
     /// An admin key to accept from the start (`SLUICE_ADMIN_KEY`); otherwise one is made and
     /// returned once on first start.
     pub bootstrap_admin_key: Option<String>,
+    /// Where to serve `/metrics` (`SLUICE_METRICS_LISTEN`); off when absent.
+    pub metrics_listen: Option<String>,
 }
 
 /// Why the control plane could not start.
@@ -61,6 +63,8 @@ pub struct RunningControl {
     pub org_id: String,
     /// Ends when the server stops.
     pub task: tokio::task::JoinHandle<()>,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Opens the store and prepares the state (no listener yet).
@@ -72,6 +76,8 @@ pub async fn prepare(
         db,
         master: cfg.master_key.clone(),
         hub: Arc::new(SnapshotHub::default()),
+        metrics: crate::metrics::ControlMetrics::new()
+            .map_err(|e| StartError::Api(format!("metrics: {e}")))?,
     };
     let (org_id, generated) = bootstrap(&state, cfg.bootstrap_admin_key.as_deref()).await?;
     state.publish().await?;
@@ -92,7 +98,34 @@ pub async fn start(
             tracing::error!(error = %e, "control plane server stopped");
         }
     });
+    let metrics_addr = match &cfg.metrics_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a).await?;
+            let addr = l.local_addr()?;
+            let m = state.metrics.clone();
+            let router = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = m.clone();
+                    async move {
+                        (
+                            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            m.render(),
+                        )
+                    }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).await {
+                    tracing::error!(error = %e, "control plane metrics server stopped");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     Ok(RunningControl {
+        metrics_addr,
         addr,
         generated_admin_key: generated,
         state,

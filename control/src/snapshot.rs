@@ -63,12 +63,16 @@ impl SnapshotHub {
     }
 
     /// Compiles the database; stores and announces a new version when the content changed.
-    pub async fn publish(&self, db: &Db) -> Result<(), ApiError> {
+    pub async fn publish(
+        &self,
+        db: &Db,
+        metrics: &crate::metrics::ControlMetrics,
+    ) -> Result<(), ApiError> {
         let _guard = self.compile.lock().await;
         // Another control-plane replica may take the next version between our read and our
         // insert; then the database holds both writes, so compile again and retry.
         for _ in 0..5 {
-            match self.try_publish(db).await {
+            match self.try_publish(db, metrics).await {
                 Err(ApiError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {}
                 Err(ApiError::Conflict(_)) => {}
                 other => return other,
@@ -79,7 +83,11 @@ impl SnapshotHub {
         ))
     }
 
-    async fn try_publish(&self, db: &Db) -> Result<(), ApiError> {
+    async fn try_publish(
+        &self,
+        db: &Db,
+        metrics: &crate::metrics::ControlMetrics,
+    ) -> Result<(), ApiError> {
         let config = compile(db).await?;
         let hash = content_hash(&config);
         let newest =
@@ -125,6 +133,8 @@ impl SnapshotHub {
             .execute(&db.pool)
             .await?;
         tracing::info!(version = last_version + 1, "published snapshot");
+        metrics.snapshots.inc();
+        metrics.snapshot_version.set(last_version + 1);
         self.latest.send_replace(Some(Arc::new(Published {
             version: (last_version + 1) as u64,
             hash,

@@ -15,12 +15,14 @@ pub struct AppState {
     pub master: MasterKey,
     /// Compiles and publishes snapshots.
     pub hub: Arc<SnapshotHub>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::ControlMetrics>,
 }
 
 impl AppState {
     /// Compiles the database into a new snapshot (if anything changed) and tells every
     /// subscribed proxy. Called after every write.
     pub async fn publish(&self) -> Result<(), crate::error::ApiError> {
-        self.hub.publish(&self.db).await
+        self.hub.publish(&self.db, &self.metrics).await
     }
 }

@@ -147,6 +147,8 @@ pub async fn ingest(
             .await?;
     }
     tx.commit().await?;
+    state.metrics.usage_batches.inc();
+    state.metrics.usage_records.inc_by(inserted);
     Ok(Json(UsageAck {
         acked_seq: acked,
         inserted,

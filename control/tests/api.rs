@@ -577,5 +577,25 @@ async fn suite(url: &str) {
             );
         }
     }
+    // --- the control plane's own metrics: by route template, never by id
+    let (s, text) = anon
+        .text(&format!("http://{}/metrics", running.metrics_addr.unwrap()))
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        text.contains(
+            r#"control_api_requests_total{method="POST",route="/api/v1/teams",status="201"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="/api/v1/teams/{id}""#));
+    assert!(!text.contains("team_"), "an id became a label");
+    assert!(text.contains("control_usage_records_total 3"));
+    assert!(text.contains("control_usage_batches_total 2"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("control_snapshots_published_total ") && !l.ends_with(" 0"))
+    );
+    common::promtool_accepts(&text);
     running.task.abort();
 }

@@ -78,6 +78,38 @@ async fn fresh_pg_database(base: &str) -> String {
     format!("{prefix}/{name}")
 }
 
+/// Runs `promtool check metrics` on `text` (required when `SLUICE_REQUIRE_PROMTOOL` is set).
+pub fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write");
+            let out = child.wait_with_output().expect("promtool");
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => assert!(
+            std::env::var("SLUICE_REQUIRE_PROMTOOL").is_err(),
+            "promtool is required (scripts/setup.sh installs it): {e}"
+        ),
+    }
+}
+
 /// An admin key the tests know.
 pub const ADMIN_KEY: &str =
     "sluice-admin-00000000000000aa-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -93,6 +125,7 @@ pub async fn control(url: &str) -> RunningControl {
             database_url: url.to_owned(),
             master_key: MasterKey::from_hex(&MasterKey::generate_hex()).expect("key"),
             bootstrap_admin_key: Some(ADMIN_KEY.into()),
+            metrics_listen: Some("127.0.0.1:0".into()),
         },
         l,
     )
@@ -155,6 +188,18 @@ impl Api {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, v)
+    }
+
+    /// GET any URL on the server, as text (for /metrics).
+    pub async fn text(&self, url: &str) -> (u16, String) {
+        let req = http::Request::builder()
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = self.client.request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
