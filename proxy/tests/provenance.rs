@@ -1,7 +1,7 @@
 //! Provenance-aware policies through the proxy, with the mock model scripted to call
 //! `send_money`: after an untrusted inbox was read, paying the IBAN the user wrote is
 //! allowed, paying the IBAN the inbox injected is refused with an explanation; streaming
-//! and not, OpenAI and Anthropic.
+//! and not, on all four APIs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -53,6 +53,27 @@ fn anthropic_body(stream: bool) -> serde_json::Value {
     ]})
 }
 
+fn responses_body(stream: bool) -> serde_json::Value {
+    json!({"model": "gpt-4o-mini", "stream": stream, "instructions": "You are a careful assistant.",
+    "tools": [{"type": "function", "name": "send_money", "parameters": {"type": "object"}},
+              {"type": "function", "name": "read_inbox", "parameters": {"type": "object"}}],
+    "input": [
+        {"role": "user", "content": USER},
+        {"type": "function_call", "call_id": "c1", "name": "read_inbox", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": INBOX}
+    ]})
+}
+
+fn gemini_body() -> serde_json::Value {
+    json!({"systemInstruction": {"parts": [{"text": "You are a careful assistant."}]},
+    "tools": [{"functionDeclarations": [{"name": "send_money"}, {"name": "read_inbox"}]}],
+    "contents": [
+        {"role": "user", "parts": [{"text": USER}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "read_inbox", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "read_inbox", "response": {"content": INBOX}}}]}
+    ]})
+}
+
 fn pay(h: &Harness, path: &str, body: &serde_json::Value, iban: &str) -> (u16, String) {
     let args = format!("{{\"iban\":\"{iban}\",\"amount\":80}}");
     let r = h.rt.block_on(post_json(
@@ -69,9 +90,16 @@ fn the_users_iban_is_paid_and_the_injected_one_is_refused() {
     let h = Harness::start(POLICIES);
     let mut n = 0;
     for stream in [false, true] {
+        let gemini_path = if stream {
+            "/v1/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        } else {
+            "/v1/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+        };
         for (path, body) in [
             ("/v1/openai/chat/completions", openai_body(stream)),
+            ("/v1/openai/responses", responses_body(stream)),
             ("/v1/anthropic/v1/messages", anthropic_body(stream)),
+            (gemini_path, gemini_body()),
         ] {
             let (status, text) = pay(&h, path, &body, "DE89370400440532013000");
             n += 1;
