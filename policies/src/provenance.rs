@@ -224,16 +224,16 @@ impl SourceIndex {
 /// not at every turn. Bounded: past `capacity` entries it starts over.
 #[derive(Debug)]
 pub struct SourceCache {
-    hashers: (RandomState, RandomState),
+    hasher: RandomState,
     capacity: usize,
-    map: Mutex<HashMap<(u64, u64), Arc<SourceIndex>>>,
+    map: Mutex<HashMap<u64, Arc<SourceIndex>>>,
 }
 
 impl SourceCache {
     /// A cache of at most `capacity` texts.
     pub fn new(capacity: usize) -> Self {
         Self {
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher: RandomState::new(),
             capacity,
             map: Mutex::new(HashMap::new()),
         }
@@ -241,8 +241,9 @@ impl SourceCache {
 
     /// The index of `text`, built now if this text was not seen before.
     pub fn get(&self, text: &str) -> Arc<SourceIndex> {
-        // 128 bits from two independently keyed hashers: a collision would need both.
-        let key = (self.hashers.0.hash_one(text), self.hashers.1.hash_one(text));
+        // A keyed 64-bit hash (SipHash with a per-process random key), as the verdict cache
+        // uses: texts cannot be crafted to collide without the key.
+        let key = self.hasher.hash_one(text);
         let hit = match self.map.lock() {
             Ok(g) => g.get(&key).cloned(),
             Err(p) => p.into_inner().get(&key).cloned(),
