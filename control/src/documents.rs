@@ -671,10 +671,20 @@ impl DocKind for PriceBody {
     ) -> Result<(), ApiError> {
         check_provider(&self.provider)?;
         bounded("model", &self.model, 200)?;
-        non_negative("input_per_mtok_usd", Some(self.input_per_mtok_usd))?;
-        non_negative("output_per_mtok_usd", Some(self.output_per_mtok_usd))?;
-        non_negative("cache_read_per_mtok_usd", self.cache_read_per_mtok_usd)?;
-        non_negative("cache_write_per_mtok_usd", self.cache_write_per_mtok_usd)
+        for (what, v) in [
+            ("input_per_mtok_usd", Some(self.input_per_mtok_usd)),
+            ("output_per_mtok_usd", Some(self.output_per_mtok_usd)),
+            ("cache_read_per_mtok_usd", self.cache_read_per_mtok_usd),
+            ("cache_write_per_mtok_usd", self.cache_write_per_mtok_usd),
+        ] {
+            non_negative(what, v)?;
+            if v.is_some_and(|x| x > 1_000_000.0) {
+                return Err(ApiError::Unprocessable(format!(
+                    "{what} is at most 1000000 dollars per million tokens"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

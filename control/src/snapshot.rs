@@ -252,6 +252,18 @@ pub async fn compile(db: &Db) -> Result<RawConfig, ApiError> {
             },
         );
     }
+    raw.prices = documents::all_of::<crate::documents::PriceBody>(db)
+        .await?
+        .into_iter()
+        .map(|(_, p)| sluice_proxy::config::RawPrice {
+            provider: p.provider,
+            model: p.model,
+            input_per_mtok_usd: p.input_per_mtok_usd,
+            output_per_mtok_usd: p.output_per_mtok_usd,
+            cache_read_per_mtok_usd: p.cache_read_per_mtok_usd,
+            cache_write_per_mtok_usd: p.cache_write_per_mtok_usd,
+        })
+        .collect();
     raw.policies.invocation = documents::all_of::<sluice_policies::InvocationPolicy>(db)
         .await?
         .into_iter()

@@ -9,6 +9,12 @@ use common::{Harness, post_json, send};
 use serde_json::json;
 
 const POLICIES: &str = r#"
+[[prices]]
+provider = "openai"
+model = "gpt-4o-mini"
+input_per_mtok_usd = 150000.0
+output_per_mtok_usd = 600000.0
+
 [[policies.result]]
 id = "web-untrusted"
 tool = { source = "profile:*", name = "fetch_url" }

@@ -6,8 +6,8 @@ mod raw;
 mod upstream;
 
 pub use raw::{
-    RawApproval, RawConfig, RawLimits, RawProfile, RawQuarantine, RawSealedKey, RawUpstream,
-    RawVirtualKey,
+    RawApproval, RawConfig, RawLimits, RawPrice, RawProfile, RawQuarantine, RawSealedKey,
+    RawUpstream, RawVirtualKey,
 };
 use upstream::compile_upstream;
 
@@ -217,6 +217,8 @@ pub struct Config {
     pub virtual_keys: HashMap<Arc<str>, crate::keys::VirtualKey>,
     /// Approved call ids and when each approval ends (ms since the epoch).
     pub approvals: HashMap<String, i64>,
+    /// Token prices.
+    pub prices: crate::cost::PriceTable,
 }
 
 /// Provider base URLs that apply to every profile that does not set its own.
@@ -445,7 +447,9 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .into_iter()
         .map(|a| (a.id, a.expires_at_ms))
         .collect();
+    let prices = crate::cost::PriceTable::compile(&raw.prices).map_err(ConfigError::Invalid)?;
     Ok(Config {
+        prices,
         listen,
         admin_listen: env.admin_listen.clone().or(raw.admin_listen),
         threads,

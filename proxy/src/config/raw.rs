@@ -31,6 +31,27 @@ pub struct RawConfig {
     /// Approved calls (`apr_…` ids) and when each approval ends.
     #[serde(default)]
     pub approvals: Vec<RawApproval>,
+    /// Token prices per (provider, model), for each request's cost.
+    #[serde(default)]
+    pub prices: Vec<RawPrice>,
+}
+
+/// One model's prices, in US dollars per million tokens.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// `openai`, `anthropic` or `gemini`.
+    pub provider: String,
+    /// The model id; a provider's dated variant (`gpt-4o-mini-2024-07-18`) matches it too.
+    pub model: String,
+    /// Input tokens.
+    pub input_per_mtok_usd: f64,
+    /// Output tokens.
+    pub output_per_mtok_usd: f64,
+    /// Prompt-cache reads (default: the input price).
+    pub cache_read_per_mtok_usd: Option<f64>,
+    /// Prompt-cache writes (default: the input price).
+    pub cache_write_per_mtok_usd: Option<f64>,
 }
 
 /// One virtual key: its id, profile, salt and digest. The key itself is never stored.

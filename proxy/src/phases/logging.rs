@@ -42,6 +42,15 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         return;
     }
     ctx.access = Some(summary(ctx));
+    let cost_micros = match (ctx.config.as_ref(), ctx.response_facts.usage.as_ref()) {
+        (Some(cfg), Some(usage)) if !cfg.prices.is_empty() => ctx
+            .response_facts
+            .model
+            .as_deref()
+            .or(ctx.request_facts.model.as_deref())
+            .and_then(|m| cfg.prices.cost_micros(route.provider, m, usage)),
+        _ => None,
+    };
     let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     sink.record(RequestRecord {
         profile: route.profile.name.to_string(),
@@ -58,7 +67,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         decisions: std::mem::take(&mut ctx.decisions),
         request_id: ctx.request_id.take(),
         key_id: ctx.key_id.take(),
-        cost_micros: None,
+        cost_micros,
         sluice_us: Some(ctx.sluice_ns / 1000),
         captured_request: ctx.captured_request.take(),
         captured_response: ctx

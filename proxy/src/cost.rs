@@ -1,0 +1,162 @@
+//! A request's cost, in integer millionths of a dollar, from the usage the proxy read and the
+//! snapshot's prices. Prices are held per token in billionths of a dollar (a price of
+//! $0.15 per million tokens is 150), so every sum is integer arithmetic.
+
+use std::collections::HashMap;
+
+use crate::config::RawPrice;
+use crate::events::{Provider, Usage};
+
+/// One model's prices, nano-dollars per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+}
+
+/// Prices by provider and model.
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable {
+    by_model: HashMap<(Provider, String), Price>,
+}
+
+fn nano_per_token(usd_per_mtok: f64, what: &str) -> Result<u64, String> {
+    if !usd_per_mtok.is_finite() || !(0.0..=1_000_000.0).contains(&usd_per_mtok) {
+        return Err(format!(
+            "prices: {what} must be between 0 and 1000000 dollars per million tokens"
+        ));
+    }
+    // $1 per million tokens = 1 µ$ per token = 1000 n$ per token.
+    Ok((usd_per_mtok * 1000.0).round() as u64)
+}
+
+impl PriceTable {
+    /// Checks and converts the raw prices.
+    pub fn compile(raw: &[RawPrice]) -> Result<Self, String> {
+        let mut by_model = HashMap::new();
+        for p in raw {
+            let provider = match p.provider.as_str() {
+                "openai" => Provider::Openai,
+                "anthropic" => Provider::Anthropic,
+                "gemini" => Provider::Gemini,
+                other => return Err(format!("prices: unknown provider '{other}'")),
+            };
+            let input = nano_per_token(p.input_per_mtok_usd, "input_per_mtok_usd")?;
+            let price = Price {
+                input,
+                output: nano_per_token(p.output_per_mtok_usd, "output_per_mtok_usd")?,
+                cache_read: match p.cache_read_per_mtok_usd {
+                    Some(v) => nano_per_token(v, "cache_read_per_mtok_usd")?,
+                    None => input,
+                },
+                cache_write: match p.cache_write_per_mtok_usd {
+                    Some(v) => nano_per_token(v, "cache_write_per_mtok_usd")?,
+                    None => input,
+                },
+            };
+            by_model.insert((provider, p.model.clone()), price);
+        }
+        Ok(Self { by_model })
+    }
+
+    /// The price of `model`: exact, or the longest priced model it is a dated variant of
+    /// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
+    pub fn price(&self, provider: Provider, model: &str) -> Option<Price> {
+        if let Some(p) = self.by_model.get(&(provider, model.to_owned())) {
+            return Some(*p);
+        }
+        self.by_model
+            .iter()
+            .filter(|((pr, m), _)| {
+                *pr == provider
+                    && model.len() > m.len()
+                    && model.starts_with(m.as_str())
+                    && model.as_bytes()[m.len()] == b'-'
+            })
+            .max_by_key(|((_, m), _)| m.len())
+            .map(|(_, p)| *p)
+    }
+
+    /// Cost in millionths of a dollar (rounded half up), when the model has a price.
+    pub fn cost_micros(&self, provider: Provider, model: &str, usage: &Usage) -> Option<i64> {
+        let p = self.price(provider, model)?;
+        let nano = u128::from(usage.input_tokens) * u128::from(p.input)
+            + u128::from(usage.output_tokens) * u128::from(p.output)
+            + u128::from(usage.cache_read_tokens) * u128::from(p.cache_read)
+            + u128::from(usage.cache_write_tokens) * u128::from(p.cache_write);
+        i64::try_from((nano + 500) / 1000).ok()
+    }
+
+    /// True when no price is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_model.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PriceTable {
+        PriceTable::compile(&[RawPrice {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            input_per_mtok_usd: 0.15,
+            output_per_mtok_usd: 0.6,
+            cache_read_per_mtok_usd: Some(0.075),
+            cache_write_per_mtok_usd: None,
+        }])
+        .expect("prices")
+    }
+
+    #[test]
+    fn costs_are_integer_micro_dollars() {
+        let t = table();
+        let u = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 10_000,
+            cache_read_tokens: 2_000,
+            ..Usage::default()
+        };
+        // 0.15 $ + 0.006 $ + 0.00015 $ = 156,150 µ$.
+        assert_eq!(
+            t.cost_micros(Provider::Openai, "gpt-4o-mini", &u),
+            Some(156_150)
+        );
+        assert_eq!(
+            t.cost_micros(Provider::Openai, "gpt-4o-mini-2024-07-18", &u),
+            Some(156_150)
+        );
+        assert_eq!(t.cost_micros(Provider::Openai, "gpt-4o", &u), None);
+        assert_eq!(t.cost_micros(Provider::Anthropic, "gpt-4o-mini", &u), None);
+        let small = Usage {
+            input_tokens: 3,
+            output_tokens: 1,
+            ..Usage::default()
+        };
+        // 3 × 150 + 600 = 1,050 n$ → 1 µ$.
+        assert_eq!(
+            t.cost_micros(Provider::Openai, "gpt-4o-mini", &small),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn bad_prices_are_refused() {
+        let bad = RawPrice {
+            provider: "openai".into(),
+            model: "m".into(),
+            input_per_mtok_usd: -1.0,
+            ..RawPrice::default()
+        };
+        assert!(PriceTable::compile(&[bad]).is_err());
+        let bad = RawPrice {
+            provider: "mistral".into(),
+            model: "m".into(),
+            ..RawPrice::default()
+        };
+        assert!(PriceTable::compile(&[bad]).is_err());
+    }
+}
