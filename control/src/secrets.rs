@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use crate::auth::Principal;
 use crate::crypto::new_key;
-use crate::documents::{DocKind, Page, Paging, ProfileBody, page};
+use crate::documents::{DocKind, Page, Paging, ProfileBody, list_in_org, page};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -66,18 +66,7 @@ pub async fn list_credentials(
     Extension(p): Extension<Principal>,
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<Credential>>, ApiError> {
-    paging.checked()?;
-    let rows = sqlx::query(
-        "SELECT id, name, provider, created_at FROM credentials WHERE org_id = $1 ORDER BY created_at, id",
-    )
-    .bind(&p.org_id)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let items = rows
-        .iter()
-        .map(credential_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, &paging)?))
+    list_in_org(&state, &p.org_id, "SELECT id, name, provider, created_at FROM credentials WHERE org_id = $1 ORDER BY created_at, id", credential_of, &paging).await
 }
 
 /// `GET /credentials/{id}`

@@ -104,6 +104,24 @@ pub fn page<T>(items: Vec<T>, paging: &Paging) -> Result<Page<T>, ApiError> {
     })
 }
 
+/// One organisation's rows of `sql` (whose `$1` is the organisation id), mapped and paged:
+/// the list routes of the identity and key resources.
+pub async fn list_in_org<T>(
+    state: &AppState,
+    org_id: &str,
+    sql: &'static str,
+    map: fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+    paging: &Paging,
+) -> Result<Json<Page<T>>, ApiError> {
+    paging.checked()?;
+    let rows = sqlx::query(sql)
+        .bind(org_id)
+        .fetch_all(&state.db.pool)
+        .await?;
+    let items = rows.iter().map(map).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, paging)?))
+}
+
 /// Every document of a kind (all organisations), oldest first: for snapshots.
 pub async fn all_of<K: DocKind>(db: &Db) -> Result<Vec<(String, K)>, ApiError> {
     let rows =

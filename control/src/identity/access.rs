@@ -70,15 +70,7 @@ pub async fn list_roles(
     Extension(p): Extension<Principal>,
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<Role>>, ApiError> {
-    paging.checked()?;
-    let rows = sqlx::query(
-        "SELECT id, name, permissions, all_teams, builtin, created_at FROM roles WHERE org_id = $1 ORDER BY created_at, id",
-    )
-    .bind(&p.org_id)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let items = rows.iter().map(role_of).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, &paging)?))
+    list_in_org(&state, &p.org_id, "SELECT id, name, permissions, all_teams, builtin, created_at FROM roles WHERE org_id = $1 ORDER BY created_at, id", role_of, &paging).await
 }
 
 /// `GET /roles/{id}`
@@ -222,15 +214,7 @@ pub async fn list_members(
     Extension(p): Extension<Principal>,
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<Member>>, ApiError> {
-    paging.checked()?;
-    let rows = sqlx::query(
-        "SELECT id, name, email, role_id, teams, created_at FROM members WHERE org_id = $1 ORDER BY created_at, id",
-    )
-    .bind(&p.org_id)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let items = rows.iter().map(member_of).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, &paging)?))
+    list_in_org(&state, &p.org_id, "SELECT id, name, email, role_id, teams, created_at FROM members WHERE org_id = $1 ORDER BY created_at, id", member_of, &paging).await
 }
 
 async fn load_member(state: &AppState, p: &Principal, id: &str) -> Result<Member, ApiError> {
@@ -437,18 +421,7 @@ pub async fn list_admin_keys(
     Extension(p): Extension<Principal>,
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<AdminKey>>, ApiError> {
-    paging.checked()?;
-    let rows = sqlx::query(
-        "SELECT id, member_id, name, created_at, expires_at, revoked_at FROM admin_keys WHERE org_id = $1 ORDER BY created_at, id",
-    )
-    .bind(&p.org_id)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let items = rows
-        .iter()
-        .map(admin_key_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, &paging)?))
+    list_in_org(&state, &p.org_id, "SELECT id, member_id, name, created_at, expires_at, revoked_at FROM admin_keys WHERE org_id = $1 ORDER BY created_at, id", admin_key_of, &paging).await
 }
 
 /// `POST /admin-keys`

@@ -14,7 +14,7 @@ use crate::auth::{
     Perm, Principal, all_permissions, member_permissions, parse_permissions, proxy_permissions,
 };
 use crate::crypto::{ADMIN_KEY_PREFIX, NewKey, new_key};
-use crate::documents::{Page, Paging, page};
+use crate::documents::{Page, Paging, list_in_org, page};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -188,15 +188,14 @@ pub async fn list_teams(
     Extension(p): Extension<Principal>,
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<Team>>, ApiError> {
-    paging.checked()?;
-    let rows = sqlx::query(
+    list_in_org(
+        &state,
+        &p.org_id,
         "SELECT id, name, created_at FROM teams WHERE org_id = $1 ORDER BY created_at, id",
+        team_of,
+        &paging,
     )
-    .bind(&p.org_id)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let items = rows.iter().map(team_of).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, &paging)?))
+    .await
 }
 
 /// `GET /teams/{id}`
