@@ -89,6 +89,13 @@ pub fn run() -> Result<()> {
             &control.org_id,
             fixed_virtual.as_deref(),
             need_admin_key,
+            vec![
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "sluice".into()),
+                "mock-mcp".into(),
+                "--stdio".into(),
+            ],
         )
         .await?;
         anyhow::Ok((control, seed))

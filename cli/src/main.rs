@@ -94,6 +94,15 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         words: usize,
     },
+    /// Run only the fixture MCP server (both eras): over HTTP at `/mcp`, or over stdio.
+    MockMcp {
+        /// Listen address (HTTP).
+        #[arg(long, env = "SLUICE_MOCK_MCP_LISTEN", default_value = "127.0.0.1:9091")]
+        listen: String,
+        /// Speak MCP on stdin/stdout instead of HTTP.
+        #[arg(long)]
+        stdio: bool,
+    },
     /// Load generator: closed-loop or fixed-rate; latency and time to first byte.
     Loadtest(sluice_loadtest::loadgen::Args),
     /// A bare Pingora passthrough to one upstream: the floor benchmarks compare against.
@@ -158,6 +167,27 @@ fn main() -> Result<()> {
         } => {
             logging::init(false);
             run_mock(&listen, latency_ms, chunk_delay_ms, words)
+        }
+        Command::MockMcp { listen, stdio } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if stdio {
+                // stdout carries the protocol: nothing else may be printed there.
+                return rt.block_on(sluice_loadtest::mcp::serve_stdio());
+            }
+            logging::init(false);
+            rt.block_on(async {
+                let l = tokio::net::TcpListener::bind(&listen).await?;
+                let f = sluice_loadtest::mcp::serve(l).await?;
+                println!("fixture MCP server listening on {}", f.url());
+                println!(
+                    "SLUICE_MOCK_MCP_READY {}",
+                    serde_json::json!({"url": f.url()})
+                );
+                wait_for_signal().await;
+                Ok(())
+            })
         }
         Command::Passthrough { listen, upstream } => {
             let running = sluice_proxy::server::start_passthrough(bind(&listen)?, upstream)?;

@@ -75,6 +75,7 @@ pub async fn seed(
     org_id: &str,
     fixed_virtual_key: Option<&str>,
     new_admin_key: bool,
+    mcp_command: Vec<String>,
 ) -> Result<DevSeed, ApiError> {
     let keyed = sqlx::query("SELECT id FROM documents WHERE kind = 'profiles' AND name = 'keyed'")
         .fetch_optional(&state.db.pool)
@@ -83,6 +84,15 @@ pub async fn seed(
         Some(r) => r.try_get::<String, _>("id")?,
         None => seed_fresh(state, org_id).await?,
     };
+    // The demo MCP server runs this binary's fixture over stdio; its path may have moved
+    // since the database was seeded, so the document is written anew on every start.
+    sqlx::query("DELETE FROM documents WHERE kind = 'mcp_servers' AND name = 'demo'")
+        .execute(&state.db.pool)
+        .await?;
+    let mcp = serde_json::json!({"name": "demo", "transport": "stdio", "command": mcp_command,
+        "description": "the fixture MCP server (sluice mock-mcp --stdio)"});
+    insert_doc(state, org_id, "mcp_servers", "mcp", "demo", None, &mcp).await?;
+    state.publish().await?;
     let vkey: NewKey = match fixed_virtual_key {
         Some(k) => import_key(sluice_proxy::keys::VIRTUAL_KEY_PREFIX, k).ok_or_else(|| {
             ApiError::Unprocessable(
@@ -187,6 +197,7 @@ async fn seed_fresh(state: &AppState, org: &str) -> Result<String, ApiError> {
         openai: Some(UpstreamSettings::default()),
         anthropic: Some(UpstreamSettings::default()),
         gemini: Some(UpstreamSettings::default()),
+        mcp_servers: vec!["demo".into()],
     };
     for name in ["default", "demo"] {
         let body =
@@ -208,7 +219,8 @@ async fn seed_fresh(state: &AppState, org: &str) -> Result<String, ApiError> {
     let body = serde_json::to_value(&keyed).map_err(|e| ApiError::Internal(e.to_string()))?;
     let keyed_id = insert_doc(state, org, "profiles", "prof", "keyed", Some(&team), &body).await?;
     let result = [
-        serde_json::json!({"id": "web-pages-are-untrusted", "tool": {"source": "profile:*", "name": "fetch_url"}, "action": "untrusted"}),
+        serde_json::json!({"id": "web-pages-are-untrusted", "tool": {"source": "*", "name": "fetch_url"}, "action": "untrusted"}),
+        serde_json::json!({"id": "email-is-untrusted", "tool": {"source": "mcp:demo", "name": "read_inbox"}, "action": "untrusted"}),
         serde_json::json!({"id": "weather-is-trusted", "tool": {"source": "profile:*", "name": "get_weather"}, "action": "trusted"}),
     ];
     for p in result {
@@ -216,9 +228,9 @@ async fn seed_fresh(state: &AppState, org: &str) -> Result<String, ApiError> {
         insert_doc_with_id(state, org, "result_policies", &name, &p).await?;
     }
     let invocation = [
-        serde_json::json!({"id": "no-email-after-untrusted-content", "tool": {"source": "profile:*", "name": "send_email"},
+        serde_json::json!({"id": "no-email-after-untrusted-content", "tool": {"source": "*", "name": "send_email"},
             "action": "block_when_untrusted",
-            "reason": "email cannot be sent after the conversation read untrusted content (a fetched web page)"}),
+            "reason": "email cannot be sent after the conversation read untrusted content (a fetched web page or an email)"}),
         serde_json::json!({"id": "weather-always-ok", "tool": {"source": "profile:*", "name": "get_weather"}, "action": "allow_when_untrusted"}),
     ];
     for p in invocation {

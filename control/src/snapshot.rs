@@ -249,8 +249,49 @@ pub async fn compile(db: &Db) -> Result<RawConfig, ApiError> {
                 policy_defaults: body.policy_defaults,
                 require_virtual_key: body.require_virtual_key,
                 capture_content: body.capture_content,
+                mcp_servers: body.mcp_servers.clone(),
             },
         );
+    }
+    for (_, m) in documents::all_of::<crate::documents::McpServerBody>(db).await? {
+        let http = matches!(
+            m.transport,
+            crate::documents::McpTransport::StreamableHttp | crate::documents::McpTransport::Sse
+        );
+        if !http && m.command.is_empty() {
+            // Run from an image on Kubernetes: reached by URL once the runtime exists.
+            continue;
+        }
+        raw.mcp_servers.insert(
+            m.name.clone(),
+            sluice_proxy::config::RawMcpServer {
+                url: if http { m.url.clone() } else { None },
+                command: if http { Vec::new() } else { m.command.clone() },
+                env: if http {
+                    Default::default()
+                } else {
+                    m.env.clone()
+                },
+                headers: if http {
+                    m.headers.clone()
+                } else {
+                    Default::default()
+                },
+                bearer_token_sealed: m
+                    .credential_id
+                    .as_ref()
+                    .filter(|_| http)
+                    .and_then(|c| credentials.get(c).cloned()),
+                era: m.era.clone(),
+                prefix: m.prefix,
+                tool_pins: m.tool_pins.clone(),
+                ..Default::default()
+            },
+        );
+    }
+    // A profile naming a server that is gone (or not reachable yet) serves the rest.
+    for p in raw.profiles.values_mut() {
+        p.mcp_servers.retain(|s| raw.mcp_servers.contains_key(s));
     }
     raw.prices = documents::all_of::<crate::documents::PriceBody>(db)
         .await?

@@ -2,4 +2,5 @@
 //! generator used by `docs/benchmarks.md`.
 
 pub mod loadgen;
+pub mod mcp;
 pub mod mock;

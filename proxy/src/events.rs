@@ -183,10 +183,41 @@ pub struct RequestRecord {
     pub captured_response: Option<bytes::Bytes>,
 }
 
-/// Where finished records go. The control plane's usage journal will implement this.
+/// One MCP request the gateway handled (`initialize`, `tools/list`, `tools/call`, …).
+#[derive(Debug, Clone, Serialize)]
+pub struct McpRecord {
+    /// The profile whose endpoint served it.
+    pub profile: String,
+    /// The server it went to (empty when the gateway answered itself).
+    pub server: String,
+    /// The JSON-RPC method.
+    pub method: String,
+    /// The tool (its name at the server), for `tools/call`.
+    pub tool: Option<String>,
+    /// `ok`, `error` (the server or the gateway failed) or `refused` (a policy).
+    pub status: &'static str,
+    /// Wall time, µs.
+    pub duration_us: u64,
+    /// Policy decisions (the call, then its result).
+    pub decisions: Vec<crate::guard::Decision>,
+    /// The virtual key's id, when one was used.
+    pub key_id: Option<String>,
+    /// The client's session (legacy) or conversation id.
+    pub session: Option<String>,
+    /// The arguments, only where the profile captures content.
+    #[serde(skip)]
+    pub arguments: Option<String>,
+    /// The result, only where the profile captures content.
+    #[serde(skip)]
+    pub result: Option<String>,
+}
+
+/// Where finished records go. The control plane's usage journal implements this.
 pub trait EventSink: Send + Sync {
     /// Called once per inspected request, at the end, off the byte path.
     fn record(&self, record: RequestRecord);
+    /// Called once per MCP request the gateway handled.
+    fn record_mcp(&self, _record: McpRecord) {}
 }
 
 /// Keeps the last `capacity` records in memory, for the admin API and tests.

@@ -58,7 +58,7 @@ pub struct RequestJudgement {
 }
 
 /// The text of a JSON content value (strings and numbers, in order), for provenance.
-fn text_of(v: &Value, out: &mut String) {
+pub(crate) fn text_of(v: &Value, out: &mut String) {
     match v {
         Value::String(s) => {
             out.push_str(s);
@@ -168,7 +168,7 @@ fn content_json(provider: Provider, text: &str) -> String {
     }
 }
 
-fn labels_of(profile: &Profile) -> Vec<(&str, &str)> {
+pub(crate) fn labels_of(profile: &Profile) -> Vec<(&str, &str)> {
     profile
         .labels
         .iter()
@@ -176,9 +176,16 @@ fn labels_of(profile: &Profile) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// The identity of a tool seen in LLM traffic on `profile`.
-pub fn llm_tool(profile: &str, name: &str) -> ToolId {
-    ToolId::new(format!("profile:{profile}"), name)
+/// The identity of a tool seen in LLM traffic on `profile`. A name the profile's MCP
+/// gateway exposes (`<server>__<tool>`) is that MCP tool, so a call is judged the same
+/// whether the agent makes it through the LLM or through `tools/call`.
+pub fn llm_tool(profile: &Profile, name: &str) -> ToolId {
+    if let Some((server, tool)) = name.split_once("__")
+        && profile.mcp_servers.iter().any(|s| &**s == server)
+    {
+        return ToolId::new(format!("mcp:{server}"), tool);
+    }
+    ToolId::new(format!("profile:{}", profile.name), name)
 }
 
 /// A result's content as policies see it: JSON strings that hold JSON are parsed, text parts
@@ -226,7 +233,7 @@ pub fn judge_request(
     let tools: Vec<ToolId> = facts
         .tool_results
         .iter()
-        .map(|r| llm_tool(&profile.name, r.name.as_deref().unwrap_or("")))
+        .map(|r| llm_tool(profile, r.name.as_deref().unwrap_or("")))
         .collect();
     let raws: Vec<&[u8]> = facts
         .tool_results
@@ -370,6 +377,92 @@ pub struct Refusal {
     pub decisions: Vec<Decision>,
 }
 
+/// Judges one call: its decision, and the sentence that explains a refusal. The LLM proxy
+/// and the MCP gateway both judge through here, so one call gets one answer.
+#[allow(clippy::too_many_arguments)]
+pub fn judge_one(
+    policies: &CompiledPolicies,
+    approvals: (&ApprovalStore, &std::collections::HashMap<String, i64>),
+    ctx: &EvalContext<'_>,
+    tool: &ToolId,
+    shown_name: &str,
+    call_id: &str,
+    arguments: &str,
+    malformed: Option<&str>,
+) -> (Decision, Option<String>) {
+    let args = if arguments.trim().is_empty() {
+        Ok(Value::Object(serde_json::Map::new()))
+    } else {
+        serde_json::from_str::<Value>(arguments)
+    };
+    // Arguments that cannot be read are refused whenever a policy needs to read them;
+    // a tool whose policies never read arguments is judged as if it had none (its call
+    // would have streamed through unread).
+    let args = match args {
+        Err(_) if !policies.call_depends_on_args(tool) => Ok(Value::Object(serde_json::Map::new())),
+        other => other,
+    };
+    let (verdict, policy, reason) = match (malformed, args) {
+        (Some(problem), _) => ("blocked", None, problem.to_owned()),
+        (None, Err(_)) => (
+            "blocked",
+            None,
+            "its arguments are not valid JSON, and a policy needs to read them".to_owned(),
+        ),
+        (None, Ok(args)) => {
+            let d = policies.evaluate_call(tool, &args, ctx);
+            let policy = d.policy.as_deref().map(str::to_owned);
+            match d.verdict {
+                CallVerdict::Allow => ("allowed", policy, d.reason),
+                CallVerdict::Block => ("blocked", policy, d.reason),
+                CallVerdict::RequireApproval => {
+                    let id = approval_id(tool, &args);
+                    if crate::approvals::approved(approvals.0, approvals.1, &id) {
+                        (
+                            "allowed",
+                            policy,
+                            format!("approved by an admin (approval id {id})"),
+                        )
+                    } else {
+                        (
+                            "approval_required",
+                            policy,
+                            format!(
+                                "{}; approval id {id} (an admin approves it with POST /admin/v1/approvals/{id}, then the identical call goes through)",
+                                d.reason
+                            ),
+                        )
+                    }
+                }
+            }
+        }
+    };
+    let refusal = (verdict != "allowed").then(|| {
+        let marker = policy
+            .as_deref()
+            .map_or("sluice:policy_denied".to_owned(), |p| {
+                format!("sluice:policy_denied policy={p}")
+            });
+        let what = if verdict == "approval_required" {
+            "needs approval"
+        } else {
+            "was blocked"
+        };
+        format!("The tool call {shown_name} {what}: {reason}. [{marker}]")
+    });
+    (
+        Decision {
+            kind: "call",
+            tool: tool.to_string(),
+            call_id: call_id.to_owned(),
+            verdict,
+            policy,
+            reason,
+        },
+        refusal,
+    )
+}
+
 /// Judges a batch of calls; one refused call refuses the batch.
 pub fn judge_calls(
     policies: &CompiledPolicies,
@@ -393,80 +486,19 @@ pub fn judge_calls(
     let mut decisions = Vec::with_capacity(calls.len());
     let mut refused: Vec<String> = Vec::new();
     for call in calls {
-        let tool = llm_tool(&profile.name, &call.name);
-        let args = if call.arguments.trim().is_empty() {
-            Ok(Value::Object(serde_json::Map::new()))
-        } else {
-            serde_json::from_str::<Value>(&call.arguments)
-        };
-        // Arguments that cannot be read are refused whenever a policy needs to read them;
-        // a tool whose policies never read arguments is judged as if it had none (its call
-        // would have streamed through unread).
-        let args = match args {
-            Err(_) if !policies.call_depends_on_args(&tool) => {
-                Ok(Value::Object(serde_json::Map::new()))
-            }
-            other => other,
-        };
-        let (verdict, policy, reason) = match (&call.malformed, args) {
-            (Some(problem), _) => ("blocked", None, problem.clone()),
-            (None, Err(_)) => (
-                "blocked",
-                None,
-                "its arguments are not valid JSON, and a policy needs to read them".to_owned(),
-            ),
-            (None, Ok(args)) => {
-                let d = policies.evaluate_call(&tool, &args, &ctx);
-                let policy = d.policy.as_deref().map(str::to_owned);
-                match d.verdict {
-                    CallVerdict::Allow => ("allowed", policy, d.reason),
-                    CallVerdict::Block => ("blocked", policy, d.reason),
-                    CallVerdict::RequireApproval => {
-                        let id = approval_id(&tool, &args);
-                        if crate::approvals::approved(approvals.0, approvals.1, &id) {
-                            (
-                                "allowed",
-                                policy,
-                                format!("approved by an admin (approval id {id})"),
-                            )
-                        } else {
-                            (
-                                "approval_required",
-                                policy,
-                                format!(
-                                    "{}; approval id {id} (an admin approves it with POST /admin/v1/approvals/{id}, then the identical call goes through)",
-                                    d.reason
-                                ),
-                            )
-                        }
-                    }
-                }
-            }
-        };
-        if verdict != "allowed" {
-            let marker = policy
-                .as_deref()
-                .map_or("sluice:policy_denied".to_owned(), |p| {
-                    format!("sluice:policy_denied policy={p}")
-                });
-            let what = if verdict == "approval_required" {
-                "needs approval"
-            } else {
-                "was blocked"
-            };
-            refused.push(format!(
-                "The tool call {} {what}: {reason}. [{marker}]",
-                call.name
-            ));
-        }
-        decisions.push(Decision {
-            kind: "call",
-            tool: tool.to_string(),
-            call_id: call.id.clone(),
-            verdict,
-            policy,
-            reason,
-        });
+        let tool = llm_tool(profile, &call.name);
+        let (decision, refusal) = judge_one(
+            policies,
+            approvals,
+            &ctx,
+            &tool,
+            &call.name,
+            &call.id,
+            &call.arguments,
+            call.malformed.as_deref(),
+        );
+        refused.extend(refusal);
+        decisions.push(decision);
     }
     if refused.is_empty() {
         return (decisions, None);

@@ -69,6 +69,56 @@ pub struct UsageRecord {
     pub request_body: Option<String>,
     /// The response body, only where the profile turns content capture on.
     pub response_body: Option<String>,
+    /// Set for an MCP request: what the gateway did (the record goes to the MCP call log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpUsage>,
+}
+
+/// The MCP part of a usage record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct McpUsage {
+    /// The server (empty when the gateway answered itself).
+    pub server: String,
+    /// The JSON-RPC method.
+    pub method: String,
+    /// The tool, for `tools/call`.
+    pub tool: Option<String>,
+    /// `ok`, `error` or `refused`.
+    pub status: String,
+    /// The client's session or conversation id.
+    pub session: Option<String>,
+}
+
+impl UsageRecord {
+    /// From an MCP request.
+    pub fn from_mcp(r: &crate::events::McpRecord) -> Self {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Self {
+            ts_ms,
+            profile: r.profile.clone(),
+            key_id: r.key_id.clone(),
+            provider: "mcp".into(),
+            api: Some(r.method.clone()),
+            status: if r.status == "error" { 502 } else { 200 },
+            duration_us: r.duration_us,
+            refused: r.status == "refused",
+            trusted: true,
+            tool_calls: r.tool.iter().cloned().collect(),
+            decisions: serde_json::to_value(&r.decisions).unwrap_or_default(),
+            request_body: r.arguments.clone(),
+            response_body: r.result.clone(),
+            mcp: Some(McpUsage {
+                server: r.server.clone(),
+                method: r.method.clone(),
+                tool: r.tool.clone(),
+                status: r.status.into(),
+                session: r.session.clone(),
+            }),
+            ..Self::default()
+        }
+    }
 }
 
 impl UsageRecord {
@@ -117,6 +167,7 @@ impl UsageRecord {
                 .captured_response
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
+            mcp: None,
         }
     }
 }
@@ -449,8 +500,18 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
 }
 
 impl EventSink for Journal {
+    fn record_mcp(&self, record: crate::events::McpRecord) {
+        self.append_logged(UsageRecord::from_mcp(&record));
+    }
+
     fn record(&self, record: RequestRecord) {
-        if let Err(e) = self.append(UsageRecord::from_record(&record)) {
+        self.append_logged(UsageRecord::from_record(&record));
+    }
+}
+
+impl Journal {
+    fn append_logged(&self, record: UsageRecord) {
+        if let Err(e) = self.append(record) {
             let n = self
                 .failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -472,6 +533,15 @@ impl EventSink for Tee {
                 s.record(record.clone());
             }
             last.record(record);
+        }
+    }
+
+    fn record_mcp(&self, record: crate::events::McpRecord) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for s in rest {
+                s.record_mcp(record.clone());
+            }
+            last.record_mcp(record);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod keys;
 pub mod live;
 pub mod llm;
+pub mod mcp;
 pub mod metrics;
 pub mod passthrough;
 pub mod phases;

@@ -81,6 +81,9 @@ pub struct ProfileBody {
     pub anthropic: Option<UpstreamSettings>,
     /// Gemini upstream; absent: not served.
     pub gemini: Option<UpstreamSettings>,
+    /// Names of the MCP servers its MCP endpoint (`/v1/mcp/<name>`) aggregates, in order.
+    #[serde(default)]
+    pub mcp_servers: Vec<String>,
 }
 
 impl DocKind for ProfileBody {
@@ -500,6 +503,21 @@ pub struct McpServerBody {
     pub image: Option<String>,
     /// What it offers.
     pub description: Option<String>,
+    /// Environment of a stdio server's process.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Extra headers sent to an HTTP server.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// A provider credential (`cred_…`) sent as the bearer token to an HTTP server.
+    pub credential_id: Option<String>,
+    /// `auto` (default), `legacy` or `stateless`.
+    pub era: Option<String>,
+    /// Expose its tools as `<name>__<tool>` (default true).
+    pub prefix: Option<bool>,
+    /// Approved tool definitions: tool name → SHA-256 of its definition, as the proxy's
+    /// `GET /admin/v1/mcp/tools` shows it. Set: other definitions are withheld.
+    pub tool_pins: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl DocKind for McpServerBody {
@@ -532,6 +550,20 @@ impl DocKind for McpServerBody {
                 ApiError::Unprocessable("stdio servers need a command or an image".into()),
             ),
             McpTransport::Stdio => Ok(()),
+        }?;
+        if self.name.contains("__") {
+            return Err(ApiError::Unprocessable(
+                "MCP server names must not contain '__'".into(),
+            ));
         }
+        if !matches!(
+            self.era.as_deref(),
+            None | Some("auto" | "legacy" | "stateless")
+        ) {
+            return Err(ApiError::Unprocessable(
+                "era must be auto, legacy or stateless".into(),
+            ));
+        }
+        Ok(())
     }
 }

@@ -2,8 +2,11 @@
 //! file, then [`Config`], the checked model every request reads. The control plane will feed
 //! the same model.
 
+mod mcp;
 mod raw;
 mod upstream;
+
+pub use mcp::{McpEra, McpServer, McpTransport, RawMcpServer};
 
 pub use raw::{
     RawApproval, RawConfig, RawLimits, RawPrice, RawProfile, RawQuarantine, RawSealedKey,
@@ -99,6 +102,10 @@ pub struct Limits {
     pub approval_ttl: Duration,
     /// Failed virtual-key attempts allowed per client address per minute. Default 20.
     pub max_failed_auth_per_minute: u32,
+    /// MCP sessions kept at once. Default 10,000.
+    pub mcp_max_sessions: usize,
+    /// An idle MCP session ends after this. Default 1 h.
+    pub mcp_session_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +122,8 @@ impl Default for Limits {
             upstream_pool_size: 1024,
             approval_ttl: Duration::from_secs(3600),
             max_failed_auth_per_minute: 20,
+            mcp_max_sessions: 10_000,
+            mcp_session_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -194,6 +203,8 @@ pub struct Profile {
     pub require_virtual_key: bool,
     /// Usage records carry request and response bodies.
     pub capture_content: bool,
+    /// The MCP servers its endpoint aggregates, in order.
+    pub mcp_servers: Arc<[Arc<str>]>,
 }
 
 /// The checked configuration every request reads from one snapshot.
@@ -219,6 +230,10 @@ pub struct Config {
     pub approvals: HashMap<String, i64>,
     /// Token prices.
     pub prices: crate::cost::PriceTable,
+    /// MCP servers by name.
+    pub mcp_servers: HashMap<Arc<str>, Arc<McpServer>>,
+    /// Browser origins allowed on the MCP endpoint besides loopback ones.
+    pub mcp_allowed_origins: Arc<[String]>,
 }
 
 /// Provider base URLs that apply to every profile that does not set its own.
@@ -332,7 +347,22 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         max_failed_auth_per_minute: l
             .max_failed_auth_per_minute
             .unwrap_or(d.max_failed_auth_per_minute),
+        mcp_max_sessions: positive(
+            l.mcp_max_sessions,
+            d.mcp_max_sessions,
+            "limits.mcp_max_sessions",
+        )?,
+        mcp_session_idle_timeout: match l.mcp_session_idle_timeout_secs {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "limits.mcp_session_idle_timeout_secs must be greater than 0".into(),
+                ));
+            }
+            Some(s) => Duration::from_secs(s),
+            None => d.mcp_session_idle_timeout,
+        },
     };
+    let mcp_servers = mcp::compile_servers(raw.mcp_servers, env)?;
     let mut raw_profiles = raw.profiles;
     if raw_profiles.is_empty() {
         raw_profiles.insert("default".into(), RawProfile::default());
@@ -358,6 +388,20 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             let checked = compile_upstream(&name, provider, up, env)?;
             upstreams.insert(provider, Arc::new(checked));
         }
+        let mut servers: Vec<Arc<str>> = Vec::with_capacity(p.mcp_servers.len());
+        for s in &p.mcp_servers {
+            let Some((k, _)) = mcp_servers.get_key_value(s.as_str()) else {
+                return Err(ConfigError::Invalid(format!(
+                    "profiles.{name}.mcp_servers names '{s}', which is not an MCP server"
+                )));
+            };
+            if servers.contains(k) {
+                return Err(ConfigError::Invalid(format!(
+                    "profiles.{name}.mcp_servers names '{s}' twice"
+                )));
+            }
+            servers.push(k.clone());
+        }
         let name: Arc<str> = name.into();
         profiles.insert(
             name.clone(),
@@ -370,6 +414,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
                 policy_defaults: p.policy_defaults,
                 require_virtual_key: p.require_virtual_key,
                 capture_content: p.capture_content,
+                mcp_servers: servers.into(),
             }),
         );
     }
@@ -459,6 +504,8 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         quarantine,
         virtual_keys,
         approvals,
+        mcp_servers,
+        mcp_allowed_origins: raw.mcp_allowed_origins.into(),
     })
 }
 

@@ -34,6 +34,13 @@ pub struct RawConfig {
     /// Token prices per (provider, model), for each request's cost.
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    /// MCP servers the gateway fronts, by name (see docs/mcp.md).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,
+    /// Browser origins allowed to call the MCP endpoint besides loopback ones
+    /// (`https://app.example.com`); any other `Origin` gets 403 (DNS-rebinding defence).
+    #[serde(default)]
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 /// One model's prices, in US dollars per million tokens.
@@ -132,6 +139,10 @@ pub struct RawLimits {
     pub approval_ttl_secs: Option<u64>,
     /// Failed virtual-key attempts allowed per client address per minute (then 429).
     pub max_failed_auth_per_minute: Option<u32>,
+    /// MCP sessions kept at once (the oldest idle one is ended past it).
+    pub mcp_max_sessions: Option<usize>,
+    /// An MCP session unused this long is ended (the client then gets 404), in seconds.
+    pub mcp_session_idle_timeout_secs: Option<u64>,
 }
 
 /// One profile as written.
@@ -160,6 +171,9 @@ pub struct RawProfile {
     /// Usage records of this profile carry the request and response bodies.
     #[serde(default)]
     pub capture_content: bool,
+    /// MCP servers this profile's endpoint (`/v1/mcp/<profile>`) aggregates, in order.
+    #[serde(default)]
+    pub mcp_servers: Vec<String>,
 }
 
 /// One upstream as written.

@@ -55,7 +55,7 @@ fn unconditional_allow(ctx: &RequestCtx, name: &str) -> bool {
     let (Some(cfg), Some(route)) = (ctx.config.as_ref(), ctx.route.as_ref()) else {
         return false;
     };
-    let tool = llm_tool(&route.profile.name, name);
+    let tool = llm_tool(&route.profile, name);
     let policies = &cfg.policies;
     !policies.call_depends_on_args(&tool)
         && judge_calls(

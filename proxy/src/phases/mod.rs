@@ -45,6 +45,7 @@ pub struct SluiceProxy {
     quarantine: crate::quarantine::Quarantine,
     catalogue: Arc<crate::catalogue::ToolCatalogue>,
     auth_failures: crate::keys::FailedAuthLimiter,
+    mcp: Arc<crate::mcp::McpGateway>,
 }
 
 impl SluiceProxy {
@@ -55,6 +56,7 @@ impl SluiceProxy {
         approvals: Arc<crate::approvals::ApprovalStore>,
     ) -> Self {
         Self {
+            mcp: crate::mcp::McpGateway::new(sink.clone(), approvals.clone()),
             live,
             sink,
             approvals,
@@ -208,6 +210,10 @@ impl ProxyHttp for SluiceProxy {
                 request::write_simple(session, status, "text/plain", None, None, Bytes::from(text))
                     .await?;
                 ctx.status = status;
+                return Ok(true);
+            }
+            path if crate::mcp::transport::is_mcp_path(path) => {
+                crate::mcp::transport::serve(&self.mcp, session, ctx, &self.auth_failures).await?;
                 return Ok(true);
             }
             _ => {}

@@ -1,0 +1,711 @@
+//! The JSON-RPC methods. The gateway answers the handshake, `ping` and the merged lists
+//! itself; calls, reads and gets go to the server that owns the name, judged by the
+//! profile's policies on the way out (the call) and on the way back (the result).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sluice_policies::{EvalContext, ToolId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND};
+use super::session::Session;
+use super::upstream::Connection;
+use super::{LEGACY_VERSIONS, McpGateway};
+use crate::config::{Config, McpServer, Profile};
+use crate::events::McpRecord;
+use crate::guard::Decision;
+
+/// Judges a result before the client sees it: the decisions, and whether it was blocked.
+type Judge = Box<dyn FnOnce(&mut Value) -> (Vec<Decision>, bool) + Send>;
+
+/// One request's surroundings.
+#[derive(Clone)]
+pub struct Call {
+    /// The gateway.
+    pub gw: Arc<McpGateway>,
+    /// The snapshot this request uses throughout.
+    pub config: Arc<Config>,
+    /// The profile whose endpoint it is.
+    pub profile: Arc<Profile>,
+    /// The client's session (or conversation, or a session for this request alone).
+    pub session: Arc<Session>,
+    /// The stateless era.
+    pub stateless: bool,
+    /// The virtual key's id.
+    pub key_id: Option<String>,
+    /// `X-Sluice-Agent-Id`.
+    pub agent: Option<String>,
+}
+
+/// What to send back.
+pub enum Reply {
+    /// An answer, now.
+    Now(Value),
+    /// Nothing (a notification or a response was accepted): 202.
+    Accepted,
+    /// A request forwarded to a server: its messages about it, then its answer.
+    Forwarded(Forwarded),
+}
+
+/// A request in flight at a server.
+pub struct Forwarded {
+    /// Notifications and server requests about it, as the server sent them.
+    pub events: mpsc::Receiver<Value>,
+    /// The answer, with the client's id, after the policies.
+    pub answer: oneshot::Receiver<Value>,
+    /// The client's progress token, restored on progress notifications.
+    pub progress: Option<Value>,
+    /// Where it went, to cancel it when a stateless client goes away.
+    pub cancel: (Arc<Connection>, Value),
+}
+
+fn record(call: &Call, server: &str, method: &str, tool: Option<String>) -> McpRecord {
+    McpRecord {
+        profile: call.profile.name.to_string(),
+        server: server.into(),
+        method: method.into(),
+        tool,
+        status: "ok",
+        duration_us: 0,
+        decisions: Vec::new(),
+        key_id: call.key_id.clone(),
+        session: (!call.session.id.starts_with("once:")).then(|| call.session.id.to_string()),
+        arguments: None,
+        result: None,
+    }
+}
+
+fn finish(call: &Call, mut r: McpRecord, started: Instant) {
+    r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    call.gw.sink.record_mcp(r);
+}
+
+/// What the gateway itself offers: everything it can relay.
+pub fn capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": true},
+        "prompts": {"listChanged": true},
+        "resources": {"subscribe": true, "listChanged": true},
+        "logging": {},
+        "completions": {},
+    })
+}
+
+fn server_info() -> Value {
+    json!({"name": "sluice", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// The version answered to an `initialize` asking for `asked`.
+pub fn negotiate(asked: Option<&str>) -> &'static str {
+    LEGACY_VERSIONS
+        .iter()
+        .find(|v| Some(**v) == asked)
+        .copied()
+        .unwrap_or(LEGACY_VERSIONS[0])
+}
+
+/// The `initialize` result (the transport opens the session).
+pub fn initialize_result(version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": capabilities(),
+        "serverInfo": server_info(),
+        "instructions": "Sluice MCP gateway: the tools of this profile's servers, under its policies.",
+    })
+}
+
+/// Handles one request.
+pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>) -> Reply {
+    let started = Instant::now();
+    let answer = |r: Value| Reply::Now(jsonrpc::result(id.clone(), r));
+    match method {
+        "ping" => answer(json!({})),
+        "server/discover" => answer(json!({
+            "supportedVersions": [super::upstream::STATELESS_VERSION],
+            "capabilities": capabilities(),
+            "instructions": "Sluice MCP gateway: the tools of this profile's servers, under its policies.",
+            "_meta": {"io.modelcontextprotocol/serverInfo": server_info()},
+        })),
+        "initialize" => Reply::Now(jsonrpc::error(
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "the session is already initialized",
+        )),
+        "tools/list" => {
+            let (tools, failed) = call.gw.tools(&call.config, &call.profile).await;
+            let mut rec = record(call, "", method, None);
+            if !failed.is_empty() {
+                rec.status = "error";
+                for e in &failed {
+                    tracing::warn!(error = %e, "an MCP server's tools are missing from tools/list");
+                }
+            }
+            let list: Vec<Value> = tools
+                .into_iter()
+                .filter(|t| t.withheld.is_none())
+                .map(|t| t.definition)
+                .collect();
+            finish(call, rec, started);
+            answer(json!({ "tools": list }))
+        }
+        "prompts/list" | "resources/list" | "resources/templates/list" => {
+            merged_list(call, id.clone(), method).await
+        }
+        "tools/call" => tools_call(call, id, params, started).await,
+        "prompts/get"
+        | "completion/complete"
+        | "resources/read"
+        | "resources/subscribe"
+        | "resources/unsubscribe" => routed(call, id, method, params, started).await,
+        "logging/setLevel" => {
+            let level = jsonrpc::param_str(params.as_ref(), "level").map(str::to_owned);
+            call.session.state.lock().log_level = level;
+            for s in McpGateway::servers_of(&call.config, &call.profile) {
+                let conn = call.gw.connection(&s);
+                let has_logging = conn
+                    .establish()
+                    .await
+                    .is_ok_and(|e| e.capabilities.get("logging").is_some());
+                if has_logging {
+                    let _ = conn.request(method, params.clone(), None).await;
+                }
+            }
+            answer(json!({}))
+        }
+        _ => Reply::Now(jsonrpc::error(
+            id,
+            METHOD_NOT_FOUND,
+            &format!("method '{}' is not supported", truncate(method)),
+        )),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Prompts, resources and templates of every server, prompts renamed like tools.
+async fn merged_list(call: &Call, id: Value, method: &str) -> Reply {
+    let kind = match method {
+        "prompts/list" => "prompts",
+        "resources/list" => "resources",
+        _ => "resourceTemplates",
+    };
+    let mut out = Vec::new();
+    for s in McpGateway::servers_of(&call.config, &call.profile) {
+        let Ok(items) = call.gw.list(&s, kind).await else {
+            continue;
+        };
+        for item in items.iter() {
+            let mut item = item.clone();
+            if kind == "prompts"
+                && let Some(name) = item.get("name").and_then(Value::as_str)
+            {
+                let exposed = super::aggregate::exposed_name(&s, name);
+                item["name"] = Value::String(exposed);
+            }
+            out.push(item);
+        }
+    }
+    Reply::Now(jsonrpc::result(id, json!({ kind: out })))
+}
+
+/// The server that owns a prompt name, a resource URI or a completion reference.
+async fn owner(call: &Call, method: &str, params: &mut Value) -> Option<Arc<McpServer>> {
+    let servers = McpGateway::servers_of(&call.config, &call.profile);
+    let rename = |p: &mut Value, pointer: &str| -> Option<Arc<McpServer>> {
+        let name = p.pointer(pointer)?.as_str()?.to_owned();
+        let (s, original) = super::aggregate::split_prefixed(&name, &servers)?;
+        let original = original.to_owned();
+        if let Some(slot) = p.pointer_mut(pointer) {
+            *slot = Value::String(original);
+        }
+        Some(s)
+    };
+    match method {
+        "prompts/get" => rename(params, "/name"),
+        "completion/complete" if params.pointer("/ref/type") == Some(&json!("ref/prompt")) => {
+            rename(params, "/ref/name")
+        }
+        _ => {
+            let uri = params
+                .pointer("/uri")
+                .or_else(|| params.pointer("/ref/uri"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            if servers.len() <= 1 {
+                return servers.into_iter().next();
+            }
+            for s in &servers {
+                if let Ok(list) = call.gw.list(s, "resources").await
+                    && list
+                        .iter()
+                        .any(|r| r.get("uri").and_then(Value::as_str) == Some(&uri))
+                {
+                    return Some(s.clone());
+                }
+                if let Ok(list) = call.gw.list(s, "resourceTemplates").await
+                    && list.iter().any(|t| {
+                        t.get("uriTemplate")
+                            .and_then(Value::as_str)
+                            .and_then(|u| u.split('{').next())
+                            .is_some_and(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
+                    })
+                {
+                    return Some(s.clone());
+                }
+            }
+            servers.into_iter().next()
+        }
+    }
+}
+
+async fn routed(
+    call: &Call,
+    id: Value,
+    method: &str,
+    params: Option<Value>,
+    started: Instant,
+) -> Reply {
+    let mut p = params.unwrap_or_else(|| json!({}));
+    let Some(server) = owner(call, method, &mut p).await else {
+        return Reply::Now(jsonrpc::error(
+            id,
+            INVALID_PARAMS,
+            "no MCP server of this profile serves that name",
+        ));
+    };
+    if let Some(uri) = p.get("uri").and_then(Value::as_str) {
+        let mut st = call.session.state.lock();
+        match method {
+            "resources/subscribe" => {
+                st.subscriptions.insert(uri.to_owned());
+            }
+            "resources/unsubscribe" => {
+                st.subscriptions.remove(uri);
+            }
+            _ => {}
+        }
+    }
+    let rec = record(call, &server.name, method, None);
+    forward(call, id, &server, method, p, rec, started, None)
+}
+
+/// Sends the request to the server on a task of its own (a legacy client that goes away
+/// does not cancel it); `judge` runs on the answer before the client sees it.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    call: &Call,
+    id: Value,
+    server: &Arc<McpServer>,
+    method: &str,
+    params: Value,
+    mut rec: McpRecord,
+    started: Instant,
+    judge: Option<Judge>,
+) -> Reply {
+    let conn = call.gw.connection(server);
+    let progress = params.pointer("/_meta/progressToken").cloned();
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (tx, rx) = oneshot::channel();
+    let (c2, method, call2) = (conn.clone(), method.to_owned(), call.clone());
+    let upstream_id = conn.new_id();
+    let client_id = id.to_string();
+    call.session.state.lock().inflight.insert(
+        client_id.clone(),
+        (server.name.clone(), upstream_id.clone()),
+    );
+    let cancel_id = upstream_id.clone();
+    tokio::spawn(async move {
+        let answer = c2
+            .request_as(upstream_id, &method, Some(params), Some(ev_tx))
+            .await;
+        call2.session.state.lock().inflight.remove(&client_id);
+        let msg = match answer {
+            Ok(mut a) => {
+                a["id"] = id.clone();
+                if a.get("error").is_some() {
+                    rec.status = "error";
+                } else if let (Some(judge), Some(result)) = (judge, a.get_mut("result")) {
+                    let (decisions, blocked) = judge(result);
+                    rec.decisions.extend(decisions);
+                    if blocked {
+                        rec.status = "refused";
+                    }
+                }
+                a
+            }
+            Err(e) => {
+                rec.status = "error";
+                tracing::warn!(error = %e, "MCP request failed");
+                jsonrpc::error(id.clone(), INTERNAL_ERROR, &e.to_string())
+            }
+        };
+        let msg = shape_for(&call2, msg);
+        if call2.profile.capture_content {
+            rec.result = msg.get("result").map(Value::to_string);
+        }
+        finish(&call2, rec, started);
+        let _ = tx.send(msg);
+    });
+    Reply::Forwarded(Forwarded {
+        events: ev_rx,
+        answer: rx,
+        progress,
+        cancel: (conn, cancel_id),
+    })
+}
+
+/// Results in the client's era: the stateless era wants `resultType` (and caching hints on
+/// lists and reads); the legacy era has no such fields.
+pub fn shape_for(call: &Call, mut msg: Value) -> Value {
+    let Some(result) = msg.get_mut("result").and_then(Value::as_object_mut) else {
+        return msg;
+    };
+    if call.stateless {
+        result
+            .entry("resultType")
+            .or_insert_with(|| Value::String("complete".into()));
+        // Lists and reads carry caching hints: private (they depend on the profile and its
+        // policies) and immediately stale (a snapshot may change them at any time).
+        let cacheable = [
+            "tools",
+            "prompts",
+            "resources",
+            "resourceTemplates",
+            "contents",
+        ]
+        .iter()
+        .any(|k| result.contains_key(*k));
+        if cacheable {
+            result.entry("ttlMs").or_insert_with(|| json!(0));
+            result.insert("cacheScope".into(), json!("private"));
+        }
+    } else {
+        result.remove("resultType");
+        result.remove("ttlMs");
+        result.remove("cacheScope");
+    }
+    msg
+}
+
+async fn tools_call(call: &Call, id: Value, params: Option<Value>, started: Instant) -> Reply {
+    let mut p = params.unwrap_or_else(|| json!({}));
+    let name = p
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let (tools, _) = call.gw.tools(&call.config, &call.profile).await;
+    let Some(tool) = tools.into_iter().find(|t| t.name == name) else {
+        return Reply::Now(jsonrpc::error(
+            id,
+            INVALID_PARAMS,
+            &format!("unknown tool: {}", truncate(&name)),
+        ));
+    };
+    let mut rec = record(
+        call,
+        &tool.server,
+        "tools/call",
+        Some(tool.original.clone()),
+    );
+    let args = p.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    if call.profile.capture_content {
+        rec.arguments = Some(args.to_string());
+    }
+    let tool_id = ToolId::new(format!("mcp:{}", tool.server), tool.original.as_str());
+    if let Some(why) = &tool.withheld {
+        rec.status = "refused";
+        let text = format!("The tool call {name} was blocked: {why}. [sluice:tool_withheld]");
+        finish(call, rec, started);
+        return Reply::Now(jsonrpc::result(
+            id,
+            refusal(call, &text, "tool_withheld", None),
+        ));
+    }
+    let (decision, refused) = judge_call(call, &tool_id, &name, &id, &args);
+    rec.decisions.push(decision.clone());
+    if let Some(text) = refused {
+        rec.status = "refused";
+        finish(call, rec, started);
+        return Reply::Now(jsonrpc::result(
+            id,
+            refusal(call, &text, "policy_denied", Some(&decision)),
+        ));
+    }
+    p["name"] = Value::String(tool.original.clone());
+    let server = call.config.mcp_servers.get(&tool.server).cloned();
+    let Some(server) = server else {
+        return Reply::Now(jsonrpc::error(
+            id,
+            INTERNAL_ERROR,
+            "the tool's server is gone",
+        ));
+    };
+    let judged = call.clone();
+    let judge = Box::new(move |result: &mut Value| judge_result(&judged, &tool_id, result));
+    forward(
+        call,
+        id,
+        &server,
+        "tools/call",
+        p,
+        rec,
+        started,
+        Some(judge),
+    )
+}
+
+fn refusal(call: &Call, text: &str, kind: &str, decision: Option<&Decision>) -> Value {
+    let mut r = json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": true,
+        "_meta": {"sluice/refusal": {"kind": kind, "decision": decision}},
+    });
+    if call.stateless {
+        r["resultType"] = "complete".into();
+    }
+    r
+}
+
+fn judge_call(
+    call: &Call,
+    tool: &ToolId,
+    shown: &str,
+    id: &Value,
+    args: &Value,
+) -> (Decision, Option<String>) {
+    let policies = &call.config.policies;
+    let st = call.session.state.lock();
+    let provenance = policies.uses_provenance().then(|| {
+        use sluice_policies::provenance::{Origin, ProvenanceIndex, Source};
+        let sources: Vec<Source<'_>> = st
+            .results
+            .iter()
+            .map(|(trusted, text, tool)| Source {
+                origin: if *trusted {
+                    Origin::TrustedResult
+                } else {
+                    Origin::UntrustedResult
+                },
+                text,
+                tool,
+            })
+            .collect();
+        ProvenanceIndex::build(&sources)
+    });
+    let labels = crate::guard::labels_of(&call.profile);
+    let ctx = EvalContext {
+        profile: &call.profile.name,
+        team: call.profile.team.as_deref(),
+        agent: call.agent.as_deref(),
+        labels: &labels,
+        trusted: !st.untrusted && !call.profile.starts_untrusted,
+        defaults: call.profile.policy_defaults.as_ref(),
+        provenance: provenance.as_ref(),
+    };
+    let call_id = match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    crate::guard::judge_one(
+        policies,
+        (&call.gw.approvals, &call.config.approvals),
+        &ctx,
+        tool,
+        shown,
+        &call_id,
+        &args.to_string(),
+        None,
+    )
+}
+
+/// Judges a result: a trusted one is remembered as such; an untrusted one taints the
+/// session; a blocked one (or one needing the quarantine, which MCP does not run) is
+/// replaced by a notice and taints the session.
+fn judge_result(call: &Call, tool: &ToolId, result: &mut Value) -> (Vec<Decision>, bool) {
+    use sluice_policies::ResultVerdict;
+    let raw = result
+        .get("structuredContent")
+        .or_else(|| result.get("content"))
+        .map(Value::to_string)
+        .unwrap_or_default();
+    let content = crate::guard::normalise_content(raw.as_bytes());
+    let labels = crate::guard::labels_of(&call.profile);
+    let ctx = EvalContext {
+        profile: &call.profile.name,
+        team: call.profile.team.as_deref(),
+        agent: call.agent.as_deref(),
+        labels: &labels,
+        trusted: true,
+        defaults: call.profile.policy_defaults.as_ref(),
+        provenance: None,
+    };
+    let d = call.config.policies.evaluate_result(tool, &content, &ctx);
+    let (verdict, reason) = match d.verdict {
+        ResultVerdict::Trusted => ("trusted", d.reason.clone()),
+        ResultVerdict::Untrusted => ("untrusted", d.reason.clone()),
+        ResultVerdict::Block => ("blocked", d.reason.clone()),
+        ResultVerdict::Sanitize => (
+            "blocked",
+            format!(
+                "{}; the MCP gateway does not run the dual-LLM quarantine, so the result is blocked (fail closed)",
+                d.reason
+            ),
+        ),
+    };
+    let mut text = String::new();
+    crate::guard::text_of(&content, &mut text);
+    let mut st = call.session.state.lock();
+    st.remember_result(verdict == "trusted", text, tool.to_string());
+    if verdict != "trusted" && !st.untrusted {
+        st.untrusted = true;
+        st.boundary = Some(format!("the result of {tool} was {verdict}"));
+    }
+    drop(st);
+    let blocked = verdict == "blocked";
+    if blocked {
+        let notice = format!("[Sluice blocked this tool result: {reason}] [sluice:result_blocked]");
+        *result = json!({"content": [{"type": "text", "text": notice}], "isError": true});
+    }
+    let decision = Decision {
+        kind: "result",
+        tool: tool.to_string(),
+        call_id: String::new(),
+        verdict,
+        policy: d.policy.as_deref().map(str::to_owned),
+        reason,
+    };
+    (vec![decision], blocked)
+}
+
+/// A message a server sent about a forwarded request, as the client gets it: server
+/// requests get an id of ours (the client's answer is routed back by it), progress gets
+/// the client's token back, log messages below the client's level are dropped. `None`:
+/// nothing to send (the gateway answered a request the client cannot take).
+pub async fn relay(
+    call: &Call,
+    server: &Arc<Connection>,
+    fwd: &Forwarded,
+    mut msg: Value,
+) -> Option<Value> {
+    let method = msg
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if let Some(upstream_id) = msg.get("id").cloned() {
+        let capability = match method.as_str() {
+            "sampling/createMessage" => "sampling",
+            "elicitation/create" => "elicitation",
+            "roots/list" => "roots",
+            _ => "",
+        };
+        if call.stateless || !call.session.can(capability) {
+            server
+                .respond(jsonrpc::error(
+                    upstream_id,
+                    METHOD_NOT_FOUND,
+                    &format!("the client does not support {}", truncate(&method)),
+                ))
+                .await;
+            return None;
+        }
+        let ours = format!("sluice-s-{}", super::session::new_id());
+        call.session
+            .state
+            .lock()
+            .server_requests
+            .insert(ours.clone(), (server.server.name.clone(), upstream_id));
+        msg["id"] = Value::String(ours);
+        return Some(msg);
+    }
+    match method.as_str() {
+        "notifications/progress" => {
+            if let (Some(tok), Some(slot)) =
+                (&fwd.progress, msg.pointer_mut("/params/progressToken"))
+            {
+                *slot = tok.clone();
+            }
+            Some(msg)
+        }
+        "notifications/message" => {
+            let level = msg
+                .pointer("/params/level")
+                .and_then(Value::as_str)
+                .unwrap_or("info");
+            let min = call.session.state.lock().log_level.clone();
+            (severity(level) >= severity(min.as_deref().unwrap_or("debug"))).then_some(msg)
+        }
+        _ => Some(msg),
+    }
+}
+
+fn severity(level: &str) -> u8 {
+    match level {
+        "debug" => 0,
+        "info" => 1,
+        "notice" => 2,
+        "warning" => 3,
+        "error" => 4,
+        "critical" => 5,
+        "alert" => 6,
+        "emergency" => 7,
+        _ => 1,
+    }
+}
+
+/// A notification or response from the client.
+pub async fn one_way(call: &Call, method: Option<&str>, msg: Value) {
+    match method {
+        Some("notifications/cancelled") => {
+            let Some(rid) = msg.pointer("/params/requestId") else {
+                return;
+            };
+            let target = call
+                .session
+                .state
+                .lock()
+                .inflight
+                .get(&rid.to_string())
+                .cloned();
+            if let Some((server, upstream_id)) = target
+                && let Some(s) = call.config.mcp_servers.get(&server)
+            {
+                let mut params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+                params["requestId"] = upstream_id;
+                call.gw
+                    .connection(s)
+                    .notify("notifications/cancelled", Some(params))
+                    .await;
+            }
+        }
+        Some("notifications/roots/list_changed") => {
+            for s in McpGateway::servers_of(&call.config, &call.profile) {
+                call.gw
+                    .connection(&s)
+                    .notify("notifications/roots/list_changed", None)
+                    .await;
+            }
+        }
+        Some(_) => {}
+        None => {
+            // An answer to a request a server made through us.
+            let Some(ours) = msg.get("id").and_then(Value::as_str) else {
+                return;
+            };
+            let target = call.session.state.lock().server_requests.remove(ours);
+            if let Some((server, upstream_id)) = target
+                && let Some(s) = call.config.mcp_servers.get(&server)
+            {
+                let mut answer = msg.clone();
+                answer["id"] = upstream_id;
+                call.gw.connection(s).respond(answer).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The MCP gateway: `/v1/mcp/{profile}` on the proxy's listener. One endpoint per profile
+//! aggregates the profile's MCP servers under the same policies as LLM tool calls.
+//!
+//! - [`transport`]: the HTTP side, both eras (legacy sessions with `Mcp-Session-Id`, GET
+//!   streams and DELETE; the stateless 2026-07-28 revision with its headers), JSON or SSE
+//!   answers, Origin checks.
+//! - [`dispatch`]: the JSON-RPC methods: the gateway answers `initialize`,
+//!   `server/discover`, `ping` and the lists itself and routes the rest.
+//! - [`upstream`]: connections to servers over Streamable HTTP (either era) or stdio.
+//! - [`aggregate`]: exposed names, pins, injection flags.
+//! - [`session`]: client sessions with their taint.
+
+pub mod aggregate;
+pub mod dispatch;
+pub mod jsonrpc;
+pub mod session;
+pub mod transport;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::{Config, McpServer, Profile};
+use crate::events::EventSink;
+use upstream::{Connection, UpstreamError};
+
+/// Protocol versions the gateway speaks to clients, newest first.
+pub const LEGACY_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// A server's list and, for a stateless-era server (which sends no change notifications
+/// outside `subscriptions/listen`), when it goes stale.
+#[derive(Clone)]
+struct Cached {
+    items: Arc<Vec<Value>>,
+    stale_at: Option<std::time::Instant>,
+}
+
+/// How long a stateless server's list is kept when it gives no `ttlMs`.
+const STATELESS_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The gateway's state: server connections, their tool lists, client sessions.
+pub struct McpGateway {
+    conns: parking_lot::Mutex<HashMap<Arc<str>, Arc<Connection>>>,
+    lists: parking_lot::Mutex<HashMap<(Arc<str>, &'static str), Cached>>,
+    /// Client sessions.
+    pub sessions: session::Sessions,
+    /// Where MCP records go.
+    pub sink: Arc<dyn EventSink>,
+    /// Approvals for `require_approval` calls.
+    pub approvals: Arc<crate::approvals::ApprovalStore>,
+}
+
+impl std::fmt::Debug for McpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("McpGateway")
+    }
+}
+
+impl McpGateway {
+    /// A gateway recording to `sink`.
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        approvals: Arc<crate::approvals::ApprovalStore>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            conns: parking_lot::Mutex::default(),
+            lists: parking_lot::Mutex::default(),
+            sessions: session::Sessions::default(),
+            sink,
+            approvals,
+        })
+    }
+
+    /// The connection to `server`; a new one when its transport changed in the snapshot.
+    pub fn connection(self: &Arc<Self>, server: &Arc<McpServer>) -> Arc<Connection> {
+        let mut conns = self.conns.lock();
+        if let Some(c) = conns.get(&server.name)
+            && c.server.same_connection(server)
+            && (Arc::ptr_eq(&c.server, server) || *c.server == **server)
+        {
+            return c.clone();
+        }
+        let c = Connection::new(server.clone());
+        self.watch(&c);
+        conns.insert(server.name.clone(), c.clone());
+        self.lists.lock().retain(|(s, _), _| *s != server.name);
+        c
+    }
+
+    /// Follows what a server sends outside requests: list changes drop the cached list
+    /// and reach the clients' GET streams; resource updates reach the subscribers; server
+    /// requests nobody can relay are answered with an error.
+    fn watch(self: &Arc<Self>, conn: &Arc<Connection>) {
+        let mut rx = conn.unsolicited.subscribe();
+        let (gw, weak) = (Arc::downgrade(self), Arc::downgrade(conn));
+        let name = conn.server.name.clone();
+        tokio::spawn(async move {
+            while let Ok(msg) = rx.recv().await {
+                let (Some(gw), Some(conn)) = (gw.upgrade(), weak.upgrade()) else {
+                    return;
+                };
+                gw.unsolicited(&name, &conn, msg).await;
+            }
+        });
+    }
+
+    async fn unsolicited(&self, server: &Arc<str>, conn: &Arc<Connection>, msg: Value) {
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        if let Some(id) = msg.get("id").cloned() {
+            conn.respond(jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                "Sluice cannot relay this request: no client request is waiting for it",
+            ))
+            .await;
+            return;
+        }
+        let kind = match method {
+            "notifications/tools/list_changed" => Some("tools"),
+            "notifications/prompts/list_changed" => Some("prompts"),
+            "notifications/resources/list_changed" => Some("resources"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.lists.lock().remove(&(server.clone(), kind));
+            for s in self.sessions.all() {
+                s.state.lock().push_event(msg.clone());
+            }
+            return;
+        }
+        if method == "notifications/resources/updated" {
+            let uri = msg
+                .pointer("/params/uri")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            for s in self.sessions.all() {
+                let mut st = s.state.lock();
+                if st.subscriptions.contains(uri) {
+                    st.push_event(msg.clone());
+                }
+            }
+        }
+    }
+
+    /// A server's list (`tools`, `prompts`, `resources`, `resourceTemplates`), all pages,
+    /// cached until the server says it changed.
+    pub async fn list(
+        self: &Arc<Self>,
+        server: &Arc<McpServer>,
+        kind: &'static str,
+    ) -> Result<Arc<Vec<Value>>, UpstreamError> {
+        let conn = self.connection(server);
+        if let Some(l) = self.lists.lock().get(&(server.name.clone(), kind))
+            && l.stale_at.is_none_or(|t| t > std::time::Instant::now())
+        {
+            return Ok(l.items.clone());
+        }
+        let stateless = conn.establish().await?.stateless;
+        let mut ttl: Option<u64> = None;
+        let method = match kind {
+            "tools" => "tools/list",
+            "prompts" => "prompts/list",
+            "resources" => "resources/list",
+            _ => "resources/templates/list",
+        };
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..100 {
+            let params = cursor.take().map(|c| serde_json::json!({"cursor": c}));
+            let answer = conn.request(method, params, None).await?;
+            let Some(result) = answer.get("result") else {
+                // A server without this feature: an empty list.
+                break;
+            };
+            if let Some(t) = result.get("ttlMs").and_then(Value::as_u64) {
+                ttl = Some(ttl.map_or(t, |old| old.min(t)));
+            }
+            if let Some(list) = result.get(kind).and_then(Value::as_array) {
+                items.extend(list.iter().cloned());
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        let items = Arc::new(items);
+        let stale_at = stateless.then(|| {
+            let ttl = ttl.map_or(STATELESS_LIST_TTL, |t| {
+                std::time::Duration::from_millis(t).min(std::time::Duration::from_secs(300))
+            });
+            std::time::Instant::now() + ttl
+        });
+        self.lists.lock().insert(
+            (server.name.clone(), kind),
+            Cached {
+                items: items.clone(),
+                stale_at,
+            },
+        );
+        Ok(items)
+    }
+
+    /// The profile's servers, in its order.
+    pub fn servers_of(config: &Config, profile: &Profile) -> Vec<Arc<McpServer>> {
+        profile
+            .mcp_servers
+            .iter()
+            .filter_map(|n| config.mcp_servers.get(n).cloned())
+            .collect()
+    }
+
+    /// Every tool the profile exposes, sorted by name (prompt caches depend on a stable
+    /// order), with the servers that failed to list.
+    pub async fn tools(
+        self: &Arc<Self>,
+        config: &Config,
+        profile: &Profile,
+    ) -> (Vec<aggregate::Exposed>, Vec<UpstreamError>) {
+        let mut out = Vec::new();
+        let mut failed = Vec::new();
+        for s in Self::servers_of(config, profile) {
+            match self.list(&s, "tools").await {
+                Ok(tools) => out.extend(aggregate::expose_tools(&s, &tools)),
+                Err(e) => failed.push(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        (out, failed)
+    }
+}

@@ -1,0 +1,768 @@
+//! The HTTP side of `/v1/mcp/{profile}`: both transport eras on one endpoint.
+//!
+//! - Legacy (2025-03-26 … 2025-11-25): `initialize` opens a session (`Mcp-Session-Id`);
+//!   later POSTs carry it (400 without, 404 once it ended); GET opens the session's stream
+//!   (with `Last-Event-ID` replay); DELETE ends it; batches only under 2025-03-26.
+//! - Stateless (2026-07-28): every POST carries `MCP-Protocol-Version`, `Mcp-Method` and
+//!   (for calls, reads and gets) `Mcp-Name`, checked against the body; GET and DELETE get
+//!   405; taint follows `X-Sluice-Session-Id` when the client sends one.
+//!
+//! A request's answer is JSON, unless the server sends messages about it first (progress,
+//! logs, sampling): then the answer is an SSE stream carrying them, then the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::{Value, json};
+
+use super::dispatch::{self, Call, Forwarded, Reply};
+use super::jsonrpc::{self, HEADER_MISMATCH, Message, UNSUPPORTED_VERSION};
+use super::upstream::STATELESS_VERSION;
+use super::{LEGACY_VERSIONS, McpGateway};
+use crate::config::Config;
+use crate::keys::FailedAuthLimiter;
+use crate::phases::ctx::RequestCtx;
+
+/// True when the path is the MCP endpoint's.
+pub fn is_mcp_path(path: &str) -> bool {
+    path == "/v1/mcp" || path.starts_with("/v1/mcp/")
+}
+
+fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Serves one HTTP request on the MCP endpoint; always answers it.
+pub async fn serve(
+    gw: &Arc<McpGateway>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    failures: &FailedAuthLimiter,
+) -> pingora::Result<()> {
+    let Some(config) = ctx.config.clone() else {
+        return rpc_error(
+            session,
+            ctx,
+            503,
+            Value::Null,
+            jsonrpc::INTERNAL_ERROR,
+            "Sluice has no configuration yet",
+        )
+        .await;
+    };
+    // DNS rebinding: a browser page on another origin must not reach local servers.
+    if let Some(origin) = header(session, "origin")
+        && !origin_allowed(origin, &config)
+    {
+        return rpc_error(
+            session,
+            ctx,
+            403,
+            Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            "Origin not allowed: add it to mcp_allowed_origins",
+        )
+        .await;
+    }
+    let key = match crate::phases::auth::verify_key(session, &config, failures) {
+        Ok(k) => k,
+        Err(e) => return sluice_error(session, ctx, &e).await,
+    };
+    let path = session.req_header().uri.path().to_owned();
+    let named = path
+        .strip_prefix("/v1/mcp")
+        .map(|r| r.trim_matches('/'))
+        .filter(|r| !r.is_empty());
+    let profile_name = named
+        .map(str::to_owned)
+        .or_else(|| key.as_ref().map(|k| k.profile.to_string()))
+        .unwrap_or_else(|| crate::route::DEFAULT_PROFILE.to_owned());
+    let Some(profile) = config.profiles.get(profile_name.as_str()).cloned() else {
+        let e = crate::error::SluiceError::UnknownProfile(profile_name.chars().take(64).collect());
+        return sluice_error(session, ctx, &e).await;
+    };
+    match &key {
+        Some(k) if *k.profile != *profile.name => {
+            let e = crate::error::SluiceError::VirtualKeyWrongProfile {
+                key_profile: k.profile.to_string(),
+                url_profile: profile.name.to_string(),
+            };
+            return sluice_error(session, ctx, &e).await;
+        }
+        None if profile.require_virtual_key => {
+            let e = crate::error::SluiceError::VirtualKeyRequired(profile.name.to_string());
+            return sluice_error(session, ctx, &e).await;
+        }
+        _ => {}
+    }
+    ctx.key_id = key.map(|k| k.id.to_string());
+    let method = session.req_header().method.clone();
+    let sid = header(session, "mcp-session-id").map(str::to_owned);
+    let idle = config.limits.mcp_session_idle_timeout;
+    let legacy_session = sid
+        .as_deref()
+        .map(|id| gw.sessions.get(id, &profile.name, idle));
+    let (key_id, agent): (Option<String>, Option<String>) = (
+        ctx.key_id.clone(),
+        header(session, "x-sluice-agent-id").map(|a| a.chars().take(128).collect()),
+    );
+    let (gw2, config2, profile2) = (gw.clone(), config.clone(), profile.clone());
+    let call = move |s: Arc<super::session::Session>, stateless: bool| Call {
+        gw: gw2.clone(),
+        config: config2.clone(),
+        profile: profile2.clone(),
+        session: s,
+        stateless,
+        key_id: key_id.clone(),
+        agent: agent.clone(),
+    };
+    match method.as_str() {
+        "GET" => match legacy_session {
+            Some(Some(s)) => {
+                let c = call(s, false);
+                get_stream(session, ctx, &c).await
+            }
+            Some(None) => {
+                rpc_error(
+                    session,
+                    ctx,
+                    404,
+                    Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    "Session not found: initialize again",
+                )
+                .await
+            }
+            None => simple(
+                session,
+                ctx,
+                405,
+                "the 2026-07-28 transport has no GET stream; a legacy client sends Mcp-Session-Id",
+            )
+            .await,
+        },
+        "DELETE" => match sid {
+            Some(id) if gw.sessions.close(&id) => simple(session, ctx, 200, "").await,
+            Some(_) => {
+                rpc_error(
+                    session,
+                    ctx,
+                    404,
+                    Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    "Session not found",
+                )
+                .await
+            }
+            None => simple(session, ctx, 405, "no session to end").await,
+        },
+        "POST" => {
+            let body = match read_body(session, config.limits.max_request_body_bytes).await {
+                Ok(b) => b,
+                Err(status) => {
+                    return rpc_error(
+                        session,
+                        ctx,
+                        status,
+                        Value::Null,
+                        jsonrpc::INVALID_REQUEST,
+                        "the body is too large or could not be read",
+                    )
+                    .await;
+                }
+            };
+            let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+                return rpc_error(
+                    session,
+                    ctx,
+                    400,
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    "Parse error: the body is not JSON",
+                )
+                .await;
+            };
+            post(
+                gw,
+                session,
+                ctx,
+                &config,
+                &profile,
+                legacy_session,
+                value,
+                &call,
+            )
+            .await
+        }
+        _ => simple(session, ctx, 405, "use POST, GET or DELETE").await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn post(
+    gw: &Arc<McpGateway>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    config: &Arc<Config>,
+    profile: &Arc<crate::config::Profile>,
+    legacy_session: Option<Option<Arc<super::session::Session>>>,
+    value: Value,
+    call: &(dyn Fn(Arc<super::session::Session>, bool) -> Call + Send + Sync),
+) -> pingora::Result<()> {
+    let is_initialize = value.get("method").and_then(Value::as_str) == Some("initialize");
+    let version_header = header(session, "mcp-protocol-version").map(str::to_owned);
+    let modern = !is_initialize
+        && legacy_session.is_none()
+        && (version_header.as_deref() == Some(STATELESS_VERSION)
+            || value
+                .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+                .is_some());
+    if is_initialize {
+        return initialize(gw, session, ctx, config, profile, value).await;
+    }
+    if modern {
+        if let Err((code, msg)) = check_modern_headers(session, &value) {
+            let data = (code == UNSUPPORTED_VERSION)
+                .then(|| json!({"supported": [STATELESS_VERSION], "requested": version_header}));
+            let id = value.get("id").cloned().unwrap_or(Value::Null);
+            let body = match data {
+                Some(d) => jsonrpc::error_with(id, code, &msg, d),
+                None => jsonrpc::error(id, code, &msg),
+            };
+            return write_json(session, ctx, 400, &body, None).await;
+        }
+        let s = match header(session, "x-sluice-session-id") {
+            Some(conv) => gw.sessions.conversation(
+                &conv.chars().take(128).collect::<String>(),
+                &profile.name,
+                config.limits.mcp_session_idle_timeout,
+                config.limits.mcp_max_sessions,
+            ),
+            None => super::session::Sessions::detached(profile.name.clone()),
+        };
+        return one_message(session, ctx, &call(s, true), value).await;
+    }
+    let s = match legacy_session {
+        Some(Some(s)) => s,
+        Some(None) => {
+            return rpc_error(
+                session,
+                ctx,
+                404,
+                value.get("id").cloned().unwrap_or(Value::Null),
+                jsonrpc::INVALID_REQUEST,
+                "Session not found: initialize again",
+            )
+            .await;
+        }
+        None => {
+            let mut msg = "Bad Request: no Mcp-Session-Id; send initialize first, or use the 2026-07-28 revision".to_owned();
+            if let Some(v) = &version_header
+                && v != STATELESS_VERSION
+                && !LEGACY_VERSIONS.contains(&v.as_str())
+            {
+                msg = format!(
+                    "Unsupported protocol version {}",
+                    v.chars().take(32).collect::<String>()
+                );
+            }
+            return rpc_error(
+                session,
+                ctx,
+                400,
+                value.get("id").cloned().unwrap_or(Value::Null),
+                jsonrpc::INVALID_REQUEST,
+                &msg,
+            )
+            .await;
+        }
+    };
+    if let Some(v) = &version_header
+        && v != &s.version
+        && !LEGACY_VERSIONS.contains(&v.as_str())
+    {
+        return rpc_error(
+            session,
+            ctx,
+            400,
+            value.get("id").cloned().unwrap_or(Value::Null),
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: unsupported MCP-Protocol-Version",
+        )
+        .await;
+    }
+    let c = call(s.clone(), false);
+    if let Value::Array(items) = value {
+        if s.version != "2025-03-26" || items.is_empty() {
+            return rpc_error(
+                session,
+                ctx,
+                400,
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "batches are allowed only under protocol version 2025-03-26",
+            )
+            .await;
+        }
+        return batch(session, ctx, &c, items).await;
+    }
+    one_message(session, ctx, &c, value).await
+}
+
+async fn initialize(
+    gw: &Arc<McpGateway>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    config: &Arc<Config>,
+    profile: &Arc<crate::config::Profile>,
+    value: Value,
+) -> pingora::Result<()> {
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let asked = value
+        .pointer("/params/protocolVersion")
+        .and_then(Value::as_str);
+    let version = dispatch::negotiate(asked);
+    let caps = value
+        .pointer("/params/capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let s = gw.sessions.open(
+        super::session::new_id(),
+        profile.name.clone(),
+        version.to_owned(),
+        ctx.key_id.clone(),
+        caps,
+        config.limits.mcp_max_sessions,
+    );
+    let started = std::time::Instant::now();
+    gw.sink.record_mcp(crate::events::McpRecord {
+        profile: profile.name.to_string(),
+        server: String::new(),
+        method: "initialize".into(),
+        tool: None,
+        status: "ok",
+        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(0),
+        decisions: Vec::new(),
+        key_id: ctx.key_id.clone(),
+        session: Some(s.id.to_string()),
+        arguments: None,
+        result: None,
+    });
+    let body = jsonrpc::result(id, dispatch::initialize_result(version));
+    write_json(session, ctx, 200, &body, Some(&s.id)).await
+}
+
+/// The 2026-07-28 header rules: version supported, `Mcp-Method` (and `Mcp-Name`) equal
+/// to the body's.
+fn check_modern_headers(session: &Session, value: &Value) -> Result<(), (i64, String)> {
+    let body_version = value
+        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+        .and_then(Value::as_str);
+    let header_version = header(session, "mcp-protocol-version");
+    let version = header_version.or(body_version).unwrap_or("");
+    if version != STATELESS_VERSION {
+        return Err((
+            UNSUPPORTED_VERSION,
+            format!(
+                "Unsupported protocol version: {}",
+                version.chars().take(32).collect::<String>()
+            ),
+        ));
+    }
+    if let (Some(h), Some(b)) = (header_version, body_version)
+        && h != b
+    {
+        return Err((
+            HEADER_MISMATCH,
+            "MCP-Protocol-Version does not match the body's _meta".into(),
+        ));
+    }
+    let method = value.get("method").and_then(Value::as_str);
+    if let Some(m) = method {
+        match header(session, "mcp-method") {
+            Some(h) if decode_header(h) == m => {}
+            Some(_) => {
+                return Err((
+                    HEADER_MISMATCH,
+                    "Mcp-Method does not match the body's method".into(),
+                ));
+            }
+            None => return Err((HEADER_MISMATCH, "the Mcp-Method header is required".into())),
+        }
+        let name = match m {
+            "tools/call" | "prompts/get" => value.pointer("/params/name"),
+            "resources/read" => value.pointer("/params/uri"),
+            _ => None,
+        }
+        .and_then(Value::as_str);
+        if let Some(n) = name {
+            match header(session, "mcp-name") {
+                Some(h) if decode_header(h) == n => {}
+                Some(_) => {
+                    return Err((HEADER_MISMATCH, "Mcp-Name does not match the body".into()));
+                }
+                None => return Err((HEADER_MISMATCH, "the Mcp-Name header is required".into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Undoes the `=?base64?…?=` form of a header value.
+fn decode_header(v: &str) -> String {
+    let Some(inner) = v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    else {
+        return v.to_owned();
+    };
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in inner.bytes().filter(|c| *c != b'=') {
+        let Some(v) = val(c) else {
+            return v.to_string();
+        };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+async fn one_message(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    call: &Call,
+    value: Value,
+) -> pingora::Result<()> {
+    let msg = match Message::parse(value) {
+        Ok(m) => m,
+        Err(e) => return write_json(session, ctx, 400, &e, None).await,
+    };
+    match msg {
+        Message::Request { id, method, params } => {
+            match dispatch::request(call, id.clone(), &method, params).await {
+                Reply::Now(v) => {
+                    let v = dispatch::shape_for(call, v);
+                    write_json(session, ctx, 200, &v, None).await
+                }
+                Reply::Accepted => simple(session, ctx, 202, "").await,
+                Reply::Forwarded(f) => stream_answer(session, ctx, call, id, f).await,
+            }
+        }
+        Message::Notification { method, params } => {
+            let body = jsonrpc::notification(&method, params);
+            dispatch::one_way(call, Some(&method), body).await;
+            simple(session, ctx, 202, "").await
+        }
+        Message::Response { body, .. } => {
+            dispatch::one_way(call, None, body).await;
+            simple(session, ctx, 202, "").await
+        }
+    }
+}
+
+async fn batch(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    call: &Call,
+    items: Vec<Value>,
+) -> pingora::Result<()> {
+    let mut answers = Vec::new();
+    for item in items {
+        match Message::parse(item) {
+            Err(e) => answers.push(e),
+            Ok(Message::Request { id, method, params }) => {
+                match dispatch::request(call, id.clone(), &method, params).await {
+                    Reply::Now(v) => answers.push(v),
+                    Reply::Accepted => {}
+                    Reply::Forwarded(mut f) => {
+                        // A batch answers in one JSON body: messages about a request are dropped
+                        // (server requests are refused by the gateway).
+                        let conn = f.cancel.0.clone();
+                        loop {
+                            tokio::select! {
+                                a = &mut f.answer => { answers.push(a.unwrap_or_else(|_| jsonrpc::error(id.clone(), jsonrpc::INTERNAL_ERROR, "the request was lost"))); break; }
+                                Some(ev) = f.events.recv() => {
+                                    if let Some(rid) = ev.get("id").cloned() && ev.get("method").is_some() {
+                                        conn.respond(jsonrpc::error(rid, jsonrpc::METHOD_NOT_FOUND, "not in a batch")).await;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(Message::Notification { method, params }) => {
+                dispatch::one_way(call, Some(&method), jsonrpc::notification(&method, params))
+                    .await;
+            }
+            Ok(Message::Response { body, .. }) => dispatch::one_way(call, None, body).await,
+        }
+    }
+    if answers.is_empty() {
+        return simple(session, ctx, 202, "").await;
+    }
+    write_json(session, ctx, 200, &Value::Array(answers), None).await
+}
+
+/// Waits for the answer; if the server sends messages about the request first, switches
+/// to an SSE answer that carries them.
+async fn stream_answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    call: &Call,
+    id: Value,
+    mut f: Forwarded,
+) -> pingora::Result<()> {
+    let conn = f.cancel.0.clone();
+    let mut streaming = false;
+    let mut event_no = 0u64;
+    let mut events_open = true;
+    loop {
+        // Messages about the request go before its answer: the answer is sent by the same
+        // task after them, so the events branch is polled first.
+        tokio::select! {
+            biased;
+            ev = f.events.recv(), if events_open => {
+                let Some(ev) = ev else {
+                    events_open = false;
+                    continue;
+                };
+                let Some(out) = dispatch::relay(call, &conn, &f, ev).await else { continue };
+                if !streaming {
+                    start_sse(session, ctx).await?;
+                    streaming = true;
+                }
+                event_no += 1;
+                if session.write_response_body(Some(sse_event(event_no, &out)), false).await.is_err() {
+                    // The client went away. Only in the stateless era is that a cancellation.
+                    if call.stateless {
+                        let params = json!({"requestId": f.cancel.1, "reason": "the client closed the stream"});
+                        conn.notify("notifications/cancelled", Some(params)).await;
+                    }
+                    return Ok(());
+                }
+            }
+            a = &mut f.answer => {
+                let msg = a.unwrap_or_else(|_| jsonrpc::error(id.clone(), jsonrpc::INTERNAL_ERROR, "the request was lost"));
+                if !streaming {
+                    return write_json(session, ctx, 200, &msg, None).await;
+                }
+                event_no += 1;
+                session.write_response_body(Some(sse_event(event_no, &msg)), true).await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The legacy session's GET stream: what the servers send outside requests.
+async fn get_stream(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    call: &Call,
+) -> pingora::Result<()> {
+    let accepts = header(session, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    if !accepts {
+        return simple(
+            session,
+            ctx,
+            406,
+            "the GET stream needs Accept: text/event-stream",
+        )
+        .await;
+    }
+    let last: Option<u64> = header(session, "last-event-id").and_then(|v| v.parse().ok());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let replay: Vec<(u64, Value)> = {
+        let mut st = call.session.state.lock();
+        st.stream = Some(tx);
+        match last {
+            Some(n) => st.replay.iter().filter(|(i, _)| *i > n).cloned().collect(),
+            None => Vec::new(),
+        }
+    };
+    start_sse(session, ctx).await?;
+    // A priming event: the client learns an event id to resume from.
+    session
+        .write_response_body(Some(Bytes::from_static(b"id: 0\ndata: \n\n")), false)
+        .await?;
+    for (i, msg) in replay {
+        session
+            .write_response_body(Some(sse_event(i, &msg)), false)
+            .await?;
+    }
+    let keepalive = Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout(keepalive, rx.recv()).await {
+            Ok(Some((i, msg))) => {
+                session
+                    .write_response_body(Some(sse_event(i, &msg)), false)
+                    .await?
+            }
+            Ok(None) => break,
+            Err(_) => {
+                session
+                    .write_response_body(Some(Bytes::from_static(b": keep-alive\n\n")), false)
+                    .await?
+            }
+        }
+    }
+    session.write_response_body(Some(Bytes::new()), true).await
+}
+
+fn sse_event(id: u64, msg: &Value) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: message\ndata: {msg}\n\n"))
+}
+
+async fn start_sse(session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("content-type", "text/event-stream")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    resp.insert_header("x-accel-buffering", "no")?;
+    resp.insert_header("transfer-encoding", "chunked")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    ctx.status = 200;
+    ctx.response_started = true;
+    Ok(())
+}
+
+async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, u16> {
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > max {
+                    return Err(413);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => return Err(400),
+        }
+    }
+}
+
+fn origin_allowed(origin: &str, config: &Config) -> bool {
+    if config
+        .mcp_allowed_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split(':').next().unwrap_or("")
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+async fn write_json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: &Value,
+    session_id: Option<&str>,
+) -> pingora::Result<()> {
+    let body = Bytes::from(body.to_string());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(id) = session_id {
+        resp.insert_header("mcp-session-id", id)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    ctx.status = status;
+    ctx.response_started = true;
+    Ok(())
+}
+
+async fn simple(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    text: &str,
+) -> pingora::Result<()> {
+    let body = Bytes::from(text.to_owned());
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if status == 405 {
+        resp.insert_header("allow", "POST, GET, DELETE")?;
+    }
+    if !body.is_empty() {
+        resp.insert_header("content-type", "text/plain")?;
+    }
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    ctx.status = status;
+    ctx.response_started = true;
+    Ok(())
+}
+
+async fn rpc_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    id: Value,
+    code: i64,
+    msg: &str,
+) -> pingora::Result<()> {
+    write_json(session, ctx, status, &jsonrpc::error(id, code, msg), None).await
+}
+
+/// A Sluice error (auth, routing) as HTTP status + JSON-RPC error.
+async fn sluice_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    e: &crate::error::SluiceError,
+) -> pingora::Result<()> {
+    let (status, _, _) = e.classify();
+    let body = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string());
+    let out = Bytes::from(body.to_string());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", out.len().to_string())?;
+    if let crate::error::SluiceError::TooManyFailedAuth(secs) = e {
+        resp.insert_header("retry-after", secs.to_string())?;
+    }
+    if status == 401 {
+        resp.insert_header("www-authenticate", "Bearer realm=\"sluice\"")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(out), true).await?;
+    ctx.status = status;
+    ctx.response_started = true;
+    Ok(())
+}

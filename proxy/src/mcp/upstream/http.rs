@@ -1,0 +1,472 @@
+//! Streamable HTTP to a server, either era, over Pingora's connector (the same TLS,
+//! pooling and timeouts as the LLM traffic).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use serde_json::Value;
+use tokio::sync::{Mutex, mpsc};
+
+use super::{Connection, Established, Retry, STATELESS_VERSION, UpstreamError};
+use crate::config::{Limits, McpEra, Upstream};
+use crate::mcp::jsonrpc;
+use crate::sse::{Framed, SseFramer, parse_event};
+
+/// Largest message read from a server.
+const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+pub(super) struct HttpConn {
+    up: Arc<Upstream>,
+    connector: Connector,
+    state: Mutex<Option<Established>>,
+    generation: AtomicU64,
+    /// The generation whose session was reported gone, so the next `establish` replaces it.
+    stale: AtomicU64,
+}
+
+/// A response being read.
+struct Response {
+    session: HttpSession,
+    status: u16,
+    sse: bool,
+    session_id: Option<String>,
+}
+
+impl HttpConn {
+    pub(super) fn new(up: Arc<Upstream>) -> Self {
+        Self {
+            up,
+            connector: Connector::new(None),
+            state: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn reset(&self, generation: u64) {
+        self.stale.fetch_max(generation, Ordering::Relaxed);
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            upstream_idle_timeout: Duration::from_secs(300),
+            ..Limits::default()
+        }
+    }
+
+    /// Opens a request and reads its header; a pooled connection that turns out dead is
+    /// replaced once.
+    async fn open(
+        &self,
+        conn: &Connection,
+        method: &str,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+    ) -> Result<Response, UpstreamError> {
+        let addr = crate::phases::upstream::resolve(&self.up)
+            .await
+            .map_err(|e| conn.unreachable(e.to_string()))?;
+        let peer = crate::phases::upstream::peer(&self.up, addr, &Self::limits());
+        for attempt in 0..2 {
+            let (mut session, reused) = self
+                .connector
+                .get_http_session(peer.as_ref())
+                .await
+                .map_err(|e| conn.unreachable(format!("{:?}", e.etype())))?;
+            let mut req = RequestHeader::build(method, self.up.path_prefix.as_bytes(), None)
+                .map_err(|_| conn.protocol("the server's URL is not a valid path"))?;
+            let path = if self.up.path_prefix.is_empty() {
+                "/".to_owned()
+            } else if self.up.query.is_empty() {
+                self.up.path_prefix.to_string()
+            } else {
+                format!("{}?{}", self.up.path_prefix, self.up.query)
+            };
+            req.set_uri(
+                http::Uri::try_from(path)
+                    .map_err(|_| conn.protocol("the server's URL is not a valid path"))?,
+            );
+            let mut all: Vec<(String, String)> = vec![
+                ("host".into(), self.up.authority()),
+                (
+                    "accept".into(),
+                    "application/json, text/event-stream".into(),
+                ),
+            ];
+            if let Some(b) = &body {
+                all.push(("content-type".into(), "application/json".into()));
+                all.push(("content-length".into(), b.len().to_string()));
+            }
+            if let Some(k) = &self.up.api_key {
+                all.push(("authorization".into(), format!("Bearer {}", k.expose())));
+            }
+            for (k, v) in self.up.headers.iter() {
+                all.push((k.clone(), v.clone()));
+            }
+            for (k, v) in headers {
+                all.push(((*k).to_owned(), v.clone()));
+            }
+            for (k, v) in all {
+                req.insert_header(k, v)
+                    .map_err(|_| conn.protocol("a header for the server is not valid"))?;
+            }
+            let sent: pingora::Result<()> = async {
+                session.write_request_header(Box::new(req)).await?;
+                if let Some(b) = body.clone() {
+                    session.write_request_body(b, true).await?;
+                }
+                session.finish_request_body().await?;
+                session.read_response_header().await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = sent {
+                if reused && attempt == 0 {
+                    continue;
+                }
+                return Err(conn.unreachable(format!("{:?}", e.etype())));
+            }
+            let h = session.response_header();
+            let status = h.map_or(0, |r| r.status.as_u16());
+            let header = |name: &str| {
+                h.and_then(|r| r.headers.get(name))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let sse = header("content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+            let session_id = header("mcp-session-id");
+            return Ok(Response {
+                session,
+                status,
+                sse,
+                session_id,
+            });
+        }
+        Err(conn.unreachable("the connection failed twice"))
+    }
+
+    /// Reads a JSON body whole (bounded); releases the connection for reuse.
+    async fn read_json(&self, conn: &Connection, mut r: Response) -> Result<Value, UpstreamError> {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = r
+            .session
+            .read_response_body()
+            .await
+            .map_err(|e| conn.unreachable(format!("{:?}", e.etype())))?
+        {
+            if buf.len() + chunk.len() > MAX_MESSAGE_BYTES {
+                return Err(conn.protocol("a message is larger than 32 MiB"));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let addr = crate::phases::upstream::resolve(&self.up).await.ok();
+        if let Some(addr) = addr {
+            let peer = crate::phases::upstream::peer(&self.up, addr, &Self::limits());
+            self.connector
+                .release_http_session(r.session, peer.as_ref(), None)
+                .await;
+        }
+        serde_json::from_slice(&buf).map_err(|_| conn.protocol("the body is not JSON"))
+    }
+
+    /// Reads an SSE body until the message answering `id`; every other message goes to
+    /// `events` (or is unsolicited).
+    async fn read_stream(
+        &self,
+        conn: &Connection,
+        mut r: Response,
+        id: Option<&Value>,
+        events: Option<&mpsc::Sender<Value>>,
+    ) -> Result<Option<Value>, UpstreamError> {
+        let mut framer = SseFramer::new(MAX_MESSAGE_BYTES);
+        let mut framed = Framed::default();
+        loop {
+            let chunk = r
+                .session
+                .read_response_body()
+                .await
+                .map_err(|e| conn.unreachable(format!("{:?}", e.etype())))?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            framed.events.clear();
+            framer
+                .push(&chunk, &mut framed)
+                .map_err(|e| conn.protocol(e.to_string()))?;
+            for ev in &framed.events {
+                let f = parse_event(ev).map_err(|e| conn.protocol(e.to_string()))?;
+                if !f.has_data || f.data.trim().is_empty() {
+                    continue;
+                }
+                let Ok(msg) = serde_json::from_str::<Value>(&f.data) else {
+                    return Err(conn.protocol("an SSE event is not JSON"));
+                };
+                let is_answer =
+                    id.is_some_and(|id| msg.get("id") == Some(id) && msg.get("method").is_none());
+                if is_answer {
+                    return Ok(Some(msg));
+                }
+                match events {
+                    Some(tx) => {
+                        let _ = tx.send(msg).await;
+                    }
+                    None => conn.unsolicited(msg),
+                }
+            }
+        }
+    }
+
+    fn session_headers(est: &Established, msg: &Value) -> Vec<(&'static str, String)> {
+        let mut h = vec![("mcp-protocol-version", est.version.clone())];
+        if let Some(s) = &est.session_id {
+            h.push(("mcp-session-id", s.clone()));
+        }
+        if est.stateless {
+            let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+            if !method.is_empty() {
+                h.push(("mcp-method", header_safe(method)));
+            }
+            let name = match method {
+                "tools/call" | "prompts/get" => msg.pointer("/params/name"),
+                "resources/read" => msg.pointer("/params/uri"),
+                _ => None,
+            };
+            if let Some(n) = name.and_then(Value::as_str) {
+                h.push(("mcp-name", header_safe(n)));
+            }
+        }
+        h
+    }
+
+    pub(super) async fn exchange(
+        &self,
+        conn: &Connection,
+        est: &Established,
+        msg: Value,
+        events: Option<mpsc::Sender<Value>>,
+    ) -> Result<Value, Retry> {
+        let headers = Self::session_headers(est, &msg);
+        let id = msg.get("id").cloned();
+        let body = Bytes::from(msg.to_string());
+        let r = self
+            .open(conn, "POST", &headers, Some(body))
+            .await
+            .map_err(Retry::Failed)?;
+        if r.status == 404 && est.session_id.is_some() {
+            return Err(Retry::SessionGone);
+        }
+        if r.sse {
+            return match self
+                .read_stream(conn, r, id.as_ref(), events.as_ref())
+                .await
+            {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => Err(Retry::Failed(
+                    conn.protocol("the stream ended before the answer"),
+                )),
+                Err(e) => Err(Retry::Failed(e)),
+            };
+        }
+        let status = r.status;
+        match self.read_json(conn, r).await {
+            Ok(v) if v.get("result").is_some() || v.get("error").is_some() => Ok(v),
+            Ok(_) | Err(_) => Err(Retry::Failed(
+                conn.protocol(format!("HTTP {status} without a JSON-RPC answer")),
+            )),
+        }
+    }
+
+    /// Posts a notification or a response (202 expected); failures are logged, not raised.
+    pub(super) async fn post_one_way(&self, conn: &Connection, est: &Established, msg: Value) {
+        let headers = Self::session_headers(est, &msg);
+        match self
+            .open(conn, "POST", &headers, Some(Bytes::from(msg.to_string())))
+            .await
+        {
+            Ok(r) if (200..300).contains(&r.status) => {
+                let _ = self.read_json(conn, r).await;
+            }
+            Ok(r) => tracing::warn!(
+                server = %conn.server.name,
+                status = r.status,
+                "the MCP server refused a notification"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot send a notification to an MCP server"),
+        }
+    }
+
+    pub(super) async fn establish(
+        &self,
+        conn: &Arc<Connection>,
+    ) -> Result<Established, UpstreamError> {
+        let mut state = self.state.lock().await;
+        if let Some(est) = state.as_ref()
+            && est.generation > self.stale.load(Ordering::Relaxed)
+        {
+            return Ok(est.clone());
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let era = conn.server.era;
+        if matches!(era, McpEra::Auto | McpEra::Stateless) {
+            match self.discover(conn, generation).await {
+                Ok(est) => {
+                    *state = Some(est.clone());
+                    return Ok(est);
+                }
+                Err(e) if era == McpEra::Stateless => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "server/discover failed; trying initialize"),
+            }
+        }
+        let est = self.initialize(conn, generation).await?;
+        *state = Some(est.clone());
+        if est.session_id.is_some() {
+            self.listen(conn.clone(), est.clone());
+        }
+        Ok(est)
+    }
+
+    async fn discover(
+        &self,
+        conn: &Connection,
+        generation: u64,
+    ) -> Result<Established, UpstreamError> {
+        let probe = Established {
+            version: STATELESS_VERSION.into(),
+            stateless: true,
+            capabilities: Value::Null,
+            session_id: None,
+            generation,
+        };
+        let msg = jsonrpc::request(
+            Value::String("sluice-discover".into()),
+            "server/discover",
+            super::with_meta(None, &probe),
+        );
+        let answer = match self.exchange(conn, &probe, msg, None).await {
+            Ok(a) => a,
+            Err(Retry::Failed(e)) => return Err(e),
+            Err(Retry::SessionGone) => return Err(conn.protocol("server/discover: 404")),
+        };
+        let (version, capabilities) = super::read_handshake(conn, &answer, true)?;
+        Ok(Established {
+            version,
+            capabilities,
+            ..probe
+        })
+    }
+
+    async fn initialize(
+        &self,
+        conn: &Connection,
+        generation: u64,
+    ) -> Result<Established, UpstreamError> {
+        let msg = jsonrpc::request(
+            Value::String("sluice-init".into()),
+            "initialize",
+            Some(super::initialize_params()),
+        );
+        let r = self
+            .open(conn, "POST", &[], Some(Bytes::from(msg.to_string())))
+            .await?;
+        let session_id = r.session_id.clone();
+        let answer = if r.sse {
+            self.read_stream(conn, r, msg.get("id"), None)
+                .await?
+                .ok_or_else(|| conn.protocol("initialize: the stream ended before the answer"))?
+        } else {
+            self.read_json(conn, r).await?
+        };
+        let (version, capabilities) = super::read_handshake(conn, &answer, false)?;
+        let est = Established {
+            version,
+            stateless: false,
+            capabilities,
+            session_id,
+            generation,
+        };
+        self.post_one_way(
+            conn,
+            &est,
+            jsonrpc::notification("notifications/initialized", None),
+        )
+        .await;
+        Ok(est)
+    }
+
+    /// The legacy GET stream: what the server sends outside requests (list changes,
+    /// resource updates), read while this session is current.
+    fn listen(&self, conn: Arc<Connection>, est: Established) {
+        tokio::spawn(async move {
+            let Kind::Http(me) = &conn.kind else {
+                return;
+            };
+            let mut delay = Duration::from_millis(500);
+            for _ in 0..100 {
+                if me.stale.load(Ordering::Relaxed) >= est.generation
+                    || me.generation.load(Ordering::Relaxed) != est.generation
+                {
+                    return;
+                }
+                let headers = Self::session_headers(&est, &Value::Null);
+                match me.open(&conn, "GET", &headers, None).await {
+                    Ok(r) if r.status == 200 && r.sse => {
+                        let _ = me.read_stream(&conn, r, None, None).await;
+                        delay = Duration::from_millis(500);
+                    }
+                    // 405: the server offers no such stream.
+                    Ok(r) if r.status == 405 => return,
+                    Ok(r) if r.status == 404 => {
+                        me.reset(est.generation);
+                        return;
+                    }
+                    Ok(_) | Err(_) => delay = (delay * 2).min(Duration::from_secs(30)),
+                }
+                tokio::time::sleep(delay).await;
+            }
+        });
+    }
+}
+
+use super::Kind;
+
+/// A header value as the 2026-07-28 transport writes it: as is when it is visible ASCII,
+/// else `=?base64?…?=`.
+fn header_safe(v: &str) -> String {
+    if v.bytes().all(|b| (0x20..0x7f).contains(&b)) && v.trim() == v {
+        return v.to_owned();
+    }
+    format!("=?base64?{}?=", base64(v.as_bytes()))
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= c.len() {
+                out.push(char::from(T[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_values_outside_ascii_are_base64() {
+        assert_eq!(super::header_safe("get_weather"), "get_weather");
+        assert_eq!(super::header_safe("café"), "=?base64?Y2Fmw6k=?=");
+        assert_eq!(super::base64(b"ab"), "YWI=");
+    }
+}

@@ -1,0 +1,444 @@
+//! The MCP gateway end to end: a client on a real socket, the gateway in the proxy, the
+//! fixture MCP server (written from the specification) behind it over HTTP. Both eras,
+//! aggregation, SSE answers with progress, taint across a session, the same refusal
+//! through the LLM proxy and through `tools/call`, a rug pull withheld, upstream session
+//! expiry handled transparently, and Origin checks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Harness, RawResponse, post_json, send};
+use serde_json::{Value, json};
+
+const POLICIES: &str = r#"
+[[policies.result]]
+id = "inbox-is-untrusted"
+tool = { source = "*", name = "read_inbox" }
+action = "untrusted"
+
+[[policies.result]]
+id = "sums-are-trusted"
+tool = { source = "mcp:fx", name = "add" }
+action = "trusted"
+
+[[policies.invocation]]
+id = "no-email-after-untrusted"
+tool = { source = "*", name = "send_email" }
+action = "block_when_untrusted"
+reason = "email cannot be sent after the conversation read untrusted content"
+
+[[policies.invocation]]
+id = "adding-is-fine"
+tool = { source = "mcp:fx", name = "add" }
+action = "allow_when_untrusted"
+"#;
+
+struct Setup {
+    h: Harness,
+    fixture_rt: tokio::runtime::Runtime,
+    fixture: sluice_loadtest::mcp::RunningFixture,
+}
+
+fn setup(extra: &str) -> Setup {
+    let fixture_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fixture = fixture_rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        sluice_loadtest::mcp::serve(l).await.unwrap()
+    });
+    let toml = format!(
+        "[profiles.tools]\nmcp_servers = [\"fx\"]\n[mcp_servers.fx]\nurl = \"{}\"\n{extra}\n{POLICIES}",
+        fixture.url()
+    );
+    Setup {
+        h: Harness::start(&toml),
+        fixture_rt,
+        fixture,
+    }
+}
+
+fn rpc(id: u64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+
+/// The JSON-RPC messages of a response: the body, or each SSE event's data.
+fn messages(r: &RawResponse) -> Vec<Value> {
+    if r.header("content-type") == Some("text/event-stream") {
+        r.text()
+            .split("\n\n")
+            .filter_map(|ev| {
+                ev.lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .filter(|d| !d.trim().is_empty())
+                    .map(|d| serde_json::from_str(d).unwrap())
+            })
+            .collect()
+    } else {
+        vec![r.json()]
+    }
+}
+
+fn answer(r: &RawResponse) -> Value {
+    messages(r)
+        .into_iter()
+        .find(|m| m.get("result").is_some() || m.get("error").is_some())
+        .unwrap_or_else(|| panic!("no answer in {}", r.text()))
+}
+
+struct Legacy<'a> {
+    s: &'a Setup,
+    sid: String,
+}
+
+impl Legacy<'_> {
+    fn open(s: &Setup) -> Legacy<'_> {
+        let init = rpc(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        );
+        let r =
+            s.h.rt
+                .block_on(post_json(s.h.addr(), "/v1/mcp/tools", &[ACCEPT], &init));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["result"]["protocolVersion"], "2025-11-25");
+        let sid = r.header("mcp-session-id").expect("session id").to_owned();
+        Legacy { s, sid }
+    }
+
+    fn post(&self, body: &Value) -> RawResponse {
+        let h = [
+            ACCEPT,
+            ("mcp-session-id", self.sid.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        self.s
+            .h
+            .rt
+            .block_on(post_json(self.s.h.addr(), "/v1/mcp/tools", &h, body))
+    }
+
+    fn call(&self, id: u64, tool: &str, args: Value) -> Value {
+        answer(&self.post(&rpc(
+            id,
+            "tools/call",
+            json!({"name": tool, "arguments": args}),
+        )))
+    }
+}
+
+#[test]
+fn legacy_session_lists_calls_and_refuses_after_taint() {
+    let s = setup("");
+    let c = Legacy::open(&s);
+    let list = answer(&c.post(&rpc(2, "tools/list", json!({}))));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"fx__send_email") && names.contains(&"fx__add"),
+        "{names:?}"
+    );
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "tool order is stable");
+    assert!(
+        list["result"].get("resultType").is_none(),
+        "legacy results carry no resultType"
+    );
+
+    let sum = c.call(3, "fx__add", json!({"a": 2, "b": 40}));
+    assert_eq!(sum["result"]["structuredContent"]["sum"], 42.0, "{sum}");
+    assert_eq!(sum["id"], 3);
+    // Before any untrusted content, email is allowed.
+    let ok = c.call(4, "fx__send_email", json!({"to": "bob@example.com"}));
+    assert_eq!(
+        ok["result"]["content"][0]["text"],
+        "Email sent to bob@example.com."
+    );
+    // The inbox is untrusted: afterwards email is refused, adding still works.
+    c.call(5, "fx__read_inbox", json!({}));
+    let refused = c.call(6, "fx__send_email", json!({"to": "attacker@evil.example"}));
+    let r = &refused["result"];
+    assert_eq!(r["isError"], true, "{refused}");
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("[sluice:policy_denied policy=no-email-after-untrusted]"),
+        "{text}"
+    );
+    assert_eq!(
+        r["_meta"]["sluice/refusal"]["decision"]["tool"],
+        "mcp:fx/send_email"
+    );
+    let calls = s.fixture.fixture.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.get("send_email"),
+        Some(&1),
+        "the refused call never reached the server"
+    );
+    assert_eq!(
+        c.call(7, "fx__add", json!({"a": 1, "b": 1}))["result"]["structuredContent"]["sum"],
+        2.0
+    );
+
+    // The same call through the LLM proxy, after the same untrusted result, gets the same
+    // decision and the same sentence.
+    let body = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": "read my inbox"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "fx__read_inbox", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "an email"}],
+        "tools": [{"type": "function", "function": {"name": "fx__send_email", "parameters": {"type": "object"}}}]});
+    let llm = s.h.rt.block_on(post_json(
+        s.h.addr(),
+        "/v1/openai/tools/chat/completions",
+        &[
+            ("x-mock-tools", "fx__send_email"),
+            ("x-mock-tool-args", r#"{"to":"attacker@evil.example"}"#),
+        ],
+        &body,
+    ));
+    let said = llm.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        said.contains(text),
+        "LLM refusal {said:?} should contain the MCP one {text:?}"
+    );
+
+    // The session's journal records: the refused call is there with its decision.
+    let r = c.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    assert_eq!(r.status, 202);
+    // DELETE ends the session; it is then unknown (404).
+    let d = s.h.rt.block_on(send(
+        s.h.addr(),
+        "DELETE",
+        "/v1/mcp/tools",
+        &[("mcp-session-id", c.sid.as_str())],
+        b"",
+    ));
+    assert_eq!(d.status, 200);
+    assert_eq!(c.post(&rpc(8, "ping", json!({}))).status, 404);
+    s.fixture.stop();
+    drop(s.fixture_rt);
+}
+
+#[test]
+fn progress_and_logs_stream_back_and_the_upstream_session_is_renewed() {
+    let s = setup("era = \"legacy\"");
+    let c = Legacy::open(&s);
+    let r = c.post(&rpc(
+        2,
+        "tools/call",
+        json!({"name": "fx__test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "tok-1"}}),
+    ));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/event-stream"),
+        "{}",
+        r.text()
+    );
+    let msgs = messages(&r);
+    let progress: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{msgs:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == "tok-1"),
+        "the client's token comes back"
+    );
+    assert_eq!(msgs.last().unwrap()["id"], 2);
+    // The fixture forgets every session (a restart): the gateway re-initializes by itself.
+    let expired = s.fixture_rt.block_on(send(
+        s.fixture.addr,
+        "POST",
+        "/_fixture/expire-sessions",
+        &[],
+        b"",
+    ));
+    assert_eq!(expired.status, 200);
+    let sum = c.call(3, "fx__add", json!({"a": 20, "b": 22}));
+    assert_eq!(sum["result"]["structuredContent"]["sum"], 42.0, "{sum}");
+}
+
+#[test]
+fn stateless_era_checks_headers_and_tracks_a_conversation() {
+    let s = setup("");
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let post = |method: &str, name: Option<&str>, conv: &str, params: Value| {
+        let mut h = vec![
+            ACCEPT,
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+            ("x-sluice-session-id", conv),
+        ];
+        if let Some(n) = name {
+            h.push(("mcp-name", n));
+        }
+        s.h.rt.block_on(post_json(
+            s.h.addr(),
+            "/v1/mcp/tools",
+            &h,
+            &rpc(1, method, params),
+        ))
+    };
+    let d = post("server/discover", None, "c1", json!({"_meta": meta}));
+    assert_eq!(
+        d.json()["result"]["supportedVersions"][0],
+        "2026-07-28",
+        "{}",
+        d.text()
+    );
+    assert_eq!(d.json()["result"]["resultType"], "complete");
+    let l = post("tools/list", None, "c1", json!({"_meta": meta}));
+    assert_eq!(l.json()["result"]["resultType"], "complete");
+    // Mcp-Name must match the body.
+    let bad = post(
+        "tools/call",
+        Some("fx__other"),
+        "c1",
+        json!({"name": "fx__add", "arguments": {"a": 1, "b": 2}, "_meta": meta}),
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["code"], -32020);
+    let call = |tool: &str, conv: &str, args: Value| {
+        answer(&post(
+            "tools/call",
+            Some(tool),
+            conv,
+            json!({"name": tool, "arguments": args, "_meta": meta}),
+        ))
+    };
+    assert_eq!(
+        call("fx__add", "c1", json!({"a": 1, "b": 2}))["result"]["resultType"],
+        "complete"
+    );
+    call("fx__read_inbox", "c1", json!({}));
+    let refused = call("fx__send_email", "c1", json!({"to": "x@evil.example"}));
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    // Another conversation is not tainted by the first.
+    let other = call("fx__send_email", "c2", json!({"to": "bob@example.com"}));
+    assert!(other["result"].get("isError").is_none(), "{other}");
+    // An unsupported version names the supported ones.
+    let h = [
+        ACCEPT,
+        ("mcp-protocol-version", "2099-01-01"),
+        ("mcp-method", "tools/list"),
+    ];
+    let v = s.h.rt.block_on(post_json(
+        s.h.addr(),
+        "/v1/mcp/tools",
+        &h,
+        &rpc(
+            1,
+            "tools/list",
+            json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}}),
+        ),
+    ));
+    assert_eq!(v.status, 400, "{}", v.text());
+    assert_eq!(v.json()["error"]["code"], -32022);
+    // GET and DELETE have no meaning in this era.
+    assert_eq!(
+        s.h.rt
+            .block_on(send(s.h.addr(), "GET", "/v1/mcp/tools", &[ACCEPT], b""))
+            .status,
+        405
+    );
+}
+
+#[test]
+fn a_rug_pull_is_withheld_until_approved_and_foreign_origins_are_refused() {
+    // Pin send_email's current definition.
+    let tool = json!({"name": "send_email", "description": "Sends an email.", "inputSchema": {"type": "object",
+        "properties": {"to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}}, "required": ["to"]}});
+    let hash = sluice_proxy::mcp::aggregate::definition_hash(&tool);
+    let s = setup(&format!(
+        "era = \"legacy\"\ntool_pins = {{ send_email = \"{hash}\" }}"
+    ));
+    let c = Legacy::open(&s);
+    let names = |c: &Legacy<'_>| -> Vec<String> {
+        answer(&c.post(&rpc(2, "tools/list", json!({}))))["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&c),
+        vec!["fx__send_email"],
+        "only approved tools are listed"
+    );
+    // The client's GET stream: the gateway relays the server's list_changed there after
+    // dropping its cached list, so seeing it is the signal to list again.
+    let mut stream = s.h.rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut t = tokio::net::TcpStream::connect(s.h.addr()).await.unwrap();
+        let req = format!(
+            "GET /v1/mcp/tools HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {}\r\n\r\n",
+            c.sid
+        );
+        t.write_all(req.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        wait_for(&mut t, &mut seen, b"id: 0").await;
+        t
+    });
+    let pulled =
+        s.fixture_rt
+            .block_on(send(s.fixture.addr, "POST", "/_fixture/rug-pull", &[], b""));
+    assert_eq!(pulled.status, 200);
+    s.h.rt.block_on(async {
+        let mut seen = Vec::new();
+        wait_for(&mut stream, &mut seen, b"notifications/tools/list_changed").await;
+    });
+    let listed = names(&c);
+    assert!(
+        listed.is_empty(),
+        "the changed tool is withheld: {listed:?}"
+    );
+    let r = c.call(3, "fx__send_email", json!({"to": "bob@example.com"}));
+    let text = r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        r["result"]["isError"] == true && text.contains("withheld"),
+        "{r}"
+    );
+    let evil = s.h.rt.block_on(post_json(
+        s.h.addr(),
+        "/v1/mcp/tools",
+        &[ACCEPT, ("origin", "http://evil.example")],
+        &rpc(1, "ping", json!({})),
+    ));
+    assert_eq!(evil.status, 403);
+}
+
+/// Reads from `t` until `needle` has been seen (bounded by a deadline).
+async fn wait_for(t: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, needle: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout_at(deadline, t.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("timed out; seen: {}", String::from_utf8_lossy(seen)))
+            .unwrap();
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
