@@ -249,6 +249,7 @@ async fn post(
         };
         return one_message(session, ctx, &call(s, true), value).await;
     }
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
     let s = match legacy_session {
         Some(Some(s)) => s,
         Some(None) => {
@@ -256,7 +257,7 @@ async fn post(
                 session,
                 ctx,
                 404,
-                value.get("id").cloned().unwrap_or(Value::Null),
+                id.clone(),
                 jsonrpc::INVALID_REQUEST,
                 "Session not found: initialize again",
             )
@@ -277,7 +278,7 @@ async fn post(
                 session,
                 ctx,
                 400,
-                value.get("id").cloned().unwrap_or(Value::Null),
+                id.clone(),
                 jsonrpc::INVALID_REQUEST,
                 &msg,
             )
@@ -292,7 +293,7 @@ async fn post(
             session,
             ctx,
             400,
-            value.get("id").cloned().unwrap_or(Value::Null),
+            id.clone(),
             jsonrpc::INVALID_REQUEST,
             "Bad Request: unsupported MCP-Protocol-Version",
         )
