@@ -55,6 +55,9 @@ pub struct RequestJudgement {
     pub sanitize: Vec<SanitizeJob>,
     /// Where the conversation's values came from, when a policy asks.
     pub provenance: Option<std::sync::Arc<sluice_policies::provenance::ProvenanceIndex>>,
+    /// The user's and the system's texts (only when a policy asks for provenance), for the
+    /// MCP gateway's calls in the same conversation.
+    pub user_texts: Vec<(sluice_policies::provenance::Origin, String)>,
 }
 
 /// The text of a JSON content value (strings and numbers, in order), for provenance.
@@ -81,7 +84,10 @@ fn index_provenance(
     contents: &[Value],
     verdicts: &[&'static str],
     cache: &VerdictCache,
-) -> sluice_policies::provenance::ProvenanceIndex {
+) -> (
+    sluice_policies::provenance::ProvenanceIndex,
+    Vec<(sluice_policies::provenance::Origin, String)>,
+) {
     use sluice_policies::provenance::{Origin, ProvenanceIndex, Source};
     let mut texts: Vec<(Origin, String, &str)> = Vec::new();
     for (speaker, (s, e)) in &facts.texts {
@@ -114,7 +120,10 @@ fn index_provenance(
         })
         .collect();
     // Each text is indexed once across the conversation's turns.
-    ProvenanceIndex::build_cached(&sources, cache.sources())
+    let index = ProvenanceIndex::build_cached(&sources, cache.sources());
+    let user = facts.texts.len();
+    texts.truncate(user);
+    (index, texts.into_iter().map(|(o, t, _)| (o, t)).collect())
 }
 
 impl RequestJudgement {
@@ -333,12 +342,16 @@ pub fn judge_request(
             }
         ),
     });
-    let provenance = policies.uses_provenance().then(|| {
+    let (provenance, user_texts) = if policies.uses_provenance() {
         let verdicts: Vec<&'static str> = decisions.iter().map(|d| d.verdict).collect();
-        std::sync::Arc::new(index_provenance(body, facts, &contents, &verdicts, cache))
-    });
+        let (index, user) = index_provenance(body, facts, &contents, &verdicts, cache);
+        (Some(std::sync::Arc::new(index)), user)
+    } else {
+        (None, Vec::new())
+    };
     RequestJudgement {
         provenance,
+        user_texts,
         trusted: trust.trusted && !sanitized_taint,
         boundary: boundary.or_else(|| {
             sanitized_taint.then(|| "a result needing the quarantine was blocked".into())

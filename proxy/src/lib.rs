@@ -6,6 +6,7 @@ pub mod approvals;
 pub mod catalogue;
 pub mod config;
 pub mod control_client;
+pub mod conversations;
 pub mod cost;
 pub mod error;
 pub mod events;

@@ -442,3 +442,79 @@ async fn wait_for(t: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, needle: &[u
         seen.extend_from_slice(&buf[..n]);
     }
 }
+
+/// Provenance on `tools/call`: the MCP request carries no user messages, but the LLM proxy
+/// saw the user's chat in the same conversation (`X-Sluice-Session-Id`), so a URL the user
+/// typed may be fetched after the session read untrusted email, and another may not.
+#[test]
+fn provenance_on_tools_call_sees_the_users_chat_in_the_same_conversation() {
+    let s = setup(
+        r#"
+[[policies.invocation]]
+id = "fetch-what-the-user-named"
+tool = { source = "mcp:fx", name = "fetch_url" }
+conditions = [{ path = "url", op = "fromUser" }]
+action = "allow_when_untrusted"
+"#,
+    );
+    let chat = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": "Read my inbox, then fetch https://docs.example/q3-report/ for me."}]});
+    let llm = s.h.rt.block_on(post_json(
+        s.h.addr(),
+        "/v1/openai/tools/chat/completions",
+        &[("x-sluice-session-id", "conv-prov")],
+        &chat,
+    ));
+    assert_eq!(llm.status, 200, "{}", llm.text());
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = |tool: &str, conv: &str, args: Value| {
+        let h = [
+            ACCEPT,
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", tool),
+            ("x-sluice-session-id", conv),
+        ];
+        answer(&s.h.rt.block_on(post_json(
+            s.h.addr(),
+            "/v1/mcp/tools",
+            &h,
+            &rpc(
+                1,
+                "tools/call",
+                json!({"name": tool, "arguments": args, "_meta": meta}),
+            ),
+        )))
+    };
+    for conv in ["conv-prov", "conv-other"] {
+        call("fx__read_inbox", conv, json!({}));
+    }
+    let users = call(
+        "fx__fetch_url",
+        "conv-prov",
+        json!({"url": "https://docs.example/q3-report"}),
+    );
+    assert!(users["result"].get("isError").is_none(), "{users}");
+    let injected = call(
+        "fx__fetch_url",
+        "conv-prov",
+        json!({"url": "https://evil.example/exfil"}),
+    );
+    assert_eq!(injected["result"]["isError"], true, "{injected}");
+    let text = injected["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("`url`") && text.contains("nowhere"), "{text}");
+    // A conversation whose chat the proxy never saw: the same URL is not the user's.
+    let elsewhere = call(
+        "fx__fetch_url",
+        "conv-other",
+        json!({"url": "https://docs.example/q3-report"}),
+    );
+    assert_eq!(elsewhere["result"]["isError"], true, "{elsewhere}");
+    let fetched = s.fixture.fixture.calls.lock().unwrap().clone();
+    assert_eq!(
+        fetched.get("fetch_url"),
+        Some(&1),
+        "only the user's URL went out"
+    );
+}

@@ -122,6 +122,8 @@ impl Fixture {
             {"name": "send_email", "description": email_desc, "inputSchema": obj(json!({"to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}}), json!(["to"]))},
             {"name": "test_audio_content", "description": "Returns audio.", "inputSchema": none()},
             {"name": "test_elicitation", "description": "Asks the user.", "inputSchema": obj(json!({"message": {"type": "string"}}), json!([]))},
+            {"name": "test_elicitation_sep1034_defaults", "description": "Asks the user, with defaults (SEP-1034).", "inputSchema": none()},
+            {"name": "test_elicitation_sep1330_enums", "description": "Asks the user to pick from enums (SEP-1330).", "inputSchema": none()},
             {"name": "test_embedded_resource", "description": "Returns an embedded resource.", "inputSchema": none()},
             {"name": "test_error_handling", "description": "Always fails.", "inputSchema": none()},
             {"name": "test_image_content", "description": "Returns an image.", "inputSchema": none()},
@@ -233,6 +235,46 @@ impl Fixture {
                     answer.get("result").cloned().unwrap_or_default()
                 ))]
             }
+            "test_elicitation_sep1034_defaults" | "test_elicitation_sep1330_enums" => {
+                let schema = if name == "test_elicitation_sep1034_defaults" {
+                    json!({"type": "object", "properties": {
+                        "name": {"type": "string", "default": "John Doe"},
+                        "age": {"type": "integer", "default": 30},
+                        "score": {"type": "number", "default": 95.5},
+                        "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+                        "verified": {"type": "boolean", "default": true}}})
+                } else {
+                    json!({"type": "object", "properties": {
+                        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+                        "titledSingle": {"type": "string", "oneOf": [
+                            {"const": "value1", "title": "First Option"},
+                            {"const": "value2", "title": "Second Option"},
+                            {"const": "value3", "title": "Third Option"}]},
+                        "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                            "enumNames": ["Option One", "Option Two", "Option Three"]},
+                        "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+                        "titledMulti": {"type": "array", "items": {"anyOf": [
+                            {"const": "value1", "title": "First Choice"},
+                            {"const": "value2", "title": "Second Choice"},
+                            {"const": "value3", "title": "Third Choice"}]}}}})
+                };
+                let params =
+                    json!({"message": "Please fill in the form.", "requestedSchema": schema});
+                let Some(answer) = self.ask(out, "elicitation/create", params).await else {
+                    return Err((-32603, "the client did not answer the elicitation".into()));
+                };
+                let action = answer
+                    .pointer("/result/action")
+                    .and_then(Value::as_str)
+                    .unwrap_or("cancel");
+                let content = answer
+                    .pointer("/result/content")
+                    .cloned()
+                    .unwrap_or_default();
+                vec![text(&format!(
+                    "Elicitation completed: action={action}, content={content}"
+                ))]
+            }
             other => return Err((-32602, format!("Unknown tool: {other}"))),
         };
         Ok(json!({"content": content}))
@@ -317,7 +359,7 @@ impl Fixture {
                 )
             }
             "server/discover" => Ok(
-                json!({"supportedVersions": ["2026-07-28"], "capabilities": capabilities(), "cacheScope": "public", "ttlMs": 0}),
+                json!({"supportedVersions": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"], "capabilities": capabilities(), "cacheScope": "public", "ttlMs": 0}),
             ),
             "ping" => Ok(json!({})),
             "tools/list" => Ok(json!({"tools": self.tools()})),
@@ -338,9 +380,9 @@ impl Fixture {
             "resources/subscribe" | "resources/unsubscribe" => Ok(json!({})),
             "prompts/list" => Ok(json!({"prompts": [
                 {"name": "test_simple_prompt", "description": "A simple prompt"},
-                {"name": "test_prompt_with_arguments", "arguments": [{"name": "arg1", "required": true}, {"name": "arg2", "required": true}]},
-                {"name": "test_prompt_with_embedded_resource", "arguments": [{"name": "resourceUri", "required": true}]},
-                {"name": "test_prompt_with_image"},
+                {"name": "test_prompt_with_arguments", "description": "A prompt with arguments", "arguments": [{"name": "arg1", "description": "First argument", "required": true}, {"name": "arg2", "description": "Second argument", "required": true}]},
+                {"name": "test_prompt_with_embedded_resource", "description": "A prompt with an embedded resource", "arguments": [{"name": "resourceUri", "description": "URI of the resource to embed", "required": true}]},
+                {"name": "test_prompt_with_image", "description": "A prompt with an image"},
             ]})),
             "prompts/get" => self
                 .get_prompt(params)

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use sluice_policies::{EvalContext, ToolId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND};
@@ -37,6 +36,8 @@ pub struct Call {
     pub key_id: Option<String>,
     /// `X-Sluice-Agent-Id`.
     pub agent: Option<String>,
+    /// `X-Sluice-Session-Id`: the conversation whose user texts the LLM proxy saw.
+    pub conversation: Option<String>,
 }
 
 /// What to send back.
@@ -61,7 +62,7 @@ pub struct Forwarded {
     pub cancel: (Arc<Connection>, Value),
 }
 
-fn record(call: &Call, server: &str, method: &str, tool: Option<String>) -> McpRecord {
+pub(super) fn record(call: &Call, server: &str, method: &str, tool: Option<String>) -> McpRecord {
     McpRecord {
         profile: call.profile.name.to_string(),
         server: server.into(),
@@ -77,7 +78,7 @@ fn record(call: &Call, server: &str, method: &str, tool: Option<String>) -> McpR
     }
 }
 
-fn finish(call: &Call, mut r: McpRecord, started: Instant) {
+pub(super) fn finish(call: &Call, mut r: McpRecord, started: Instant) {
     r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     call.gw.sink.record_mcp(r);
 }
@@ -153,7 +154,7 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
         "prompts/list" | "resources/list" | "resources/templates/list" => {
             merged_list(call, id.clone(), method).await
         }
-        "tools/call" => tools_call(call, id, params, started).await,
+        "tools/call" => super::tools_call::tools_call(call, id, params, started).await,
         "prompts/get"
         | "completion/complete"
         | "resources/read"
@@ -182,7 +183,7 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
     }
 }
 
-fn truncate(s: &str) -> String {
+pub(super) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
@@ -297,7 +298,7 @@ async fn routed(
 /// Sends the request to the server on a task of its own (a legacy client that goes away
 /// does not cancel it); `judge` runs on the answer before the client sees it.
 #[allow(clippy::too_many_arguments)]
-fn forward(
+pub(super) fn forward(
     call: &Call,
     id: Value,
     server: &Arc<McpServer>,
@@ -390,197 +391,6 @@ pub fn shape_for(call: &Call, mut msg: Value) -> Value {
         result.remove("cacheScope");
     }
     msg
-}
-
-async fn tools_call(call: &Call, id: Value, params: Option<Value>, started: Instant) -> Reply {
-    let mut p = params.unwrap_or_else(|| json!({}));
-    let name = p
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let (tools, _) = call.gw.tools(&call.config, &call.profile).await;
-    let Some(tool) = tools.into_iter().find(|t| t.name == name) else {
-        return Reply::Now(jsonrpc::error(
-            id,
-            INVALID_PARAMS,
-            &format!("unknown tool: {}", truncate(&name)),
-        ));
-    };
-    let mut rec = record(
-        call,
-        &tool.server,
-        "tools/call",
-        Some(tool.original.clone()),
-    );
-    let args = p.get("arguments").cloned().unwrap_or_else(|| json!({}));
-    if call.profile.capture_content {
-        rec.arguments = Some(args.to_string());
-    }
-    let tool_id = ToolId::new(format!("mcp:{}", tool.server), tool.original.as_str());
-    if let Some(why) = &tool.withheld {
-        rec.status = "refused";
-        let text = format!("The tool call {name} was blocked: {why}. [sluice:tool_withheld]");
-        finish(call, rec, started);
-        return Reply::Now(jsonrpc::result(
-            id,
-            refusal(call, &text, "tool_withheld", None),
-        ));
-    }
-    let (decision, refused) = judge_call(call, &tool_id, &name, &id, &args);
-    rec.decisions.push(decision.clone());
-    if let Some(text) = refused {
-        rec.status = "refused";
-        finish(call, rec, started);
-        return Reply::Now(jsonrpc::result(
-            id,
-            refusal(call, &text, "policy_denied", Some(&decision)),
-        ));
-    }
-    p["name"] = Value::String(tool.original.clone());
-    let server = call.config.mcp_servers.get(&tool.server).cloned();
-    let Some(server) = server else {
-        return Reply::Now(jsonrpc::error(
-            id,
-            INTERNAL_ERROR,
-            "the tool's server is gone",
-        ));
-    };
-    let judged = call.clone();
-    let judge = Box::new(move |result: &mut Value| judge_result(&judged, &tool_id, result));
-    forward(
-        call,
-        id,
-        &server,
-        "tools/call",
-        p,
-        rec,
-        started,
-        Some(judge),
-    )
-}
-
-fn refusal(call: &Call, text: &str, kind: &str, decision: Option<&Decision>) -> Value {
-    let mut r = json!({
-        "content": [{"type": "text", "text": text}],
-        "isError": true,
-        "_meta": {"sluice/refusal": {"kind": kind, "decision": decision}},
-    });
-    if call.stateless {
-        r["resultType"] = "complete".into();
-    }
-    r
-}
-
-fn judge_call(
-    call: &Call,
-    tool: &ToolId,
-    shown: &str,
-    id: &Value,
-    args: &Value,
-) -> (Decision, Option<String>) {
-    let policies = &call.config.policies;
-    let st = call.session.state.lock();
-    let provenance = policies.uses_provenance().then(|| {
-        use sluice_policies::provenance::{Origin, ProvenanceIndex, Source};
-        let sources: Vec<Source<'_>> = st
-            .results
-            .iter()
-            .map(|(trusted, text, tool)| Source {
-                origin: if *trusted {
-                    Origin::TrustedResult
-                } else {
-                    Origin::UntrustedResult
-                },
-                text,
-                tool,
-            })
-            .collect();
-        ProvenanceIndex::build(&sources)
-    });
-    let labels = crate::guard::labels_of(&call.profile);
-    let ctx = EvalContext {
-        profile: &call.profile.name,
-        team: call.profile.team.as_deref(),
-        agent: call.agent.as_deref(),
-        labels: &labels,
-        trusted: !st.untrusted && !call.profile.starts_untrusted,
-        defaults: call.profile.policy_defaults.as_ref(),
-        provenance: provenance.as_ref(),
-    };
-    let call_id = match id {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    crate::guard::judge_one(
-        policies,
-        (&call.gw.approvals, &call.config.approvals),
-        &ctx,
-        tool,
-        shown,
-        &call_id,
-        &args.to_string(),
-        None,
-    )
-}
-
-/// Judges a result: a trusted one is remembered as such; an untrusted one taints the
-/// session; a blocked one (or one needing the quarantine, which MCP does not run) is
-/// replaced by a notice and taints the session.
-fn judge_result(call: &Call, tool: &ToolId, result: &mut Value) -> (Vec<Decision>, bool) {
-    use sluice_policies::ResultVerdict;
-    let raw = result
-        .get("structuredContent")
-        .or_else(|| result.get("content"))
-        .map(Value::to_string)
-        .unwrap_or_default();
-    let content = crate::guard::normalise_content(raw.as_bytes());
-    let labels = crate::guard::labels_of(&call.profile);
-    let ctx = EvalContext {
-        profile: &call.profile.name,
-        team: call.profile.team.as_deref(),
-        agent: call.agent.as_deref(),
-        labels: &labels,
-        trusted: true,
-        defaults: call.profile.policy_defaults.as_ref(),
-        provenance: None,
-    };
-    let d = call.config.policies.evaluate_result(tool, &content, &ctx);
-    let (verdict, reason) = match d.verdict {
-        ResultVerdict::Trusted => ("trusted", d.reason.clone()),
-        ResultVerdict::Untrusted => ("untrusted", d.reason.clone()),
-        ResultVerdict::Block => ("blocked", d.reason.clone()),
-        ResultVerdict::Sanitize => (
-            "blocked",
-            format!(
-                "{}; the MCP gateway does not run the dual-LLM quarantine, so the result is blocked (fail closed)",
-                d.reason
-            ),
-        ),
-    };
-    let mut text = String::new();
-    crate::guard::text_of(&content, &mut text);
-    let mut st = call.session.state.lock();
-    st.remember_result(verdict == "trusted", text, tool.to_string());
-    if verdict != "trusted" && !st.untrusted {
-        st.untrusted = true;
-        st.boundary = Some(format!("the result of {tool} was {verdict}"));
-    }
-    drop(st);
-    let blocked = verdict == "blocked";
-    if blocked {
-        let notice = format!("[Sluice blocked this tool result: {reason}] [sluice:result_blocked]");
-        *result = json!({"content": [{"type": "text", "text": notice}], "isError": true});
-    }
-    let decision = Decision {
-        kind: "result",
-        tool: tool.to_string(),
-        call_id: String::new(),
-        verdict,
-        policy: d.policy.as_deref().map(str::to_owned),
-        reason,
-    };
-    (vec![decision], blocked)
 }
 
 /// A message a server sent about a forwarded request, as the client gets it: server

@@ -13,9 +13,12 @@
 pub mod aggregate;
 pub mod dispatch;
 pub mod jsonrpc;
+mod modern;
 pub mod session;
+mod tools_call;
 pub mod transport;
 pub mod upstream;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +53,8 @@ pub struct McpGateway {
     pub sink: Arc<dyn EventSink>,
     /// Approvals for `require_approval` calls.
     pub approvals: Arc<crate::approvals::ApprovalStore>,
+    /// The user's texts of conversations the LLM proxy saw, for provenance.
+    pub conversations: crate::conversations::Conversations,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -70,6 +75,7 @@ impl McpGateway {
             sessions: session::Sessions::default(),
             sink,
             approvals,
+            conversations: crate::conversations::Conversations::new(10_000),
         })
     }
 

@@ -13,14 +13,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
+use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::{Value, json};
 
 use super::dispatch::{self, Call, Forwarded, Reply};
-use super::jsonrpc::{self, HEADER_MISMATCH, Message, UNSUPPORTED_VERSION};
+use super::jsonrpc::{self, Message, UNSUPPORTED_VERSION};
+use super::modern::check_modern_headers;
 use super::upstream::STATELESS_VERSION;
+use super::wire::{
+    header, origin_allowed, read_body, rpc_error, simple, sluice_error, sse_event, start_sse,
+    write_json,
+};
 use super::{LEGACY_VERSIONS, McpGateway};
 use crate::config::Config;
 use crate::keys::FailedAuthLimiter;
@@ -29,14 +33,6 @@ use crate::phases::ctx::RequestCtx;
 /// True when the path is the MCP endpoint's.
 pub fn is_mcp_path(path: &str) -> bool {
     path == "/v1/mcp" || path.starts_with("/v1/mcp/")
-}
-
-fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session
-        .req_header()
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
 }
 
 /// Serves one HTTP request on the MCP endpoint; always answers it.
@@ -113,6 +109,8 @@ pub async fn serve(
         ctx.key_id.clone(),
         header(session, "x-sluice-agent-id").map(|a| a.chars().take(128).collect()),
     );
+    let conversation: Option<String> = header(session, "x-sluice-session-id")
+        .map(|c| c.chars().take(crate::conversations::MAX_ID_CHARS).collect());
     let (gw2, config2, profile2) = (gw.clone(), config.clone(), profile.clone());
     let call = move |s: Arc<super::session::Session>, stateless: bool| Call {
         gw: gw2.clone(),
@@ -122,6 +120,7 @@ pub async fn serve(
         stateless,
         key_id: key_id.clone(),
         agent: agent.clone(),
+        conversation: conversation.clone(),
     };
     match method.as_str() {
         "GET" => match legacy_session {
@@ -360,96 +359,6 @@ async fn initialize(
     write_json(session, ctx, 200, &body, Some(&s.id)).await
 }
 
-/// The 2026-07-28 header rules: version supported, `Mcp-Method` (and `Mcp-Name`) equal
-/// to the body's.
-fn check_modern_headers(session: &Session, value: &Value) -> Result<(), (i64, String)> {
-    let body_version = value
-        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
-        .and_then(Value::as_str);
-    let header_version = header(session, "mcp-protocol-version");
-    let version = header_version.or(body_version).unwrap_or("");
-    if version != STATELESS_VERSION {
-        return Err((
-            UNSUPPORTED_VERSION,
-            format!(
-                "Unsupported protocol version: {}",
-                version.chars().take(32).collect::<String>()
-            ),
-        ));
-    }
-    if let (Some(h), Some(b)) = (header_version, body_version)
-        && h != b
-    {
-        return Err((
-            HEADER_MISMATCH,
-            "MCP-Protocol-Version does not match the body's _meta".into(),
-        ));
-    }
-    let method = value.get("method").and_then(Value::as_str);
-    if let Some(m) = method {
-        match header(session, "mcp-method") {
-            Some(h) if decode_header(h) == m => {}
-            Some(_) => {
-                return Err((
-                    HEADER_MISMATCH,
-                    "Mcp-Method does not match the body's method".into(),
-                ));
-            }
-            None => return Err((HEADER_MISMATCH, "the Mcp-Method header is required".into())),
-        }
-        let name = match m {
-            "tools/call" | "prompts/get" => value.pointer("/params/name"),
-            "resources/read" => value.pointer("/params/uri"),
-            _ => None,
-        }
-        .and_then(Value::as_str);
-        if let Some(n) = name {
-            match header(session, "mcp-name") {
-                Some(h) if decode_header(h) == n => {}
-                Some(_) => {
-                    return Err((HEADER_MISMATCH, "Mcp-Name does not match the body".into()));
-                }
-                None => return Err((HEADER_MISMATCH, "the Mcp-Name header is required".into())),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Undoes the `=?base64?…?=` form of a header value.
-fn decode_header(v: &str) -> String {
-    let Some(inner) = v
-        .strip_prefix("=?base64?")
-        .and_then(|r| r.strip_suffix("?="))
-    else {
-        return v.to_owned();
-    };
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        })
-    };
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in inner.bytes().filter(|c| *c != b'=') {
-        let Some(v) = val(c) else {
-            return v.to_string();
-        };
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
 async fn one_message(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -631,139 +540,4 @@ async fn get_stream(
         }
     }
     session.write_response_body(Some(Bytes::new()), true).await
-}
-
-fn sse_event(id: u64, msg: &Value) -> Bytes {
-    Bytes::from(format!("id: {id}\nevent: message\ndata: {msg}\n\n"))
-}
-
-async fn start_sse(session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(4))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("x-accel-buffering", "no")?;
-    resp.insert_header("transfer-encoding", "chunked")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    ctx.status = 200;
-    ctx.response_started = true;
-    Ok(())
-}
-
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, u16> {
-    let mut buf = BytesMut::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > max {
-                    return Err(413);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Err(_) => return Err(400),
-        }
-    }
-}
-
-fn origin_allowed(origin: &str, config: &Config) -> bool {
-    if config
-        .mcp_allowed_origins
-        .iter()
-        .any(|o| o.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let rest = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or("");
-    let host = if let Some(v6) = rest.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        rest.split(':').next().unwrap_or("")
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "::1")
-}
-
-async fn write_json(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    status: u16,
-    body: &Value,
-    session_id: Option<&str>,
-) -> pingora::Result<()> {
-    let body = Bytes::from(body.to_string());
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    if let Some(id) = session_id {
-        resp.insert_header("mcp-session-id", id)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    ctx.status = status;
-    ctx.response_started = true;
-    Ok(())
-}
-
-async fn simple(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    status: u16,
-    text: &str,
-) -> pingora::Result<()> {
-    let body = Bytes::from(text.to_owned());
-    let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    if status == 405 {
-        resp.insert_header("allow", "POST, GET, DELETE")?;
-    }
-    if !body.is_empty() {
-        resp.insert_header("content-type", "text/plain")?;
-    }
-    session
-        .write_response_header(Box::new(resp), body.is_empty())
-        .await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
-    }
-    ctx.status = status;
-    ctx.response_started = true;
-    Ok(())
-}
-
-async fn rpc_error(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    status: u16,
-    id: Value,
-    code: i64,
-    msg: &str,
-) -> pingora::Result<()> {
-    write_json(session, ctx, status, &jsonrpc::error(id, code, msg), None).await
-}
-
-/// A Sluice error (auth, routing) as HTTP status + JSON-RPC error.
-async fn sluice_error(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    e: &crate::error::SluiceError,
-) -> pingora::Result<()> {
-    let (status, _, _) = e.classify();
-    let body = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string());
-    let out = Bytes::from(body.to_string());
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", out.len().to_string())?;
-    if let crate::error::SluiceError::TooManyFailedAuth(secs) = e {
-        resp.insert_header("retry-after", secs.to_string())?;
-    }
-    if status == 401 {
-        resp.insert_header("www-authenticate", "Bearer realm=\"sluice\"")?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(out), true).await?;
-    ctx.status = status;
-    ctx.response_started = true;
-    Ok(())
 }

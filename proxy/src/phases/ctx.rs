@@ -75,6 +75,9 @@ pub struct RequestCtx {
     pub taint_boundary: Option<String>,
     /// The caller's agent id (`X-Sluice-Agent-Id`).
     pub agent: Option<String>,
+    /// `X-Sluice-Session-Id`: the conversation this request belongs to (shared with the MCP
+    /// gateway's calls).
+    pub conversation: Option<String>,
     /// Every policy decision made for this request.
     pub decisions: Vec<crate::guard::Decision>,
     /// Tool-call holding state for streams.
@@ -137,6 +140,7 @@ impl RequestCtx {
             capture: None,
             access: None,
             provenance: None,
+            conversation: None,
             sluice_ns: 0,
         }
     }

@@ -267,14 +267,17 @@ impl ProxyHttp for SluiceProxy {
             .as_ref()
             .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
         let t = std::time::Instant::now();
-        let pending = request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts);
+        let conversations = &self.mcp.conversations;
+        let pending =
+            request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts, conversations);
         ctx.sluice_ns += elapsed_ns(t);
         let pending = pending.map_err(|e| raise(ctx, e))?;
         let Some(pending) = pending else {
             return Ok(());
         };
         let outcomes = self.sanitize_all(ctx, &pending).await;
-        request_body::finish(body, ctx, pending, outcomes).map_err(|e| raise(ctx, e))
+        request_body::finish(body, ctx, pending, outcomes, &self.mcp.conversations)
+            .map_err(|e| raise(ctx, e))
     }
 
     async fn response_filter(

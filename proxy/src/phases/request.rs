@@ -95,6 +95,8 @@ pub fn route_request(
         ctx.started_untrusted = Some("the request carries X-Sluice-Context-Untrusted: true");
     }
     ctx.agent = header("x-sluice-agent-id").map(|v| v.chars().take(128).collect());
+    ctx.conversation = header("x-sluice-session-id")
+        .map(|v| v.chars().take(crate::conversations::MAX_ID_CHARS).collect());
     ctx.request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     if let Some(model) = &r.url_model {
         ctx.request_facts.model = Some(model.clone());

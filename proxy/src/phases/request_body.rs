@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::ctx::RequestCtx;
+use crate::conversations::{ConversationKey, Conversations};
 use crate::error::SluiceError;
 use crate::guard::{RequestJudgement, judge_request, normalise_content};
 use crate::llm::inspect_request;
@@ -45,6 +46,7 @@ pub fn on_chunk(
     ctx: &mut RequestCtx,
     max_body: usize,
     cache: &VerdictCache,
+    conversations: &Conversations,
 ) -> Result<Option<Pending>, SluiceError> {
     if let Some(chunk) = body.as_ref() {
         ctx.request_len = ctx.request_len.saturating_add(chunk.len());
@@ -108,7 +110,7 @@ pub fn on_chunk(
     if !pending.judged.sanitize.is_empty() {
         return Ok(Some(pending));
     }
-    finish(body, ctx, pending, Vec::new())?;
+    finish(body, ctx, pending, Vec::new(), conversations)?;
     Ok(None)
 }
 
@@ -118,6 +120,7 @@ pub fn finish(
     ctx: &mut RequestCtx,
     pending: Pending,
     outcomes: Vec<Result<String, String>>,
+    conversations: &Conversations,
 ) -> Result<(), SluiceError> {
     let Pending {
         whole,
@@ -131,6 +134,22 @@ pub fn finish(
     ctx.trusted = judged.trusted;
     ctx.taint_boundary = judged.boundary.take();
     ctx.provenance = judged.provenance.take();
+    // The user's texts, for the MCP gateway's calls in the same conversation.
+    if let (Some(id), Some(route)) = (&ctx.conversation, &ctx.route)
+        && !judged.user_texts.is_empty()
+    {
+        let key = ConversationKey {
+            profile: route.profile.name.clone(),
+            key_id: ctx.key_id.clone(),
+            id: id.clone(),
+        };
+        let texts: Vec<_> = judged
+            .user_texts
+            .iter()
+            .map(|(o, t)| (*o, t.as_str()))
+            .collect();
+        conversations.record(&key, &texts);
+    }
     let spliced = judged.rewrite(&whole);
     ctx.decisions.extend(judged.decisions);
     let out = match (spliced, ctx.api()) {

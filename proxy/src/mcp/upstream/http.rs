@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::{Connection, Established, Retry, STATELESS_VERSION, UpstreamError};
 use crate::config::{Limits, McpEra, Upstream};
-use crate::mcp::jsonrpc;
+use crate::mcp::{LEGACY_VERSIONS, jsonrpc};
 use crate::sse::{Framed, SseFramer, parse_event};
 
 /// Largest message read from a server.
@@ -312,9 +312,16 @@ impl HttpConn {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let era = conn.server.era;
+        let mut stateless = None;
         if matches!(era, McpEra::Auto | McpEra::Stateless) {
             match self.discover(conn, generation).await {
-                Ok(est) => {
+                // A server that speaks both eras gets a legacy session under `auto`: only
+                // a session carries the server's own requests (sampling, elicitation, roots)
+                // that the gateway relays to its clients.
+                Ok((est, offers_legacy)) if era == McpEra::Auto && offers_legacy => {
+                    stateless = Some(est);
+                }
+                Ok((est, _)) => {
                     *state = Some(est.clone());
                     return Ok(est);
                 }
@@ -322,7 +329,15 @@ impl HttpConn {
                 Err(e) => tracing::debug!(error = %e, "server/discover failed; trying initialize"),
             }
         }
-        let est = self.initialize(conn, generation).await?;
+        let est = match (self.initialize(conn, generation).await, stateless) {
+            (Ok(est), _) => est,
+            (Err(e), Some(est)) => {
+                tracing::debug!(error = %e, "initialize failed; using the stateless era");
+                *state = Some(est.clone());
+                return Ok(est);
+            }
+            (Err(e), None) => return Err(e),
+        };
         *state = Some(est.clone());
         if est.session_id.is_some() {
             self.listen(conn.clone(), est.clone());
@@ -334,7 +349,7 @@ impl HttpConn {
         &self,
         conn: &Connection,
         generation: u64,
-    ) -> Result<Established, UpstreamError> {
+    ) -> Result<(Established, bool), UpstreamError> {
         let probe = Established {
             version: STATELESS_VERSION.into(),
             stateless: true,
@@ -353,11 +368,21 @@ impl HttpConn {
             Err(Retry::SessionGone) => return Err(conn.protocol("server/discover: 404")),
         };
         let (version, capabilities) = super::read_handshake(conn, &answer, true)?;
-        Ok(Established {
-            version,
-            capabilities,
-            ..probe
-        })
+        let offers_legacy = answer
+            .pointer("/result/supportedVersions")
+            .and_then(Value::as_array)
+            .is_some_and(|v| {
+                v.iter()
+                    .any(|v| v.as_str().is_some_and(|v| LEGACY_VERSIONS.contains(&v)))
+            });
+        Ok((
+            Established {
+                version,
+                capabilities,
+                ..probe
+            },
+            offers_legacy,
+        ))
     }
 
     async fn initialize(

@@ -257,6 +257,17 @@ enum Retry {
 /// Adds the stateless era's per-request `_meta` (version, capabilities, client).
 fn with_meta(params: Option<Value>, est: &Established) -> Option<Value> {
     if !est.stateless {
+        // A stateless client's per-request `_meta` is ours to state, not a legacy
+        // session's: the server would take the request for a stateless one.
+        let mut params = params;
+        if let Some(Value::Object(m)) = params.as_mut().and_then(|p| p.get_mut("_meta")) {
+            m.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+            if m.is_empty()
+                && let Some(Value::Object(p)) = params.as_mut()
+            {
+                p.remove("_meta");
+            }
+        }
         return params;
     }
     let mut p = match params {

