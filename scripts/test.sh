@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Node 22, the MCP conformance suite and the Inspector CLI, for the MCP gateway's tests.
+echo "== MCP test tools: $(bash scripts/mcp-tools.sh)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 export SLUICE_VENV="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
 export PATH="${SLUICE_TOOLS:-$HOME/.cache/sluice/bin}:$PATH" SLUICE_REQUIRE_PROMTOOL=1
