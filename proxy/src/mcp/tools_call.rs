@@ -142,15 +142,8 @@ pub(super) fn judge_call(
         ProvenanceIndex::build(&sources)
     });
     let labels = crate::guard::labels_of(&call.profile);
-    let ctx = EvalContext {
-        profile: &call.profile.name,
-        team: call.profile.team.as_deref(),
-        agent: call.agent.as_deref(),
-        labels: &labels,
-        trusted: !st.untrusted && !call.profile.starts_untrusted,
-        defaults: call.profile.policy_defaults.as_ref(),
-        provenance: provenance.as_ref(),
-    };
+    let trusted = !st.untrusted && !call.profile.starts_untrusted;
+    let ctx = eval_context(call, &labels, trusted, provenance.as_ref());
     let call_id = match id {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -183,15 +176,7 @@ pub(super) fn judge_result(
         .unwrap_or_default();
     let content = crate::guard::normalise_content(raw.as_bytes());
     let labels = crate::guard::labels_of(&call.profile);
-    let ctx = EvalContext {
-        profile: &call.profile.name,
-        team: call.profile.team.as_deref(),
-        agent: call.agent.as_deref(),
-        labels: &labels,
-        trusted: true,
-        defaults: call.profile.policy_defaults.as_ref(),
-        provenance: None,
-    };
+    let ctx = eval_context(call, &labels, true, None);
     let d = call.config.policies.evaluate_result(tool, &content, &ctx);
     let (verdict, reason) = match d.verdict {
         ResultVerdict::Trusted => ("trusted", d.reason.clone()),
@@ -228,4 +213,22 @@ pub(super) fn judge_result(
         reason,
     };
     (vec![decision], blocked)
+}
+
+/// The policies' view of a call on this profile's endpoint.
+fn eval_context<'a>(
+    call: &'a Call,
+    labels: &'a [(&'a str, &'a str)],
+    trusted: bool,
+    provenance: Option<&'a sluice_policies::provenance::ProvenanceIndex>,
+) -> EvalContext<'a> {
+    EvalContext {
+        profile: &call.profile.name,
+        team: call.profile.team.as_deref(),
+        agent: call.agent.as_deref(),
+        labels,
+        trusted,
+        defaults: call.profile.policy_defaults.as_ref(),
+        provenance,
+    }
 }
