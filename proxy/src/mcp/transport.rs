@@ -128,17 +128,7 @@ pub async fn serve(
                 let c = call(s, false);
                 get_stream(session, ctx, &c).await
             }
-            Some(None) => {
-                rpc_error(
-                    session,
-                    ctx,
-                    404,
-                    Value::Null,
-                    jsonrpc::INVALID_REQUEST,
-                    "Session not found: initialize again",
-                )
-                .await
-            }
+            Some(None) => session_not_found(session, ctx, Value::Null).await,
             None => simple(
                 session,
                 ctx,
@@ -149,17 +139,7 @@ pub async fn serve(
         },
         "DELETE" => match sid {
             Some(id) if gw.sessions.close(&id) => simple(session, ctx, 200, "").await,
-            Some(_) => {
-                rpc_error(
-                    session,
-                    ctx,
-                    404,
-                    Value::Null,
-                    jsonrpc::INVALID_REQUEST,
-                    "Session not found",
-                )
-                .await
-            }
+            Some(_) => session_not_found(session, ctx, Value::Null).await,
             None => simple(session, ctx, 405, "no session to end").await,
         },
         "POST" => {
@@ -251,17 +231,7 @@ async fn post(
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let s = match legacy_session {
         Some(Some(s)) => s,
-        Some(None) => {
-            return rpc_error(
-                session,
-                ctx,
-                404,
-                id.clone(),
-                jsonrpc::INVALID_REQUEST,
-                "Session not found: initialize again",
-            )
-            .await;
-        }
+        Some(None) => return session_not_found(session, ctx, id.clone()).await,
         None => {
             let mut msg = "Bad Request: no Mcp-Session-Id; send initialize first, or use the 2026-07-28 revision".to_owned();
             if let Some(v) = &version_header
@@ -540,4 +510,14 @@ async fn get_stream(
         }
     }
     session.write_response_body(Some(Bytes::new()), true).await
+}
+
+/// 404 for a session that ended or never was: the client initializes again.
+async fn session_not_found(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    id: Value,
+) -> pingora::Result<()> {
+    let msg = "Session not found: initialize again";
+    rpc_error(session, ctx, 404, id, jsonrpc::INVALID_REQUEST, msg).await
 }
