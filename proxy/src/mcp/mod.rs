@@ -40,6 +40,25 @@ struct Cached {
     stale_at: Option<std::time::Instant>,
 }
 
+/// A server's tools as exposed, computed once per fetched list (names, pins, hashes).
+struct ExposedTools {
+    items: Arc<Vec<Value>>,
+    exposed: Arc<Vec<aggregate::Exposed>>,
+}
+
+/// One exposed tool, found by name: a place in its server's shared list.
+pub struct ToolRef {
+    list: Arc<Vec<aggregate::Exposed>>,
+    index: usize,
+}
+
+impl std::ops::Deref for ToolRef {
+    type Target = aggregate::Exposed;
+    fn deref(&self) -> &aggregate::Exposed {
+        &self.list[self.index]
+    }
+}
+
 /// How long a stateless server's list is kept when it gives no `ttlMs`.
 const STATELESS_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -47,6 +66,7 @@ const STATELESS_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1
 pub struct McpGateway {
     conns: parking_lot::Mutex<HashMap<Arc<str>, Arc<Connection>>>,
     lists: parking_lot::Mutex<HashMap<(Arc<str>, &'static str), Cached>>,
+    exposed: parking_lot::Mutex<HashMap<Arc<str>, ExposedTools>>,
     /// Client sessions.
     pub sessions: session::Sessions,
     /// Where MCP records go.
@@ -72,6 +92,7 @@ impl McpGateway {
         Arc::new(Self {
             conns: parking_lot::Mutex::default(),
             lists: parking_lot::Mutex::default(),
+            exposed: parking_lot::Mutex::default(),
             sessions: session::Sessions::default(),
             sink,
             approvals,
@@ -227,13 +248,55 @@ impl McpGateway {
         let mut out = Vec::new();
         let mut failed = Vec::new();
         for s in Self::servers_of(config, profile) {
-            match self.list(&s, "tools").await {
-                Ok(tools) => out.extend(aggregate::expose_tools(&s, &tools)),
+            match self.exposed_tools(&s).await {
+                Ok(tools) => out.extend(tools.iter().cloned()),
                 Err(e) => failed.push(e),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.dedup_by(|a, b| a.name == b.name);
         (out, failed)
+    }
+
+    /// A server's tools as exposed; computed again only when its list was fetched again
+    /// (a changed server's config makes a new connection, which drops its lists).
+    pub async fn exposed_tools(
+        self: &Arc<Self>,
+        server: &Arc<McpServer>,
+    ) -> Result<Arc<Vec<aggregate::Exposed>>, UpstreamError> {
+        let items = self.list(server, "tools").await?;
+        if let Some(c) = self.exposed.lock().get(&server.name)
+            && Arc::ptr_eq(&c.items, &items)
+        {
+            return Ok(c.exposed.clone());
+        }
+        let exposed = Arc::new(aggregate::expose_tools(server, &items));
+        self.exposed.lock().insert(
+            server.name.clone(),
+            ExposedTools {
+                items,
+                exposed: exposed.clone(),
+            },
+        );
+        Ok(exposed)
+    }
+
+    /// The tool a `tools/call` names, as [`McpGateway::tools`] would list it (the first
+    /// server in the profile's order wins a name), without merging the lists.
+    pub async fn find_tool(
+        self: &Arc<Self>,
+        config: &Config,
+        profile: &Profile,
+        name: &str,
+    ) -> Option<ToolRef> {
+        for s in Self::servers_of(config, profile) {
+            let Ok(list) = self.exposed_tools(&s).await else {
+                continue;
+            };
+            if let Some(index) = list.iter().position(|t| t.name == name) {
+                return Some(ToolRef { list, index });
+            }
+        }
+        None
     }
 }

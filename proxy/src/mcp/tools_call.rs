@@ -25,8 +25,7 @@ pub(super) async fn tools_call(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let (tools, _) = call.gw.tools(&call.config, &call.profile).await;
-    let Some(tool) = tools.into_iter().find(|t| t.name == name) else {
+    let Some(tool) = call.gw.find_tool(&call.config, &call.profile, &name).await else {
         return Reply::Now(jsonrpc::error(
             id,
             INVALID_PARAMS,
