@@ -144,10 +144,24 @@ fn collapse_whitespace(s: &str) -> String {
 /// words). Built once per distinct text and shared through [`SourceCache`].
 #[derive(Debug, Default)]
 pub struct SourceIndex {
+    /// A blocked Bloom filter over the tokens' hashes (about 16 bits a token): most
+    /// values occur in few texts, and this small array answers "not here" from cache where
+    /// the hash set would miss it; a long conversation's filters fit in L2.
+    bloom: Box<[u64]>,
     /// Hashes of the tokens, for a negative answer without hashing the value again per text.
     hashes: HashSet<u64, BuildHasherDefault<Prehashed>>,
     tokens: HashSet<Box<str>>,
     text: String,
+}
+
+/// Where a hash lands in a blocked Bloom filter of `words` 64-bit words (a power of two):
+/// one word, two bits in it, so a probe is one load.
+fn bloom_bits(h: u64, words: usize) -> (usize, u64) {
+    let word = (h as usize) & (words - 1);
+    (
+        word,
+        (1u64 << ((h >> 32) & 63)) | (1u64 << ((h >> 48) & 63)),
+    )
 }
 
 /// The tokens' hash: keyed once per process, so values cannot be crafted to collide.
@@ -201,18 +215,36 @@ impl SourceIndex {
                 }
             }
         }
+        let hashes: HashSet<u64, BuildHasherDefault<Prehashed>> =
+            tokens.iter().map(|t| token_hash(t)).collect();
+        let words = (hashes.len() * 16 / 64).next_power_of_two().max(1);
+        let mut bloom = vec![0u64; words].into_boxed_slice();
+        for h in &hashes {
+            let (word, bits) = bloom_bits(*h, words);
+            bloom[word] |= bits;
+        }
         Self {
-            hashes: tokens.iter().map(|t| token_hash(t)).collect(),
+            bloom,
+            hashes,
             tokens,
             text: collapse_whitespace(&lower),
         }
     }
 
+    /// True unless the filter proves no token has hash `h`.
+    fn may_hold(&self, h: u64) -> bool {
+        let (word, bits) = bloom_bits(h, self.bloom.len());
+        self.bloom.get(word).is_some_and(|w| w & bits == bits)
+    }
+
     fn contains(&self, key: &Key) -> bool {
         match key {
-            Key::Token(t, h) => self.hashes.contains(h) && self.tokens.contains(t.as_str()),
+            Key::Token(t, h) => {
+                self.may_hold(*h) && self.hashes.contains(h) && self.tokens.contains(t.as_str())
+            }
             Key::Words { first, hash, all } => {
-                self.hashes.contains(hash)
+                self.may_hold(*hash)
+                    && self.hashes.contains(hash)
                     && self.tokens.contains(first.as_str())
                     && contains_words(&self.text, all)
             }
@@ -288,10 +320,16 @@ enum Key {
 }
 
 fn key_of(value: &str) -> Option<Key> {
-    let lower = collapse_whitespace(&value.to_lowercase());
-    let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
-    let key = if iban_head(&compact) && compact.len() >= 15 {
-        compact
+    let lower = value.to_lowercase();
+    // Most values are one token: no whitespace to collapse, nothing to compact.
+    let key = if lower.contains(char::is_whitespace) {
+        let lower = collapse_whitespace(&lower);
+        let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
+        if iban_head(&compact) && compact.len() >= 15 {
+            compact
+        } else {
+            lower
+        }
     } else {
         lower
     };
