@@ -23,6 +23,8 @@ pub struct AdminApp {
     pub catalogue: Arc<crate::catalogue::ToolCatalogue>,
     /// The usage journal, if any.
     pub journal: Option<Arc<crate::journal::Journal>>,
+    /// The MCP gateway, whose servers' tools `GET /admin/v1/mcp/tools` shows.
+    pub mcp: Arc<crate::mcp::McpGateway>,
 }
 
 /// Serves `/metrics` (Prometheus text format) on its own listener.
@@ -121,6 +123,10 @@ impl ServeHttp for AdminApp {
                         .to_vec(),
                 ),
             },
+            "/admin/v1/mcp/tools" => {
+                let body = self.mcp_tools().await;
+                reply(200, "application/json", body.to_string().into_bytes())
+            }
             "/admin/v1/tools" => reply(
                 200,
                 "application/json",
@@ -176,5 +182,37 @@ impl ServeHttp for AdminApp {
                 br#"{"error":{"type":"not_found","message":"no such admin route"}}"#.to_vec(),
             ),
         }
+    }
+}
+
+impl AdminApp {
+    /// Every configured MCP server's tools as this proxy sees them now: the exposed name,
+    /// the definition's hash (what `tool_pins` approves), whether it is withheld and why,
+    /// and instruction-like phrases in its description. Servers are asked when their list
+    /// is not cached.
+    async fn mcp_tools(&self) -> serde_json::Value {
+        let Some(config) = self.live.current() else {
+            return serde_json::json!({"data": []});
+        };
+        let mut servers: Vec<_> = config.mcp_servers.values().cloned().collect();
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut data = Vec::new();
+        for server in servers {
+            match self.mcp.exposed_tools(&server).await {
+                Ok(tools) => data.extend(tools.iter().map(|t| {
+                    serde_json::json!({
+                        "server": &*t.server, "name": t.name, "original": t.original,
+                        "hash": t.hash,
+                        "approved": server.tool_pins.is_some() && t.withheld.is_none(),
+                        "withheld": t.withheld, "injection_flags": t.flags,
+                        "description": t.definition.get("description"),
+                    })
+                })),
+                Err(e) => {
+                    data.push(serde_json::json!({"server": &*server.name, "error": e.to_string()}))
+                }
+            }
+        }
+        serde_json::json!({ "data": data })
     }
 }

@@ -196,12 +196,10 @@ pub fn start(
         upstream_keepalive_pool_size: parts.upstream_pool_size,
         ..ServerConf::default()
     });
-    let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(
-        &conf,
-        SluiceProxy::new(parts.live.clone(), sink, parts.approvals.clone())
-            .with_catalogue(parts.catalogue.clone()),
-        "sluice-proxy",
-    );
+    let proxy = SluiceProxy::new(parts.live.clone(), sink, parts.approvals.clone())
+        .with_catalogue(parts.catalogue.clone());
+    let mcp = proxy.mcp();
+    let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "sluice-proxy");
     for a in &proxy_addrs {
         proxy_svc.add_tcp(a);
     }
@@ -215,6 +213,7 @@ pub fn start(
                 approvals: parts.approvals.clone(),
                 catalogue: parts.catalogue.clone(),
                 journal: parts.journal.clone(),
+                mcp,
             },
         );
         for a in &admin_addrs {

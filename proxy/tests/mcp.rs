@@ -419,6 +419,63 @@ fn a_rug_pull_is_withheld_until_approved_and_foreign_origins_are_refused() {
         r["result"]["isError"] == true && text.contains("withheld"),
         "{r}"
     );
+    // The admin listener shows what changed: the new hash, why it is withheld, and the
+    // instruction-like phrase the rug pull planted in the description.
+    let admin = s.h.rt.block_on(send(
+        s.h.admin_addr(),
+        "GET",
+        "/admin/v1/mcp/tools",
+        &[],
+        b"",
+    ));
+    assert_eq!(admin.status, 200, "{}", admin.text());
+    let listed = admin.json();
+    let send_email = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fx__send_email")
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(send_email["approved"], false, "{send_email}");
+    assert_ne!(send_email["hash"], hash.as_str());
+    assert!(
+        send_email["withheld"].as_str().unwrap().contains("changed"),
+        "{send_email}"
+    );
+    assert!(
+        send_email["injection_flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("<IMPORTANT>")),
+        "{send_email}"
+    );
+    let add = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fx__add")
+        .unwrap();
+    assert_eq!(add["approved"], false, "never approved: {add}");
+    assert!(add["injection_flags"].as_array().unwrap().is_empty());
+    // An admin re-approves the new definition (a new snapshot with its hash): the tool
+    // is listed and served again.
+    let toml = format!(
+        "[profiles.tools]\nmcp_servers = [\"fx\"]\n[mcp_servers.fx]\nurl = \"{}\"\nera = \"legacy\"\ntool_pins = {{ send_email = \"{}\" }}\n{POLICIES}",
+        s.fixture.url(),
+        send_email["hash"].as_str().unwrap()
+    );
+    let config = sluice_proxy::config::compile(
+        sluice_proxy::config::parse_toml(&toml).unwrap(),
+        &sluice_proxy::config::Environment::default(),
+    )
+    .unwrap();
+    s.h.live.store(config);
+    let c = Legacy::open(&s);
+    assert_eq!(names(&c), vec!["fx__send_email"], "approved again");
+    let sent = c.call(4, "fx__send_email", json!({"to": "bob@example.com"}));
+    assert!(sent["result"].get("isError").is_none(), "{sent}");
     let evil = s.h.rt.block_on(post_json(
         s.h.addr(),
         "/v1/mcp/tools",

@@ -516,7 +516,8 @@ pub struct McpServerBody {
     /// Expose its tools as `<name>__<tool>` (default true).
     pub prefix: Option<bool>,
     /// Approved tool definitions: tool name → SHA-256 (hex) of the canonical JSON of its
-    /// name, description and input schema (docs/mcp.md). Set: other definitions are withheld.
+    /// name, description and input schema, as a proxy's `GET /admin/v1/mcp/tools` shows it.
+    /// Set: other definitions are withheld.
     pub tool_pins: Option<std::collections::BTreeMap<String, String>>,
 }
 

@@ -77,6 +77,11 @@ impl SluiceProxy {
         self
     }
 
+    /// The MCP gateway (shared with the admin listener, which shows its servers' tools).
+    pub fn mcp(&self) -> Arc<crate::mcp::McpGateway> {
+        self.mcp.clone()
+    }
+
     /// The request's record (once) and its declared tools in the catalogue.
     fn emit_record(&self, ctx: &mut RequestCtx) {
         if ctx.access.is_some() {
