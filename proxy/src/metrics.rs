@@ -54,6 +54,8 @@ pub struct ProxyMetrics {
     blocked_tools: IntCounterVec,
     decisions: IntCounterVec,
     overhead: HistogramVec,
+    mcp_calls: IntCounterVec,
+    mcp_duration: HistogramVec,
     records: IntCounter,
     snapshot_version: IntGauge,
     snapshot_age: Gauge,
@@ -131,6 +133,20 @@ impl ProxyMetrics {
             .buckets(OVERHEAD.to_vec()),
             &["provider"],
         )?;
+        let mcp_calls = IntCounterVec::new(
+            Opts::new(
+                "mcp_tool_calls_total",
+                "MCP tools/call requests through the gateway; status is ok, error or refused.",
+            ),
+            &["server", "tool", "status"],
+        )?;
+        let mcp_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mcp_tool_call_duration_seconds",
+                "MCP tools/call wall time through the gateway, the server included.",
+            ),
+            &["server", "tool", "status"],
+        )?;
         let records = IntCounter::new(
             "sluice_request_records_total",
             "Request records written (one per inspected request).",
@@ -159,6 +175,8 @@ impl ProxyMetrics {
             Box::new(blocked_tools.clone()),
             Box::new(decisions.clone()),
             Box::new(overhead.clone()),
+            Box::new(mcp_calls.clone()),
+            Box::new(mcp_duration.clone()),
             Box::new(records.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(snapshot_age.clone()),
@@ -176,6 +194,8 @@ impl ProxyMetrics {
             blocked_tools,
             decisions,
             overhead,
+            mcp_calls,
+            mcp_duration,
             records,
             snapshot_version,
             snapshot_age,
@@ -265,5 +285,21 @@ impl EventSink for ProxyMetrics {
                 .with_label_values(&[provider])
                 .observe(us as f64 / 1e6);
         }
+    }
+
+    fn record_mcp(&self, r: crate::events::McpRecord) {
+        for d in &r.decisions {
+            self.decisions.with_label_values(&[d.kind, d.verdict]).inc();
+        }
+        if r.method != "tools/call" {
+            return;
+        }
+        // Servers come from the configuration; tools share the tool label cap.
+        let tool = self.tools.label(r.tool.as_deref().unwrap_or("unknown"));
+        let labels = [r.server.as_str(), tool, r.status];
+        self.mcp_calls.with_label_values(&labels).inc();
+        self.mcp_duration
+            .with_label_values(&labels)
+            .observe(r.duration_us as f64 / 1e6);
     }
 }

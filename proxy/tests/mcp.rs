@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Harness, RawResponse, post_json, send};
+use common::{Harness, RawResponse, post_json, promtool_check, sample, scrape, send};
 use serde_json::{Value, json};
 
 const POLICIES: &str = r#"
@@ -189,6 +189,30 @@ fn legacy_session_lists_calls_and_refuses_after_taint() {
         c.call(7, "fx__add", json!({"a": 1, "b": 1}))["result"]["structuredContent"]["sum"],
         2.0
     );
+    // Each call is counted by server, tool and status (recorded before its answer left).
+    let exposition = scrape(&s.h);
+    let calls = |tool: &str, status: &str| {
+        let labels = [
+            "server=\"fx\"".to_owned(),
+            format!("tool=\"{tool}\""),
+            format!("status=\"{status}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        sample(&exposition, "mcp_tool_calls_total", &labels)
+    };
+    assert_eq!(calls("add", "ok"), Some(2.0), "{exposition}");
+    assert_eq!(calls("send_email", "ok"), Some(1.0));
+    assert_eq!(calls("send_email", "refused"), Some(1.0));
+    // The email's result was not marked trusted, so by default it tainted the session and
+    // the inbox call after it was refused too.
+    assert_eq!(calls("read_inbox", "refused"), Some(1.0), "{exposition}");
+    let timed = sample(
+        &exposition,
+        "mcp_tool_call_duration_seconds_count",
+        &["tool=\"add\"", "status=\"ok\""],
+    );
+    assert_eq!(timed, Some(2.0));
+    promtool_check(&exposition);
 
     // The same call through the LLM proxy, after the same untrusted result, gets the same
     // decision and the same sentence.

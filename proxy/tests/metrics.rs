@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, post_json, send};
+use common::{Harness, post_json, promtool_check, sample, scrape};
 use serde_json::json;
 
 const POLICIES: &str = r#"
@@ -22,22 +22,6 @@ action = "untrusted"
 "#;
 
 /// The value of one sample line (`name{labels} value`), if present.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn scrape(h: &Harness) -> String {
-    let r =
-        h.rt.block_on(send(h.metrics_addr(), "GET", "/metrics", &[], b""));
-    assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-    r.text()
-}
-
 fn chat(stream: bool, injected: bool) -> serde_json::Value {
     let mut messages = vec![json!({"role": "user", "content": "Summarise example.com"})];
     if injected {
@@ -165,32 +149,5 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
         .collect();
     assert!(models.len() <= 51, "{}", models.len());
 
-    match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(e) => assert!(
-            std::env::var("SLUICE_REQUIRE_PROMTOOL").is_err(),
-            "promtool is required (scripts/setup.sh installs it): {e}"
-        ),
-    }
+    promtool_check(&text);
 }

@@ -310,3 +310,54 @@ pub async fn read_upstream_request(up: &mut TcpStream) -> Vec<u8> {
     }
     seen
 }
+
+/// The value of the first sample of `name` whose line holds every one of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The proxy's `/metrics` exposition.
+pub fn scrape(h: &Harness) -> String {
+    let r =
+        h.rt.block_on(send(h.metrics_addr(), "GET", "/metrics", &[], b""));
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    r.text()
+}
+
+/// `promtool check metrics` accepts the exposition (required when
+/// `SLUICE_REQUIRE_PROMTOOL` is set, as the test suite sets it).
+pub fn promtool_check(text: &str) {
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => assert!(
+            std::env::var("SLUICE_REQUIRE_PROMTOOL").is_err(),
+            "promtool is required (scripts/setup.sh installs it): {e}"
+        ),
+    }
+}
