@@ -18,6 +18,11 @@ tool = { source = "*", name = "read_inbox" }
 action = "untrusted"
 
 [[policies.result]]
+id = "sent-receipts-are-trusted"
+tool = { source = "mcp:fx", name = "send_email" }
+action = "trusted"
+
+[[policies.result]]
 id = "sums-are-trusted"
 tool = { source = "mcp:fx", name = "add" }
 action = "trusted"
@@ -203,9 +208,7 @@ fn legacy_session_lists_calls_and_refuses_after_taint() {
     assert_eq!(calls("add", "ok"), Some(2.0), "{exposition}");
     assert_eq!(calls("send_email", "ok"), Some(1.0));
     assert_eq!(calls("send_email", "refused"), Some(1.0));
-    // The email's result was not marked trusted, so by default it tainted the session and
-    // the inbox call after it was refused too.
-    assert_eq!(calls("read_inbox", "refused"), Some(1.0), "{exposition}");
+    assert_eq!(calls("read_inbox", "ok"), Some(1.0), "{exposition}");
     let timed = sample(
         &exposition,
         "mcp_tool_call_duration_seconds_count",

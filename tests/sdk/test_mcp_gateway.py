@@ -54,6 +54,9 @@ def gateway():
                                   "prefix": False})
         c.create("/profiles", {"name": "agents", "require_virtual_key": False, "mcp_servers": ["mail", "local"]})
         c.create("/profiles", {"name": "conformance", "require_virtual_key": False, "mcp_servers": ["fixture"]})
+        # Sums are trusted, so it is the inbox that taints the session.
+        c.create("/policies/result", {"id": "sums-trusted", "tool": {"source": "*", "name": "add"},
+                                      "action": "trusted"})
         c.create("/policies/result", {"id": "inbox-untrusted", "tool": {"source": "*", "name": "read_inbox"},
                                       "action": "untrusted"})
         c.create("/policies/invocation", {"id": "no-email-after-untrusted", "tool": {"source": "*", "name": "send_email"},
