@@ -17,8 +17,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --release --workspace --all-targets -- -D warnings
-echo "== cargo build (the sluice binary the SDK tests run)"
-cargo build --locked --release -p sluice
+echo "== cargo build (the sluice binary the SDK tests run, and the tests, with the same features)"
+cargo build --locked --release --workspace --bins --tests
 echo "== PostgreSQL (a throwaway cluster for the control plane's tests)"
 read -r pg_dir pg_url < <(bash scripts/pg.sh start)
 trap 'bash scripts/pg.sh stop "$pg_dir"' EXIT
