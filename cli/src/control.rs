@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sluice_control::crypto::MasterKey;
+use sluice_control::runtime::{KubeApi, RuntimeConfig, RuntimeSettings};
 use sluice_control::server::{ControlConfig, start as start_control};
 use sluice_proxy::config::Environment;
 use sluice_proxy::control_client::{ControlLink, ship, subscribe};
@@ -14,7 +15,12 @@ use sluice_proxy::live::LiveConfig;
 use sluice_proxy::server::{ProxyParts, RunningProxy, bind, start};
 
 /// Runs the control plane until SIGINT/SIGTERM.
-pub fn run_control(listen: &str, database_url: &str, metrics_listen: Option<String>) -> Result<()> {
+pub fn run_control(
+    listen: &str,
+    database_url: &str,
+    metrics_listen: Option<String>,
+    kube: Option<RuntimeConfig>,
+) -> Result<()> {
     let master = std::env::var("SLUICE_MASTER_KEY").map_err(|_| {
         anyhow::anyhow!(
             "SLUICE_MASTER_KEY is not set: it encrypts provider credentials (64 hex digits, e.g. `openssl rand -hex 32`)"
@@ -39,6 +45,7 @@ pub fn run_control(listen: &str, database_url: &str, metrics_listen: Option<Stri
                 master_key,
                 bootstrap_admin_key,
                 metrics_listen,
+                kube,
             },
             l,
         )
@@ -55,6 +62,91 @@ pub fn run_control(listen: &str, database_url: &str, metrics_listen: Option<Stri
         crate::wait_for_signal().await;
         Ok(())
     })
+}
+
+/// `sluice control`'s Kubernetes runtime flags.
+#[derive(Debug, clap::Args)]
+pub struct KubeArgs {
+    /// `infer` (in-cluster service account, else KUBECONFIG / ~/.kube/config) or the URL of
+    /// an unauthenticated API endpoint such as `kubectl proxy`'s; off when absent.
+    #[arg(long = "kube", env = "SLUICE_KUBE")]
+    api: Option<String>,
+    /// Namespace the MCP servers run in.
+    #[arg(long, env = "SLUICE_KUBE_NAMESPACE", default_value = "sluice-mcp")]
+    kube_namespace: String,
+    /// The cluster's DNS domain (Service URLs).
+    #[arg(
+        long,
+        env = "SLUICE_KUBE_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    kube_cluster_domain: String,
+    /// Image with /usr/local/bin/sluice, installed into stdio servers' pods as their bridge.
+    #[arg(long, env = "SLUICE_KUBE_BRIDGE_IMAGE")]
+    kube_bridge_image: Option<String>,
+    /// Labels (k=v,k=v) of the proxies' pods: the only pods servers accept connections from.
+    #[arg(
+        long,
+        env = "SLUICE_KUBE_PROXY_LABELS",
+        default_value = "app.kubernetes.io/name=sluice-proxy"
+    )]
+    kube_proxy_labels: String,
+    /// The proxies' namespace, when it is not --kube-namespace.
+    #[arg(long, env = "SLUICE_KUBE_PROXY_NAMESPACE")]
+    kube_proxy_namespace: Option<String>,
+    /// CPU request of each server.
+    #[arg(long, env = "SLUICE_KUBE_CPU_REQUEST", default_value = "50m")]
+    kube_cpu_request: String,
+    /// Memory request of each server.
+    #[arg(long, env = "SLUICE_KUBE_MEMORY_REQUEST", default_value = "128Mi")]
+    kube_memory_request: String,
+    /// Memory limit of each server.
+    #[arg(long, env = "SLUICE_KUBE_MEMORY_LIMIT", default_value = "512Mi")]
+    kube_memory_limit: String,
+    /// Reconcile at least this often (seconds), to repair drift.
+    #[arg(long, env = "SLUICE_KUBE_RESYNC_SECS", default_value_t = 60)]
+    kube_resync_secs: u64,
+}
+
+impl KubeArgs {
+    /// The runtime's config, or `None` when `--kube` is absent.
+    pub fn config(self) -> Result<Option<RuntimeConfig>> {
+        let Some(api) = self.api.filter(|a| !a.is_empty() && a != "off") else {
+            return Ok(None);
+        };
+        let api = if api == "infer" {
+            KubeApi::Infer
+        } else if api.starts_with("http://") || api.starts_with("https://") {
+            KubeApi::Url(api)
+        } else {
+            bail!("--kube takes `infer` or an http(s) URL, not '{api}'");
+        };
+        if self.kube_resync_secs == 0 {
+            bail!("--kube-resync-secs must be at least 1");
+        }
+        let mut proxy_pod_labels = std::collections::BTreeMap::new();
+        for pair in self.kube_proxy_labels.split(',').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                bail!("--kube-proxy-labels takes k=v pairs separated by commas, not '{pair}'");
+            };
+            proxy_pod_labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        let defaults = RuntimeSettings::default();
+        Ok(Some(RuntimeConfig {
+            api,
+            settings: RuntimeSettings {
+                namespace: self.kube_namespace,
+                cluster_domain: self.kube_cluster_domain,
+                bridge_image: self.kube_bridge_image.unwrap_or(defaults.bridge_image),
+                proxy_pod_labels,
+                proxy_namespace: self.kube_proxy_namespace,
+                cpu_request: self.kube_cpu_request,
+                memory_request: self.kube_memory_request,
+                memory_limit: self.kube_memory_limit,
+            },
+            resync: std::time::Duration::from_secs(self.kube_resync_secs),
+        }))
+    }
 }
 
 /// Where a control-fed proxy keeps its state.

@@ -75,6 +75,7 @@ pub fn run() -> Result<()> {
             })?;
         let control = start_control(
             ControlConfig {
+                kube: None,
                 database_url: db_url,
                 master_key: master,
                 bootstrap_admin_key: fixed_admin.clone(),

@@ -76,6 +76,9 @@ enum Command {
         /// Prometheus listener serving /metrics; off when absent.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// Run catalogue MCP servers that have an image on Kubernetes.
+        #[command(flatten)]
+        kube: control::KubeArgs,
     },
     /// Quick start: control plane (SQLite), proxy, mock providers, demo data, all here.
     Dev,
@@ -151,9 +154,10 @@ fn main() -> Result<()> {
             listen,
             database_url,
             metrics_listen,
+            kube,
         } => {
             logging::init(false);
-            control::run_control(&listen, &database_url, metrics_listen)
+            control::run_control(&listen, &database_url, metrics_listen, kube.config()?)
         }
         Command::Dev => {
             logging::init(true);

@@ -31,6 +31,12 @@ pub enum ApiError {
     /// The database failed; the detail is logged, not returned.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// A dependency (the Kubernetes API) failed or refused.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The feature is not enabled on this control plane.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something else on our side failed; the detail is logged, not returned.
     #[error("{0}")]
     Internal(String),
@@ -47,7 +53,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ErrorDetail {
     /// Machine-readable kind: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `unprocessable`, `internal`.
+    /// `conflict`, `unprocessable`, `bad_gateway`, `unavailable`, `internal`.
     #[serde(rename = "type")]
     pub kind: String,
     /// What a person can do about it.
@@ -64,6 +70,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -94,6 +102,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Database(e) => tracing::error!(error = %e, "control plane database error"),
             ApiError::Internal(m) => tracing::error!(error = %m, "control plane error"),
+            ApiError::BadGateway(m) => {
+                tracing::warn!(error = %m, "control plane dependency failed")
+            }
             _ => {}
         }
         let body = ErrorBody {

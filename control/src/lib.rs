@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod routes;
+pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

@@ -13,7 +13,7 @@ use crate::documents::{
 use crate::error::ApiError;
 use crate::openapi::{ApiBuilder, Method::*, Op, RouteInfo};
 use crate::state::AppState;
-use crate::{identity as id, ops, secrets, usage};
+use crate::{identity as id, ops, runtime, secrets, usage};
 
 /// The five routes of one document kind.
 fn documents<K: DocKind>(
@@ -424,6 +424,51 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
             .ok::<ops::SnapshotView>(200)
             .or_no_content(),
             ops::watch,
+        )
+        .add(
+            Op::new(
+                Get,
+                "/mcp-servers/{id}/runtime",
+                read(McpServers),
+                "mcp runtime",
+                "A server's Deployment and pods on Kubernetes",
+            )
+            .ok::<runtime::routes::RuntimeStatus>(200),
+            runtime::routes::status,
+        )
+        .add(
+            Op::new(
+                Get,
+                "/mcp-servers/{id}/logs",
+                read(McpServers),
+                "mcp runtime",
+                "The last lines of a server's pods' logs",
+            )
+            .query::<runtime::routes::LogQuery>()
+            .ok::<runtime::routes::ServerLogs>(200),
+            runtime::routes::logs,
+        )
+        .add(
+            Op::new(
+                Post,
+                "/mcp-servers/{id}/restart",
+                write(McpServers),
+                "mcp runtime",
+                "Roll a server's pods",
+            )
+            .ok::<runtime::routes::Restarted>(202),
+            runtime::routes::restart,
+        )
+        .add(
+            Op::new(
+                Post,
+                "/mcp-runtime/reconcile",
+                write(McpServers),
+                "mcp runtime",
+                "Bring the cluster in line with the catalogue now",
+            )
+            .ok::<runtime::ReconcileReport>(200),
+            runtime::routes::reconcile,
         )
         .add(
             Op::new(

@@ -25,6 +25,8 @@ pub struct ControlConfig {
     pub bootstrap_admin_key: Option<String>,
     /// Where to serve `/metrics` (`SLUICE_METRICS_LISTEN`); off when absent.
     pub metrics_listen: Option<String>,
+    /// Runs catalogue MCP servers on Kubernetes (`--kube`); off when absent.
+    pub kube: Option<crate::runtime::RuntimeConfig>,
 }
 
 /// Why the control plane could not start.
@@ -72,16 +74,30 @@ pub async fn prepare(
     cfg: &ControlConfig,
 ) -> Result<(AppState, String, Option<String>), StartError> {
     let db = Db::open(&cfg.database_url).await?;
+    let runtime = match &cfg.kube {
+        Some(k) => Some(
+            crate::runtime::McpRuntime::connect(k.clone())
+                .await
+                .map_err(StartError::Api)?,
+        ),
+        None => None,
+    };
     let state = AppState {
         db,
         master: cfg.master_key.clone(),
-        hub: Arc::new(SnapshotHub::default()),
+        hub: Arc::new(SnapshotHub::new(
+            runtime.as_ref().map(|r| r.settings.clone()),
+        )),
+        runtime,
         metrics: crate::metrics::ControlMetrics::new()
             .map_err(|e| StartError::Api(format!("metrics: {e}")))?,
     };
     let (org_id, generated) = bootstrap(&state, cfg.bootstrap_admin_key.as_deref()).await?;
     state.publish().await?;
     tokio::spawn(state.hub.clone().follow(state.db.clone()));
+    if let Some(rt) = &state.runtime {
+        tokio::spawn(rt.clone().follow(state.db.clone(), state.hub.clone()));
+    }
     Ok((state, org_id, generated))
 }
 

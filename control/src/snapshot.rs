@@ -35,18 +35,31 @@ pub struct Published {
 pub struct SnapshotHub {
     compile: Mutex<()>,
     latest: watch::Sender<Option<Arc<Published>>>,
+    // How servers the Kubernetes runtime runs are addressed, when it is on.
+    runtime: Option<crate::runtime::RuntimeSettings>,
 }
 
 impl Default for SnapshotHub {
     fn default() -> Self {
-        Self {
-            compile: Mutex::new(()),
-            latest: watch::Sender::new(None),
-        }
+        Self::new(None)
     }
 }
 
 impl SnapshotHub {
+    /// A hub; `runtime` addresses servers run on Kubernetes (they are left out without it).
+    pub fn new(runtime: Option<crate::runtime::RuntimeSettings>) -> Self {
+        Self {
+            compile: Mutex::new(()),
+            latest: watch::Sender::new(None),
+            runtime,
+        }
+    }
+
+    /// Announces every new version.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
+        self.latest.subscribe()
+    }
+
     /// Waits for a version after `after`, up to `timeout`.
     pub async fn wait_after(&self, after: u64, timeout: Duration) -> Option<Arc<Published>> {
         let mut rx = self.latest.subscribe();
@@ -88,7 +101,7 @@ impl SnapshotHub {
         db: &Db,
         metrics: &crate::metrics::ControlMetrics,
     ) -> Result<(), ApiError> {
-        let config = compile(db).await?;
+        let config = compile(db, self.runtime.as_ref()).await?;
         let hash = content_hash(&config);
         let newest =
             sqlx::query("SELECT version, hash FROM snapshots ORDER BY version DESC LIMIT 1")
@@ -202,7 +215,10 @@ fn upstream(
 }
 
 /// Reads everything a proxy needs into one raw configuration.
-pub async fn compile(db: &Db) -> Result<RawConfig, ApiError> {
+pub async fn compile(
+    db: &Db,
+    runtime: Option<&crate::runtime::RuntimeSettings>,
+) -> Result<RawConfig, ApiError> {
     let mut credentials = HashMap::new();
     for row in sqlx::query("SELECT id, nonce, ciphertext FROM credentials")
         .fetch_all(&db.pool)
@@ -254,18 +270,19 @@ pub async fn compile(db: &Db) -> Result<RawConfig, ApiError> {
         );
     }
     for (_, m) in documents::all_of::<crate::documents::McpServerBody>(db).await? {
-        let http = matches!(
-            m.transport,
-            crate::documents::McpTransport::StreamableHttp | crate::documents::McpTransport::Sse
-        );
-        if !http && m.command.is_empty() {
-            // Run from an image on Kubernetes: reached by URL once the runtime exists.
-            continue;
-        }
+        let managed = crate::runtime::objects::is_managed(&m);
+        // A server run from an image is reached through its Service (a stdio one through
+        // the bridge in its pod); without the runtime it is not served.
+        let url = match (managed, runtime) {
+            (true, Some(settings)) => Some(crate::runtime::objects::server_url(&m, settings)),
+            (true, None) => continue,
+            (false, _) => m.url.clone(),
+        };
+        let http = url.is_some();
         raw.mcp_servers.insert(
             m.name.clone(),
             sluice_proxy::config::RawMcpServer {
-                url: if http { m.url.clone() } else { None },
+                url,
                 command: if http { Vec::new() } else { m.command.clone() },
                 env: if http {
                     Default::default()

@@ -17,12 +17,18 @@ pub struct AppState {
     pub hub: Arc<SnapshotHub>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::ControlMetrics>,
+    /// Runs catalogue MCP servers on Kubernetes, when enabled.
+    pub runtime: Option<Arc<crate::runtime::McpRuntime>>,
 }
 
 impl AppState {
     /// Compiles the database into a new snapshot (if anything changed) and tells every
-    /// subscribed proxy. Called after every write.
+    /// subscribed proxy, and wakes the Kubernetes runtime. Called after every write.
     pub async fn publish(&self) -> Result<(), crate::error::ApiError> {
-        self.hub.publish(&self.db, &self.metrics).await
+        let published = self.hub.publish(&self.db, &self.metrics).await;
+        if let Some(rt) = &self.runtime {
+            rt.poke();
+        }
+        published
     }
 }

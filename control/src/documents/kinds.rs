@@ -499,8 +499,17 @@ pub struct McpServerBody {
     /// Command and arguments for stdio.
     #[serde(default)]
     pub command: Vec<String>,
-    /// Container image, when the control plane runs it on Kubernetes.
+    /// Container image: the control plane runs the server on Kubernetes (when its runtime
+    /// is on) and proxies reach it through a Service. An HTTP server listens on `port` at
+    /// `path`; a stdio server's `command` is started inside the image by Sluice's bridge.
     pub image: Option<String>,
+    /// Port an HTTP image listens on (default 8080).
+    pub port: Option<u16>,
+    /// Path of an HTTP image's MCP endpoint (default `/mcp`).
+    pub path: Option<String>,
+    /// Address ranges (CIDR) an image may connect to; DNS is always allowed, nothing else.
+    #[serde(default)]
+    pub egress: Vec<String>,
     /// What it offers.
     pub description: Option<String>,
     /// Environment of a stdio server's process.
@@ -541,17 +550,19 @@ impl DocKind for McpServerBody {
             .map_err(|e| ApiError::Unprocessable(e.to_string().replace("profile", "MCP server")))?;
         team_exists(state, p, self.team_id.as_deref()).await?;
         match self.transport {
-            McpTransport::StreamableHttp | McpTransport::Sse => match &self.url {
-                Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
+            McpTransport::StreamableHttp | McpTransport::Sse => match (&self.url, &self.image) {
+                (Some(u), _) if u.starts_with("http://") || u.starts_with("https://") => Ok(()),
+                (None, Some(_)) => Ok(()),
                 _ => Err(ApiError::Unprocessable(
-                    "HTTP transports need an http(s) url".into(),
+                    "HTTP transports need an http(s) url, or an image to run".into(),
                 )),
             },
-            McpTransport::Stdio if self.command.is_empty() && self.image.is_none() => Err(
-                ApiError::Unprocessable("stdio servers need a command or an image".into()),
-            ),
+            McpTransport::Stdio if self.command.is_empty() => Err(ApiError::Unprocessable(
+                "stdio servers need a command (run inside `image` when one is given)".into(),
+            )),
             McpTransport::Stdio => Ok(()),
         }?;
+        check_image_fields(self)?;
         if self.name.contains("__") {
             return Err(ApiError::Unprocessable(
                 "MCP server names must not contain '__'".into(),
@@ -567,4 +578,44 @@ impl DocKind for McpServerBody {
         }
         Ok(())
     }
+}
+
+fn check_image_fields(m: &McpServerBody) -> Result<(), ApiError> {
+    if let Some(image) = &m.image {
+        bounded("image", image, 500)?;
+        if image.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(ApiError::Unprocessable(
+                "image must be an image reference such as ghcr.io/acme/mcp-github:1.2".into(),
+            ));
+        }
+    } else if m.port.is_some() || m.path.is_some() || !m.egress.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "port, path and egress apply only to servers run from an image".into(),
+        ));
+    }
+    if m.port == Some(0) {
+        return Err(ApiError::Unprocessable("port must be 1-65535".into()));
+    }
+    if let Some(p) = &m.path
+        && (!p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c == '?'))
+    {
+        return Err(ApiError::Unprocessable(
+            "path must start with '/' and hold no spaces or query".into(),
+        ));
+    }
+    for cidr in &m.egress {
+        let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
+            match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+                (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
+                (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
+                _ => false,
+            }
+        });
+        if !ok {
+            return Err(ApiError::Unprocessable(format!(
+                "egress entry '{cidr}' is not a CIDR range such as 140.82.112.0/20"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -155,7 +155,11 @@ fn visible<K: DocKind>(p: &Principal, body: &K) -> bool {
     !K::TEAM_SCOPED || p.sees_team(body.team())
 }
 
-async fn load<K: DocKind>(state: &AppState, p: &Principal, id: &str) -> Result<Doc<K>, ApiError> {
+pub(crate) async fn load<K: DocKind>(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<Doc<K>, ApiError> {
     let row = sqlx::query(
         "SELECT id, body, created_at, updated_at FROM documents WHERE kind = $1 AND id = $2 AND org_id = $3",
     )

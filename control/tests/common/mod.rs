@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_kube;
+
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -116,12 +118,21 @@ pub const ADMIN_KEY: &str =
 
 /// Starts a control plane on `url`.
 pub async fn control(url: &str) -> RunningControl {
+    control_with(url, None).await
+}
+
+/// Starts a control plane on `url`, with the Kubernetes runtime when `kube` is given.
+pub async fn control_with(
+    url: &str,
+    kube: Option<sluice_control::runtime::RuntimeConfig>,
+) -> RunningControl {
     logs();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     start(
         ControlConfig {
+            kube,
             database_url: url.to_owned(),
             master_key: MasterKey::from_hex(&MasterKey::generate_hex()).expect("key"),
             bootstrap_admin_key: Some(ADMIN_KEY.into()),
