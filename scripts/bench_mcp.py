@@ -6,7 +6,8 @@ The upstream is the fixture MCP server (`sluice mock-mcp`), spoken to in the sta
 Sluice runs from a config file with the fixture as an unprefixed HTTP upstream, the
 profile's policies judging every call (an invocation policy on `echo`, a result policy
 marking it trusted). Fixed rate, interleaved runs, medians. Servers on core 0, the load
-generator on core 1.
+generator on core 1. A bare Pingora passthrough in front of the fixture runs beside them:
+the floor any proxy pays on this machine.
 
 Usage: python3 scripts/bench_mcp.py [--rate 500] [--seconds 10] [--reps 3] [--out FILE]
 Needs: a release build of `sluice`.
@@ -89,7 +90,17 @@ def main():
                                   env=dict(os.environ, SLUICE_LOG="warn"))
         procs.append(sluice)
         wait_port(port, sluice)
-        targets = {"direct (fixture)": fixture_url, "sluice gateway": f"http://127.0.0.1:{port}/v1/mcp/default"}
+        # The floor any proxy pays here: a bare Pingora passthrough (no parsing, no policy).
+        fixture_addr = fixture_url.split("//", 1)[1].split("/", 1)[0]
+        pt_port = free_port()
+        passthrough = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen",
+                                        f"127.0.0.1:{pt_port}", "--upstream", fixture_addr],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(passthrough)
+        wait_port(pt_port, passthrough)
+        targets = {"direct (fixture)": fixture_url,
+                   "bare Pingora passthrough": f"http://127.0.0.1:{pt_port}/mcp",
+                   "sluice gateway": f"http://127.0.0.1:{port}/v1/mcp/default"}
         body = json.dumps(CALL)
         results = {name: [] for name in targets}
         for rep in range(args.reps):
@@ -133,9 +144,12 @@ def render(args, results):
                      f"{med(rows, 'latency_us', 'p99'):.0f} | {med(rows, 'latency_us', 'max'):.0f} | "
                      f"{sum(r['errors'] for r in rows)} |")
     d, g = results["direct (fixture)"], results["sluice gateway"]
+    pt = results["bare Pingora passthrough"]
     lines.append("")
     lines.append(f"Added by the gateway: **p50 {med(g, 'latency_us', 'p50') - med(d, 'latency_us', 'p50'):.0f} µs, "
-                 f"p99 {med(g, 'latency_us', 'p99') - med(d, 'latency_us', 'p99'):.0f} µs** (goal: p99 ≤ 200 µs).")
+                 f"p99 {med(g, 'latency_us', 'p99') - med(d, 'latency_us', 'p99'):.0f} µs** (goal: p99 ≤ 200 µs). "
+                 f"Added by a bare passthrough: p50 {med(pt, 'latency_us', 'p50') - med(d, 'latency_us', 'p50'):.0f} µs, "
+                 f"p99 {med(pt, 'latency_us', 'p99') - med(d, 'latency_us', 'p99'):.0f} µs.")
     return "\n".join(lines) + "\n"
 
 
