@@ -246,9 +246,17 @@ pub async fn compile(
             row.try_get::<String, _>("name")?,
         );
     }
+    let mut doc_orgs: HashMap<String, String> = HashMap::new();
+    for row in sqlx::query("SELECT id, org_id FROM documents WHERE kind IN ('profiles', 'limits')")
+        .fetch_all(&db.pool)
+        .await?
+    {
+        doc_orgs.insert(row.try_get("id")?, row.try_get("org_id")?);
+    }
     let mut raw = RawConfig::default();
     let mut profile_names = HashMap::new();
     for (id, body) in documents::all_of::<ProfileBody>(db).await? {
+        let organisation = doc_orgs.get(&id).cloned();
         profile_names.insert(id, body.name.clone());
         raw.profiles.insert(
             body.name.clone(),
@@ -260,6 +268,7 @@ pub async fn compile(
                     .team_id
                     .as_ref()
                     .and_then(|t| team_names.get(t).cloned()),
+                organisation,
                 labels: body.labels.clone(),
                 starts_untrusted: body.starts_untrusted,
                 policy_defaults: body.policy_defaults,
@@ -349,6 +358,40 @@ pub async fn compile(
             salt: row.try_get("salt")?,
             digest: row.try_get("digest")?,
             expires_at_ms: row.try_get("expires_at")?,
+        });
+    }
+    for (id, l) in documents::all_of::<crate::documents::LimitBody>(db).await? {
+        use crate::documents::LimitScope;
+        // Targets are ids in the API and names in a proxy's config.
+        let target = match l.scope {
+            LimitScope::Organisation => doc_orgs.get(&id).cloned(),
+            LimitScope::Team => l.target.as_ref().and_then(|t| team_names.get(t).cloned()),
+            LimitScope::Profile => l
+                .target
+                .as_ref()
+                .and_then(|t| profile_names.get(t).cloned()),
+            LimitScope::VirtualKey => l.target.clone(),
+        };
+        let Some(target) = target else {
+            // Its team or profile is gone: it limits nothing.
+            continue;
+        };
+        raw.spend_limits.push(sluice_proxy::spend::RawSpendLimit {
+            id,
+            name: l.name,
+            scope: match l.scope {
+                LimitScope::Organisation => "organisation",
+                LimitScope::Team => "team",
+                LimitScope::Profile => "profile",
+                LimitScope::VirtualKey => "virtual_key",
+            }
+            .into(),
+            target: Some(target),
+            model: l.model,
+            window: l.window.as_str().into(),
+            time_zone: l.time_zone,
+            max_cost_usd: l.max_cost_usd,
+            max_tokens: l.max_tokens.map(u64::from),
         });
     }
     let mut approvals: BTreeMap<String, i64> = BTreeMap::new();

@@ -14,6 +14,7 @@
 pub mod compile;
 pub mod condition;
 pub mod eval;
+pub mod limits;
 pub mod model;
 pub mod path;
 pub mod provenance;

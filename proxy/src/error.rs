@@ -116,6 +116,22 @@ pub enum SluiceError {
         /// Provider name.
         provider: &'static str,
     },
+    /// A spend or token limit of Sluice's (not the provider's) would be passed.
+    #[error(
+        "Sluice spend limit '{limit}' reached: {used} used of {max} in its current window (a limit set by your Sluice admins, not the provider's); it resets at {resets_at}"
+    )]
+    SpendLimitExceeded {
+        /// The limit's name.
+        limit: String,
+        /// Used and reserved, formatted.
+        used: String,
+        /// The cap, formatted.
+        max: String,
+        /// When room frees up (RFC 3339, UTC).
+        resets_at: String,
+        /// Seconds until then (`Retry-After`).
+        resets_in_secs: u64,
+    },
     /// No configuration has been loaded yet.
     #[error("Sluice has no valid configuration loaded yet")]
     NotReady,
@@ -137,6 +153,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// 429.
     RateLimited,
+    /// 402: a Sluice spend limit.
+    PaymentRequired,
     /// 413.
     TooLarge,
     /// 431.
@@ -189,6 +207,9 @@ impl SluiceError {
             }
             SluiceError::NoProviderCredential { .. } => {
                 (503, "no_provider_credential", ErrorKind::Unavailable)
+            }
+            SluiceError::SpendLimitExceeded { .. } => {
+                (402, "spend_limit_exceeded", ErrorKind::PaymentRequired)
             }
             SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
             SluiceError::Internal => (500, "internal", ErrorKind::Internal),

@@ -23,4 +23,5 @@ pub mod quarantine;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod spend;
 pub mod sse;

@@ -373,14 +373,38 @@ pub enum LimitScope {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitWindow {
-    /// A minute.
+    /// The last 60 seconds (rolling).
     Minute,
-    /// An hour.
+    /// The last hour (rolling).
     Hour,
-    /// A day (UTC).
+    /// The last 24 hours (rolling).
+    Rolling24h,
+    /// The last 7 days (rolling).
+    Rolling7d,
+    /// The last 30 days (rolling).
+    Rolling30d,
+    /// The calendar day in `time_zone`.
     Day,
-    /// A calendar month (UTC).
+    /// The calendar week (from Monday) in `time_zone`.
+    Week,
+    /// The calendar month in `time_zone`.
     Month,
+}
+
+impl LimitWindow {
+    /// The name proxies read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitWindow::Minute => "minute",
+            LimitWindow::Hour => "hour",
+            LimitWindow::Rolling24h => "rolling_24h",
+            LimitWindow::Rolling7d => "rolling_7d",
+            LimitWindow::Rolling30d => "rolling_30d",
+            LimitWindow::Day => "day",
+            LimitWindow::Week => "week",
+            LimitWindow::Month => "month",
+        }
+    }
 }
 
 /// A usage limit: spend or tokens per window for a scope.
@@ -399,6 +423,10 @@ pub struct LimitBody {
     pub max_cost_usd: Option<f64>,
     /// Tokens (input + output) per window.
     pub max_tokens: Option<u32>,
+    /// IANA time zone of calendar windows (default UTC), e.g. `Europe/Berlin`.
+    pub time_zone: Option<String>,
+    /// Only requests for this model (exact, or a prefix ending in `*`).
+    pub model: Option<String>,
 }
 
 impl DocKind for LimitBody {
@@ -415,6 +443,11 @@ impl DocKind for LimitBody {
     ) -> Result<(), ApiError> {
         bounded("name", &self.name, 128)?;
         non_negative("max_cost_usd", self.max_cost_usd)?;
+        if let Some(m) = &self.model {
+            bounded("model", m, 200)?;
+        }
+        sluice_policies::limits::Window::parse(self.window.as_str(), self.time_zone.as_deref())
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
         if self.max_cost_usd.is_none() && self.max_tokens.is_none() {
             return Err(ApiError::Unprocessable(
                 "set max_cost_usd, max_tokens or both".into(),

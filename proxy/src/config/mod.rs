@@ -193,6 +193,8 @@ pub struct Profile {
     pub upstreams: HashMap<Provider, Arc<Upstream>>,
     /// Owning team, for policy conditions.
     pub team: Option<Arc<str>>,
+    /// Owning organisation's id, for organisation spend limits.
+    pub organisation: Option<Arc<str>>,
     /// Labels, for policy conditions.
     pub labels: Arc<[(String, String)]>,
     /// Conversations start untrusted.
@@ -230,6 +232,8 @@ pub struct Config {
     pub approvals: HashMap<String, i64>,
     /// Token prices.
     pub prices: crate::cost::PriceTable,
+    /// Spend and token limits.
+    pub spend_limits: Arc<[crate::spend::SpendLimit]>,
     /// MCP servers by name.
     pub mcp_servers: HashMap<Arc<str>, Arc<McpServer>>,
     /// Browser origins allowed on the MCP endpoint besides loopback ones.
@@ -409,6 +413,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
                 name,
                 upstreams,
                 team: p.team.map(Into::into),
+                organisation: p.organisation.map(Into::into),
                 labels: p.labels.into_iter().collect::<Vec<_>>().into(),
                 starts_untrusted: p.starts_untrusted,
                 policy_defaults: p.policy_defaults,
@@ -493,8 +498,16 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .map(|a| (a.id, a.expires_at_ms))
         .collect();
     let prices = crate::cost::PriceTable::compile(&raw.prices).map_err(ConfigError::Invalid)?;
+    let spend_limits = raw
+        .spend_limits
+        .iter()
+        .map(crate::spend::SpendLimit::compile)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::Invalid)?
+        .into();
     Ok(Config {
         prices,
+        spend_limits,
         listen,
         admin_listen: env.admin_listen.clone().or(raw.admin_listen),
         threads,

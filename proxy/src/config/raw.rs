@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// Token prices per (provider, model), for each request's cost.
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    /// Spend and token limits (`[[spend_limits]]`), enforced with reservations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spend_limits: Vec<crate::spend::RawSpendLimit>,
     /// MCP servers the gateway fronts, by name (see docs/mcp.md).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,
@@ -157,6 +160,9 @@ pub struct RawProfile {
     pub gemini: Option<RawUpstream>,
     /// The team that owns the profile (`context.team` in policy conditions).
     pub team: Option<String>,
+    /// The organisation that owns it (the control plane sets it), for organisation limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation: Option<String>,
     /// Labels (`context.labels.<key>` in policy conditions).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -358,6 +358,7 @@ pub fn error_body(message: &str, kind: ErrorKind) -> String {
         ErrorKind::Unauthenticated => "authentication_error",
         ErrorKind::PermissionDenied => "permission_error",
         ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::PaymentRequired => "billing_error",
         ErrorKind::TooLarge => "request_too_large",
         ErrorKind::Upstream | ErrorKind::Internal => "api_error",
         ErrorKind::Unavailable => "overloaded_error",

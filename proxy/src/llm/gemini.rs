@@ -316,7 +316,7 @@ pub fn error_body(status: u16, message: &str, kind: ErrorKind) -> String {
         ErrorKind::NotFound => "NOT_FOUND",
         ErrorKind::Unauthenticated => "UNAUTHENTICATED",
         ErrorKind::PermissionDenied => "PERMISSION_DENIED",
-        ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+        ErrorKind::RateLimited | ErrorKind::PaymentRequired => "RESOURCE_EXHAUSTED",
         ErrorKind::Upstream => "UNAVAILABLE",
         ErrorKind::Unavailable => "UNAVAILABLE",
         ErrorKind::Internal => "INTERNAL",

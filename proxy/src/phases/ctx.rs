@@ -56,6 +56,8 @@ pub struct RequestCtx {
     pub response_facts: ResponseFacts,
     /// Status sent downstream.
     pub status: u16,
+    /// Room reserved in spend limits, settled when the request ends.
+    pub spend_holds: Vec<crate::spend::Hold>,
     /// Time to the first response byte from the upstream, in microseconds.
     pub ttfb_us: Option<u64>,
     /// True once the response header went downstream.
@@ -142,6 +144,7 @@ impl RequestCtx {
             provenance: None,
             conversation: None,
             sluice_ns: 0,
+            spend_holds: Vec::new(),
         }
     }
 

@@ -51,6 +51,11 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
             .and_then(|m| cfg.prices.cost_micros(route.provider, m, usage)),
         _ => None,
     };
+    // What it really used replaces what admission reserved.
+    crate::spend::settle(
+        std::mem::take(&mut ctx.spend_holds),
+        crate::spend::actual(ctx.response_facts.usage.as_ref(), cost_micros),
+    );
     let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     sink.record(RequestRecord {
         profile: route.profile.name.to_string(),
@@ -83,6 +88,8 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         return;
     }
     record(ctx, sink);
+    // Refused or failed before a record: nothing was produced, release the room.
+    crate::spend::settle(std::mem::take(&mut ctx.spend_holds), Default::default());
     let s = ctx.access.clone().unwrap_or_else(|| summary(ctx));
     let Some(route) = ctx.route.as_ref() else {
         return;

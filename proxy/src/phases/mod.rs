@@ -46,6 +46,7 @@ pub struct SluiceProxy {
     catalogue: Arc<crate::catalogue::ToolCatalogue>,
     auth_failures: crate::keys::FailedAuthLimiter,
     mcp: Arc<crate::mcp::McpGateway>,
+    spend: crate::spend::SpendBook,
 }
 
 impl SluiceProxy {
@@ -62,6 +63,7 @@ impl SluiceProxy {
             approvals,
             quarantine: crate::quarantine::Quarantine::default(),
             catalogue: Arc::default(),
+            spend: crate::spend::SpendBook::default(),
             // Failed virtual-key attempts per client address, per minute, for 100k addresses.
             auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
             // Result verdicts of recent conversations, keyed by snapshot version.
@@ -273,8 +275,15 @@ impl ProxyHttp for SluiceProxy {
             .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
         let t = std::time::Instant::now();
         let conversations = &self.mcp.conversations;
-        let pending =
-            request_body::on_chunk(body, end_of_stream, ctx, max, &self.verdicts, conversations);
+        let pending = request_body::on_chunk(
+            body,
+            end_of_stream,
+            ctx,
+            max,
+            &self.verdicts,
+            conversations,
+            &self.spend,
+        );
         ctx.sluice_ns += elapsed_ns(t);
         let pending = pending.map_err(|e| raise(ctx, e))?;
         let Some(pending) = pending else {

@@ -115,6 +115,7 @@ pub async fn respond_error(
     let (status, code, body) = render_error(provider, err);
     let retry_after = match err {
         SluiceError::TooManyFailedAuth(secs) => Some(*secs),
+        SluiceError::SpendLimitExceeded { resets_in_secs, .. } => Some(*resets_in_secs),
         _ if status == 503 => Some(1),
         _ => None,
     };

@@ -47,6 +47,7 @@ pub fn on_chunk(
     max_body: usize,
     cache: &VerdictCache,
     conversations: &Conversations,
+    spend: &crate::spend::SpendBook,
 ) -> Result<Option<Pending>, SluiceError> {
     if let Some(chunk) = body.as_ref() {
         ctx.request_len = ctx.request_len.saturating_add(chunk.len());
@@ -88,6 +89,18 @@ pub fn on_chunk(
         *body = Some(inspected.rewritten.unwrap_or(whole));
         return Ok(None);
     };
+    if !cfg.spend_limits.is_empty() {
+        let model = ctx.request_facts.model.as_deref();
+        let estimate = crate::spend::estimate(&cfg.prices, route.provider, model, &whole);
+        let who = crate::spend::Requester {
+            profile: &route.profile.name,
+            team: route.profile.team.as_deref(),
+            organisation: route.profile.organisation.as_deref(),
+            key_id: ctx.key_id.as_deref(),
+            model,
+        };
+        ctx.spend_holds = spend.admit(&cfg.spend_limits, &who, estimate)?;
+    }
     let judged = judge_request(
         &cfg.policies,
         cache,

@@ -92,6 +92,7 @@ pub fn error_body(message: &str, code: &str, kind: ErrorKind) -> String {
         ErrorKind::Unauthenticated => "authentication_error",
         ErrorKind::PermissionDenied => "permission_error",
         ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::PaymentRequired => "insufficient_quota",
         ErrorKind::Upstream => "upstream_error",
         ErrorKind::Unavailable => "service_unavailable",
         ErrorKind::Internal => "server_error",

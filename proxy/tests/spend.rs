@@ -1,0 +1,200 @@
+//! Spend limits on the request path: reservations that stop concurrent requests from all
+//! passing the last of a limit, settlement that replaces the estimate with what was used,
+//! and the 402 each provider's SDK understands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Harness, post_json, raw_upstream, read_upstream_request};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+fn prompt_tokens_estimate(body: &serde_json::Value) -> u64 {
+    // Admission's estimate: about four bytes a token, plus the request's output cap.
+    (body.to_string().len() as u64).div_ceil(4)
+}
+
+#[test]
+fn concurrent_requests_cannot_all_pass_the_last_of_a_limit() {
+    let (rt, upstream, port) = raw_upstream();
+    let h = Harness::start(&format!(
+        r#"[profiles.held.openai]
+base_url = "http://127.0.0.1:{port}/v1"
+
+[[spend_limits]]
+id = "lim_held"
+name = "held daily tokens"
+scope = "profile"
+target = "held"
+window = "day"
+time_zone = "Europe/Berlin"
+max_tokens = 1500
+"#
+    ));
+    let addr = h.addr();
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "hello"}]});
+    rt.block_on(async move {
+        // Twenty at once; the upstream holds the one admitted until every other is answered.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..20 {
+            let body = body.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let r = post_json(addr, "/v1/openai/held/chat/completions", &[], &body).await;
+                tx.send(r).unwrap();
+            });
+        }
+        let (mut up, _) = upstream.accept().await.unwrap();
+        read_upstream_request(&mut up).await;
+        // A second admission would wait upstream too, and these 19 would never all arrive.
+        let mut answers = Vec::new();
+        for _ in 0..19 {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+                .await
+                .expect("19 answers while one request is held upstream")
+                .unwrap();
+            answers.push(r);
+        }
+        let ok = br#"{"id":"x","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":10,"total_tokens":50}}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            ok.len()
+        );
+        up.write_all(resp.as_bytes()).await.unwrap();
+        up.write_all(ok).await.unwrap();
+        answers.push(rx.recv().await.unwrap());
+        let refused = answers;
+        let passed: Vec<_> = refused.iter().filter(|r| r.status == 200).collect();
+        let limited: Vec<_> = refused.iter().filter(|r| r.status == 402).collect();
+        assert_eq!(passed.len(), 1, "exactly one fits the limit");
+        assert_eq!(limited.len(), 19);
+        let r = limited[0];
+        let v = r.json();
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        assert_eq!(v["error"]["code"], "sluice_spend_limit_exceeded");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("'held daily tokens'"), "{msg}");
+        assert!(msg.contains("not the provider's"), "{msg}");
+        assert!(msg.contains("of 1500 tokens"), "{msg}");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=25 * 3600).contains(&retry), "{retry}");
+        assert_eq!(r.header("x-sluice-error"), Some("spend_limit_exceeded"));
+    });
+}
+
+#[test]
+fn settlement_counts_what_was_used_not_what_was_reserved() {
+    let h = Harness::start(
+        r#"
+[[spend_limits]]
+id = "lim_tokens"
+name = "team tokens"
+scope = "profile"
+target = "default"
+window = "rolling_24h"
+max_tokens = 3000
+"#,
+    );
+    let addr = h.addr();
+    let first = json!({"model": "claude-sonnet-4-5", "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let used = h.rt.block_on(async {
+        let r = post_json(addr, "/v1/anthropic/default/v1/messages", &[], &first).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["usage"].clone()
+    });
+    // What the provider billed: input and output (the mock reports no cache tokens).
+    let spent = used["input_tokens"].as_u64().unwrap() + used["output_tokens"].as_u64().unwrap();
+    assert!(spent > 0);
+    // The reservation of 2000+ is gone; what remains is exactly 3000 - spent.
+    let room = 3000 - spent;
+    let ask = |max_tokens: u64| {
+        let mut b = json!({"model": "claude-sonnet-4-5", "max_tokens": 0,
+            "messages": [{"role": "user", "content": "hello"}]});
+        // Changing the number may change the body's length by a digit: settle on a body
+        // whose estimate is exactly `max_tokens`.
+        for _ in 0..3 {
+            let prompt = prompt_tokens_estimate(&b);
+            b["max_tokens"] = json!(max_tokens - prompt);
+        }
+        assert_eq!(
+            prompt_tokens_estimate(&b) + b["max_tokens"].as_u64().unwrap(),
+            max_tokens
+        );
+        b
+    };
+    h.rt.block_on(async {
+        let over = post_json(
+            addr,
+            "/v1/anthropic/default/v1/messages",
+            &[],
+            &ask(room + 1),
+        )
+        .await;
+        assert_eq!(over.status, 402, "{}", over.text());
+        let v = over.json();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "billing_error");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("{spent} tokens used of 3000 tokens")),
+            "{msg}"
+        );
+        let fits = post_json(addr, "/v1/anthropic/default/v1/messages", &[], &ask(room)).await;
+        assert_eq!(fits.status, 200, "{}", fits.text());
+    });
+}
+
+#[test]
+fn a_cost_limit_refuses_in_the_gemini_shape_and_others_are_untouched() {
+    let h = Harness::start(
+        r#"
+[[prices]]
+provider = "gemini"
+model = "gemini-2.5-flash"
+input_per_mtok_usd = 1000000.0
+output_per_mtok_usd = 1000000.0
+
+[[spend_limits]]
+id = "lim_gemini"
+name = "flash budget"
+scope = "organisation"
+model = "gemini-2.5-*"
+window = "month"
+max_cost_usd = 0.5
+"#,
+    );
+    let addr = h.addr();
+    // A dollar per token: any request estimates over fifty cents.
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hello"}]}]});
+    h.rt.block_on(async {
+        let r = post_json(
+            addr,
+            "/v1/gemini/default/v1beta/models/gemini-2.5-flash:generateContent",
+            &[],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 402, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], 402);
+        assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("of $0.500000")
+        );
+        // Another model is not under this limit.
+        let r = post_json(
+            addr,
+            "/v1/gemini/default/v1beta/models/gemini-1.5-pro:generateContent",
+            &[],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+}
