@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::auth::{Resource::*, read, write};
 use crate::documents::{
     self as docs, Doc, DocKind, LimitBody, McpServerBody, OptimisationRuleBody, Page, Paging,
-    PriceBody, ProfileBody, ToolBody,
+    PriceBody, ProfileBody, RateLimitBody, ToolBody,
 };
 use crate::error::ApiError;
 use crate::openapi::{ApiBuilder, Method::*, Op, RouteInfo};
@@ -321,6 +321,7 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
     );
     let b = documents::<PriceBody>(b, "/prices", "/prices/{id}", Prices, "cost");
     let b = documents::<LimitBody>(b, "/limits", "/limits/{id}", Limits, "cost");
+    let b = documents::<RateLimitBody>(b, "/rate-limits", "/rate-limits/{id}", Limits, "cost");
     let b = documents::<OptimisationRuleBody>(
         b,
         "/optimisation-rules",

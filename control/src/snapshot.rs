@@ -394,6 +394,24 @@ pub async fn compile(
             max_tokens: l.max_tokens.map(u64::from),
         });
     }
+    for (id, r) in documents::all_of::<crate::documents::RateLimitBody>(db).await? {
+        use crate::documents::LimitScope;
+        let (scope, target) = match r.scope {
+            LimitScope::Profile => ("profile", profile_names.get(&r.target).cloned()),
+            _ => ("virtual_key", Some(r.target.clone())),
+        };
+        let Some(target) = target else {
+            continue;
+        };
+        raw.rate_limits.push(sluice_proxy::rate::RawRateLimit {
+            id,
+            name: r.name,
+            scope: scope.into(),
+            target,
+            requests_per_minute: r.requests_per_minute.map(u64::from),
+            tokens_per_minute: r.tokens_per_minute.map(u64::from),
+        });
+    }
     let mut approvals: BTreeMap<String, i64> = BTreeMap::new();
     for row in sqlx::query("SELECT call_id, expires_at FROM approvals WHERE expires_at > $1")
         .bind(now_ms())

@@ -11,6 +11,7 @@
 //! - [`CompiledPolicies::evaluate_call`] judges a tool call; [`CompiledPolicies::evaluate_result`]
 //!   judges a tool result; [`taint`] tracks whether a conversation's context is still trusted.
 
+pub mod bucket;
 pub mod compile;
 pub mod condition;
 pub mod eval;

@@ -132,6 +132,18 @@ pub enum SluiceError {
         /// Seconds until then (`Retry-After`).
         resets_in_secs: u64,
     },
+    /// A rate limit of Sluice's (not the provider's) would be passed.
+    #[error(
+        "Sluice rate limit '{limit}' reached ({what}; a limit set by your Sluice admins, not the provider's); retry after {retry_after_secs} s"
+    )]
+    RateLimitExceeded {
+        /// The limit's name.
+        limit: String,
+        /// The rate, formatted.
+        what: String,
+        /// Seconds until there is room (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// No configuration has been loaded yet.
     #[error("Sluice has no valid configuration loaded yet")]
     NotReady,
@@ -210,6 +222,9 @@ impl SluiceError {
             }
             SluiceError::SpendLimitExceeded { .. } => {
                 (402, "spend_limit_exceeded", ErrorKind::PaymentRequired)
+            }
+            SluiceError::RateLimitExceeded { .. } => {
+                (429, "rate_limit_exceeded", ErrorKind::RateLimited)
             }
             SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
             SluiceError::Internal => (500, "internal", ErrorKind::Internal),

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod passthrough;
 pub mod phases;
 pub mod quarantine;
+pub mod rate;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -140,11 +140,24 @@ pub struct Requester<'a> {
     pub model: Option<&'a str>,
 }
 
-/// Room held for one request in one limit's ledger.
+/// Room held for one request: in a spend limit's ledger, or tokens taken from a rate
+/// limit's bucket.
 #[derive(Debug)]
-pub struct Hold {
-    ledger: Arc<Mutex<Ledger>>,
-    reserved: Amount,
+pub enum Hold {
+    /// A spend limit's reservation.
+    Ledger {
+        /// The ledger.
+        ledger: Arc<Mutex<Ledger>>,
+        /// What was reserved.
+        reserved: Amount,
+    },
+    /// Tokens taken from a tokens-per-minute bucket.
+    Bucket {
+        /// The bucket.
+        bucket: Arc<Mutex<sluice_policies::bucket::TokenBucket>>,
+        /// Tokens taken.
+        taken: u64,
+    },
 }
 
 /// The ledgers of every limit this proxy enforces, by limit id.
@@ -153,7 +166,7 @@ pub struct SpendBook {
     ledgers: Mutex<HashMap<String, Arc<Mutex<Ledger>>>>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -200,7 +213,7 @@ impl SpendBook {
                 .map_err(|_| SluiceError::Internal)?
                 .reserve(now, estimate);
             match reserved {
-                Ok(()) => holds.push(Hold {
+                Ok(()) => holds.push(Hold::Ledger {
                     ledger,
                     reserved: estimate,
                 }),
@@ -218,8 +231,17 @@ impl SpendBook {
 pub fn settle(holds: Vec<Hold>, actual: Amount) {
     let now = now_ms();
     for h in holds {
-        if let Ok(mut l) = h.ledger.lock() {
-            l.settle(now, h.reserved, actual);
+        match h {
+            Hold::Ledger { ledger, reserved } => {
+                if let Ok(mut l) = ledger.lock() {
+                    l.settle(now, reserved, actual);
+                }
+            }
+            Hold::Bucket { bucket, taken } => {
+                if let Ok(mut b) = bucket.lock() {
+                    b.settle(now, taken, actual.tokens);
+                }
+            }
         }
     }
 }
@@ -243,7 +265,7 @@ fn dollars(micros: u64) -> String {
     format!("${}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()

@@ -198,3 +198,62 @@ max_cost_usd = 0.5
         assert_eq!(r.status, 200, "{}", r.text());
     });
 }
+
+#[test]
+fn rate_limits_answer_429_and_give_back_unused_tokens() {
+    let h = Harness::start(
+        r#"
+[[rate_limits]]
+id = "rl_requests"
+name = "team requests"
+scope = "profile"
+target = "team"
+requests_per_minute = 2
+
+[[rate_limits]]
+id = "rl_tokens"
+name = "default tokens"
+scope = "profile"
+target = "default"
+tokens_per_minute = 2000
+"#,
+    );
+    let addr = h.addr();
+    let small = json!({"model": "gpt-4o-mini", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let big = json!({"model": "gpt-4o-mini", "max_tokens": 1500,
+        "messages": [{"role": "user", "content": "hello"}]});
+    h.rt.block_on(async {
+        for _ in 0..2 {
+            let r = post_json(addr, "/v1/openai/team/chat/completions", &[], &small).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let r = post_json(addr, "/v1/openai/team/chat/completions", &[], &small).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "sluice_rate_limit_exceeded");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("'team requests'") && msg.contains("2 requests a minute"),
+            "{msg}"
+        );
+        assert!(msg.contains("not the provider's"), "{msg}");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(
+            (1..=30).contains(&retry),
+            "one request comes back every 30 s: {retry}"
+        );
+
+        // 1500+ tokens taken, a few dozen used: the rest comes back, so a second fits.
+        for _ in 0..2 {
+            let r = post_json(addr, "/v1/openai/default/chat/completions", &[], &big).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        // More than the bucket can ever hold: refused outright.
+        let huge = json!({"model": "gpt-4o-mini", "max_tokens": 1999,
+            "messages": [{"role": "user", "content": "hello"}]});
+        let r = post_json(addr, "/v1/openai/default/chat/completions", &[], &huge).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+    });
+}

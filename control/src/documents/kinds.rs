@@ -378,10 +378,13 @@ pub enum LimitWindow {
     /// The last hour (rolling).
     Hour,
     /// The last 24 hours (rolling).
+    #[serde(rename = "rolling_24h")]
     Rolling24h,
     /// The last 7 days (rolling).
+    #[serde(rename = "rolling_7d")]
     Rolling7d,
     /// The last 30 days (rolling).
+    #[serde(rename = "rolling_30d")]
     Rolling30d,
     /// The calendar day in `time_zone`.
     Day,
@@ -462,6 +465,54 @@ impl DocKind for LimitBody {
             (_, None) => Err(ApiError::Unprocessable(
                 "this scope needs a target id".into(),
             )),
+        }
+    }
+}
+
+/// A rate limit: requests and tokens per minute for a profile or a virtual key, enforced
+/// by each proxy with token buckets.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBody {
+    /// Unique name.
+    pub name: String,
+    /// `profile` or `virtual_key`.
+    pub scope: LimitScope,
+    /// The profile or virtual key id.
+    pub target: String,
+    /// Requests a minute.
+    pub requests_per_minute: Option<u32>,
+    /// Tokens (input + output) a minute.
+    pub tokens_per_minute: Option<u32>,
+}
+
+impl DocKind for RateLimitBody {
+    const KIND: &'static str = "rate_limits";
+    const PREFIX: &'static str = "rl";
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    async fn check(
+        &self,
+        _s: &AppState,
+        _p: &Principal,
+        _id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        bounded("name", &self.name, 128)?;
+        bounded("target", &self.target, 128)?;
+        if !matches!(self.scope, LimitScope::Profile | LimitScope::VirtualKey) {
+            return Err(ApiError::Unprocessable(
+                "rate limits apply to a profile or a virtual_key".into(),
+            ));
+        }
+        match (self.requests_per_minute, self.tokens_per_minute) {
+            (None, None) => Err(ApiError::Unprocessable(
+                "set requests_per_minute, tokens_per_minute or both".into(),
+            )),
+            (Some(0), _) | (_, Some(0)) => Err(ApiError::Unprocessable(
+                "a rate of 0 would refuse everything".into(),
+            )),
+            _ => Ok(()),
         }
     }
 }

@@ -234,6 +234,8 @@ pub struct Config {
     pub prices: crate::cost::PriceTable,
     /// Spend and token limits.
     pub spend_limits: Arc<[crate::spend::SpendLimit]>,
+    /// Rate limits.
+    pub rate_limits: Arc<[crate::rate::RateLimit]>,
     /// MCP servers by name.
     pub mcp_servers: HashMap<Arc<str>, Arc<McpServer>>,
     /// Browser origins allowed on the MCP endpoint besides loopback ones.
@@ -505,9 +507,17 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(ConfigError::Invalid)?
         .into();
+    let rate_limits = raw
+        .rate_limits
+        .iter()
+        .map(crate::rate::RateLimit::compile)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::Invalid)?
+        .into();
     Ok(Config {
         prices,
         spend_limits,
+        rate_limits,
         listen,
         admin_listen: env.admin_listen.clone().or(raw.admin_listen),
         threads,

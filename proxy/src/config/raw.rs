@@ -37,6 +37,9 @@ pub struct RawConfig {
     /// Spend and token limits (`[[spend_limits]]`), enforced with reservations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spend_limits: Vec<crate::spend::RawSpendLimit>,
+    /// Requests and tokens per minute (`[[rate_limits]]`), local token buckets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::rate::RawRateLimit>,
     /// MCP servers the gateway fronts, by name (see docs/mcp.md).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,

@@ -47,6 +47,7 @@ pub struct SluiceProxy {
     auth_failures: crate::keys::FailedAuthLimiter,
     mcp: Arc<crate::mcp::McpGateway>,
     spend: crate::spend::SpendBook,
+    rates: crate::rate::RateBook,
 }
 
 impl SluiceProxy {
@@ -64,6 +65,7 @@ impl SluiceProxy {
             quarantine: crate::quarantine::Quarantine::default(),
             catalogue: Arc::default(),
             spend: crate::spend::SpendBook::default(),
+            rates: crate::rate::RateBook::default(),
             // Failed virtual-key attempts per client address, per minute, for 100k addresses.
             auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
             // Result verdicts of recent conversations, keyed by snapshot version.
@@ -282,7 +284,7 @@ impl ProxyHttp for SluiceProxy {
             max,
             &self.verdicts,
             conversations,
-            &self.spend,
+            (&self.spend, &self.rates),
         );
         ctx.sluice_ns += elapsed_ns(t);
         let pending = pending.map_err(|e| raise(ctx, e))?;

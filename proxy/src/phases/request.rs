@@ -116,6 +116,9 @@ pub async fn respond_error(
     let retry_after = match err {
         SluiceError::TooManyFailedAuth(secs) => Some(*secs),
         SluiceError::SpendLimitExceeded { resets_in_secs, .. } => Some(*resets_in_secs),
+        SluiceError::RateLimitExceeded {
+            retry_after_secs, ..
+        } => Some(*retry_after_secs),
         _ if status == 503 => Some(1),
         _ => None,
     };

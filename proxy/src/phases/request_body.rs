@@ -47,7 +47,7 @@ pub fn on_chunk(
     max_body: usize,
     cache: &VerdictCache,
     conversations: &Conversations,
-    spend: &crate::spend::SpendBook,
+    (spend, rates): (&crate::spend::SpendBook, &crate::rate::RateBook),
 ) -> Result<Option<Pending>, SluiceError> {
     if let Some(chunk) = body.as_ref() {
         ctx.request_len = ctx.request_len.saturating_add(chunk.len());
@@ -89,7 +89,7 @@ pub fn on_chunk(
         *body = Some(inspected.rewritten.unwrap_or(whole));
         return Ok(None);
     };
-    if !cfg.spend_limits.is_empty() {
+    if !cfg.spend_limits.is_empty() || !cfg.rate_limits.is_empty() {
         let model = ctx.request_facts.model.as_deref();
         let estimate = crate::spend::estimate(&cfg.prices, route.provider, model, &whole);
         let who = crate::spend::Requester {
@@ -99,7 +99,16 @@ pub fn on_chunk(
             key_id: ctx.key_id.as_deref(),
             model,
         };
-        ctx.spend_holds = spend.admit(&cfg.spend_limits, &who, estimate)?;
+        // Rate first: a request refused for its rate must not hold budget.
+        let mut holds = rates.admit(&cfg.rate_limits, &who, estimate.tokens)?;
+        match spend.admit(&cfg.spend_limits, &who, estimate) {
+            Ok(more) => holds.extend(more),
+            Err(e) => {
+                crate::spend::settle(holds, Default::default());
+                return Err(e);
+            }
+        }
+        ctx.spend_holds = holds;
     }
     let judged = judge_request(
         &cfg.policies,
