@@ -34,9 +34,6 @@ pub enum ApiError {
     /// A dependency (the Kubernetes API) failed or refused.
     #[error("{0}")]
     BadGateway(String),
-    /// The feature is not enabled on this control plane.
-    #[error("{0}")]
-    Unavailable(String),
     /// Something else on our side failed; the detail is logged, not returned.
     #[error("{0}")]
     Internal(String),
@@ -53,7 +50,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ErrorDetail {
     /// Machine-readable kind: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `unprocessable`, `bad_gateway`, `unavailable`, `internal`.
+    /// `conflict`, `unprocessable`, `bad_gateway`, `internal`.
     #[serde(rename = "type")]
     pub kind: String,
     /// What a person can do about it.
@@ -71,7 +68,6 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -405,8 +405,8 @@ async fn without_the_runtime_image_servers_are_refused_clearly() {
         .await;
     let id = web["id"].as_str().expect("id");
     let (s, v) = api.get(&format!("/mcp-servers/{id}/runtime")).await;
-    assert_eq!(s, 503, "{v}");
-    assert_eq!(v["error"]["type"], "unavailable");
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["type"], "conflict");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -414,7 +414,7 @@ async fn without_the_runtime_image_servers_are_refused_clearly() {
             .contains("--kube")
     );
     let (s, _) = api.post("/mcp-runtime/reconcile", json!({})).await;
-    assert_eq!(s, 503);
+    assert_eq!(s, 409);
     // Not served by proxies until something runs it.
     let (_, snap) = api.get("/snapshots/latest").await;
     assert!(snap["config"]["mcp_servers"].get("web").is_none());

@@ -173,6 +173,8 @@ pub struct RequestRecord {
     pub key_id: Option<String>,
     /// Cost in millionths of a dollar, when the price is known.
     pub cost_micros: Option<i64>,
+    /// Usage and cost are Sluice's estimate: the provider reported no usage.
+    pub usage_estimated: bool,
     /// Time spent in Sluice's own filters, µs.
     pub sluice_us: Option<u64>,
     /// The request body, when the profile captures content.

@@ -53,6 +53,9 @@ pub struct UsageRecord {
     pub reasoning_tokens: u64,
     /// Cost in millionths of a dollar, when the model's price is known.
     pub cost_micros: Option<i64>,
+    /// Tokens and cost are Sluice's estimate (the provider reported no usage).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
     /// Wall time, µs.
     pub duration_us: u64,
     /// Time to first upstream byte, µs.
@@ -148,6 +151,7 @@ impl UsageRecord {
             cache_write_tokens: usage.cache_write_tokens,
             reasoning_tokens: usage.reasoning_tokens,
             cost_micros: r.cost_micros,
+            usage_estimated: r.usage_estimated,
             duration_us: r.duration_us,
             ttfb_us: r.ttfb_us,
             refused: r.refused,

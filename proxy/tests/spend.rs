@@ -257,3 +257,54 @@ tokens_per_minute = 2000
         assert_eq!(r.status, 429, "{}", r.text());
     });
 }
+
+#[test]
+fn a_stream_cut_short_is_billed_by_estimate_and_flagged() {
+    let (rt, upstream, port) = raw_upstream();
+    let h = Harness::start(&format!(
+        r#"[profiles.cut.openai]
+base_url = "http://127.0.0.1:{port}/v1"
+
+[[spend_limits]]
+id = "lim_cut"
+name = "cut tokens"
+scope = "profile"
+target = "cut"
+window = "hour"
+max_tokens = 100000
+"#
+    ));
+    let addr = h.addr();
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let sent = rt.block_on(async move {
+        let client = tokio::spawn(async move {
+            post_json(addr, "/v1/openai/cut/chat/completions", &[], &body).await
+        });
+        let (mut up, _) = upstream.accept().await.unwrap();
+        read_upstream_request(&mut up).await;
+        // Two content chunks, no usage chunk, no [DONE]: the provider's side broke.
+        let mut events = String::new();
+        for word in ["Hello", " there"] {
+            events.push_str(&format!(
+                "data: {}\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]})
+            ));
+        }
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        up.write_all(head.as_bytes()).await.unwrap();
+        up.write_all(format!("{:x}\r\n{events}\r\n", events.len()).as_bytes())
+            .await
+            .unwrap();
+        up.flush().await.unwrap();
+        drop(up);
+        let _ = client.await.unwrap();
+        events.len() as u64
+    });
+    let r = h.record(1);
+    assert!(r.usage_estimated, "no usage from the provider: estimated");
+    let usage = r.response.usage.expect("an estimate");
+    assert_eq!(usage.output_tokens, sent.div_ceil(4));
+    assert!(usage.input_tokens > 0);
+}

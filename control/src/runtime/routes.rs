@@ -157,7 +157,8 @@ pub struct Restarted {
 
 fn runtime(state: &AppState) -> Result<&McpRuntime, ApiError> {
     state.runtime.as_deref().ok_or_else(|| {
-        ApiError::Unavailable(
+        // 409, not 503: the control plane is well; this one is not set up to run servers.
+        ApiError::Conflict(
             "the Kubernetes runtime is off: start the control plane with --kube (see docs/mcp.md)"
                 .into(),
         )

@@ -56,6 +56,8 @@ pub struct RequestCtx {
     pub response_facts: ResponseFacts,
     /// Status sent downstream.
     pub status: u16,
+    /// Response body bytes the upstream sent.
+    pub response_bytes: u64,
     /// Room reserved in spend limits, settled when the request ends.
     pub spend_holds: Vec<crate::spend::Hold>,
     /// Time to the first response byte from the upstream, in microseconds.
@@ -145,6 +147,7 @@ impl RequestCtx {
             conversation: None,
             sluice_ns: 0,
             spend_holds: Vec::new(),
+            response_bytes: 0,
         }
     }
 

@@ -41,6 +41,16 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
     if route.api.is_none() {
         return;
     }
+    // A response that produced output without reporting usage (a stream cut short, a
+    // client gone) is estimated, about four bytes a token, and flagged as such.
+    let estimated = ctx.response_facts.usage.is_none() && ctx.response_bytes > 0;
+    if estimated {
+        ctx.response_facts.usage = Some(crate::events::Usage {
+            input_tokens: (ctx.request_len as u64).div_ceil(4),
+            output_tokens: ctx.response_bytes.div_ceil(4),
+            ..Default::default()
+        });
+    }
     ctx.access = Some(summary(ctx));
     let cost_micros = match (ctx.config.as_ref(), ctx.response_facts.usage.as_ref()) {
         (Some(cfg), Some(usage)) if !cfg.prices.is_empty() => ctx
@@ -73,6 +83,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         request_id: ctx.request_id.take(),
         key_id: ctx.key_id.take(),
         cost_micros,
+        usage_estimated: estimated,
         sluice_us: Some(ctx.sluice_ns / 1000),
         captured_request: ctx.captured_request.take(),
         captured_response: ctx

@@ -322,6 +322,10 @@ impl ProxyHttp for SluiceProxy {
             .as_ref()
             .map_or(0, |c| c.limits.max_inspected_response_bytes);
         let t = std::time::Instant::now();
+        if let Some(b) = body.as_ref() {
+            // What the provider produced, for an estimate when it reports no usage.
+            ctx.response_bytes = ctx.response_bytes.saturating_add(b.len() as u64);
+        }
         let read = response::on_chunk(body, end_of_stream, ctx, max_json);
         ctx.sluice_ns += elapsed_ns(t);
         read.map_err(|e| raise(ctx, e))?;
