@@ -78,8 +78,8 @@ pub async fn ingest(
             "INSERT INTO llm_calls (proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, \
              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, \
              duration_us, ttfb_us, refused, trusted, tool_calls, decisions, request_body, response_body, org_id, \
-             usage_estimated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+             usage_estimated, price_missing) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) \
              ON CONFLICT (proxy_id, seq) DO NOTHING",
         )
         .bind(&batch.proxy_id)
@@ -108,6 +108,7 @@ pub async fn ingest(
         .bind(r.response_body.clone())
         .bind(profile_orgs.get(&r.profile).cloned())
         .bind(i64::from(r.usage_estimated))
+        .bind(i64::from(r.price_missing))
         .execute(&mut *tx)
         .await?;
         inserted += done.rows_affected();
@@ -311,6 +312,9 @@ pub struct LlmCall {
     pub cost_micros: Option<i64>,
     /// Tokens and cost are Sluice's estimate (the provider reported no usage).
     pub usage_estimated: bool,
+    /// The model has no price of its own: costed at the provider's default price (a
+    /// `/prices` entry with model `*`), or not at all.
+    pub price_missing: bool,
     /// Wall time, µs.
     pub duration_us: i64,
     /// Sluice refused the response's tool calls.
@@ -342,7 +346,7 @@ pub async fn llm_logs(
     // Audited: `cond` holds only fixed fragments and $n placeholders; values are bound.
     let sql = format!(
         "SELECT proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, input_tokens, \
-         output_tokens, cost_micros, usage_estimated, duration_us, refused, tool_calls, decisions, request_body, \
+         output_tokens, cost_micros, usage_estimated, price_missing, duration_us, refused, tool_calls, decisions, request_body, \
          response_body \
          FROM llm_calls WHERE {cond} ORDER BY ts DESC, proxy_id, seq DESC LIMIT {} OFFSET {offset}",
         limit + 1
@@ -370,6 +374,7 @@ pub async fn llm_logs(
             output_tokens: r.try_get("output_tokens")?,
             cost_micros: r.try_get("cost_micros")?,
             usage_estimated: r.try_get::<i64, _>("usage_estimated")? != 0,
+            price_missing: r.try_get::<i64, _>("price_missing")? != 0,
             duration_us: r.try_get("duration_us")?,
             refused: r.try_get::<i64, _>("refused")? != 0,
             tool_calls: serde_json::from_str(&tools).unwrap_or_default(),

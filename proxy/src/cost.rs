@@ -71,6 +71,7 @@ impl PriceTable {
             .iter()
             .filter(|((pr, m), _)| {
                 *pr == provider
+                    && m != "*"
                     && model.len() > m.len()
                     && model.starts_with(m.as_str())
                     && model.as_bytes()[m.len()] == b'-'
@@ -81,12 +82,23 @@ impl PriceTable {
 
     /// Cost in millionths of a dollar (rounded half up), when the model has a price.
     pub fn cost_micros(&self, provider: Provider, model: &str, usage: &Usage) -> Option<i64> {
-        let p = self.price(provider, model)?;
+        self.cost(provider, model, usage).map(|(c, _)| c)
+    }
+
+    /// Cost in millionths of a dollar, and whether it came from the provider's default
+    /// price (`model = "*"`) because the model has none of its own.
+    pub fn cost(&self, provider: Provider, model: &str, usage: &Usage) -> Option<(i64, bool)> {
+        let (p, default) = match self.price(provider, model) {
+            Some(p) => (p, false),
+            None => (*self.by_model.get(&(provider, "*".to_owned()))?, true),
+        };
         let nano = u128::from(usage.input_tokens) * u128::from(p.input)
             + u128::from(usage.output_tokens) * u128::from(p.output)
             + u128::from(usage.cache_read_tokens) * u128::from(p.cache_read)
             + u128::from(usage.cache_write_tokens) * u128::from(p.cache_write);
-        i64::try_from((nano + 500) / 1000).ok()
+        i64::try_from((nano + 500) / 1000)
+            .ok()
+            .map(|c| (c, default))
     }
 
     /// True when no price is configured.

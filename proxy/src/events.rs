@@ -175,6 +175,9 @@ pub struct RequestRecord {
     pub cost_micros: Option<i64>,
     /// Usage and cost are Sluice's estimate: the provider reported no usage.
     pub usage_estimated: bool,
+    /// The model has no price of its own: the cost is the provider's default price
+    /// (`model = "*"`), or none.
+    pub price_missing: bool,
     /// Time spent in Sluice's own filters, µs.
     pub sluice_us: Option<u64>,
     /// The request body, when the profile captures content.

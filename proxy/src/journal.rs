@@ -56,6 +56,9 @@ pub struct UsageRecord {
     /// Tokens and cost are Sluice's estimate (the provider reported no usage).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
+    /// The model has no price of its own (default price, or no cost).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub price_missing: bool,
     /// Wall time, µs.
     pub duration_us: u64,
     /// Time to first upstream byte, µs.
@@ -152,6 +155,7 @@ impl UsageRecord {
             reasoning_tokens: usage.reasoning_tokens,
             cost_micros: r.cost_micros,
             usage_estimated: r.usage_estimated,
+            price_missing: r.price_missing,
             duration_us: r.duration_us,
             ttfb_us: r.ttfb_us,
             refused: r.refused,

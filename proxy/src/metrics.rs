@@ -51,6 +51,7 @@ pub struct ProxyMetrics {
     ttft: HistogramVec,
     tokens: IntCounterVec,
     cost: prometheus::CounterVec,
+    without_price: IntCounterVec,
     blocked_tools: IntCounterVec,
     decisions: IntCounterVec,
     overhead: HistogramVec,
@@ -114,6 +115,13 @@ impl ProxyMetrics {
             ),
             &["provider", "model", "profile"],
         )?;
+        let without_price = IntCounterVec::new(
+            Opts::new(
+                "llm_requests_without_price_total",
+                "Requests whose model has no price of its own (costed at the provider's default price, or not at all).",
+            ),
+            &["provider", "model"],
+        )?;
         let blocked_tools = IntCounterVec::new(
             Opts::new("llm_blocked_tools_total", "Tool calls Sluice refused."),
             &["provider", "profile", "tool"],
@@ -172,6 +180,7 @@ impl ProxyMetrics {
             Box::new(ttft.clone()),
             Box::new(tokens.clone()),
             Box::new(cost.clone()),
+            Box::new(without_price.clone()),
             Box::new(blocked_tools.clone()),
             Box::new(decisions.clone()),
             Box::new(overhead.clone()),
@@ -191,6 +200,7 @@ impl ProxyMetrics {
             ttft,
             tokens,
             cost,
+            without_price,
             blocked_tools,
             decisions,
             overhead,
@@ -264,6 +274,11 @@ impl EventSink for ProxyMetrics {
                         .inc_by(n);
                 }
             }
+        }
+        if r.price_missing {
+            self.without_price
+                .with_label_values(&[provider, model])
+                .inc();
         }
         if let Some(micros) = r.cost_micros {
             self.cost

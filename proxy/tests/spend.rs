@@ -308,3 +308,62 @@ max_tokens = 100000
     assert_eq!(usage.output_tokens, sent.div_ceil(4));
     assert!(usage.input_tokens > 0);
 }
+
+#[test]
+fn a_model_without_a_price_costs_the_default_and_is_flagged() {
+    let h = Harness::start(
+        r#"
+[[prices]]
+provider = "openai"
+model = "gpt-4o-mini"
+input_per_mtok_usd = 1.0
+output_per_mtok_usd = 2.0
+
+[[prices]]
+provider = "openai"
+model = "*"
+input_per_mtok_usd = 10.0
+output_per_mtok_usd = 30.0
+"#,
+    );
+    let addr = h.addr();
+    for model in ["gpt-4o-mini", "gpt-9-preview"] {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
+        h.rt.block_on(async {
+            let r = post_json(addr, "/v1/openai/default/chat/completions", &[], &body).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        });
+    }
+    let priced = h.record(1);
+    assert!(!priced.price_missing);
+    let u = priced.response.usage.unwrap();
+    assert_eq!(
+        priced.cost_micros,
+        Some(((u.input_tokens * 1000 + u.output_tokens * 2000 + 500) / 1000) as i64)
+    );
+    let unpriced = h.record(2);
+    assert!(unpriced.price_missing, "flagged");
+    let u = unpriced.response.usage.unwrap();
+    assert_eq!(
+        unpriced.cost_micros,
+        Some(((u.input_tokens * 10_000 + u.output_tokens * 30_000 + 500) / 1000) as i64),
+        "the default price, never silently zero"
+    );
+    let text = common::scrape(&h);
+    assert_eq!(
+        common::sample(
+            &text,
+            "llm_requests_without_price_total",
+            &["model=\"gpt-9-preview\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::sample(
+            &text,
+            "llm_requests_without_price_total",
+            &["model=\"gpt-4o-mini\""]
+        ),
+        None
+    );
+}

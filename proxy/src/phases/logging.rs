@@ -52,15 +52,18 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         });
     }
     ctx.access = Some(summary(ctx));
-    let cost_micros = match (ctx.config.as_ref(), ctx.response_facts.usage.as_ref()) {
-        (Some(cfg), Some(usage)) if !cfg.prices.is_empty() => ctx
+    let priced = match (ctx.config.as_ref(), ctx.response_facts.usage.as_ref()) {
+        (Some(cfg), Some(usage)) => ctx
             .response_facts
             .model
             .as_deref()
             .or(ctx.request_facts.model.as_deref())
-            .and_then(|m| cfg.prices.cost_micros(route.provider, m, usage)),
+            .and_then(|m| cfg.prices.cost(route.provider, m, usage)),
         _ => None,
     };
+    let cost_micros = priced.map(|(c, _)| c);
+    // Usage that no price of its own covers: the provider's default price, or nothing.
+    let price_missing = ctx.response_facts.usage.is_some() && priced.is_none_or(|(_, d)| d);
     // What it really used replaces what admission reserved.
     crate::spend::settle(
         std::mem::take(&mut ctx.spend_holds),
@@ -84,6 +87,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         key_id: ctx.key_id.take(),
         cost_micros,
         usage_estimated: estimated,
+        price_missing,
         sluice_us: Some(ctx.sluice_ns / 1000),
         captured_request: ctx.captured_request.take(),
         captured_response: ctx
