@@ -25,6 +25,8 @@ pub struct AdminApp {
     pub journal: Option<Arc<crate::journal::Journal>>,
     /// The MCP gateway, whose servers' tools `GET /admin/v1/mcp/tools` shows.
     pub mcp: Arc<crate::mcp::McpGateway>,
+    /// Spend limits' ledgers, which `GET /admin/v1/spend` shows.
+    pub spend: Arc<crate::spend::SpendBook>,
 }
 
 /// Serves `/metrics` (Prometheus text format) on its own listener.
@@ -123,6 +125,13 @@ impl ServeHttp for AdminApp {
                         .to_vec(),
                 ),
             },
+            "/admin/v1/spend" => {
+                let body = match self.live.current() {
+                    Some(cfg) => self.spend.view(&cfg.spend_limits),
+                    None => serde_json::json!({"limits": []}),
+                };
+                reply(200, "application/json", body.to_string().into_bytes())
+            }
             "/admin/v1/mcp/tools" => {
                 let body = self.mcp_tools().await;
                 reply(200, "application/json", body.to_string().into_bytes())

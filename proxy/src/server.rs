@@ -199,6 +199,7 @@ pub fn start(
     let proxy = SluiceProxy::new(parts.live.clone(), sink, parts.approvals.clone())
         .with_catalogue(parts.catalogue.clone());
     let mcp = proxy.mcp();
+    let spend = proxy.spend();
     let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "sluice-proxy");
     for a in &proxy_addrs {
         proxy_svc.add_tcp(a);
@@ -214,6 +215,7 @@ pub fn start(
                 catalogue: parts.catalogue.clone(),
                 journal: parts.journal.clone(),
                 mcp,
+                spend,
             },
         );
         for a in &admin_addrs {

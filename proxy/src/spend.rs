@@ -197,6 +197,31 @@ impl SpendBook {
         entry.clone()
     }
 
+    /// Each limit's standing: what its current window spent, what requests in flight hold,
+    /// and (calendar windows) the period — for `GET /admin/v1/spend`.
+    pub fn view(&self, limits: &[SpendLimit]) -> serde_json::Value {
+        let now = now_ms();
+        let items: Vec<_> = limits
+            .iter()
+            .map(|limit| {
+                let ledger = self.ledger(limit);
+                let (spent, reserved) = match ledger.lock() {
+                    Ok(mut l) => (l.spent(now), l.reserved()),
+                    Err(_) => Default::default(),
+                };
+                let period = limit.window.period(now);
+                serde_json::json!({
+                    "id": limit.id, "name": limit.name,
+                    "max_cost_micros": limit.max_micros, "max_tokens": limit.max_tokens,
+                    "spent": {"cost_micros": spent.micros, "tokens": spent.tokens},
+                    "reserved": {"cost_micros": reserved.micros, "tokens": reserved.tokens},
+                    "period": period.map(|(s, e)| serde_json::json!({"start": rfc3339(s), "end": rfc3339(e)})),
+                })
+            })
+            .collect();
+        serde_json::json!({ "limits": items })
+    }
+
     /// Reserves `estimate` in every limit `who` falls under, or none of them.
     pub fn admit(
         &self,

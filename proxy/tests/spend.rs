@@ -142,6 +142,13 @@ max_tokens = 3000
             msg.contains(&format!("{spent} tokens used of 3000 tokens")),
             "{msg}"
         );
+        // The admin listener shows the ledger: nothing held once requests end.
+        let view = common::send(h.admin_addr(), "GET", "/admin/v1/spend", &[], b"").await;
+        let v = view.json();
+        assert_eq!(v["limits"][0]["name"], "team tokens");
+        assert_eq!(v["limits"][0]["spent"]["tokens"], spent);
+        assert_eq!(v["limits"][0]["reserved"]["tokens"], 0);
+        assert_eq!(v["limits"][0]["max_tokens"], 3000);
         let fits = post_json(addr, "/v1/anthropic/default/v1/messages", &[], &ask(room)).await;
         assert_eq!(fits.status, 200, "{}", fits.text());
     });

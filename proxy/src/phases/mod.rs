@@ -46,7 +46,7 @@ pub struct SluiceProxy {
     catalogue: Arc<crate::catalogue::ToolCatalogue>,
     auth_failures: crate::keys::FailedAuthLimiter,
     mcp: Arc<crate::mcp::McpGateway>,
-    spend: crate::spend::SpendBook,
+    spend: Arc<crate::spend::SpendBook>,
     rates: crate::rate::RateBook,
 }
 
@@ -64,7 +64,7 @@ impl SluiceProxy {
             approvals,
             quarantine: crate::quarantine::Quarantine::default(),
             catalogue: Arc::default(),
-            spend: crate::spend::SpendBook::default(),
+            spend: Arc::default(),
             rates: crate::rate::RateBook::default(),
             // Failed virtual-key attempts per client address, per minute, for 100k addresses.
             auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
@@ -84,6 +84,11 @@ impl SluiceProxy {
     /// The MCP gateway (shared with the admin listener, which shows its servers' tools).
     pub fn mcp(&self) -> Arc<crate::mcp::McpGateway> {
         self.mcp.clone()
+    }
+
+    /// The spend limits' ledgers (shown by the admin listener).
+    pub fn spend(&self) -> Arc<crate::spend::SpendBook> {
+        self.spend.clone()
     }
 
     /// The request's record (once) and its declared tools in the catalogue.
@@ -284,7 +289,7 @@ impl ProxyHttp for SluiceProxy {
             max,
             &self.verdicts,
             conversations,
-            (&self.spend, &self.rates),
+            (self.spend.as_ref(), &self.rates),
         );
         ctx.sluice_ns += elapsed_ns(t);
         let pending = pending.map_err(|e| raise(ctx, e))?;
