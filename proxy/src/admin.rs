@@ -37,6 +37,8 @@ pub struct MetricsApp {
     pub live: Arc<LiveConfig>,
     /// The usage journal, for its backlog.
     pub journal: Option<Arc<crate::journal::Journal>>,
+    /// Spend limits' ledgers, for their gauges.
+    pub spend: Option<Arc<crate::spend::SpendBook>>,
 }
 
 #[async_trait]
@@ -46,7 +48,8 @@ impl ServeHttp for MetricsApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                self.metrics.render(&self.live, self.journal.as_deref()),
+                self.metrics
+                    .render(&self.live, self.journal.as_deref(), self.spend.as_deref()),
             ),
             _ => reply(404, "text/plain", b"see /metrics\n".to_vec()),
         }

@@ -60,6 +60,9 @@ pub struct ProxyMetrics {
     records: IntCounter,
     snapshot_version: IntGauge,
     snapshot_age: Gauge,
+    limit_spent: prometheus::GaugeVec,
+    limit_reserved: prometheus::GaugeVec,
+    limit_max: prometheus::GaugeVec,
     journal_backlog: IntGauge,
     journal_failures: IntGauge,
     models: Bounded,
@@ -167,6 +170,21 @@ impl ProxyMetrics {
             "sluice_snapshot_age_seconds",
             "Seconds since the serving configuration was swapped in.",
         )?;
+        let limit_gauge = |name: &str, help: &str| {
+            prometheus::GaugeVec::new(Opts::new(name, help), &["limit", "unit"])
+        };
+        let limit_spent = limit_gauge(
+            "sluice_spend_limit_spent",
+            "What a spend limit's current window spent on this proxy (unit usd or tokens).",
+        )?;
+        let limit_reserved = limit_gauge(
+            "sluice_spend_limit_reserved",
+            "What requests in flight hold in a spend limit on this proxy (unit usd or tokens).",
+        )?;
+        let limit_max = limit_gauge(
+            "sluice_spend_limit_max",
+            "A spend limit's cap per window (unit usd or tokens).",
+        )?;
         let journal_backlog = IntGauge::new(
             "sluice_usage_journal_backlog",
             "Usage records written but not yet acknowledged by the control plane.",
@@ -189,6 +207,9 @@ impl ProxyMetrics {
             Box::new(records.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(snapshot_age.clone()),
+            Box::new(limit_spent.clone()),
+            Box::new(limit_reserved.clone()),
+            Box::new(limit_max.clone()),
             Box::new(journal_backlog.clone()),
             Box::new(journal_failures.clone()),
         ] {
@@ -209,6 +230,9 @@ impl ProxyMetrics {
             records,
             snapshot_version,
             snapshot_age,
+            limit_spent,
+            limit_reserved,
+            limit_max,
             journal_backlog,
             journal_failures,
             models: Bounded::new(MAX_MODELS),
@@ -221,7 +245,40 @@ impl ProxyMetrics {
         &self,
         live: &crate::live::LiveConfig,
         journal: Option<&crate::journal::Journal>,
+        spend: Option<&crate::spend::SpendBook>,
     ) -> Vec<u8> {
+        // Limits come and go with snapshots: the gauges show exactly the current ones.
+        self.limit_spent.reset();
+        self.limit_reserved.reset();
+        self.limit_max.reset();
+        if let (Some(book), Some(cfg)) = (spend, live.current()) {
+            for (limit, spent, reserved) in book.standings(&cfg.spend_limits) {
+                let name = limit.name();
+                let (max_micros, max_tokens) = limit.caps();
+                if let Some(m) = max_micros {
+                    self.limit_max
+                        .with_label_values(&[name, "usd"])
+                        .set(m as f64 / 1e6);
+                    self.limit_spent
+                        .with_label_values(&[name, "usd"])
+                        .set(spent.micros as f64 / 1e6);
+                    self.limit_reserved
+                        .with_label_values(&[name, "usd"])
+                        .set(reserved.micros as f64 / 1e6);
+                }
+                if let Some(t) = max_tokens {
+                    self.limit_max
+                        .with_label_values(&[name, "tokens"])
+                        .set(t as f64);
+                    self.limit_spent
+                        .with_label_values(&[name, "tokens"])
+                        .set(spent.tokens as f64);
+                    self.limit_reserved
+                        .with_label_values(&[name, "tokens"])
+                        .set(reserved.tokens as f64);
+                }
+            }
+        }
         self.snapshot_version
             .set(i64::try_from(live.control_version()).unwrap_or(i64::MAX));
         self.snapshot_age

@@ -200,6 +200,7 @@ pub fn start(
         .with_catalogue(parts.catalogue.clone());
     let mcp = proxy.mcp();
     let spend = proxy.spend();
+    let spend_for_metrics = spend.clone();
     let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "sluice-proxy");
     for a in &proxy_addrs {
         proxy_svc.add_tcp(a);
@@ -230,6 +231,7 @@ pub fn start(
                 metrics: m,
                 live: parts.live.clone(),
                 journal: parts.journal.clone(),
+                spend: Some(spend_for_metrics),
             },
         );
         for a in &metrics_addrs {

@@ -59,6 +59,16 @@ pub struct SpendLimit {
 }
 
 impl SpendLimit {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its caps: µ$ and tokens.
+    pub fn caps(&self) -> (Option<u64>, Option<u64>) {
+        (self.max_micros, self.max_tokens)
+    }
+
     /// Checks one raw limit.
     pub fn compile(raw: &RawSpendLimit) -> Result<Self, String> {
         let what = format!("spend limit '{}'", raw.name);
@@ -201,14 +211,10 @@ impl SpendBook {
     /// and (calendar windows) the period — for `GET /admin/v1/spend`.
     pub fn view(&self, limits: &[SpendLimit]) -> serde_json::Value {
         let now = now_ms();
-        let items: Vec<_> = limits
-            .iter()
-            .map(|limit| {
-                let ledger = self.ledger(limit);
-                let (spent, reserved) = match ledger.lock() {
-                    Ok(mut l) => (l.spent(now), l.reserved()),
-                    Err(_) => Default::default(),
-                };
+        let items: Vec<_> = self
+            .standings(limits)
+            .into_iter()
+            .map(|(limit, spent, reserved)| {
                 let period = limit.window.period(now);
                 serde_json::json!({
                     "id": limit.id, "name": limit.name,
@@ -220,6 +226,22 @@ impl SpendBook {
             })
             .collect();
         serde_json::json!({ "limits": items })
+    }
+
+    /// Each limit with what its window spent and what is reserved.
+    pub fn standings<'a>(&self, limits: &'a [SpendLimit]) -> Vec<(&'a SpendLimit, Amount, Amount)> {
+        let now = now_ms();
+        limits
+            .iter()
+            .map(|limit| {
+                let ledger = self.ledger(limit);
+                let (spent, reserved) = match ledger.lock() {
+                    Ok(mut l) => (l.spent(now), l.reserved()),
+                    Err(_) => Default::default(),
+                };
+                (limit, spent, reserved)
+            })
+            .collect()
     }
 
     /// Reserves `estimate` in every limit `who` falls under, or none of them.

@@ -149,6 +149,24 @@ max_tokens = 3000
         assert_eq!(v["limits"][0]["spent"]["tokens"], spent);
         assert_eq!(v["limits"][0]["reserved"]["tokens"], 0);
         assert_eq!(v["limits"][0]["max_tokens"], 3000);
+    });
+    // And so do the metrics.
+    let text = common::scrape(&h);
+    let labels = ["limit=\"team tokens\"", "unit=\"tokens\""];
+    assert_eq!(
+        common::sample(&text, "sluice_spend_limit_spent", &labels),
+        Some(spent as f64)
+    );
+    assert_eq!(
+        common::sample(&text, "sluice_spend_limit_reserved", &labels),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::sample(&text, "sluice_spend_limit_max", &labels),
+        Some(3000.0)
+    );
+    common::promtool_check(&text);
+    h.rt.block_on(async {
         let fits = post_json(addr, "/v1/anthropic/default/v1/messages", &[], &ask(room)).await;
         assert_eq!(fits.status, 200, "{}", fits.text());
     });
