@@ -359,4 +359,6 @@ pub async fn delete<K: DocKind>(
 }
 
 mod kinds;
+mod mcp_server;
 pub use kinds::*;
+pub use mcp_server::*;
