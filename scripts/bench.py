@@ -24,7 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice/target"))
-SLUICE = os.path.join(TARGET, "release", "sluice")
+SLUICE = os.environ.get("SLUICE_BIN", os.path.join(TARGET, "release", "sluice"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say something about gateways, please."}]}

@@ -67,6 +67,8 @@ def main():
     ap.add_argument("--era", default="auto", choices=["auto", "legacy", "stateless"],
                     help="the era Sluice speaks to the fixture (auto: legacy, since it offers both)")
     ap.add_argument("--out")
+    ap.add_argument("--compare", metavar="BINARY",
+                    help="also run the gateway from another sluice binary (a before/after in one run)")
     args = ap.parse_args()
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-mcp-")
@@ -101,6 +103,17 @@ def main():
         targets = {"direct (fixture)": fixture_url,
                    "bare Pingora passthrough": f"http://127.0.0.1:{pt_port}/mcp",
                    "sluice gateway": f"http://127.0.0.1:{port}/v1/mcp/default"}
+        if args.compare:
+            cmp_port = free_port()
+            cmp_path = os.path.join(tmp, "compare.toml")
+            with open(cmp_path, "w") as f:
+                f.write(config(fixture_url, cmp_port, args.era))
+            other = subprocess.Popen(["taskset", "-c", "0", args.compare, "proxy", "--config", cmp_path],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, SLUICE_LOG="warn"))
+            procs.append(other)
+            wait_port(cmp_port, other)
+            targets["sluice gateway (--compare binary)"] = f"http://127.0.0.1:{cmp_port}/v1/mcp/default"
         body = json.dumps(CALL)
         results = {name: [] for name in targets}
         for rep in range(args.reps):
@@ -132,7 +145,8 @@ def render(args, results):
     lines = [
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
         f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}  ",
-        f"Command: `python3 scripts/bench_mcp.py --rate {args.rate:g} --seconds {args.seconds:g} --reps {args.reps} --era {args.era}`  ",
+        f"Command: `python3 scripts/bench_mcp.py --rate {args.rate:g} --seconds {args.seconds:g} --reps {args.reps} --era {args.era}"
+        f"{' --compare ' + args.compare if args.compare else ''}`  ",
         f"`tools/call` (stateless era) at {args.rate:g} calls/s over {args.connections} connections; servers on core 0, "
         f"load generator on core 1; medians of {args.reps} interleaved runs.",
         "",

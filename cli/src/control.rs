@@ -8,7 +8,7 @@ use sluice_control::crypto::MasterKey;
 use sluice_control::runtime::{KubeApi, RuntimeConfig, RuntimeSettings};
 use sluice_control::server::{ControlConfig, start as start_control};
 use sluice_proxy::config::Environment;
-use sluice_proxy::control_client::{ControlLink, ship, subscribe};
+use sluice_proxy::control_client::{ControlLink, ship, ship_inventory, subscribe};
 use sluice_proxy::events::EventSink;
 use sluice_proxy::journal::{Journal, Tee};
 use sluice_proxy::live::LiveConfig;
@@ -213,6 +213,7 @@ pub fn start_controlled(
         None => None,
     };
     let defaults = sluice_proxy::config::Limits::default();
+    let inventory = Arc::new(sluice_proxy::mcp::inventory::ToolInventory::default());
     let running = start(
         ProxyParts {
             live: live.clone(),
@@ -226,6 +227,7 @@ pub fn start_controlled(
             catalogue: Default::default(),
             journal: Some(journal.clone()),
             metrics: crate::metrics_parts(opts.metrics_listen.as_deref())?,
+            inventory: Some(inventory.clone()),
         },
         proxy_l,
         admin_l,
@@ -237,6 +239,12 @@ pub fn start_controlled(
         link.clone(),
         journal.proxy_id().to_owned(),
         opts.data_dir.join("snapshot.cache"),
+        rx.clone(),
+    ));
+    rt.spawn(ship_inventory(
+        inventory,
+        link.clone(),
+        journal.proxy_id().to_owned(),
         rx.clone(),
     ));
     rt.spawn(ship(journal, link, rx));

@@ -258,6 +258,7 @@ fn run_proxy(path: PathBuf, metrics_listen: Option<&str>) -> Result<()> {
             catalogue: Default::default(),
             journal: None,
             metrics: metrics_parts(metrics_listen)?,
+            inventory: None,
         },
         proxy_l,
         admin_l,

@@ -13,7 +13,7 @@ use crate::documents::{
 use crate::error::ApiError;
 use crate::openapi::{ApiBuilder, Method::*, Op, RouteInfo};
 use crate::state::AppState;
-use crate::{identity as id, ops, runtime, secrets, usage};
+use crate::{identity as id, mcp_tools, ops, runtime, secrets, usage, usage_mcp};
 
 /// The five routes of one document kind.
 fn documents<K: DocKind>(
@@ -374,9 +374,9 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
         )
         .add(
             Op::new(Get, "/logs/mcp", read(Logs), "logs", "Search MCP call logs")
-                .query::<usage::McpFilter>()
-                .ok::<Page<usage::McpCall>>(200),
-            usage::mcp_logs,
+                .query::<usage_mcp::McpFilter>()
+                .ok::<Page<usage_mcp::McpCall>>(200),
+            usage_mcp::mcp_logs,
         )
         .add(
             Op::new(
@@ -459,6 +459,41 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
             )
             .ok::<runtime::routes::Restarted>(202),
             runtime::routes::restart,
+        )
+        .add(
+            Op::new(
+                Get,
+                "/mcp-servers/{id}/tools",
+                read(McpServers),
+                "mcp",
+                "A server's tools as proxies report them, against its approved definitions",
+            )
+            .ok::<mcp_tools::ServerTools>(200),
+            mcp_tools::list,
+        )
+        .add(
+            Op::new(
+                Post,
+                "/mcp-servers/{id}/tools/approve",
+                write(McpServers),
+                "mcp",
+                "Approve the definitions a server offers now (pins their hashes)",
+            )
+            .body::<mcp_tools::ApproveBody>()
+            .ok::<mcp_tools::ServerTools>(200),
+            mcp_tools::approve,
+        )
+        .add(
+            Op::new(
+                Post,
+                "/mcp-inventory",
+                write(Usage),
+                "proxies",
+                "A proxy reports a server's tool list",
+            )
+            .body::<mcp_tools::InventoryReport>()
+            .ok::<mcp_tools::InventoryAck>(200),
+            mcp_tools::report,
         )
         .add(
             Op::new(

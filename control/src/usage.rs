@@ -35,7 +35,7 @@ pub struct UsageAck {
     pub inserted: u64,
 }
 
-fn i(v: u64) -> i64 {
+pub(crate) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -74,6 +74,17 @@ pub async fn ingest(
             ));
         }
         acked = acked.max(r.seq);
+        if let Some(m) = &r.mcp {
+            inserted += crate::usage_mcp::insert(
+                &mut tx,
+                &batch.proxy_id,
+                r,
+                m,
+                profile_orgs.get(&r.profile),
+            )
+            .await?;
+            continue;
+        }
         let done = sqlx::query(
             "INSERT INTO llm_calls (proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, \
              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, \
@@ -184,12 +195,12 @@ pub struct LlmFilter {
     pub until_ms: Option<i64>,
 }
 
-enum Arg {
+pub(crate) enum Arg {
     Text(String),
     Int(i64),
 }
 
-async fn visible_profiles(
+pub(crate) async fn visible_profiles(
     state: &AppState,
     p: &Principal,
 ) -> Result<Option<Vec<String>>, ApiError> {
@@ -253,22 +264,43 @@ async fn where_clause(
     if let Some(v) = f.until_ms {
         push("ts < ?", Arg::Int(v), &mut conds);
     }
-    if let Some(names) = names {
-        if names.is_empty() {
-            conds.push("1 = 0".into());
-        } else {
-            let mut marks = Vec::new();
-            for n in names {
-                args.push(Arg::Text(n));
-                marks.push(format!("${}", args.len()));
-            }
-            conds.push(format!("profile IN ({})", marks.join(", ")));
-        }
-    }
+    scope_to_profiles(names, &mut conds, &mut args);
     Ok((conds.join(" AND "), args))
 }
 
-fn bind_all<'q>(
+/// Restricts a query to `names` (the admin's visible profiles; `None`: all of them).
+pub(crate) fn scope_to_profiles(
+    names: Option<Vec<String>>,
+    conds: &mut Vec<String>,
+    args: &mut Vec<Arg>,
+) {
+    let Some(names) = names else {
+        return;
+    };
+    if names.is_empty() {
+        conds.push("1 = 0".into());
+        return;
+    }
+    let mut marks = Vec::new();
+    for n in names {
+        args.push(Arg::Text(n));
+        marks.push(format!("${}", args.len()));
+    }
+    conds.push(format!("profile IN ({})", marks.join(", ")));
+}
+
+/// A page's `limit` (1-500, default 50) and `offset`.
+pub(crate) fn page_bounds(limit: Option<u32>, offset: Option<u32>) -> Result<(u32, u32), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    Ok((limit, offset.unwrap_or(0)))
+}
+
+pub(crate) fn bind_all<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     args: &[Arg],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
@@ -335,13 +367,7 @@ pub async fn llm_logs(
     Extension(p): Extension<Principal>,
     ApiQuery(f): ApiQuery<LlmFilter>,
 ) -> Result<Json<Page<LlmCall>>, ApiError> {
-    let limit = f.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 500".into(),
-        ));
-    }
-    let offset = f.offset.unwrap_or(0);
+    let (limit, offset) = page_bounds(f.limit, f.offset)?;
     let (cond, args) = where_clause(&state, &p, &f).await?;
     // Audited: `cond` holds only fixed fragments and $n placeholders; values are bound.
     let sql = format!(
@@ -422,83 +448,5 @@ pub async fn summary(
         input_tokens: r.try_get("i")?,
         output_tokens: r.try_get("o")?,
         cost_micros: r.try_get("c")?,
-    }))
-}
-
-/// One logged MCP call.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct McpCall {
-    /// The proxy that served it.
-    pub proxy_id: String,
-    /// Its journal sequence there.
-    pub seq: i64,
-    /// When it ended, ms since the epoch.
-    pub ts_ms: i64,
-    /// Server.
-    pub server: String,
-    /// JSON-RPC method.
-    pub method: String,
-    /// Tool, for `tools/call`.
-    pub tool: Option<String>,
-    /// Outcome.
-    pub status: String,
-    /// Wall time, µs.
-    pub duration_us: i64,
-}
-
-/// `?limit&offset&server`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct McpFilter {
-    /// Items per page, 1-500 (default 50).
-    pub limit: Option<u32>,
-    /// Items to skip.
-    pub offset: Option<u32>,
-    /// Only this server.
-    pub server: Option<String>,
-}
-
-/// `GET /logs/mcp`
-pub async fn mcp_logs(
-    State(state): State<AppState>,
-    ApiQuery(f): ApiQuery<McpFilter>,
-) -> Result<Json<Page<McpCall>>, ApiError> {
-    let limit = f.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 500".into(),
-        ));
-    }
-    let offset = f.offset.unwrap_or(0);
-    let sql = format!(
-        "SELECT proxy_id, seq, ts, server, method, tool, status, duration_us FROM mcp_calls \
-         WHERE ($1 = '' OR server = $1) ORDER BY ts DESC LIMIT {} OFFSET {offset}",
-        limit + 1
-    );
-    // Audited: only the numbers limit and offset are formatted into the text.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(f.server.unwrap_or_default())
-        .fetch_all(&state.db.pool)
-        .await?;
-    let more = rows.len() > limit as usize;
-    let items = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
-            Ok(McpCall {
-                proxy_id: r.try_get("proxy_id")?,
-                seq: r.try_get("seq")?,
-                ts_ms: r.try_get("ts")?,
-                server: r.try_get("server")?,
-                method: r.try_get("method")?,
-                tool: r.try_get("tool")?,
-                status: r.try_get("status")?,
-                duration_us: r.try_get("duration_us")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Json(Page {
-        items,
-        next_offset: more.then_some(offset + limit),
     }))
 }

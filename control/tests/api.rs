@@ -493,7 +493,60 @@ async fn suite(url: &str) {
             .iter()
             .any(|t| t["name"] == "lookup" && t["origin"] == "discovered")
     );
-    assert_eq!(admin.get("/logs/mcp").await.0, 200);
+    // MCP records go to their own log, once per (proxy, seq), not into the LLM sums.
+    let mcp = |seq: u64, tool: &str, status: &str| {
+        json!({"seq": seq, "ts_ms": 2_000 + seq, "profile": "prof-a", "key_id": vk_id,
+            "provider": "mcp", "api": "tools/call", "status": 200, "input_tokens": 0,
+            "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0,
+            "reasoning_tokens": 0, "cost_micros": null, "duration_us": 700, "ttfb_us": null,
+            "refused": status == "refused", "trusted": true, "tool_calls": [tool],
+            "decisions": [{"policy": "p1", "action": "block"}], "request_body": null,
+            "response_body": null,
+            "mcp": {"server": "mail", "method": "tools/call", "tool": tool, "status": status,
+                "session": "5e55"}})
+    };
+    let batch = json!({"proxy_id": "px-test", "records": [mcp(4, "send_email", "refused"),
+        mcp(5, "read_inbox", "ok")]});
+    let (_, ack) = proxy.post("/usage/batches", batch.clone()).await;
+    assert_eq!(
+        (ack["acked_seq"].clone(), ack["inserted"].clone()),
+        (json!(5), json!(2))
+    );
+    let (_, ack) = proxy.post("/usage/batches", batch).await;
+    assert_eq!(ack["inserted"], 0, "a resent MCP batch inserts nothing");
+    let (_, sum) = admin.get("/usage/summary").await;
+    assert_eq!(sum["requests"], 3, "MCP calls are not LLM requests");
+    let (s, mcp_logs) = admin.get("/logs/mcp").await;
+    assert_eq!(s, 200);
+    let items = mcp_logs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        (
+            items[0]["seq"].clone(),
+            items[0]["tool"].clone(),
+            items[0]["profile"].clone(),
+            items[0]["session_id"].clone()
+        ),
+        (
+            json!(5),
+            json!("read_inbox"),
+            json!("prof-a"),
+            json!("5e55")
+        )
+    );
+    let (_, refused) = admin.get("/logs/mcp?status=refused&server=mail").await;
+    let refused = refused["items"].as_array().unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["tool"], "send_email");
+    assert_eq!(refused[0]["decisions"][0]["action"], "block");
+    let (_, none) = admin.get("/logs/mcp?profile=someone-else").await;
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+    let (s, theirs) = alice.get("/logs/mcp?tool=send_email").await;
+    assert_eq!(
+        (s, theirs["items"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "members read their teams' MCP calls"
+    );
     assert_eq!(admin.get("/logs/llm?limit=0").await.0, 400);
     let (_, proxies) = admin.get("/proxies").await;
     assert!(
@@ -501,7 +554,7 @@ async fn suite(url: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["proxy_id"] == "px-test" && p["acked_seq"] == 3)
+            .any(|p| p["proxy_id"] == "px-test" && p["acked_seq"] == 5)
     );
 
     // --- every route, every role: a role without the route's permission gets 403, and no
@@ -590,8 +643,8 @@ async fn suite(url: &str) {
     );
     assert!(text.contains(r#"route="/api/v1/teams/{id}""#));
     assert!(!text.contains("team_"), "an id became a label");
-    assert!(text.contains("control_usage_records_total 3"));
-    assert!(text.contains("control_usage_batches_total 2"));
+    assert!(text.contains("control_usage_records_total 5"));
+    assert!(text.contains("control_usage_batches_total 4"));
     assert!(
         text.lines()
             .any(|l| l.starts_with("control_snapshots_published_total ") && !l.ends_with(" 0"))

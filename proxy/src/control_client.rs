@@ -312,3 +312,58 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
+
+/// Sends the MCP servers' tool lists whenever one changes, until `shutdown`; a failed
+/// report is sent again (with backoff) until the control plane takes it.
+pub async fn ship_inventory(
+    inventory: Arc<crate::mcp::inventory::ToolInventory>,
+    link: ControlLink,
+    proxy_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pending = inventory.pending();
+        let mut failed = None;
+        for report in &pending {
+            let mut body = report.body.clone();
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("proxy_id".into(), proxy_id.clone().into());
+            }
+            let call = link.call(
+                http::Method::POST,
+                "/api/v1/mcp-inventory",
+                Some(body.to_string().into()),
+                Duration::from_secs(30),
+            );
+            let outcome = tokio::select! {
+                r = call => r,
+                _ = shutdown.changed() => return,
+            };
+            match outcome {
+                Ok((200, _)) => inventory.delivered(report),
+                Ok((status, _)) => {
+                    failed = Some(format!(
+                        "the control plane answered {status} to the tools of {}",
+                        report.server
+                    ));
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(problem) = failed {
+            tracing::warn!(error = %problem, "MCP tool inventory (will retry)");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        tokio::select! {
+            _ = inventory.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -91,7 +91,7 @@ pub struct McpUsage {
     pub tool: Option<String>,
     /// `ok`, `error` or `refused`.
     pub status: String,
-    /// The client's session or conversation id.
+    /// The client's session or conversation id, as [`session_digest`].
     pub session: Option<String>,
 }
 
@@ -120,11 +120,21 @@ impl UsageRecord {
                 method: r.method.clone(),
                 tool: r.tool.clone(),
                 status: r.status.into(),
-                session: r.session.clone(),
+                session: r.session.as_deref().map(session_digest),
             }),
             ..Self::default()
         }
     }
+}
+
+/// A session id as the journal keeps it: the first 128 bits of its SHA-256, in hex. Calls
+/// still group by session, and nobody reading the logs can present a live session's id.
+pub fn session_digest(id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl UsageRecord {

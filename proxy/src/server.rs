@@ -37,6 +37,9 @@ pub struct ProxyParts {
     pub journal: Option<Arc<crate::journal::Journal>>,
     /// Prometheus metrics and the listener that serves them (`SLUICE_METRICS_LISTEN`).
     pub metrics: Option<(Arc<crate::metrics::ProxyMetrics>, TcpListener)>,
+    /// Where MCP servers' tool lists are reported for the control plane; when set, every
+    /// server's list is also fetched after each snapshot and every minute.
+    pub inventory: Option<Arc<crate::mcp::inventory::ToolInventory>>,
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -199,6 +202,14 @@ pub fn start(
     let proxy = SluiceProxy::new(parts.live.clone(), sink, parts.approvals.clone())
         .with_catalogue(parts.catalogue.clone());
     let mcp = proxy.mcp();
+    let refresh = parts.inventory.clone().map(|inv| {
+        let _ = mcp.inventory.set(inv);
+        crate::mcp::inventory::InventoryRefresh {
+            mcp: mcp.clone(),
+            live: parts.live.clone(),
+            every: std::time::Duration::from_secs(60),
+        }
+    });
     let spend = proxy.spend();
     let spend_for_metrics = spend.clone();
     let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "sluice-proxy");
@@ -206,6 +217,9 @@ pub fn start(
         proxy_svc.add_tcp(a);
     }
     let mut services: Vec<BoxedService> = vec![Box::new(proxy_svc)];
+    if let Some(r) = refresh {
+        services.push(Box::new(r));
+    }
     if !admin_addrs.is_empty() {
         let mut s = ListeningService::new(
             "sluice-admin".into(),

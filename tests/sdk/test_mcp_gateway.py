@@ -13,9 +13,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
-from cluster import Cluster, Process
+from cluster import Cluster, Process, http
 from conftest import _binary
 from test_mcp import session_flow
 
@@ -54,6 +55,9 @@ def gateway():
                                   "prefix": False})
         c.create("/profiles", {"name": "agents", "require_virtual_key": False, "mcp_servers": ["mail", "local"]})
         c.create("/profiles", {"name": "conformance", "require_virtual_key": False, "mcp_servers": ["fixture"]})
+        # Approved through the control plane's one-call approval (its own test).
+        c.pinned = c.create("/mcp-servers", {"name": "pinned", "transport": "streamable_http", "url": c.fixture_url})
+        c.create("/profiles", {"name": "pinned-agents", "require_virtual_key": False, "mcp_servers": ["pinned"]})
         # Sums are trusted, so it is the inbox that taints the session.
         c.create("/policies/result", {"id": "sums-trusted", "tool": {"source": "*", "name": "add"},
                                       "action": "trusted"})
@@ -64,6 +68,7 @@ def gateway():
         proxy = c.add_proxy(c.proxy_token())
         c.wait_version(proxy, c.latest_version())
         c.gateway = f"http://{proxy.info['proxy']}/v1/mcp"
+        c.proxy = proxy
         yield c
     finally:
         fixture.stop()
@@ -134,3 +139,65 @@ def test_conformance_2026_07_28_through_the_gateway_at_least_as_well_as_the_fixt
                           str(tmp_path / "gateway"))
     lost = sorted(s for s, ok in alone.items() if ok and not through.get(s, False))
     assert not lost, f"pass against the fixture alone but not through the gateway: {lost}"
+
+
+def stateless(url, method, params=None, name=None):
+    """One 2026-07-28 request (no session): the result, or the JSON-RPC error."""
+    params = dict(params or {})
+    params["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                       "io.modelcontextprotocol/clientInfo": {"name": "sluice-tests", "version": "1"},
+                       "io.modelcontextprotocol/clientCapabilities": {}}
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
+               "mcp-method": method}
+    if name:
+        headers["mcp-name"] = name
+    status, body = http("POST", url, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+                        headers=headers)
+    assert status == 200, (status, body)
+    return body.get("result", body.get("error"))
+
+
+def test_tools_reported_to_the_control_plane_approved_in_one_call_and_calls_logged(gateway):
+    server_tools = f"/mcp-servers/{gateway.pinned['id']}/tools"
+    # The proxy lists every server's tools after each snapshot and reports them.
+    deadline = time.time() + 30
+    while True:
+        status, listed = gateway.call("GET", server_tools)
+        assert status == 200, listed
+        if listed["reported_at_ms"]:
+            break
+        assert time.time() < deadline, "no proxy reported the server's tools"
+        time.sleep(0.05)
+    states = {t["name"]: t["state"] for t in listed["tools"]}
+    assert states["add"] == states["send_email"] == "unpinned", states
+    url = f"{gateway.gateway}/pinned-agents"
+    before = [t["name"] for t in stateless(url, "tools/list")["tools"]]
+    assert "pinned__add" in before and "pinned__send_email" in before, before
+
+    status, approved = gateway.call("POST", f"{server_tools}/approve", {"tools": ["add"]})
+    assert status == 200, approved
+    states = {t["name"]: t["state"] for t in approved["tools"]}
+    assert states["add"] == "approved" and states["send_email"] == "unapproved", states
+    gateway.wait_version(gateway.proxy, gateway.latest_version())
+    after = [t["name"] for t in stateless(url, "tools/list")["tools"]]
+    assert after == ["pinned__add"], after
+    refused = stateless(url, "tools/call", {"name": "pinned__send_email", "arguments": {"to": "a@b.c"}},
+                        name="pinned__send_email")
+    assert refused["isError"] and "[sluice:tool_withheld]" in refused["content"][0]["text"], refused
+    added = stateless(url, "tools/call", {"name": "pinned__add", "arguments": {"a": 2, "b": 40}},
+                      name="pinned__add")
+    assert added["content"][0]["text"] == "42", added
+
+    # Every call reached the control plane's MCP log, once.
+    admin = f"http://{gateway.proxy.info['admin']}/admin/v1/journal"
+    deadline = time.time() + 30
+    while True:
+        _, j = http("GET", admin)
+        if j["acked_seq"] == j["last_seq"]:
+            break
+        assert time.time() < deadline, j
+        time.sleep(0.05)
+    status, page = gateway.call("GET", "/logs/mcp?profile=pinned-agents&method=tools/call&limit=500")
+    assert status == 200, page
+    calls = sorted((r["tool"], r["status"]) for r in page["items"])
+    assert calls == [("add", "ok"), ("send_email", "refused")], calls

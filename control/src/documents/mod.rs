@@ -201,7 +201,7 @@ async fn name_free<K: DocKind>(
     Ok(())
 }
 
-fn check_team_write<K: DocKind>(p: &Principal, body: &K) -> Result<(), ApiError> {
+pub(crate) fn check_team_write<K: DocKind>(p: &Principal, body: &K) -> Result<(), ApiError> {
     if K::TEAM_SCOPED && !p.sees_team(body.team()) {
         return Err(ApiError::Forbidden(
             "you can only manage resources of your own teams".into(),

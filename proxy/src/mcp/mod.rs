@@ -12,6 +12,7 @@
 
 pub mod aggregate;
 pub mod dispatch;
+pub mod inventory;
 pub mod jsonrpc;
 mod modern;
 pub mod session;
@@ -75,6 +76,8 @@ pub struct McpGateway {
     pub approvals: Arc<crate::approvals::ApprovalStore>,
     /// The user's texts of conversations the LLM proxy saw, for provenance.
     pub conversations: crate::conversations::Conversations,
+    /// Where fetched tool lists are reported, when a control plane wants them.
+    pub inventory: std::sync::OnceLock<Arc<inventory::ToolInventory>>,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -97,6 +100,7 @@ impl McpGateway {
             sink,
             approvals,
             conversations: crate::conversations::Conversations::new(10_000),
+            inventory: std::sync::OnceLock::new(),
         })
     }
 
@@ -271,6 +275,9 @@ impl McpGateway {
             return Ok(c.exposed.clone());
         }
         let exposed = Arc::new(aggregate::expose_tools(server, &items));
+        if let Some(inv) = self.inventory.get() {
+            inv.observe(&server.name, &exposed);
+        }
         self.exposed.lock().insert(
             server.name.clone(),
             ExposedTools {

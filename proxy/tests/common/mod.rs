@@ -64,6 +64,7 @@ impl Harness {
                     sluice_proxy::metrics::ProxyMetrics::new().unwrap(),
                     bind("127.0.0.1:0").unwrap(),
                 )),
+                inventory: None,
             },
             bind("127.0.0.1:0").unwrap(),
             Some(bind("127.0.0.1:0").unwrap()),

@@ -9,7 +9,10 @@ use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{HttpSession as Http1Session, http_req_header_to_wire};
+use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Connection, Established, Retry, STATELESS_VERSION, UpstreamError};
@@ -27,6 +30,41 @@ pub(super) struct HttpConn {
     generation: AtomicU64,
     /// The generation whose session was reported gone, so the next `establish` replaces it.
     stale: AtomicU64,
+}
+
+/// Sends an HTTP/1 request's header and body in one write (Pingora's client flushes
+/// them separately: two sends, and a server on the same core woken twice per call),
+/// then reads the response header.
+async fn send_h1(
+    h1: Http1Session,
+    req: &RequestHeader,
+    body: Option<&Bytes>,
+    peer: &HttpPeer,
+) -> pingora::Result<Http1Session> {
+    let Some(mut wire) = http_req_header_to_wire(req) else {
+        return pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "the request line is not valid",
+        );
+    };
+    if let Some(b) = body {
+        wire.extend_from_slice(b);
+    }
+    let mut stream = h1.into_inner();
+    let write = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    };
+    let written = match peer.options.write_timeout {
+        Some(t) => tokio::time::timeout(t, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => write.await,
+    };
+    written.map_err(|e| pingora::Error::because(pingora::ErrorType::WriteError, "sending", e))?;
+    let mut h1 = Http1Session::new_with_options(stream, peer);
+    h1.read_response().await?;
+    Ok(h1)
 }
 
 /// A response being read.
@@ -73,7 +111,7 @@ impl HttpConn {
             .map_err(|e| conn.unreachable(e.to_string()))?;
         let peer = crate::phases::upstream::peer(&self.up, addr, &Self::limits());
         for attempt in 0..2 {
-            let (mut session, reused) = self
+            let (session, reused) = self
                 .connector
                 .get_http_session(peer.as_ref())
                 .await
@@ -115,22 +153,32 @@ impl HttpConn {
                 req.insert_header(k, v)
                     .map_err(|_| conn.protocol("a header for the server is not valid"))?;
             }
-            let sent: pingora::Result<()> = async {
-                session.write_request_header(Box::new(req)).await?;
-                if let Some(b) = body.clone() {
-                    session.write_request_body(b, true).await?;
+            let sent = match session {
+                HttpSession::H1(h1) => send_h1(h1, &req, body.as_ref(), peer.as_ref())
+                    .await
+                    .map(HttpSession::H1),
+                mut other => {
+                    async {
+                        other.write_request_header(Box::new(req)).await?;
+                        if let Some(b) = body.clone() {
+                            other.write_request_body(b, true).await?;
+                        }
+                        other.finish_request_body().await?;
+                        other.read_response_header().await?;
+                        Ok(other)
+                    }
+                    .await
                 }
-                session.finish_request_body().await?;
-                session.read_response_header().await?;
-                Ok(())
-            }
-            .await;
-            if let Err(e) = sent {
-                if reused && attempt == 0 {
-                    continue;
+            };
+            let session = match sent {
+                Ok(s) => s,
+                Err(e) => {
+                    if reused && attempt == 0 {
+                        continue;
+                    }
+                    return Err(conn.unreachable(format!("{:?}", e.etype())));
                 }
-                return Err(conn.unreachable(format!("{:?}", e.etype())));
-            }
+            };
             let h = session.response_header();
             let status = h.map_or(0, |r| r.status.as_u16());
             let header = |name: &str| {
