@@ -23,3 +23,46 @@ pub fn init(pretty: bool) {
         builder.json().flatten_event(true).try_init()
     };
 }
+
+/// Span export while the process runs: dropped last, it sends what is queued.
+pub struct Tracing {
+    // Declared first so it drops (flushes) before the runtime its gRPC channel runs on.
+    _guard: sluice_proxy::trace::TracingGuard,
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Starts OpenTelemetry export when the environment names an OTLP endpoint
+/// (`SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`).
+pub fn tracing_from_env() -> anyhow::Result<Option<Tracing>> {
+    use sluice_proxy::trace::{Protocol, Settings, install};
+    let Some(settings) =
+        Settings::from_env(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?
+    else {
+        return Ok(None);
+    };
+    // gRPC's channel needs a runtime of its own; OTLP/HTTP sends from the exporter's thread.
+    let runtime = match settings.protocol {
+        Protocol::Grpc => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sluice-otel")
+                .enable_all()
+                .build()?,
+        ),
+        Protocol::HttpProtobuf => None,
+    };
+    let guard = match &runtime {
+        Some(rt) => {
+            let _entered = rt.enter();
+            install(&settings)
+        }
+        None => install(&settings),
+    }
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(endpoint = %settings.endpoint, protocol = ?settings.protocol,
+        sample_ratio = settings.sample_ratio, "exporting traces over OTLP");
+    Ok(Some(Tracing {
+        _guard: guard,
+        _runtime: runtime,
+    }))
+}

@@ -134,6 +134,7 @@ fn main() -> Result<()> {
             metrics_listen,
         } => {
             logging::init(false);
+            let _tracing = logging::tracing_from_env()?;
             match (config, control) {
                 (Some(config), _) => run_proxy(config, metrics_listen.as_deref()),
                 (None, Some(control)) => control::run_controlled(control::ProxyOptions {
@@ -161,6 +162,7 @@ fn main() -> Result<()> {
         }
         Command::Dev => {
             logging::init(true);
+            let _tracing = logging::tracing_from_env()?;
             dev::run()
         }
         Command::Mock {

@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod statistics;
 pub mod store;
 pub mod usage;
 pub mod usage_mcp;

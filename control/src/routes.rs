@@ -13,7 +13,7 @@ use crate::documents::{
 use crate::error::ApiError;
 use crate::openapi::{ApiBuilder, Method::*, Op, RouteInfo};
 use crate::state::AppState;
-use crate::{identity as id, mcp_tools, ops, runtime, secrets, usage, usage_mcp};
+use crate::{identity as id, mcp_tools, ops, runtime, secrets, statistics, usage, usage_mcp};
 
 /// The five routes of one document kind.
 fn documents<K: DocKind>(
@@ -389,6 +389,18 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
             .query::<usage::LlmFilter>()
             .ok::<usage::UsageSummary>(200),
             usage::summary,
+        )
+        .add(
+            Op::new(
+                Get,
+                "/usage/statistics",
+                read(Logs),
+                "logs",
+                "Spend and tokens by organisation, team, profile, key, provider, model and time bucket",
+            )
+            .query::<statistics::StatisticsQuery>()
+            .ok::<statistics::Statistics>(200),
+            statistics::statistics,
         )
         .add(
             Op::new(

@@ -222,7 +222,7 @@ pub(crate) async fn visible_profiles(
 }
 
 /// `WHERE …` and its arguments for a filter.
-async fn where_clause(
+pub(crate) async fn where_clause(
     state: &AppState,
     p: &Principal,
     f: &LlmFilter,

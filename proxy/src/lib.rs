@@ -26,3 +26,4 @@ pub mod server;
 pub mod snapshot;
 pub mod spend;
 pub mod sse;
+pub mod trace;

@@ -151,3 +151,41 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
 
     promtool_check(&text);
 }
+
+/// The sample Grafana dashboard (docs/grafana-dashboard.json) parses, and every metric its
+/// queries use is one the proxy documents in docs/observability.md.
+#[test]
+fn the_grafana_dashboard_queries_documented_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let documented = std::fs::read_to_string(root.join("docs/observability.md")).unwrap();
+    let mut used = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // Metric names are the identifiers that start with one of the proxy's prefixes.
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if ["llm_", "mcp_", "sluice_"]
+                    .iter()
+                    .any(|p| word.starts_with(p))
+                {
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    used.push(base.to_owned());
+                }
+            }
+        }
+    }
+    assert!(used.len() >= 14, "{used:?}");
+    for m in used {
+        assert!(
+            documented.contains(&format!("`{m}`")),
+            "{m} is used by the dashboard but not documented"
+        );
+    }
+}

@@ -38,6 +38,8 @@ pub struct Call {
     pub agent: Option<String>,
     /// `X-Sluice-Session-Id`: the conversation whose user texts the LLM proxy saw.
     pub conversation: Option<String>,
+    /// The client's `traceparent`, kept only while tracing is on.
+    pub traceparent: Option<String>,
 }
 
 /// What to send back.
@@ -80,6 +82,7 @@ pub(super) fn record(call: &Call, server: &str, method: &str, tool: Option<Strin
 
 pub(super) fn finish(call: &Call, mut r: McpRecord, started: Instant) {
     r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    crate::trace::mcp(&r, call.traceparent.as_deref());
     call.gw.sink.record_mcp(r);
 }
 

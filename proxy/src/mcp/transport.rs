@@ -111,6 +111,9 @@ pub async fn serve(
     );
     let conversation: Option<String> = header(session, "x-sluice-session-id")
         .map(|c| c.chars().take(crate::conversations::MAX_ID_CHARS).collect());
+    let traceparent: Option<String> = crate::trace::enabled()
+        .then(|| header(session, "traceparent").map(str::to_owned))
+        .flatten();
     let (gw2, config2, profile2) = (gw.clone(), config.clone(), profile.clone());
     let call = move |s: Arc<super::session::Session>, stateless: bool| Call {
         gw: gw2.clone(),
@@ -121,6 +124,7 @@ pub async fn serve(
         key_id: key_id.clone(),
         agent: agent.clone(),
         conversation: conversation.clone(),
+        traceparent: traceparent.clone(),
     };
     match method.as_str() {
         "GET" => match legacy_session {
@@ -312,7 +316,7 @@ async fn initialize(
         config.limits.mcp_max_sessions,
     );
     let started = std::time::Instant::now();
-    gw.sink.record_mcp(crate::events::McpRecord {
+    let record = crate::events::McpRecord {
         profile: profile.name.to_string(),
         server: String::new(),
         method: "initialize".into(),
@@ -324,7 +328,9 @@ async fn initialize(
         session: Some(s.id.to_string()),
         arguments: None,
         result: None,
-    });
+    };
+    crate::trace::mcp(&record, header(session, "traceparent"));
+    gw.sink.record_mcp(record);
     let body = jsonrpc::result(id, dispatch::initialize_result(version));
     write_json(session, ctx, 200, &body, Some(&s.id)).await
 }

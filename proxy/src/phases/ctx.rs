@@ -107,6 +107,8 @@ pub struct RequestCtx {
     pub sluice_ns: u64,
     /// Set once the record went to the sink: what the access line prints.
     pub access: Option<super::logging::AccessSummary>,
+    /// This request's span, while tracing is on (boxed: the context stays small when off).
+    pub span: Option<Box<crate::trace::LiveSpan>>,
 }
 
 impl RequestCtx {
@@ -143,6 +145,7 @@ impl RequestCtx {
             captured_request: None,
             capture: None,
             access: None,
+            span: None,
             provenance: None,
             conversation: None,
             sluice_ns: 0,

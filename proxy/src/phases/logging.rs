@@ -18,6 +18,7 @@ pub struct AccessSummary {
     input_tokens: u64,
     output_tokens: u64,
     tool_calls: usize,
+    trace_id: Option<String>,
 }
 
 fn summary(ctx: &RequestCtx) -> AccessSummary {
@@ -27,6 +28,7 @@ fn summary(ctx: &RequestCtx) -> AccessSummary {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         tool_calls: ctx.response_facts.tool_calls.len(),
+        trace_id: ctx.span.as_deref().map(crate::trace::trace_id_of),
     }
 }
 
@@ -70,7 +72,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         crate::spend::actual(ctx.response_facts.usage.as_ref(), cost_micros),
     );
     let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    sink.record(RequestRecord {
+    let record = RequestRecord {
         profile: route.profile.name.to_string(),
         provider: route.provider,
         api: route.api,
@@ -94,7 +96,11 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
             .capture
             .take()
             .map(|(chunks, len)| super::join_chunks(chunks, len)),
-    });
+    };
+    if let Some(span) = ctx.span.take() {
+        crate::trace::finish_llm(span, &record, ctx.conversation.as_deref());
+    }
+    sink.record(record);
 }
 
 /// The logging phase: the record if not emitted yet, and the access line.
@@ -121,6 +127,7 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         tool_calls = s.tool_calls,
         refused = ctx.refused,
         duration_us,
+        trace_id = s.trace_id.as_deref().unwrap_or("-"),
         error = ctx.error.as_ref().map(|e| e.classify().1).or(e.map(|_| "proxy")).unwrap_or("-"),
     );
 }

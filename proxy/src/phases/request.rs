@@ -102,6 +102,9 @@ pub fn route_request(
         ctx.request_facts.model = Some(model.clone());
     }
     ctx.request_facts.stream = r.url_stream;
+    if crate::trace::enabled() && r.api.is_some() {
+        ctx.span = crate::trace::start_llm(header("traceparent"), r.provider);
+    }
     ctx.route = Some(r);
     Ok(())
 }

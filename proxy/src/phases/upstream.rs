@@ -102,6 +102,10 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     for (k, v) in up.headers.iter() {
         req.insert_header(k.clone(), v.as_str())?;
     }
+    // The provider sees Sluice's span as the parent (the client's trace continues).
+    if let Some(tp) = ctx.span.as_deref().and_then(crate::trace::traceparent_of) {
+        req.insert_header("traceparent", tp)?;
+    }
     if ctx.api().is_some() {
         // The body is held and may be rewritten, so it goes upstream chunked; and the
         // response must come back uncompressed to be read inline.

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""What observability costs: the same Sluice with everything off, with Prometheus metrics,
+and with metrics and OpenTelemetry tracing (sampling 1.0, OTLP/HTTP to a sink that answers
+200 and counts what it gets), in front of the same mock, interleaved in one run. Servers on
+core 0; the load generator and the OTLP sink on core 1 (a collector runs elsewhere).
+Usage: python3 scripts/bench_observability.py [--seconds 5] [--reps 3] [--out FILE]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, med, wait_port  # noqa: E402
+
+# The sink: OTLP/HTTP needs a 200; it counts posts and bytes and prints them at SIGTERM.
+SINK = r"""
+import http.server, signal, sys
+posts = [0, 0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        self.rfile.read(n)
+        posts[0] += 1; posts[1] += n
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+def bye(*_):
+    print(f"{posts[0]} {posts[1]}", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-obs-")
+    try:
+        mock_port = free_port()
+        mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
+                                stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
+        procs.append(mock)
+        wait_port(mock_port, mock)
+        sink_port = free_port()
+        sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", SINK, str(sink_port)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(sink)
+        assert sink.stdout.readline().strip() == "ready"
+        env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
+        for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT"):
+            env.pop(k, None)
+        variants = {
+            "sluice (metrics and tracing off)": ([], {}),
+            "sluice + metrics": (["--metrics-listen", "127.0.0.1:{scrape}"], {}),
+            "sluice + metrics + tracing": (["--metrics-listen", "127.0.0.1:{scrape}"],
+                                           {"SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                                            "SLUICE_OTEL_SAMPLE_RATIO": "1"}),
+        }
+        targets = {}
+        for name, (extra, extra_env) in variants.items():
+            port, scrape = free_port(), free_port()
+            conf = os.path.join(tmp, f"{port}.toml")
+            with open(conf, "w") as f:
+                f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
+            p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf]
+                                 + [a.format(scrape=scrape) for a in extra],
+                                 env=dict(env, **extra_env), stderr=subprocess.DEVNULL)
+            procs.append(p)
+            wait_port(port, p)
+            targets[name] = (f"http://127.0.0.1:{port}/v1/openai/chat/completions", p.pid)
+        hdr = ["content-type: application/json", "authorization: Bearer sk-bench"]
+        bodies = {"json": (json.dumps(CHAT), hdr + ["x-mock-words: 110"]),
+                  "sse": (json.dumps(dict(CHAT, stream=True)), hdr)}
+        results = {}
+        for scenario, (body, h) in bodies.items():
+            for rep in range(args.reps):
+                for name, (url, pid) in targets.items():
+                    c0 = cpu_seconds([pid])
+                    r = loadgen(url, body, h, 32, args.seconds, label=name)
+                    # Sluice's CPU (its exporter thread included) per request served.
+                    served = r["requests"] / args.seconds * (args.seconds + 1)
+                    r["cpu_us_per_req"] = (cpu_seconds([pid]) - c0) * 1e6 / max(served, 1)
+                    results.setdefault((scenario, name), []).append(r)
+                    print(f"{scenario} rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
+        sink.send_signal(signal.SIGTERM)
+        posts, nbytes = (int(x) for x in sink.stdout.readline().split())
+        report = render(args, results, targets, posts, nbytes)
+        print(report)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(report)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def render(args, results, targets, posts, nbytes):
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
+        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}  ",
+        f"Command: `python3 scripts/bench_observability.py --seconds {args.seconds:g} --reps {args.reps}`  ",
+        f"Closed loop, 32 connections; Sluice and the mock on core 0, load generator and OTLP sink on core 1; "
+        f"medians of {args.reps} interleaved runs. The sink took {posts:,} OTLP posts ({nbytes / 1e6:.1f} MB).",
+        "",
+        "| payload | target | req/s | p50 ms | p99 ms | Sluice CPU µs/req | req/s vs off |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in ("json", "sse"):
+        base = med(results[(scenario, "sluice (metrics and tracing off)")], "rps")
+        for name in targets:
+            rows = results[(scenario, name)]
+            rps = med(rows, "rps")
+            lines.append(f"| {scenario} | {name} | {rps:,.0f} | {med(rows, 'latency_us', 'p50') / 1000:.2f} | "
+                         f"{med(rows, 'latency_us', 'p99') / 1000:.2f} | {med(rows, 'cpu_us_per_req'):.1f} | "
+                         f"{rps / base:.3f}× |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
