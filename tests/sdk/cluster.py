@@ -87,7 +87,7 @@ class Process:
 
 
 class Cluster:
-    def __init__(self):
+    def __init__(self, control_env=None):
         self.dir = tempfile.mkdtemp(prefix="sluice-cluster-")
         self.master = secrets.token_hex(32)
         base = dict(os.environ)
@@ -99,7 +99,7 @@ class Cluster:
         self.mock_url = "http://" + self.mock.info["mock"]
         env = dict(base, SLUICE_CONTROL_LISTEN="127.0.0.1:0", SLUICE_MASTER_KEY=self.master,
                    SLUICE_ADMIN_KEY=ADMIN_KEY,
-                   SLUICE_DATABASE_URL=f"sqlite://{os.path.join(self.dir, 'control.db')}")
+                   SLUICE_DATABASE_URL=f"sqlite://{os.path.join(self.dir, 'control.db')}", **(control_env or {}))
         self.control = Process(["control"], env, "SLUICE_CONTROL_READY", self.dir)
         self.control_addr = self.control.info["control"]
         # Restarts listen where the proxies look for it.
@@ -122,12 +122,13 @@ class Cluster:
                                      "role_id": proxy_role})
         return self.create("/admin-keys", {"member_id": m["id"], "name": "proxy"})["key"]
 
-    def add_proxy(self, token):
+    def add_proxy(self, token, extra_env=None):
         data = os.path.join(self.dir, f"proxy-{len(self.proxies)}")
         env = dict(self.base_env, SLUICE_MASTER_KEY=self.master, SLUICE_OPENAI_BASE_URL=self.mock_url + "/v1",
-                   SLUICE_ANTHROPIC_BASE_URL=self.mock_url, SLUICE_GEMINI_BASE_URL=self.mock_url)
+                   SLUICE_ANTHROPIC_BASE_URL=self.mock_url, SLUICE_GEMINI_BASE_URL=self.mock_url, **(extra_env or {}))
         p = Process(["proxy", "--control", "http://" + self.control_addr, "--token", token, "--data-dir", data,
                      "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], env, "SLUICE_PROXY_READY", self.dir)
+        p.data_dir = data
         # A restart listens where its clients connect.
         p.args = ["proxy", "--control", "http://" + self.control_addr, "--token", token, "--data-dir", data,
                   "--listen", p.info["proxy"], "--admin-listen", p.info["admin"]]
