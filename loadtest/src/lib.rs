@@ -1,6 +1,7 @@
 //! Mock providers written from the providers' public wire documentation, and the load
 //! generator used by `docs/benchmarks.md`.
 
+pub mod compare;
 pub mod loadgen;
 pub mod mcp;
 pub mod mock;
