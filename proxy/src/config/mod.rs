@@ -158,7 +158,7 @@ pub struct Upstream {
     pub port: u16,
     /// Path prefix the request path is appended to (no trailing slash).
     pub path_prefix: Arc<str>,
-    /// Address resolved when the config was loaded; `None` resolves at request time.
+    /// The address when the host is an IP literal; `None`: resolved at request time.
     pub addr: Option<SocketAddr>,
     /// Key to inject, if any.
     pub api_key: Option<Secret>,
@@ -584,6 +584,22 @@ mod tests {
             openai_base_url: Some("http://127.0.0.1:9/v1".into()),
             ..Environment::default()
         }
+    }
+
+    #[test]
+    fn compiling_never_resolves_names() {
+        let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+        let p = &c.profiles["default"];
+        assert_eq!(
+            p.upstreams[&Provider::Openai].addr,
+            Some("127.0.0.1:9".parse().expect("addr")),
+            "an IP literal is the address"
+        );
+        assert_eq!(
+            p.upstreams[&Provider::Anthropic].addr,
+            None,
+            "api.anthropic.com is looked up when a request needs it, not here"
+        );
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! Checking one upstream entry: base URL, credentials, headers, query, address.
 
-use std::net::ToSocketAddrs;
-
 use super::{ConfigError, Environment, RawUpstream, Secret, Upstream};
 use crate::events::Provider;
 
@@ -93,12 +91,16 @@ pub(super) fn compile_upstream(
         .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
         .collect::<Vec<_>>()
         .join("&");
-    // Resolved once here, off the request path; a name that does not resolve now is looked
-    // up per request instead (the upstream may come up after Sluice).
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
+    // An IP literal is the address; a name is resolved when requests need it, through a
+    // short-lived cache (`phases::upstream::resolve`): compiling a config never waits on DNS
+    // (a slow resolver once held every start and every snapshot for seconds), and a
+    // provider's changing addresses are followed.
+    let addr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
         .ok()
-        .and_then(|mut a| a.next());
+        .map(|ip| std::net::SocketAddr::new(ip, port));
     Ok(Upstream {
         provider,
         tls,

@@ -13,21 +13,59 @@ use crate::events::Provider;
 /// Headers that carry a client's provider key, in every provider's form.
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
 
-/// Finds the address: resolved at config load, or looked up now if that failed then.
+/// How long a resolved name is used before it is looked up again.
+const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Names kept at most (a config names a handful; the bound is for safety).
+const DNS_MAX: usize = 4096;
+
+type DnsCache = parking_lot::Mutex<
+    std::collections::HashMap<(std::sync::Arc<str>, u16), (SocketAddr, std::time::Instant)>,
+>;
+
+fn dns_cache() -> &'static DnsCache {
+    static CACHE: std::sync::OnceLock<DnsCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Finds the address: the IP literal, a name resolved in the last 30 s, or a fresh lookup
+/// (on tokio's blocking pool, never on a worker). When a lookup fails, the last address
+/// known for the name is used rather than failing the request.
 pub async fn resolve(up: &Upstream) -> Result<SocketAddr, SluiceError> {
     if let Some(a) = up.addr {
         return Ok(a);
     }
-    let mut addrs = tokio::net::lookup_host((&*up.host, up.port))
+    let key = (up.host.clone(), up.port);
+    let cached = dns_cache().lock().get(&key).copied();
+    if let Some((addr, at)) = cached
+        && at.elapsed() < DNS_TTL
+    {
+        return Ok(addr);
+    }
+    let looked_up = tokio::net::lookup_host((&*up.host, up.port))
         .await
-        .map_err(|e| SluiceError::UpstreamConnect {
+        .map_err(|e| format!("cannot resolve {}: {}", up.host, e.kind()))
+        .and_then(|mut a| {
+            a.next()
+                .ok_or_else(|| format!("{} resolved to no address", up.host))
+        });
+    match (looked_up, cached) {
+        (Ok(addr), _) => {
+            let mut cache = dns_cache().lock();
+            if cache.len() >= DNS_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (addr, std::time::Instant::now()));
+            Ok(addr)
+        }
+        (Err(detail), Some((stale, _))) => {
+            tracing::warn!(host = %up.host, error = %detail, "DNS lookup failed; using the last address");
+            Ok(stale)
+        }
+        (Err(detail), None) => Err(SluiceError::UpstreamConnect {
             provider: up.provider.as_str(),
-            detail: format!("cannot resolve {}: {}", up.host, e.kind()),
-        })?;
-    addrs.next().ok_or_else(|| SluiceError::UpstreamConnect {
-        provider: up.provider.as_str(),
-        detail: format!("{} resolved to no address", up.host),
-    })
+            detail,
+        }),
+    }
 }
 
 /// Builds the peer: TLS with certificate verification for https, pooled, with the
