@@ -136,7 +136,7 @@ pub async fn run(args: Args) -> Result<()> {
 /// The report as Markdown: when, where, the command, a table, and the comparison.
 pub fn markdown(args: &Args, rows: &[(Row, Option<Versus>)]) -> String {
     let mut out = String::new();
-    let date = jiff_free_date();
+    let date = utc_now();
     out.push_str(&format!("Date: {date}  \nMachine: {}  \n", machine()));
     let command: Vec<String> = std::env::args()
         .map(|a| {
@@ -199,28 +199,11 @@ pub fn markdown(args: &Args, rows: &[(Row, Option<Versus>)]) -> String {
     out
 }
 
-/// `YYYY-MM-DD HH:MM UTC` from the system clock (civil-from-days, no time zone database).
-fn jiff_free_date() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+/// Now, `YYYY-MM-DD HH:MM UTC`.
+fn utc_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M UTC")
+        .to_string()
 }
 
 fn machine() -> String {
@@ -302,7 +285,7 @@ mod tests {
 
     #[test]
     fn the_date_is_civil() {
-        let d = jiff_free_date();
+        let d = utc_now();
         assert!(d.ends_with(" UTC") && d.len() == 20, "{d}");
         assert!(d.starts_with("20"), "{d}");
     }
