@@ -234,16 +234,21 @@ def med(rows, key, sub=None):
     return statistics.median(vals)
 
 
-def render(args, results, half):
+def machine():
+    """Cores, CPU model and kernel, for a report's Machine line."""
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except Exception:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}"
+
+
+def render(args, results, half):
     lines = []
     lines.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
-    lines.append(f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}  ")
+    lines.append(f"Machine: {machine()}  ")
     lines.append(f"Command: `python3 scripts/bench.py --seconds {args.seconds:g} --reps {args.reps}`  ")
     lines.append("Servers (mock, nginx, pingora passthrough, sluice) pinned to core 0, load generator to core 1; 32 connections; "
                  f"medians of {args.reps} interleaved runs of {args.seconds:g} s after 1 s of warm-up.")

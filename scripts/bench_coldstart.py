@@ -7,7 +7,6 @@ Usage: python3 scripts/bench_coldstart.py [--runs 20] [--binary PATH]
 import argparse
 import datetime
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -16,7 +15,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import SLUICE, free_port, hundred_policies, wait_port  # noqa: E402
+from bench import SLUICE, free_port, hundred_policies, machine, wait_port  # noqa: E402
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 REQUEST = (b"POST /v1/openai/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -78,15 +77,9 @@ def main():
     finally:
         mock.terminate()
         mock.wait(timeout=10)
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     size = os.path.getsize(args.binary)
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
-    print(f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}  ")
+    print(f"Machine: {machine()}  ")
     print(f"Command: `python3 scripts/bench_coldstart.py --runs {args.runs} --binary {args.binary}`  ")
     print(f"Binary: {size / 1e6:.1f} MB. Exec to the first 200 through the proxy (its upstream, the mock, "
           f"already running); {args.runs} interleaved runs each.")

@@ -16,14 +16,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import SLUICE, free_port, loadgen, med, wait_port  # noqa: E402
+from bench import SLUICE, free_port, loadgen, machine, med, wait_port  # noqa: E402
 
 CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"message": "hello through the gateway"},
@@ -136,15 +135,9 @@ def main():
 
 
 def render(args, results):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     lines = [
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}  ",
+        f"Machine: {machine()}  ",
         f"Command: `python3 scripts/bench_mcp.py --rate {args.rate:g} --seconds {args.seconds:g} --reps {args.reps} --era {args.era}"
         f"{' --compare ' + args.compare if args.compare else ''}`  ",
         f"`tools/call` (stateless era) at {args.rate:g} calls/s over {args.connections} connections; servers on core 0, "

@@ -9,14 +9,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, med, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, med, wait_port  # noqa: E402
 
 # The sink: OTLP/HTTP needs a 200; it counts posts and bytes and prints them at SIGTERM.
 SINK = r"""
@@ -118,15 +117,9 @@ def main():
 
 
 def render(args, results, targets, posts, nbytes):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     lines = [
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}  ",
+        f"Machine: {machine()}  ",
         f"Command: `python3 scripts/bench_observability.py --seconds {args.seconds:g} --reps {args.reps}`  ",
         f"Closed loop, 32 connections; Sluice and the mock on core 0, load generator and OTLP sink on core 1; "
         f"medians of {args.reps} interleaved runs. The sink took {posts:,} OTLP posts ({nbytes / 1e6:.1f} MB).",
