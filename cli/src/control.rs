@@ -12,7 +12,7 @@ use sluice_proxy::control_client::{ControlLink, ship, ship_inventory, subscribe}
 use sluice_proxy::events::EventSink;
 use sluice_proxy::journal::{Journal, Tee};
 use sluice_proxy::live::LiveConfig;
-use sluice_proxy::server::{ProxyParts, RunningProxy, bind, start};
+use sluice_proxy::server::{ProxyParts, RunningProxy, start};
 
 /// Runs the control plane until SIGINT/SIGTERM.
 pub fn run_control(
@@ -165,6 +165,8 @@ pub struct ProxyOptions {
     pub threads: usize,
     /// Prometheus listener (`/metrics`), if any.
     pub metrics_listen: Option<String>,
+    /// Graceful shutdown and upgrade.
+    pub lifecycle: crate::lifecycle::LifecycleArgs,
 }
 
 /// A control-fed proxy, running; its background tasks live on `rt`.
@@ -202,16 +204,17 @@ pub fn start_controlled(
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![journal.clone(), recent.clone()];
     sinks.extend(extra_sink);
     let live = LiveConfig::new();
-    let proxy_l = bind(&opts.listen).with_context(|| {
-        format!(
-            "binding the proxy to {} (set SLUICE_PROXY_LISTEN)",
-            opts.listen
-        )
-    })?;
+    let mut inherited = opts.lifecycle.inherited()?;
+    let proxy_l = crate::lifecycle::listener(&opts.listen, inherited.as_mut())
+        .context("the proxy listener (set SLUICE_PROXY_LISTEN)")?;
     let admin_l = match &opts.admin_listen {
-        Some(a) => Some(bind(a).with_context(|| format!("binding the admin listener to {a}"))?),
+        Some(a) => {
+            Some(crate::lifecycle::listener(a, inherited.as_mut()).context("the admin listener")?)
+        }
         None => None,
     };
+    let metrics = crate::metrics_parts(opts.metrics_listen.as_deref(), inherited.as_mut())?;
+    crate::lifecycle::close_unclaimed(inherited);
     let defaults = sluice_proxy::config::Limits::default();
     let inventory = Arc::new(sluice_proxy::mcp::inventory::ToolInventory::default());
     let running = start(
@@ -226,7 +229,7 @@ pub fn start_controlled(
             )),
             catalogue: Default::default(),
             journal: Some(journal.clone()),
-            metrics: crate::metrics_parts(opts.metrics_listen.as_deref())?,
+            metrics,
             inventory: Some(inventory.clone()),
         },
         proxy_l,
@@ -270,7 +273,14 @@ pub fn run_controlled(opts: ProxyOptions) -> Result<()> {
             "admin": p.running.admin_addr.map(|a| a.to_string()),
             "metrics": p.running.metrics_addr.map(|a| a.to_string())})
     );
-    rt.block_on(crate::wait_for_signal());
-    p.stop();
+    let signal = rt.block_on(crate::lifecycle::wait_for_signal());
+    // The journal keeps shipping while the proxy drains.
+    let ControlledProxy {
+        running,
+        live: _,
+        stop,
+    } = p;
+    opts.lifecycle.finish(running, signal);
+    let _ = stop.send(true);
     Ok(())
 }

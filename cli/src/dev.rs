@@ -120,6 +120,7 @@ pub fn run() -> Result<()> {
         admin_listen: Some(var("SLUICE_ADMIN_LISTEN").unwrap_or_else(|| "127.0.0.1:8090".into())),
         threads: 1,
         metrics_listen: var("SLUICE_METRICS_LISTEN"),
+        lifecycle: Default::default(),
     };
     let proxy = start_controlled(&rt, &opts, env, None)?;
     // Ready once the first snapshot arrived from the control plane.

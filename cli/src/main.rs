@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod control;
 mod dev;
+mod lifecycle;
 mod logging;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_proxy::config::{Environment, load_file};
 use sluice_proxy::events::RecentRecords;
+use sluice_proxy::listen::Inherited;
 use sluice_proxy::live::{LiveConfig, watch_file};
 use sluice_proxy::server::{ProxyParts, bind, start};
 
@@ -59,6 +61,9 @@ enum Command {
         /// Prometheus listener serving /metrics; off when absent.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// Graceful shutdown and zero-downtime upgrade.
+        #[command(flatten)]
+        lifecycle: lifecycle::LifecycleArgs,
     },
     /// The control plane: admin API, snapshots for proxies, usage collection.
     Control {
@@ -132,11 +137,12 @@ fn main() -> Result<()> {
             admin_listen,
             threads,
             metrics_listen,
+            lifecycle,
         } => {
             logging::init(false);
             let _tracing = logging::tracing_from_env()?;
             match (config, control) {
-                (Some(config), _) => run_proxy(config, metrics_listen.as_deref()),
+                (Some(config), _) => run_proxy(config, metrics_listen.as_deref(), &lifecycle),
                 (None, Some(control)) => control::run_controlled(control::ProxyOptions {
                     control,
                     token: token.unwrap_or_default(),
@@ -145,6 +151,7 @@ fn main() -> Result<()> {
                     admin_listen,
                     threads,
                     metrics_listen,
+                    lifecycle,
                 }),
                 (None, None) => anyhow::bail!(
                     "give --config FILE, or --control URL --token KEY (see docs/control-plane.md)"
@@ -218,30 +225,39 @@ fn main() -> Result<()> {
 /// Metrics and their bound listener, when `listen` is given.
 pub fn metrics_parts(
     listen: Option<&str>,
+    inherited: Option<&mut Inherited>,
 ) -> Result<
     Option<(
         Arc<sluice_proxy::metrics::ProxyMetrics>,
-        std::net::TcpListener,
+        sluice_proxy::listen::Listen,
     )>,
 > {
     match listen {
         Some(a) => {
-            let l = bind(a).with_context(|| format!("binding the metrics listener to {a}"))?;
+            let l = lifecycle::listener(a, inherited)
+                .with_context(|| format!("the metrics listener ({a})"))?;
             Ok(Some((sluice_proxy::metrics::ProxyMetrics::new()?, l)))
         }
         None => Ok(None),
     }
 }
 
-fn run_proxy(path: PathBuf, metrics_listen: Option<&str>) -> Result<()> {
+fn run_proxy(
+    path: PathBuf,
+    metrics_listen: Option<&str>,
+    lifecycle: &lifecycle::LifecycleArgs,
+) -> Result<()> {
     let env = Environment::from_process();
     let seen = sluice_proxy::live::modified(&path);
     let config = load_file(&path, &env).with_context(|| format!("loading {}", path.display()))?;
-    let proxy_l = bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let mut inherited = lifecycle.inherited()?;
+    let proxy_l = lifecycle::listener(&config.listen, inherited.as_mut())?;
     let admin_l = match &config.admin_listen {
-        Some(a) => Some(bind(a).with_context(|| format!("binding {a}"))?),
+        Some(a) => Some(lifecycle::listener(a, inherited.as_mut())?),
         None => None,
     };
+    let metrics = metrics_parts(metrics_listen, inherited.as_mut())?;
+    lifecycle::close_unclaimed(inherited);
     let threads = config.threads;
     let pool = config.limits.upstream_pool_size;
     let approvals = std::sync::Arc::new(sluice_proxy::approvals::ApprovalStore::new(
@@ -259,18 +275,23 @@ fn run_proxy(path: PathBuf, metrics_listen: Option<&str>) -> Result<()> {
             approvals,
             catalogue: Default::default(),
             journal: None,
-            metrics: metrics_parts(metrics_listen)?,
+            metrics,
             inventory: None,
         },
         proxy_l,
         admin_l,
     )?;
     tracing::info!(proxy = %running.proxy_addr, admin = ?running.admin_addr, "sluice proxy listening");
-    let stop = running.shutdown_handle();
+    println!(
+        "SLUICE_PROXY_READY {}",
+        serde_json::json!({"proxy": running.proxy_addr.to_string(),
+            "admin": running.admin_addr.map(|a| a.to_string()),
+            "metrics": running.metrics_addr.map(|a| a.to_string())})
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let signal = rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let watcher = tokio::spawn(watch_file(
             live,
@@ -280,12 +301,12 @@ fn run_proxy(path: PathBuf, metrics_listen: Option<&str>) -> Result<()> {
             seen,
             rx,
         ));
-        wait_for_signal().await;
+        let signal = lifecycle::wait_for_signal().await;
         let _ = tx.send(true);
         let _ = watcher.await;
+        signal
     });
-    let _ = stop.send(true);
-    running.wait();
+    lifecycle.finish(running, signal);
     Ok(())
 }
 

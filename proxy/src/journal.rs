@@ -201,6 +201,15 @@ pub enum JournalError {
         /// What failed.
         source: std::io::Error,
     },
+    /// Another process holds the journal.
+    #[error(
+        "usage journal at {path} is in use by another sluice process; give each running proxy \
+         its own --data-dir (during an upgrade, the new process a different one)"
+    )]
+    InUse {
+        /// The journal directory.
+        path: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -224,6 +233,8 @@ pub struct Journal {
     writer: parking_lot::Mutex<Writer>,
     appended: tokio::sync::Notify,
     failures: std::sync::atomic::AtomicU64,
+    // Held for the journal's life: two writers would interleave sequences.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Journal {
@@ -291,6 +302,22 @@ impl Journal {
     /// cut off; sequences continue after the last whole record.
     pub fn open(dir: &Path, segment_max_bytes: u64) -> Result<Arc<Self>, JournalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::InUse {
+                    path: dir.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let id_path = dir.join("proxy-id");
         let proxy_id = match std::fs::read_to_string(&id_path) {
             Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
@@ -362,6 +389,7 @@ impl Journal {
             }),
             appended: tokio::sync::Notify::new(),
             failures: std::sync::atomic::AtomicU64::new(0),
+            _lock: lock,
         }))
     }
 
@@ -582,6 +610,11 @@ mod tests {
         let id = j.proxy_id().to_owned();
         assert_eq!(j.append(rec("a")).expect("append"), 1);
         assert_eq!(j.append(rec("b")).expect("append"), 2);
+        // A second process (or a second open) on the same journal is refused.
+        assert!(matches!(
+            Journal::open(dir.path(), 1 << 20),
+            Err(JournalError::InUse { .. })
+        ));
         drop(j);
         // A torn write: half a record at the end.
         let seg = dir.path().join(segment_name(1));

@@ -8,11 +8,15 @@ pub mod config;
 pub mod control_client;
 pub mod conversations;
 pub mod cost;
+pub mod drain;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod journal;
 pub mod keys;
+pub mod listen;
 pub mod live;
 pub mod llm;
 pub mod mcp;

@@ -2,9 +2,11 @@
 //! its own. Binding first lets tests and `sluice dev` use port 0 and learn the real port.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::IntoRawFd;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
@@ -13,7 +15,9 @@ use pingora::services::listening::Service as ListeningService;
 use tokio::sync::watch;
 
 use crate::admin::AdminApp;
+use crate::drain::{Drained, InFlight};
 use crate::events::{EventSink, RecentRecords};
+pub use crate::listen::{Listen, bind};
 use crate::live::LiveConfig;
 use crate::phases::SluiceProxy;
 
@@ -36,7 +40,7 @@ pub struct ProxyParts {
     /// The usage journal, when a control plane collects usage (shown by the admin API).
     pub journal: Option<Arc<crate::journal::Journal>>,
     /// Prometheus metrics and the listener that serves them (`SLUICE_METRICS_LISTEN`).
-    pub metrics: Option<(Arc<crate::metrics::ProxyMetrics>, TcpListener)>,
+    pub metrics: Option<(Arc<crate::metrics::ProxyMetrics>, Listen)>,
     /// Where MCP servers' tool lists are reported for the control plane; when set, every
     /// server's list is also fetched after each snapshot and every minute.
     pub inventory: Option<Arc<crate::mcp::inventory::ToolInventory>>,
@@ -52,7 +56,21 @@ pub struct RunningProxy {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
+    fds: ListenFds,
+    drain: Arc<DrainPlan>,
 }
+
+/// What the runtime does between "stop accepting" and "stop": wait for requests in flight
+/// up to a grace period (zero: stop at once).
+#[derive(Debug, Default)]
+struct DrainPlan {
+    grace_ms: AtomicU64,
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// After the last request, how long a draining proxy still serves requests on connections
+/// it accepted just before it stopped accepting.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 impl RunningProxy {
     /// Stops accepting, ends the runtime and waits for its thread.
@@ -61,6 +79,24 @@ impl RunningProxy {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Stops accepting, lets the requests in flight finish (up to `grace`), then stops.
+    pub fn drain(self, grace: Duration) {
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.drain.grace_ms.store(ms, Ordering::Release);
+        self.stop();
+    }
+
+    /// Sends the listening sockets to a new process waiting on `path` (the first half of
+    /// a zero-downtime upgrade; [`RunningProxy::drain`] is the second).
+    pub fn send_listeners(&self, path: &Path) -> std::io::Result<()> {
+        crate::listen::send(&self.fds, path)
+    }
+
+    /// Requests running now.
+    pub fn in_flight(&self) -> usize {
+        self.drain.in_flight.as_ref().map_or(0, |f| f.count())
     }
 
     /// Blocks until the proxy stops (after [`RunningProxy::shutdown_handle`] is used).
@@ -76,25 +112,6 @@ impl RunningProxy {
     }
 }
 
-/// Binds a TCP listener (port 0 picks a free port), non-blocking, ready to hand over.
-pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    let l = TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
-}
-
-fn hand_over(
-    fds: &ListenFds,
-    svc_addrs: &mut Vec<String>,
-    listener: TcpListener,
-) -> std::io::Result<SocketAddr> {
-    let addr = listener.local_addr()?;
-    let key = addr.to_string();
-    fds.lock().add(key.clone(), listener.into_raw_fd());
-    svc_addrs.push(key);
-    Ok(addr)
-}
-
 /// Starts the bare passthrough (benchmark floor) on `listener`, one worker thread.
 pub fn start_passthrough(
     listener: TcpListener,
@@ -102,7 +119,7 @@ pub fn start_passthrough(
 ) -> std::io::Result<RunningProxy> {
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut addrs = Vec::new();
-    let proxy_addr = hand_over(&fds, &mut addrs, listener)?;
+    let proxy_addr = Listen::from(listener).hand_over(&fds, &mut addrs)?;
     let conf = Arc::new(ServerConf {
         threads: 1,
         upstream_keepalive_pool_size: 1024,
@@ -113,13 +130,16 @@ pub fn start_passthrough(
     for a in &addrs {
         svc.add_tcp(a);
     }
-    let (shutdown, thread) = spawn_runtime(1, fds, vec![Box::new(svc)])?;
+    let drain = Arc::new(DrainPlan::default());
+    let (shutdown, thread) = spawn_runtime(1, fds.clone(), vec![Box::new(svc)], drain.clone())?;
     Ok(RunningProxy {
         metrics_addr: None,
         proxy_addr,
         admin_addr: None,
         shutdown,
         thread: Some(thread),
+        fds,
+        drain,
     })
 }
 
@@ -130,6 +150,7 @@ fn spawn_runtime(
     threads: usize,
     fds: ListenFds,
     services: Vec<BoxedService>,
+    drain: Arc<DrainPlan>,
 ) -> std::io::Result<(watch::Sender<bool>, JoinHandle<()>)> {
     // One worker: a current-thread runtime, with no cross-thread wake-ups on the hot path.
     let runtime = if threads <= 1 {
@@ -161,6 +182,21 @@ fn spawn_runtime(
                         break;
                     }
                 }
+                // The listeners stop accepting on the signal; requests in flight go on.
+                let grace = Duration::from_millis(drain.grace_ms.load(Ordering::Acquire));
+                if let (Some(f), false) = (&drain.in_flight, grace.is_zero()) {
+                    let running = f.count();
+                    tracing::info!(running, grace_s = grace.as_secs(), "draining");
+                    match f.drain(grace, DRAIN_QUIET).await {
+                        Drained::Idle => tracing::info!("drained"),
+                        Drained::GraceExpired(cut) => {
+                            tracing::warn!(
+                                cut,
+                                "grace period over; cutting requests still running"
+                            );
+                        }
+                    }
+                }
                 for t in tasks {
                     t.abort();
                 }
@@ -173,20 +209,20 @@ fn spawn_runtime(
 /// Starts the proxy on `proxy` (and the admin app on `admin`) in a new thread.
 pub fn start(
     parts: ProxyParts,
-    proxy: TcpListener,
-    admin: Option<TcpListener>,
+    proxy: impl Into<Listen>,
+    admin: Option<Listen>,
 ) -> std::io::Result<RunningProxy> {
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_addrs = Vec::new();
-    let proxy_addr = hand_over(&fds, &mut proxy_addrs, proxy)?;
+    let proxy_addr = proxy.into().hand_over(&fds, &mut proxy_addrs)?;
     let mut admin_addrs = Vec::new();
     let admin_addr = match admin {
-        Some(l) => Some(hand_over(&fds, &mut admin_addrs, l)?),
+        Some(l) => Some(l.hand_over(&fds, &mut admin_addrs)?),
         None => None,
     };
     let mut metrics_addrs = Vec::new();
     let (metrics, metrics_addr) = match parts.metrics {
-        Some((m, l)) => (Some(m), Some(hand_over(&fds, &mut metrics_addrs, l)?)),
+        Some((m, l)) => (Some(m), Some(l.hand_over(&fds, &mut metrics_addrs)?)),
         None => (None, None),
     };
     // Metrics read the same records as every other sink, after the response.
@@ -211,6 +247,10 @@ pub fn start(
         }
     });
     let spend = proxy.spend();
+    let drain = Arc::new(DrainPlan {
+        grace_ms: AtomicU64::new(0),
+        in_flight: Some(proxy.in_flight()),
+    });
     let spend_for_metrics = spend.clone();
     let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "sluice-proxy");
     for a in &proxy_addrs {
@@ -253,12 +293,14 @@ pub fn start(
         }
         services.push(Box::new(s));
     }
-    let (shutdown, thread) = spawn_runtime(parts.threads, fds, services)?;
+    let (shutdown, thread) = spawn_runtime(parts.threads, fds.clone(), services, drain.clone())?;
     Ok(RunningProxy {
         metrics_addr,
         proxy_addr,
         admin_addr,
         shutdown,
         thread: Some(thread),
+        fds,
+        drain,
     })
 }

@@ -109,6 +109,8 @@ pub struct RequestCtx {
     pub access: Option<super::logging::AccessSummary>,
     /// This request's span, while tracing is on (boxed: the context stays small when off).
     pub span: Option<Box<crate::trace::LiveSpan>>,
+    /// Counts this request as running until the context drops (graceful shutdown).
+    pub in_flight: Option<crate::drain::InFlightGuard>,
 }
 
 impl RequestCtx {
@@ -146,6 +148,7 @@ impl RequestCtx {
             capture: None,
             access: None,
             span: None,
+            in_flight: None,
             provenance: None,
             conversation: None,
             sluice_ns: 0,

@@ -48,6 +48,7 @@ pub struct SluiceProxy {
     mcp: Arc<crate::mcp::McpGateway>,
     spend: Arc<crate::spend::SpendBook>,
     rates: crate::rate::RateBook,
+    in_flight: Arc<crate::drain::InFlight>,
 }
 
 impl SluiceProxy {
@@ -66,6 +67,7 @@ impl SluiceProxy {
             catalogue: Arc::default(),
             spend: Arc::default(),
             rates: crate::rate::RateBook::default(),
+            in_flight: Arc::default(),
             // Failed virtual-key attempts per client address, per minute, for 100k addresses.
             auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
             // Result verdicts of recent conversations, keyed by snapshot version.
@@ -75,6 +77,11 @@ impl SluiceProxy {
 }
 
 impl SluiceProxy {
+    /// The requests running now (a graceful shutdown waits for them).
+    pub fn in_flight(&self) -> Arc<crate::drain::InFlight> {
+        self.in_flight.clone()
+    }
+
     /// Records declared tools into `catalogue` (shared with the admin API).
     pub fn with_catalogue(mut self, catalogue: Arc<crate::catalogue::ToolCatalogue>) -> Self {
         self.catalogue = catalogue;
@@ -181,6 +188,7 @@ impl ProxyHttp for SluiceProxy {
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new();
         ctx.approvals = self.approvals.clone();
+        ctx.in_flight = Some(self.in_flight.enter());
         ctx
     }
 

@@ -62,12 +62,12 @@ impl Harness {
                 journal: None,
                 metrics: Some((
                     sluice_proxy::metrics::ProxyMetrics::new().unwrap(),
-                    bind("127.0.0.1:0").unwrap(),
+                    bind("127.0.0.1:0").unwrap().into(),
                 )),
                 inventory: None,
             },
             bind("127.0.0.1:0").unwrap(),
-            Some(bind("127.0.0.1:0").unwrap()),
+            Some(bind("127.0.0.1:0").unwrap().into()),
         )
         .unwrap();
         Harness {
