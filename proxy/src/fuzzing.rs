@@ -17,8 +17,11 @@ use crate::phases::ctx::RequestCtx;
 use crate::phases::response;
 use crate::sse::{Framed, SseFramer};
 
+/// One fuzz target: arbitrary bytes in, `Err` when an invariant breaks.
+pub type Target = fn(&[u8]) -> Result<(), String>;
+
 /// The targets by name: the directory names under `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Result<(), String>)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sse_framer", sse_framer),
     ("response_stream", response_stream),
     ("request_inspector", request_inspector),
@@ -178,16 +181,15 @@ pub fn mcp_jsonrpc(data: &[u8]) -> Result<(), String> {
         one => vec![one],
     };
     for m in messages {
-        if let Err(reply) = crate::mcp::jsonrpc::Message::parse(m) {
-            if reply.get("jsonrpc").and_then(Value::as_str) != Some("2.0")
+        if let Err(reply) = crate::mcp::jsonrpc::Message::parse(m)
+            && (reply.get("jsonrpc").and_then(Value::as_str) != Some("2.0")
                 || reply
                     .pointer("/error/code")
                     .and_then(Value::as_i64)
                     .is_none()
-                || reply.get("id").is_none()
-            {
-                return Err(format!("not a JSON-RPC error response: {reply}"));
-            }
+                || reply.get("id").is_none())
+        {
+            return Err(format!("not a JSON-RPC error response: {reply}"));
         }
     }
     Ok(())
