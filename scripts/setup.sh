@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh Debian machine:
 # cmake (pingora-core builds zlib-ng with it), PostgreSQL's server binaries (the control
-# plane's tests start a throwaway cluster), and a Python virtualenv holding the official
+# plane's tests start a throwaway cluster), Go with the template libraries Helm uses (the
+# chart's test renders it), and a Python virtualenv holding the official
 # provider SDKs and schemathesis that the end-to-end tests use. (The official MCP test
 # tools come from scripts/mcp-tools.sh, which the test suite runs.)
 # Idempotent: a second run only checks.
@@ -14,6 +15,13 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 # The control plane's tests run against a throwaway PostgreSQL cluster (scripts/pg.sh).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The Helm chart's test renders it with Go's text/template, sprig and gojsonschema, the
+# libraries Helm is built on (scripts/helm_render.sh); Helm itself is not packaged here.
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+gocode=/usr/share/gocode/src/github.com
+[ -d "$gocode/Masterminds/sprig" ] || need_apt+=(golang-github-masterminds-sprig-dev)
+[ -d "$gocode/xeipuuv/gojsonschema" ] || need_apt+=(golang-github-xeipuuv-gojsonschema-dev)
+[ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || need_apt+=(golang-gopkg-yaml.v3-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -44,6 +44,9 @@ pub fn run_control(
                 database_url: database_url.to_owned(),
                 master_key,
                 bootstrap_admin_key,
+                bootstrap_proxy_key: std::env::var("SLUICE_PROXY_KEY")
+                    .ok()
+                    .filter(|k| !k.is_empty()),
                 metrics_listen,
                 kube,
             },

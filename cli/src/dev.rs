@@ -79,6 +79,7 @@ pub fn run() -> Result<()> {
                 database_url: db_url,
                 master_key: master,
                 bootstrap_admin_key: fixed_admin.clone(),
+                bootstrap_proxy_key: None,
                 metrics_listen: var("SLUICE_CONTROL_METRICS_LISTEN"),
             },
             l,

@@ -23,6 +23,10 @@ pub struct ControlConfig {
     /// An admin key to accept from the start (`SLUICE_ADMIN_KEY`); otherwise one is made and
     /// returned once on first start.
     pub bootstrap_admin_key: Option<String>,
+    /// A key for proxies to accept from the start (`SLUICE_PROXY_KEY`): it belongs to a
+    /// `proxies` member with the built-in `proxy` role, so a deployment can start the
+    /// control plane and its proxies together (the Helm chart does).
+    pub bootstrap_proxy_key: Option<String>,
     /// Where to serve `/metrics` (`SLUICE_METRICS_LISTEN`); off when absent.
     pub metrics_listen: Option<String>,
     /// Runs catalogue MCP servers on Kubernetes (`--kube`); off when absent.
@@ -93,6 +97,9 @@ pub async fn prepare(
             .map_err(|e| StartError::Api(format!("metrics: {e}")))?,
     };
     let (org_id, generated) = bootstrap(&state, cfg.bootstrap_admin_key.as_deref()).await?;
+    if let Some(k) = cfg.bootstrap_proxy_key.as_deref() {
+        bootstrap_proxy(&state, &org_id, k).await?;
+    }
     state.publish().await?;
     tokio::spawn(state.hub.clone().follow(state.db.clone()));
     if let Some(rt) = &state.runtime {
@@ -148,6 +155,60 @@ pub async fn start(
         org_id,
         task,
     })
+}
+
+/// Makes `given` a valid key of the `proxies` member (created with the `proxy` role when
+/// missing), once: a key already known is left as it is.
+async fn bootstrap_proxy(state: &AppState, org_id: &str, given: &str) -> Result<(), StartError> {
+    let key = import_key(ADMIN_KEY_PREFIX, given).ok_or_else(|| {
+        StartError::Api(format!(
+            "the bootstrap proxy key (SLUICE_PROXY_KEY) must look like {ADMIN_KEY_PREFIX}<16 hex>-<48 hex>"
+        ))
+    })?;
+    let known = sqlx::query("SELECT COUNT(*) AS n FROM admin_keys WHERE id = $1")
+        .bind(&key.id)
+        .fetch_one(&state.db.pool)
+        .await
+        .and_then(|r| r.try_get::<i64, _>("n"))
+        .map_err(ApiError::from)?;
+    if known > 0 {
+        return Ok(());
+    }
+    let member = sqlx::query(
+        "SELECT m.id FROM members m JOIN roles r ON r.id = m.role_id \
+         WHERE m.org_id = $1 AND r.name = 'proxy' AND m.name = 'proxies' LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(&state.db.pool)
+    .await
+    .map_err(ApiError::from)?;
+    let member_id = match member {
+        Some(r) => r.try_get::<String, _>("id").map_err(ApiError::from)?,
+        None => {
+            let role: String =
+                sqlx::query("SELECT id FROM roles WHERE org_id = $1 AND name = 'proxy'")
+                    .bind(org_id)
+                    .fetch_one(&state.db.pool)
+                    .await
+                    .and_then(|r| r.try_get("id"))
+                    .map_err(ApiError::from)?;
+            let id = new_id("mem");
+            sqlx::query(
+                "INSERT INTO members (id, org_id, name, email, role_id, teams, created_at) \
+                 VALUES ($1, $2, 'proxies', 'proxies@localhost', $3, '[]', $4)",
+            )
+            .bind(&id)
+            .bind(org_id)
+            .bind(role)
+            .bind(now_ms())
+            .execute(&state.db.pool)
+            .await
+            .map_err(ApiError::from)?;
+            id
+        }
+    };
+    store_admin_key(&state.db, org_id, &member_id, "bootstrap proxy", &key, None).await?;
+    Ok(())
 }
 
 /// First start: the default organisation, its roles and an admin member with a key. Every

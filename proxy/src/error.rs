@@ -51,6 +51,21 @@ pub enum SluiceError {
         /// Configured cap.
         limit: usize,
     },
+    /// The request body arrives slower than the configured minimum rate (slow POST).
+    #[error(
+        "request body arrived slower than {min_rate} bytes/s after {grace_secs} s \
+         (limits.min_request_body_bytes_per_sec); send the body at full speed"
+    )]
+    BodyTooSlow {
+        /// Configured minimum, bytes per second.
+        min_rate: u64,
+        /// Seconds allowed before the minimum applies.
+        grace_secs: u64,
+    },
+    /// A request header Sluice refuses: names with `_` (ambiguous with `-` behind other
+    /// proxies) and repeated or conflicting framing headers (request smuggling).
+    #[error("request header refused: {0}")]
+    BadHeader(String),
     /// The request body of an inspected API is not the JSON the API expects.
     #[error("request body is not valid JSON for this API: {0}")]
     MalformedRequest(String),
@@ -193,6 +208,8 @@ impl SluiceError {
                 (431, "headers_too_large", ErrorKind::HeadersTooLarge)
             }
             SluiceError::BodyTooLarge { .. } => (413, "body_too_large", ErrorKind::TooLarge),
+            SluiceError::BodyTooSlow { .. } => (408, "body_too_slow", ErrorKind::InvalidRequest),
+            SluiceError::BadHeader(_) => (400, "bad_header", ErrorKind::InvalidRequest),
             SluiceError::MalformedRequest(_) => {
                 (400, "malformed_request", ErrorKind::InvalidRequest)
             }

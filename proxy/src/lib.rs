@@ -14,6 +14,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod header_deadline;
 pub mod journal;
 pub mod keys;
 pub mod listen;

@@ -252,7 +252,14 @@ pub fn start(
         in_flight: Some(proxy.in_flight()),
     });
     let spend_for_metrics = spend.clone();
-    let mut proxy_svc = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "sluice-proxy");
+    // Each connection's handler runs under the request-header deadlines.
+    let mut proxy_svc = ListeningService::new(
+        "sluice-proxy".into(),
+        crate::header_deadline::HeaderDeadline::new(
+            pingora::proxy::http_proxy(&conf, proxy),
+            parts.live.clone(),
+        ),
+    );
     for a in &proxy_addrs {
         proxy_svc.add_tcp(a);
     }

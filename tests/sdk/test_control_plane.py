@@ -86,3 +86,24 @@ def test_wrong_and_missing_keys_get_the_providers_error_shape(cluster):
         openai.OpenAI(base_url=f"http://{p.info['proxy']}/v1/openai/shop", api_key="sk-not-virtual",
                       max_retries=0).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert "needs a Sluice virtual key" in str(e.value)
+
+
+def test_a_bootstrap_proxy_key_feeds_proxies_and_administers_nothing():
+    """SLUICE_PROXY_KEY (what the Helm chart sets) lets proxies start with the control plane,
+    with the proxy role only, and survives a restart without a second member."""
+    import secrets
+    key = f"sluice-admin-{secrets.token_hex(8)}-{secrets.token_hex(24)}"
+    c = Cluster(control_env={"SLUICE_PROXY_KEY": key})
+    try:
+        p = c.add_proxy(key)
+        c.wait_version(p, c.latest_version())
+        status, _ = c.call("GET", "/members", key=key)
+        assert status == 403, "a proxy key cannot read members"
+        c.control.stop()
+        c.control.start()
+        c.create("/teams", {"name": "after-restart"})
+        c.wait_version(p, c.latest_version())
+        members = [m for m in c.call("GET", "/members")[1]["items"] if m["name"] == "proxies"]
+        assert len(members) == 1
+    finally:
+        c.stop()

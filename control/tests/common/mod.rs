@@ -136,6 +136,7 @@ pub async fn control_with(
             database_url: url.to_owned(),
             master_key: MasterKey::from_hex(&MasterKey::generate_hex()).expect("key"),
             bootstrap_admin_key: Some(ADMIN_KEY.into()),
+            bootstrap_proxy_key: None,
             metrics_listen: Some("127.0.0.1:0".into()),
         },
         l,

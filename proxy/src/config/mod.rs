@@ -88,6 +88,14 @@ pub struct Limits {
     pub max_header_count: usize,
     /// Client read deadline between reads. Default 10 s.
     pub client_read_timeout: Duration,
+    /// Whole first request header of a connection (slowloris). Default 10 s.
+    pub client_header_timeout: Duration,
+    /// From a response to the next request header on a kept-alive connection. Default 60 s.
+    pub client_keepalive_timeout: Duration,
+    /// Slowest request body accepted after the grace below, bytes/s (0: off). Default 1000.
+    pub min_request_body_bytes_per_sec: u64,
+    /// Time a request body has before the minimum rate applies. Default 10 s.
+    pub request_body_rate_grace: Duration,
     /// Upstream connect timeout. Default 10 s.
     pub upstream_connect_timeout: Duration,
     /// Upstream silence cutoff. Default 300 s; there is no total cap on a producing stream.
@@ -115,6 +123,10 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_header_count: 100,
             client_read_timeout: Duration::from_secs(10),
+            client_header_timeout: Duration::from_secs(10),
+            client_keepalive_timeout: Duration::from_secs(60),
+            min_request_body_bytes_per_sec: 1000,
+            request_body_rate_grace: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(300),
             max_sse_event_bytes: 1024 * 1024,
@@ -325,6 +337,24 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             l.client_read_timeout_ms,
             d.client_read_timeout,
             "limits.client_read_timeout_ms",
+        )?,
+        client_header_timeout: ms(
+            l.client_header_timeout_ms,
+            d.client_header_timeout,
+            "limits.client_header_timeout_ms",
+        )?,
+        client_keepalive_timeout: ms(
+            l.client_keepalive_timeout_ms,
+            d.client_keepalive_timeout,
+            "limits.client_keepalive_timeout_ms",
+        )?,
+        min_request_body_bytes_per_sec: l
+            .min_request_body_bytes_per_sec
+            .unwrap_or(d.min_request_body_bytes_per_sec),
+        request_body_rate_grace: ms(
+            l.request_body_rate_grace_ms,
+            d.request_body_rate_grace,
+            "limits.request_body_rate_grace_ms",
         )?,
         upstream_connect_timeout: ms(
             l.upstream_connect_timeout_ms,

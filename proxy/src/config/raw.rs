@@ -131,6 +131,15 @@ pub struct RawLimits {
     pub max_header_count: Option<usize>,
     /// Deadline for reading a request's headers and body from the client, in ms.
     pub client_read_timeout_ms: Option<u64>,
+    /// Total time a new connection has to deliver its first request header, in ms.
+    pub client_header_timeout_ms: Option<u64>,
+    /// Total time a kept-alive connection has, after a response, to deliver the next
+    /// request header; idle connections are closed then. In ms.
+    pub client_keepalive_timeout_ms: Option<u64>,
+    /// Slowest request body accepted, in bytes per second (0: no minimum).
+    pub min_request_body_bytes_per_sec: Option<u64>,
+    /// How long a request body may take before the minimum rate applies, in ms.
+    pub request_body_rate_grace_ms: Option<u64>,
     /// Upstream connect timeout, in ms.
     pub upstream_connect_timeout_ms: Option<u64>,
     /// Longest silence from the upstream (before the first byte or between two chunks), ms.

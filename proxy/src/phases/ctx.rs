@@ -111,6 +111,8 @@ pub struct RequestCtx {
     pub span: Option<Box<crate::trace::LiveSpan>>,
     /// Counts this request as running until the context drops (graceful shutdown).
     pub in_flight: Option<crate::drain::InFlightGuard>,
+    /// Holds off the connection's header deadline while this request runs.
+    pub connection: Option<crate::header_deadline::RequestOnConnection>,
 }
 
 impl RequestCtx {
@@ -149,6 +151,7 @@ impl RequestCtx {
             access: None,
             span: None,
             in_flight: None,
+            connection: None,
             provenance: None,
             conversation: None,
             sluice_ns: 0,

@@ -189,6 +189,7 @@ impl ProxyHttp for SluiceProxy {
         let mut ctx = RequestCtx::new();
         ctx.approvals = self.approvals.clone();
         ctx.in_flight = Some(self.in_flight.enter());
+        ctx.connection = crate::header_deadline::request_started();
         ctx
     }
 
@@ -288,6 +289,12 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
+        if let (Some(c), Some(chunk), false) = (&ctx.config, body.as_ref(), end_of_stream) {
+            let received = ctx.request_len.saturating_add(chunk.len());
+            if let Err(e) = request::check_body_rate(ctx.started.elapsed(), received, &c.limits) {
+                return Err(raise(ctx, e));
+            }
+        }
         let t = std::time::Instant::now();
         let conversations = &self.mcp.conversations;
         let pending = request_body::on_chunk(

@@ -34,6 +34,47 @@ pub fn check_header_limits(session: &Session, limits: &Limits) -> Result<(), Slu
             max_bytes: limits.max_header_bytes,
         });
     }
+    if let Some(name) = req.headers.keys().find(|k| k.as_str().contains('_')) {
+        return Err(SluiceError::BadHeader(format!(
+            "'{name}': header names containing '_' are refused (other proxies read them as '-')"
+        )));
+    }
+    let lengths = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .count();
+    if lengths > 1 {
+        return Err(SluiceError::BadHeader(
+            "Content-Length appears more than once".into(),
+        ));
+    }
+    if lengths == 1 && req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(SluiceError::BadHeader(
+            "both Content-Length and Transfer-Encoding are set".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a request body arriving slower than the configured minimum once its grace
+/// period is over (slow POST); a per-read timeout alone lets a byte every few seconds in.
+pub fn check_body_rate(
+    elapsed: std::time::Duration,
+    received: usize,
+    limits: &Limits,
+) -> Result<(), SluiceError> {
+    let rate = limits.min_request_body_bytes_per_sec;
+    if rate == 0 || elapsed <= limits.request_body_rate_grace {
+        return Ok(());
+    }
+    let expected = u128::from(rate) * elapsed.as_millis() / 1000;
+    if (received as u128) < expected {
+        return Err(SluiceError::BodyTooSlow {
+            min_rate: rate,
+            grace_secs: limits.request_body_rate_grace.as_secs(),
+        });
+    }
     Ok(())
 }
 

@@ -1,0 +1,126 @@
+//! A total deadline on each request header, and on idle keep-alive connections.
+//!
+//! Pingora times out each *read* of a request header (60 s), so a client sending one byte
+//! every few seconds (slowloris) holds a connection forever, and an idle HTTP/1.1
+//! keep-alive connection is kept without limit. This wraps the proxy's connection handler:
+//! the first request on a connection must deliver its whole header within
+//! `limits.client_header_timeout_ms`, and each later one within
+//! `limits.client_keepalive_timeout_ms` of the previous response. Past that the connection
+//! is closed; while a request runs (from its header to its last byte) there is no deadline:
+//! body and response have their own limits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::live::LiveConfig;
+
+/// One connection's state, shared by its handler and the request running on it.
+#[derive(Debug, Default)]
+pub struct Connection {
+    busy: AtomicBool,
+    ended: Notify,
+}
+
+tokio::task_local! {
+    static CONNECTION: Arc<Connection>;
+}
+
+/// Marks the connection's request as running until dropped (kept in the request context).
+#[derive(Debug)]
+pub struct RequestOnConnection(Arc<Connection>);
+
+impl Drop for RequestOnConnection {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+        self.0.ended.notify_one();
+    }
+}
+
+/// Called once a request's header has been read (from `new_ctx`): the deadline is off
+/// until the request ends, then the keep-alive deadline starts.
+pub fn request_started() -> Option<RequestOnConnection> {
+    CONNECTION
+        .try_with(|c| {
+            c.busy.store(true, Ordering::Release);
+            RequestOnConnection(c.clone())
+        })
+        .ok()
+}
+
+/// The proxy's connection handler with header deadlines.
+pub struct HeaderDeadline<A> {
+    inner: Arc<A>,
+    live: Arc<LiveConfig>,
+}
+
+impl<A> HeaderDeadline<A> {
+    /// Wraps `inner`, reading the deadlines from the live config for each connection.
+    pub fn new(inner: A, live: Arc<LiveConfig>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            live,
+        }
+    }
+
+    fn deadlines(&self) -> (Duration, Duration) {
+        let d = crate::config::Limits::default();
+        self.live
+            .current()
+            .map_or((d.client_header_timeout, d.client_keepalive_timeout), |c| {
+                (
+                    c.limits.client_header_timeout,
+                    c.limits.client_keepalive_timeout,
+                )
+            })
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let (first, later) = self.deadlines();
+        let conn = Arc::new(Connection::default());
+        // Pingora serves every request of a kept-alive connection inside this one call.
+        let serve = CONNECTION.scope(conn.clone(), self.inner.process_new(stream, shutdown));
+        tokio::pin!(serve);
+        let mut deadline = Some(Instant::now() + first);
+        loop {
+            let expiry = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                done = &mut serve => return done,
+                () = conn.ended.notified() => deadline = Some(Instant::now() + later),
+                () = expiry => {
+                    if !conn.busy.load(Ordering::Acquire) {
+                        // Dropping the handler closes the connection.
+                        tracing::debug!("request header deadline passed; closing the connection");
+                        return None;
+                    }
+                    // A request is running: no deadline until it ends.
+                    deadline = None;
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
