@@ -51,6 +51,17 @@ pub enum SluiceError {
         /// Configured cap.
         limit: usize,
     },
+    /// The proxy is over its memory budget: new requests wait until streams finish.
+    #[error(
+        "this Sluice proxy is over its memory budget ({resident_mib} MiB resident, budget \
+         {budget_mib} MiB, limits.memory_budget_bytes); retry shortly or on another replica"
+    )]
+    Overloaded {
+        /// Resident memory, MiB.
+        resident_mib: u64,
+        /// The budget, MiB.
+        budget_mib: u64,
+    },
     /// The request body arrives slower than the configured minimum rate (slow POST).
     #[error(
         "request body arrived slower than {min_rate} bytes/s after {grace_secs} s \
@@ -244,6 +255,7 @@ impl SluiceError {
                 (429, "rate_limit_exceeded", ErrorKind::RateLimited)
             }
             SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
+            SluiceError::Overloaded { .. } => (503, "overloaded", ErrorKind::Unavailable),
             SluiceError::Internal => (500, "internal", ErrorKind::Internal),
         }
     }

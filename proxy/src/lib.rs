@@ -22,6 +22,7 @@ pub mod live;
 pub mod llm;
 pub mod mcp;
 pub mod metrics;
+pub mod overload;
 pub mod passthrough;
 pub mod phases;
 pub mod quarantine;

@@ -212,3 +212,147 @@ fn r05_smuggling_shaped_headers_are_refused() {
         "none reached the upstream"
     );
 }
+
+#[test]
+fn over_the_memory_budget_new_requests_get_503_and_running_streams_finish() {
+    use sluice_proxy::config::{Environment, compile, parse_toml};
+    let (up_rt, upstream, port) = raw_upstream();
+    let profile = format!("[profiles.slow.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n");
+    let h = Harness::start(&profile);
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    // The upstream: a stream that sends one event, then waits for the test to finish it.
+    let up = std::thread::spawn(move || {
+        up_rt.block_on(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            read_upstream_request(&mut s).await;
+            let event = |text: &str| {
+                let data = format!(
+                    "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+                );
+                format!("{:x}\r\n{data}\r\n", data.len())
+            };
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            s.write_all(format!("{head}{}", event("before")).as_bytes()).await.unwrap();
+            tokio::task::spawn_blocking(move || finish_rx.recv().unwrap()).await.unwrap();
+            let done = "data: [DONE]\n\n";
+            let tail = format!("{}{:x}\r\n{done}\r\n0\r\n\r\n", event("after"), done.len());
+            s.write_all(tail.as_bytes()).await.unwrap();
+        });
+    });
+    h.rt.block_on(async {
+        let mut stream = TcpStream::connect(h.addr()).await.unwrap();
+        let body = chat_body(true, false).to_string();
+        let req = format!(
+            "POST /v1/openai/slow/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("before") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+
+        // Now the proxy is over budget (1 MiB: any process is).
+        let env = Environment {
+            openai_base_url: Some(h.mock.openai_base()),
+            anthropic_base_url: Some(h.mock.base()),
+            gemini_base_url: Some(h.mock.base()),
+            ..Environment::default()
+        };
+        let toml = format!("[limits]\nmemory_budget_bytes = 1048576\n[profiles.default]\n{profile}");
+        h.live.store(compile(parse_toml(&toml).unwrap(), &env).unwrap());
+        let r = post_json(h.addr(), "/v1/openai/chat/completions", &[], &chat_body(false, false)).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.json()["error"]["code"], "sluice_overloaded");
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("memory budget"));
+        let r = send(
+            h.addr(),
+            "POST",
+            "/v1/mcp/default",
+            &[("content-type", "application/json"), ("accept", "application/json, text/event-stream")],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["jsonrpc"], "2.0", "a JSON-RPC error for MCP clients");
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("memory budget"), "{}", r.text());
+        let r = send(h.addr(), "GET", "/healthz", &[], b"").await;
+        assert_eq!(r.status, 200, "health answers regardless");
+
+        // The stream that was running finishes whole.
+        finish_tx.send(()).unwrap();
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("after") && text.contains("data: [DONE]"), "{text}");
+    });
+    up.join().unwrap();
+}
+
+#[test]
+fn r19_a_client_that_reads_nothing_holds_up_its_upstream_not_memory() {
+    let (up_rt, upstream, port) = raw_upstream();
+    let h = Harness::start(&format!(
+        "[profiles.firehose.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    ));
+    let rss_before = sluice_proxy::overload::resident_bytes().unwrap();
+    // The client sends its request, reads the response header, then reads nothing more.
+    let client = h.rt.block_on(async {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        let body = chat_body(true, false).to_string();
+        let req = format!(
+            "POST /v1/openai/firehose/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    });
+    // The upstream streams 200 MB of small events as fast as it is allowed to.
+    let written = up_rt.block_on(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        read_upstream_request(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},\"finish_reason\":null}]}\n\n";
+        let payload = event.repeat(65536 / event.len());
+        let chunk = format!("{:x}\r\n{payload}\r\n", payload.len());
+        let mut written = 0usize;
+        while written < 200 << 20 {
+            // Backpressure shows as a write that cannot complete.
+            match tokio::time::timeout(Duration::from_secs(1), s.write_all(chunk.as_bytes())).await {
+                Ok(Ok(())) => written += chunk.len(),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        written
+    });
+    let grown = sluice_proxy::overload::resident_bytes()
+        .unwrap()
+        .saturating_sub(rss_before);
+    drop(client);
+    assert!(
+        written < 64 << 20,
+        "the upstream wrote {} MiB to a client that reads nothing",
+        written >> 20
+    );
+    assert!(
+        grown < 64 << 20,
+        "memory grew by {} MiB for one stalled client",
+        grown >> 20
+    );
+    eprintln!(
+        "stalled client: upstream held up after {} MiB (socket buffers), memory +{} MiB",
+        written >> 20,
+        grown >> 20
+    );
+}

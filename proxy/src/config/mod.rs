@@ -92,6 +92,9 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     /// From a response to the next request header on a kept-alive connection. Default 60 s.
     pub client_keepalive_timeout: Duration,
+    /// Resident memory past which new requests get 503 (0: none). Default: 90% of the
+    /// cgroup's `memory.max` when set, else none.
+    pub memory_budget_bytes: u64,
     /// Slowest request body accepted after the grace below, bytes/s (0: off). Default 1000.
     pub min_request_body_bytes_per_sec: u64,
     /// Time a request body has before the minimum rate applies. Default 10 s.
@@ -126,6 +129,7 @@ impl Default for Limits {
             client_header_timeout: Duration::from_secs(10),
             client_keepalive_timeout: Duration::from_secs(60),
             min_request_body_bytes_per_sec: 1000,
+            memory_budget_bytes: crate::overload::default_budget(),
             request_body_rate_grace: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(300),
@@ -351,6 +355,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         min_request_body_bytes_per_sec: l
             .min_request_body_bytes_per_sec
             .unwrap_or(d.min_request_body_bytes_per_sec),
+        memory_budget_bytes: l.memory_budget_bytes.unwrap_or(d.memory_budget_bytes),
         request_body_rate_grace: ms(
             l.request_body_rate_grace_ms,
             d.request_body_rate_grace,

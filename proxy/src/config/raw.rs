@@ -136,6 +136,9 @@ pub struct RawLimits {
     /// Total time a kept-alive connection has, after a response, to deliver the next
     /// request header; idle connections are closed then. In ms.
     pub client_keepalive_timeout_ms: Option<u64>,
+    /// Resident memory past which new requests get 503 (0: none). Default: 90% of the
+    /// container's memory limit when there is one.
+    pub memory_budget_bytes: Option<u64>,
     /// Slowest request body accepted, in bytes per second (0: no minimum).
     pub min_request_body_bytes_per_sec: Option<u64>,
     /// How long a request body may take before the minimum rate applies, in ms.

@@ -188,6 +188,15 @@ pub async fn serve(
     }
 }
 
+/// Refuses an MCP request with a Sluice error as HTTP status + JSON-RPC error.
+pub async fn refuse(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    e: &crate::error::SluiceError,
+) -> pingora::Result<()> {
+    super::wire::sluice_error(session, ctx, e).await
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn post(
     gw: &Arc<McpGateway>,

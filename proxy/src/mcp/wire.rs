@@ -142,6 +142,8 @@ pub(super) async fn sluice_error(
     resp.insert_header("content-length", out.len().to_string())?;
     if let crate::error::SluiceError::TooManyFailedAuth(secs) = e {
         resp.insert_header("retry-after", secs.to_string())?;
+    } else if status == 503 {
+        resp.insert_header("retry-after", "1")?;
     }
     if status == 401 {
         resp.insert_header("www-authenticate", "Bearer realm=\"sluice\"")?;

@@ -49,6 +49,7 @@ pub struct SluiceProxy {
     spend: Arc<crate::spend::SpendBook>,
     rates: crate::rate::RateBook,
     in_flight: Arc<crate::drain::InFlight>,
+    memory: crate::overload::MemoryGauge,
 }
 
 impl SluiceProxy {
@@ -68,6 +69,7 @@ impl SluiceProxy {
             spend: Arc::default(),
             rates: crate::rate::RateBook::default(),
             in_flight: Arc::default(),
+            memory: crate::overload::MemoryGauge::default(),
             // Failed virtual-key attempts per client address, per minute, for 100k addresses.
             auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
             // Result verdicts of recent conversations, keyed by snapshot version.
@@ -77,6 +79,12 @@ impl SluiceProxy {
 }
 
 impl SluiceProxy {
+    /// The memory budget's verdict for a new request (None: admitted).
+    fn over_budget(&self, ctx: &RequestCtx) -> Option<crate::error::SluiceError> {
+        let budget = ctx.config.as_ref()?.limits.memory_budget_bytes;
+        self.memory.admit(budget).err()
+    }
+
     /// The requests running now (a graceful shutdown waits for them).
     pub fn in_flight(&self) -> Arc<crate::drain::InFlight> {
         self.in_flight.clone()
@@ -214,6 +222,18 @@ impl ProxyHttp for SluiceProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path();
+        if !matches!(path, "/healthz" | "/readyz")
+            && let Some(e) = self.over_budget(ctx)
+        {
+            // Over the memory budget: refuse new work, running requests go on.
+            if crate::mcp::transport::is_mcp_path(path) {
+                crate::mcp::transport::refuse(session, ctx, &e).await?;
+                ctx.status = 503;
+                return Ok(true);
+            }
+            return Err(raise(ctx, e));
+        }
         match session.req_header().uri.path() {
             "/healthz" => {
                 request::write_simple(
