@@ -356,3 +356,56 @@ fn r19_a_client_that_reads_nothing_holds_up_its_upstream_not_memory() {
         grown >> 20
     );
 }
+
+#[test]
+fn r28_the_clients_token_never_reaches_an_mcp_upstream() {
+    let (up_rt, upstream, port) = raw_upstream();
+    let h = Harness::start(&format!(
+        "[profiles.tools]\nmcp_servers = [\"up\"]\n[mcp_servers.up]\nurl = \"http://127.0.0.1:{port}/mcp\"\n\
+         era = \"stateless\"\nbearer_token = \"upstream-credential-7f3a\"\n"
+    ));
+    let addr = h.addr();
+    // The client lists tools with its own bearer token; the gateway must ask the upstream.
+    let client = h.rt.spawn(async move {
+        let meta = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{meta}}}}}"#);
+        send(
+            addr,
+            "POST",
+            "/v1/mcp/tools",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("authorization", "Bearer client-token-c4n4ry"),
+                ("cookie", "session=client-cookie-c4n4ry"),
+            ],
+            body.as_bytes(),
+        )
+        .await
+    });
+    let seen = up_rt.block_on(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before its request header");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    });
+    assert!(
+        !seen.contains("c4n4ry"),
+        "the client's credentials reached the upstream:\n{seen}"
+    );
+    assert!(
+        seen.contains("authorization: bearer upstream-credential-7f3a"),
+        "the server's own credential is sent:\n{seen}"
+    );
+    // The upstream went away without answering: the list comes back without its tools.
+    let r = h.rt.block_on(client).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["result"]["tools"], serde_json::json!([]));
+}
