@@ -602,3 +602,34 @@ action = "allow_when_untrusted"
         "only the user's URL went out"
     );
 }
+
+#[test]
+fn r30_an_idle_server_stream_gets_keep_alives_and_stays_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("[limits]\nmcp_keepalive_interval_ms = 100\nclient_keepalive_timeout_ms = 300\n");
+    let l = Legacy::open(&s);
+    let addr = s.h.addr();
+    let sid = l.sid.clone();
+    let text = s.h.rt.block_on(async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /v1/mcp/tools HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        // Five keep-alives in a row: the stream outlives the connection idle deadline
+        // (300 ms) because a running request has none.
+        let mut got = String::new();
+        let mut buf = [0u8; 1024];
+        while got.matches(": keep-alive").count() < 5 {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the idle stream was closed: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    });
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains("\"jsonrpc\""),
+        "no JSON-RPC message on an idle GET stream"
+    );
+}

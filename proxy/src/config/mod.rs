@@ -115,6 +115,8 @@ pub struct Limits {
     pub max_failed_auth_per_minute: u32,
     /// MCP sessions kept at once. Default 10,000.
     pub mcp_max_sessions: usize,
+    /// Keep-alive comments on an idle MCP server stream. Default 15 s.
+    pub mcp_keepalive_interval: Duration,
     /// An idle MCP session ends after this. Default 1 h.
     pub mcp_session_idle_timeout: Duration,
 }
@@ -139,6 +141,7 @@ impl Default for Limits {
             approval_ttl: Duration::from_secs(3600),
             max_failed_auth_per_minute: 20,
             mcp_max_sessions: 10_000,
+            mcp_keepalive_interval: Duration::from_secs(15),
             mcp_session_idle_timeout: Duration::from_secs(3600),
         }
     }
@@ -392,6 +395,11 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             l.mcp_max_sessions,
             d.mcp_max_sessions,
             "limits.mcp_max_sessions",
+        )?,
+        mcp_keepalive_interval: ms(
+            l.mcp_keepalive_interval_ms,
+            d.mcp_keepalive_interval,
+            "limits.mcp_keepalive_interval_ms",
         )?,
         mcp_session_idle_timeout: match l.mcp_session_idle_timeout_secs {
             Some(0) => {

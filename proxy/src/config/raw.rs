@@ -159,6 +159,8 @@ pub struct RawLimits {
     pub max_failed_auth_per_minute: Option<u32>,
     /// MCP sessions kept at once (the oldest idle one is ended past it).
     pub mcp_max_sessions: Option<usize>,
+    /// How often an idle MCP server stream (GET) gets a keep-alive comment, in ms.
+    pub mcp_keepalive_interval_ms: Option<u64>,
     /// An MCP session unused this long is ended (the client then gets 404), in seconds.
     pub mcp_session_idle_timeout_secs: Option<u64>,
 }

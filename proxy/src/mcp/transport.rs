@@ -508,7 +508,11 @@ async fn get_stream(
             .write_response_body(Some(sse_event(i, &msg)), false)
             .await?;
     }
-    let keepalive = Duration::from_secs(15);
+    // Comments on an idle stream keep intermediaries from reaping it (R30).
+    let keepalive = ctx
+        .config
+        .as_ref()
+        .map_or(Duration::from_secs(15), |c| c.limits.mcp_keepalive_interval);
     loop {
         match tokio::time::timeout(keepalive, rx.recv()).await {
             Ok(Some((i, msg))) => {
