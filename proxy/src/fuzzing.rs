@@ -128,12 +128,15 @@ fn respond(config: &Config, path: &str, input: &[u8], cuts: &[usize]) -> Result<
         let mut body = Some(Bytes::copy_from_slice(&input[start..cut]));
         start = cut;
         if response::on_chunk(&mut body, false, &mut ctx, MAX_EVENT).is_err() {
+            // The proxy writes the events kept before the fault and a terminal error event.
+            out.extend_from_slice(&ctx.closing_bytes.take().unwrap_or_default());
             return Ok((out, "aborted".into()));
         }
         out.extend_from_slice(&body.unwrap_or_default());
     }
     let mut body = None;
     if response::on_chunk(&mut body, true, &mut ctx, MAX_EVENT).is_err() {
+        out.extend_from_slice(&ctx.closing_bytes.take().unwrap_or_default());
         return Ok((out, "aborted".into()));
     }
     out.extend_from_slice(&body.unwrap_or_default());
