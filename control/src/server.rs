@@ -165,50 +165,84 @@ async fn bootstrap_proxy(state: &AppState, org_id: &str, given: &str) -> Result<
             "the bootstrap proxy key (SLUICE_PROXY_KEY) must look like {ADMIN_KEY_PREFIX}<16 hex>-<48 hex>"
         ))
     })?;
-    let known = sqlx::query("SELECT COUNT(*) AS n FROM admin_keys WHERE id = $1")
-        .bind(&key.id)
-        .fetch_one(&state.db.pool)
-        .await
-        .and_then(|r| r.try_get::<i64, _>("n"))
-        .map_err(ApiError::from)?;
-    if known > 0 {
+    if key_known(state, &key.id).await? {
         return Ok(());
     }
-    let member = sqlx::query(
-        "SELECT m.id FROM members m JOIN roles r ON r.id = m.role_id \
-         WHERE m.org_id = $1 AND r.name = 'proxy' AND m.name = 'proxies' LIMIT 1",
+    let (member_id, _) = member_with_role(
+        state,
+        org_id,
+        "proxy",
+        Some(("proxies", "proxies@localhost")),
     )
-    .bind(org_id)
-    .fetch_optional(&state.db.pool)
-    .await
-    .map_err(ApiError::from)?;
-    let member_id = match member {
-        Some(r) => r.try_get::<String, _>("id").map_err(ApiError::from)?,
-        None => {
-            let role: String =
-                sqlx::query("SELECT id FROM roles WHERE org_id = $1 AND name = 'proxy'")
-                    .bind(org_id)
-                    .fetch_one(&state.db.pool)
-                    .await
-                    .and_then(|r| r.try_get("id"))
-                    .map_err(ApiError::from)?;
-            let id = new_id("mem");
-            sqlx::query(
-                "INSERT INTO members (id, org_id, name, email, role_id, teams, created_at) \
-                 VALUES ($1, $2, 'proxies', 'proxies@localhost', $3, '[]', $4)",
-            )
-            .bind(&id)
-            .bind(org_id)
-            .bind(role)
-            .bind(now_ms())
-            .execute(&state.db.pool)
-            .await
-            .map_err(ApiError::from)?;
-            id
-        }
-    };
+    .await?;
     store_admin_key(&state.db, org_id, &member_id, "bootstrap proxy", &key, None).await?;
     Ok(())
+}
+
+async fn key_known(state: &AppState, id: &str) -> Result<bool, ApiError> {
+    let n = sqlx::query("SELECT COUNT(*) AS n FROM admin_keys WHERE id = $1")
+        .bind(id)
+        .fetch_one(&state.db.pool)
+        .await
+        .and_then(|r| r.try_get::<i64, _>("n"))?;
+    Ok(n > 0)
+}
+
+/// The oldest member holding the built-in `role` (and named `who.0` when given), created as
+/// `who` when there is none; `true` when it was just created.
+async fn member_with_role(
+    state: &AppState,
+    org_id: &str,
+    role: &str,
+    who: Option<(&str, &str)>,
+) -> Result<(String, bool), ApiError> {
+    let found = match who {
+        Some((name, _)) => {
+            sqlx::query(
+                "SELECT m.id FROM members m JOIN roles r ON r.id = m.role_id \
+                 WHERE m.org_id = $1 AND r.name = $2 AND m.name = $3 ORDER BY m.created_at LIMIT 1",
+            )
+            .bind(org_id)
+            .bind(role)
+            .bind(name)
+            .fetch_optional(&state.db.pool)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT m.id FROM members m JOIN roles r ON r.id = m.role_id \
+                 WHERE m.org_id = $1 AND r.name = $2 ORDER BY m.created_at LIMIT 1",
+            )
+            .bind(org_id)
+            .bind(role)
+            .fetch_optional(&state.db.pool)
+            .await?
+        }
+    };
+    if let Some(r) = found {
+        return Ok((r.try_get::<String, _>("id")?, false));
+    }
+    let role_id: String = sqlx::query("SELECT id FROM roles WHERE org_id = $1 AND name = $2")
+        .bind(org_id)
+        .bind(role)
+        .fetch_one(&state.db.pool)
+        .await
+        .and_then(|r| r.try_get("id"))?;
+    let (name, email) = who.unwrap_or((role, "admin@localhost"));
+    let id = new_id("mem");
+    sqlx::query(
+        "INSERT INTO members (id, org_id, name, email, role_id, teams, created_at) \
+         VALUES ($1, $2, $3, $4, $5, '[]', $6)",
+    )
+    .bind(&id)
+    .bind(org_id)
+    .bind(name)
+    .bind(email)
+    .bind(role_id)
+    .bind(now_ms())
+    .execute(&state.db.pool)
+    .await?;
+    Ok((id, true))
 }
 
 /// First start: the default organisation, its roles and an admin member with a key. Every
@@ -233,46 +267,9 @@ async fn bootstrap(
         Some(r) => r.try_get::<String, _>("id").map_err(ApiError::from)?,
         None => create_org(&state.db, "default").await?,
     };
-    let admin = sqlx::query(
-        "SELECT m.id FROM members m JOIN roles r ON r.id = m.role_id WHERE m.org_id = $1 AND r.name = 'admin' \
-         ORDER BY m.created_at LIMIT 1",
-    )
-    .bind(&org_id)
-    .fetch_optional(&state.db.pool)
-    .await
-    .map_err(ApiError::from)?;
-    let (member_id, fresh) = match admin {
-        Some(r) => (r.try_get::<String, _>("id").map_err(ApiError::from)?, false),
-        None => {
-            let role: String =
-                sqlx::query("SELECT id FROM roles WHERE org_id = $1 AND name = 'admin'")
-                    .bind(&org_id)
-                    .fetch_one(&state.db.pool)
-                    .await
-                    .and_then(|r| r.try_get("id"))
-                    .map_err(ApiError::from)?;
-            let id = new_id("mem");
-            sqlx::query(
-                "INSERT INTO members (id, org_id, name, email, role_id, teams, created_at) VALUES ($1, $2, 'admin', 'admin@localhost', $3, '[]', $4)",
-            )
-            .bind(&id)
-            .bind(&org_id)
-            .bind(role)
-            .bind(now_ms())
-            .execute(&state.db.pool)
-            .await
-            .map_err(ApiError::from)?;
-            (id, true)
-        }
-    };
+    let (member_id, fresh) = member_with_role(state, &org_id, "admin", None).await?;
     if let Some(key) = given {
-        let known = sqlx::query("SELECT COUNT(*) AS n FROM admin_keys WHERE id = $1")
-            .bind(&key.id)
-            .fetch_one(&state.db.pool)
-            .await
-            .and_then(|r| r.try_get::<i64, _>("n"))
-            .map_err(ApiError::from)?;
-        if known == 0 {
+        if !key_known(state, &key.id).await? {
             store_admin_key(&state.db, &org_id, &member_id, "bootstrap", &key, None).await?;
         }
         return Ok((org_id, None));

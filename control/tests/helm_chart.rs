@@ -107,6 +107,11 @@ fn deployment<'a>(m: &'a Manifests, name: &str) -> &'a Deployment {
         .unwrap_or_else(|| panic!("no deployment {name}"))
 }
 
+/// The pod spec of a deployment.
+fn pod(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
 fn service<'a>(m: &'a Manifests, name: &str) -> &'a Service {
     m.services
         .iter()
@@ -139,14 +144,7 @@ fn service_matches(s: &Service, d: &Deployment) {
 }
 
 fn arg<'a>(d: &'a Deployment, prefix: &str) -> &'a str {
-    d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+    pod(d).containers[0]
         .args
         .iter()
         .flatten()
@@ -159,15 +157,7 @@ fn secret_refs_resolve(m: &Manifests) {
     let secret = &m.secrets[0];
     let keys = secret.string_data.as_ref().unwrap();
     for d in &m.deployments {
-        let c = &d
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
+        let c = &pod(d).containers[0];
         for e in c.env.iter().flatten() {
             if let Some(r) = e
                 .value_from
@@ -292,9 +282,9 @@ fn postgres_autoscaling_and_monitoring_render_when_asked() {
     let hpa = m.hpas[0].spec.as_ref().unwrap();
     assert_eq!(hpa.scale_target_ref.name, "gw-sluice-proxy");
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 12));
-    let pod = proxy.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert!(
-        pod.affinity
+        pod(proxy)
+            .affinity
             .as_ref()
             .unwrap()
             .pod_anti_affinity
@@ -377,15 +367,7 @@ fn bad_values_are_refused_with_the_field_named() {
         .unwrap(),
     );
     assert!(m.secrets.is_empty());
-    let c = &deployment(&m, "gw-sluice-proxy")
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let c = &pod(deployment(&m, "gw-sluice-proxy")).containers[0];
     let refs: Vec<_> = c
         .env
         .iter()
