@@ -20,6 +20,16 @@ struct Proxy {
     addr: String,
 }
 
+impl Drop for Proxy {
+    // A failing assertion must not leave a proxy running after the test.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `sluice proxy` and waits for its ready line.
 fn proxy(dir: &std::path::Path, mock: &str, listen: &str, extra: &[&str], name: &str) -> Proxy {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
