@@ -62,7 +62,7 @@ pub fn run_control(
             serde_json::json!({"control": running.addr.to_string(),
                 "metrics": running.metrics_addr.map(|a| a.to_string())})
         );
-        crate::wait_for_signal().await;
+        crate::lifecycle::wait_for_signal().await;
         Ok(())
     })
 }

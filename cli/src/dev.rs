@@ -179,7 +179,7 @@ pub fn run() -> Result<()> {
             "metrics": proxy.running.metrics_addr.map(|a| a.to_string()),
             "control": c.to_string(), "admin_key": admin_key, "virtual_key": vk})
     );
-    rt.block_on(crate::wait_for_signal());
+    rt.block_on(crate::lifecycle::wait_for_signal());
     proxy.stop();
     control.task.abort();
     Ok(())

@@ -97,7 +97,7 @@ pub enum Signal {
     Quit,
 }
 
-/// Waits for SIGINT, SIGTERM or SIGQUIT.
+/// Waits for SIGINT, SIGTERM or SIGQUIT (every subcommand that runs until told to stop).
 pub async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
     async fn one(kind: SignalKind) {

@@ -198,7 +198,7 @@ fn main() -> Result<()> {
                     "SLUICE_MOCK_MCP_READY {}",
                     serde_json::json!({"url": f.url()})
                 );
-                wait_for_signal().await;
+                lifecycle::wait_for_signal().await;
                 Ok(())
             })
         }
@@ -208,7 +208,7 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(wait_for_signal());
+            rt.block_on(lifecycle::wait_for_signal());
             let _ = stop.send(true);
             running.wait();
             Ok(())
@@ -328,25 +328,9 @@ fn run_mock(listen: &str, latency_ms: u64, chunk_delay_ms: u64, words: usize) ->
             "SLUICE_MOCK_READY {}",
             serde_json::json!({"mock": m.addr.to_string()})
         );
-        wait_for_signal().await;
+        lifecycle::wait_for_signal().await;
         Ok(())
     })
-}
-
-/// Waits for SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// Shared by subcommands that need a records ring.

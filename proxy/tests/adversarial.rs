@@ -35,13 +35,7 @@ async fn one_response(s: &mut TcpStream) -> String {
     loop {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .expect("a content-length")
-                .trim()
-                .parse()
-                .unwrap();
+            let len: usize = content_length(&head);
             if got.len() >= end + 4 + len {
                 return String::from_utf8_lossy(&got).into_owned();
             }

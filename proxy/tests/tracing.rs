@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Harness, post_json, raw_upstream, read_upstream_request};
+use common::{Harness, content_length, post_json, raw_upstream, read_upstream_request};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -50,13 +50,7 @@ async fn receiver(listener: tokio::net::TcpListener, tx: mpsc::Sender<Span>) {
                     head.contains("content-type: application/x-protobuf"),
                     "{head}"
                 );
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .expect("a content-length")
-                    .trim()
-                    .parse()
-                    .unwrap();
+                let len: usize = content_length(&head);
                 while buf.len() < head_end + len {
                     let mut chunk = [0u8; 8192];
                     let n = s.read(&mut chunk).await.unwrap();

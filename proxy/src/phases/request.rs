@@ -20,12 +20,15 @@ pub fn check_header_limits(session: &Session, limits: &Limits) -> Result<(), Slu
     let req = session.req_header();
     let count = req.headers.len();
     let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    let bytes: usize = req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + uri_len;
+    // One pass: the size, and the first name with '_' (refused below).
+    let mut bytes = uri_len;
+    let mut underscored = None;
+    for (k, v) in &req.headers {
+        bytes += k.as_str().len() + v.len() + 4;
+        if underscored.is_none() && k.as_str().contains('_') {
+            underscored = Some(k);
+        }
+    }
     if count > limits.max_header_count || bytes > limits.max_header_bytes {
         return Err(SluiceError::HeadersTooLarge {
             count,
@@ -34,7 +37,7 @@ pub fn check_header_limits(session: &Session, limits: &Limits) -> Result<(), Slu
             max_bytes: limits.max_header_bytes,
         });
     }
-    if let Some(name) = req.headers.keys().find(|k| k.as_str().contains('_')) {
+    if let Some(name) = underscored {
         return Err(SluiceError::BadHeader(format!(
             "'{name}': header names containing '_' are refused (other proxies read them as '-')"
         )));

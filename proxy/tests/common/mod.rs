@@ -362,3 +362,13 @@ pub fn promtool_check(text: &str) {
         ),
     }
 }
+
+/// The Content-Length of a raw (lower-cased) header block.
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap()
+}
