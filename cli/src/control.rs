@@ -33,6 +33,16 @@ pub fn run_control(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let lease_ttl_ms = match std::env::var("SLUICE_LEASE_TTL_MS") {
+        Ok(v) if !v.is_empty() => v
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (500..=600_000).contains(ms))
+            .with_context(|| {
+                format!("SLUICE_LEASE_TTL_MS must be milliseconds from 500 to 600000 (got '{v}')")
+            })?,
+        _ => sluice_control::leases::DEFAULT_LEASE_TTL_MS,
+    };
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind(listen)
             .await
@@ -49,6 +59,7 @@ pub fn run_control(
                     .filter(|k| !k.is_empty()),
                 metrics_listen,
                 kube,
+                lease_ttl_ms,
             },
             l,
         )
@@ -249,6 +260,13 @@ pub fn start_controlled(
     ));
     rt.spawn(ship_inventory(
         inventory,
+        link.clone(),
+        journal.proxy_id().to_owned(),
+        rx.clone(),
+    ));
+    rt.spawn(sluice_proxy::control_client::keep_leases(
+        running.spend.clone(),
+        live.clone(),
         link.clone(),
         journal.proxy_id().to_owned(),
         rx.clone(),

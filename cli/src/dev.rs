@@ -81,6 +81,7 @@ pub fn run() -> Result<()> {
                 bootstrap_admin_key: fixed_admin.clone(),
                 bootstrap_proxy_key: None,
                 metrics_listen: var("SLUICE_CONTROL_METRICS_LISTEN"),
+                lease_ttl_ms: sluice_control::leases::DEFAULT_LEASE_TTL_MS,
             },
             l,
         )

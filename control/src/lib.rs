@@ -9,6 +9,7 @@ pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod leases;
 pub mod mcp_tools;
 pub mod metrics;
 pub mod openapi;

@@ -25,6 +25,8 @@ pub struct ControlMetrics {
     pub usage_records: IntCounter,
     /// Usage batches received.
     pub usage_batches: IntCounter,
+    /// Spend-limit leases granted (one per limit and window per request).
+    pub lease_grants: IntCounter,
 }
 
 impl std::fmt::Debug for ControlMetrics {
@@ -70,6 +72,10 @@ impl ControlMetrics {
             "control_usage_batches_total",
             "Usage batches received from proxies.",
         )?;
+        let lease_grants = IntCounter::new(
+            "control_lease_grants_total",
+            "Spend-limit leases granted to proxies.",
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -77,6 +83,7 @@ impl ControlMetrics {
             Box::new(snapshot_version.clone()),
             Box::new(usage_records.clone()),
             Box::new(usage_batches.clone()),
+            Box::new(lease_grants.clone()),
         ] {
             registry.register(c)?;
         }
@@ -88,6 +95,7 @@ impl ControlMetrics {
             snapshot_version,
             usage_records,
             usage_batches,
+            lease_grants,
         }))
     }
 

@@ -13,7 +13,9 @@ use crate::documents::{
 use crate::error::ApiError;
 use crate::openapi::{ApiBuilder, Method::*, Op, RouteInfo};
 use crate::state::AppState;
-use crate::{identity as id, mcp_tools, ops, runtime, secrets, statistics, usage, usage_mcp};
+use crate::{
+    identity as id, leases, mcp_tools, ops, runtime, secrets, statistics, usage, usage_mcp,
+};
 
 /// The five routes of one document kind.
 fn documents<K: DocKind>(
@@ -413,6 +415,29 @@ pub fn api(state: AppState) -> (Router<AppState>, Value, Vec<RouteInfo>) {
             .body::<usage::UsageBatch>()
             .ok::<usage::UsageAck>(200),
             usage::ingest,
+        )
+        .add(
+            Op::new(
+                Post,
+                "/proxy/leases",
+                write(Usage),
+                "proxies",
+                "A proxy process renews its shares of the spend limits",
+            )
+            .body::<sluice_proxy::lease::LeaseRequest>()
+            .ok::<sluice_proxy::lease::LeaseAnswer>(200),
+            leases::grant,
+        )
+        .add(
+            Op::new(
+                Get,
+                "/limits/{id}/standing",
+                read(Limits),
+                "cost",
+                "A spend limit's current window: authoritative spend, commitments, live holders",
+            )
+            .ok::<leases::LimitStanding>(200),
+            leases::standing,
         )
         .add(
             Op::new(

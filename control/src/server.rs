@@ -31,6 +31,10 @@ pub struct ControlConfig {
     pub metrics_listen: Option<String>,
     /// Runs catalogue MCP servers on Kubernetes (`--kube`); off when absent.
     pub kube: Option<crate::runtime::RuntimeConfig>,
+    /// How long a spend-limit lease holds (`SLUICE_LEASE_TTL_MS`; proxies renew every
+    /// third of it, and a proxy cut off from the control plane fails its limits closed
+    /// after it).
+    pub lease_ttl_ms: u64,
 }
 
 /// Why the control plane could not start.
@@ -95,6 +99,7 @@ pub async fn prepare(
         runtime,
         metrics: crate::metrics::ControlMetrics::new()
             .map_err(|e| StartError::Api(format!("metrics: {e}")))?,
+        leases: Arc::new(crate::leases::LeaseDesk::new(cfg.lease_ttl_ms)),
     };
     let (org_id, generated) = bootstrap(&state, cfg.bootstrap_admin_key.as_deref()).await?;
     if let Some(k) = cfg.bootstrap_proxy_key.as_deref() {

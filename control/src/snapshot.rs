@@ -392,6 +392,7 @@ pub async fn compile(
             time_zone: l.time_zone,
             max_cost_usd: l.max_cost_usd,
             max_tokens: l.max_tokens.map(u64::from),
+            fail_open: l.fail_open,
         });
     }
     for (id, r) in documents::all_of::<crate::documents::RateLimitBody>(db).await? {

@@ -19,6 +19,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::ControlMetrics>,
     /// Runs catalogue MCP servers on Kubernetes, when enabled.
     pub runtime: Option<Arc<crate::runtime::McpRuntime>>,
+    /// Grants spend-limit leases to proxies.
+    pub leases: Arc<crate::leases::LeaseDesk>,
 }
 
 impl AppState {

@@ -64,6 +64,11 @@ pub async fn ingest(
             r.try_get::<String, _>("org_id")?,
         );
     }
+    let windows = if batch.records.iter().any(|r| !r.limits.is_empty()) {
+        crate::leases::windows(&state).await?
+    } else {
+        Default::default()
+    };
     let mut tx = state.db.pool.begin().await?;
     let mut inserted = 0u64;
     let mut acked = 0u64;
@@ -123,6 +128,9 @@ pub async fn ingest(
         .execute(&mut *tx)
         .await?;
         inserted += done.rows_affected();
+        if done.rows_affected() > 0 && !r.limits.is_empty() {
+            crate::leases::count(&mut tx, &windows, &batch.proxy_id, r).await?;
+        }
         // Tools seen in traffic join the catalogue as discovered.
         if done.rows_affected() > 0
             && let Some(org) = profile_orgs.get(&r.profile)
@@ -144,22 +152,17 @@ pub async fn ingest(
             }
         }
     }
-    let upd = sqlx::query(
-        "UPDATE proxies SET last_seen = $1, acked_seq = CASE WHEN acked_seq > $2 THEN acked_seq ELSE $2 END WHERE proxy_id = $3",
+    // One statement, so batches racing in from a proxy's first moments cannot collide.
+    sqlx::query(
+        "INSERT INTO proxies (proxy_id, last_seen, acked_seq, snapshot_version) VALUES ($1, $2, $3, 0) \
+         ON CONFLICT (proxy_id) DO UPDATE SET last_seen = excluded.last_seen, acked_seq = \
+         CASE WHEN proxies.acked_seq > excluded.acked_seq THEN proxies.acked_seq ELSE excluded.acked_seq END",
     )
+    .bind(&batch.proxy_id)
     .bind(now_ms())
     .bind(i(acked))
-    .bind(&batch.proxy_id)
     .execute(&mut *tx)
     .await?;
-    if upd.rows_affected() == 0 {
-        sqlx::query("INSERT INTO proxies (proxy_id, last_seen, acked_seq, snapshot_version) VALUES ($1, $2, $3, 0)")
-            .bind(&batch.proxy_id)
-            .bind(now_ms())
-            .bind(i(acked))
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await?;
     state.metrics.usage_batches.inc();
     state.metrics.usage_records.inc_by(inserted);

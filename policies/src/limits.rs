@@ -88,6 +88,47 @@ impl Window {
         }
     }
 
+    /// A stable name for this window (`rolling:3600`, `day@Europe/Berlin`): usage counted
+    /// under one name is not counted under another.
+    pub fn key(&self) -> String {
+        match self {
+            Window::Rolling { secs } => format!("rolling:{secs}"),
+            Window::Calendar { unit, tz } => {
+                let unit = match unit {
+                    CalendarUnit::Day => "day",
+                    CalendarUnit::Week => "week",
+                    CalendarUnit::Month => "month",
+                };
+                format!("{unit}@{}", tz.iana_name().unwrap_or("UTC"))
+            }
+        }
+    }
+
+    /// Where usage at `ts_ms` is counted: the start of its rolling bucket, or of its
+    /// calendar period.
+    pub fn bucket_start(&self, ts_ms: i64) -> i64 {
+        match self {
+            Window::Rolling { .. } => {
+                let width = i64::try_from(self.bucket_ms()).unwrap_or(i64::MAX);
+                ts_ms - ts_ms.rem_euclid(width)
+            }
+            Window::Calendar { .. } => self.period(ts_ms).map_or(ts_ms, |p| p.0),
+        }
+    }
+
+    /// Whether usage counted in the bucket starting at `start` is still in the window at
+    /// `now_ms`.
+    pub fn counts(&self, start: i64, now_ms: i64) -> bool {
+        match self {
+            Window::Rolling { secs } => {
+                let horizon = now_ms - i64::try_from(secs * 1000).unwrap_or(i64::MAX);
+                let width = i64::try_from(self.bucket_ms()).unwrap_or(i64::MAX);
+                start.saturating_add(width) > horizon
+            }
+            Window::Calendar { .. } => start >= self.period(now_ms).map_or(i64::MIN, |p| p.0),
+        }
+    }
+
     fn bucket_ms(&self) -> u64 {
         match self {
             Window::Rolling { secs } => (secs * 1000 / ROLLING_BUCKETS).max(1),
@@ -136,11 +177,13 @@ pub struct Amount {
 }
 
 impl Amount {
-    fn add(&mut self, o: Amount) {
+    /// Adds `o`, saturating.
+    pub fn add(&mut self, o: Amount) {
         self.micros = self.micros.saturating_add(o.micros);
         self.tokens = self.tokens.saturating_add(o.tokens);
     }
-    fn sub(&mut self, o: Amount) {
+    /// Takes `o` away, saturating at zero.
+    pub fn sub(&mut self, o: Amount) {
         self.micros = self.micros.saturating_sub(o.micros);
         self.tokens = self.tokens.saturating_sub(o.tokens);
     }
@@ -158,6 +201,8 @@ pub struct Exceeded {
     /// When enough of the window frees up for anything to pass (ms since the epoch): the
     /// next period for a calendar window, the oldest usage leaving a rolling one.
     pub resets_at_ms: i64,
+    /// The cap had room, but this replica's share of it (its lease) did not.
+    pub by_lease: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,37 +235,23 @@ impl Ledger {
         }
     }
 
-    /// Whether this ledger still counts as `window` with these caps (a changed limit
-    /// starts afresh).
-    pub fn same_terms(
-        &self,
-        window: &Window,
-        max_micros: Option<u64>,
-        max_tokens: Option<u64>,
-    ) -> bool {
+    /// Whether this ledger counts over `window` (a limit whose window changed starts
+    /// afresh; one whose caps changed keeps its count under the new caps).
+    pub fn same_window(&self, window: &Window) -> bool {
         self.window == *window
-            && self.max.micros == max_micros.unwrap_or(u64::MAX)
-            && self.max.tokens == max_tokens.unwrap_or(u64::MAX)
+    }
+
+    /// New caps for the same window.
+    pub fn set_caps(&mut self, max_micros: Option<u64>, max_tokens: Option<u64>) {
+        self.max = Amount {
+            micros: max_micros.unwrap_or(u64::MAX),
+            tokens: max_tokens.unwrap_or(u64::MAX),
+        };
     }
 
     fn expire(&mut self, now_ms: i64) {
-        match &self.window {
-            Window::Rolling { secs } => {
-                let horizon = now_ms - i64::try_from(secs * 1000).unwrap_or(i64::MAX);
-                let width = i64::try_from(self.window.bucket_ms()).unwrap_or(i64::MAX);
-                while self
-                    .buckets
-                    .front()
-                    .is_some_and(|b| b.start_ms + width <= horizon)
-                {
-                    self.buckets.pop_front();
-                }
-            }
-            Window::Calendar { .. } => {
-                let start = self.window.period(now_ms).map_or(i64::MIN, |p| p.0);
-                self.buckets.retain(|b| b.start_ms >= start);
-            }
-        }
+        let window = &self.window;
+        self.buckets.retain(|b| window.counts(b.start_ms, now_ms));
     }
 
     /// Spent in the current window (settled requests only).
@@ -253,21 +284,62 @@ impl Ledger {
 
     /// Reserves `estimate` if spent + reserved + estimate stays within the caps.
     pub fn reserve(&mut self, now_ms: i64, estimate: Amount) -> Result<(), Exceeded> {
-        let spent = self.spent(now_ms);
-        let used_micros = spent.micros.saturating_add(self.reserved.micros);
-        let used_tokens = spent.tokens.saturating_add(self.reserved.tokens);
-        let refuse = |what, used, max| Exceeded {
-            what,
-            used,
-            max,
-            resets_at_ms: self.resets_at(now_ms),
+        self.reserve_within(now_ms, estimate, None)
+    }
+
+    /// Spent in the window plus what requests in flight hold.
+    pub fn used(&mut self, now_ms: i64) -> Amount {
+        let mut used = self.spent(now_ms);
+        used.add(self.reserved);
+        used
+    }
+
+    /// Reserves `estimate` if spent + reserved + estimate stays within the caps and within
+    /// `share`, this replica's part of them (its lease), when there is one.
+    pub fn reserve_within(
+        &mut self,
+        now_ms: i64,
+        estimate: Amount,
+        share: Option<Amount>,
+    ) -> Result<(), Exceeded> {
+        let used = self.used(now_ms);
+        let resets_at_ms = self.resets_at(now_ms);
+        let check = |what, used: u64, est: u64, max: u64, share: Option<u64>| {
+            let after = used.saturating_add(est);
+            if after > max {
+                return Err(Exceeded {
+                    what,
+                    used,
+                    max,
+                    resets_at_ms,
+                    by_lease: false,
+                });
+            }
+            match share {
+                Some(s) if after > s => Err(Exceeded {
+                    what,
+                    used,
+                    max,
+                    resets_at_ms,
+                    by_lease: true,
+                }),
+                _ => Ok(()),
+            }
         };
-        if used_micros.saturating_add(estimate.micros) > self.max.micros {
-            return Err(refuse("cost", used_micros, self.max.micros));
-        }
-        if used_tokens.saturating_add(estimate.tokens) > self.max.tokens {
-            return Err(refuse("tokens", used_tokens, self.max.tokens));
-        }
+        check(
+            "cost",
+            used.micros,
+            estimate.micros,
+            self.max.micros,
+            share.map(|s| s.micros),
+        )?;
+        check(
+            "tokens",
+            used.tokens,
+            estimate.tokens,
+            self.max.tokens,
+            share.map(|s| s.tokens),
+        )?;
         self.reserved.add(estimate);
         Ok(())
     }
@@ -284,13 +356,7 @@ impl Ledger {
             return;
         }
         self.expire(now_ms);
-        let start = match &self.window {
-            Window::Rolling { .. } => {
-                let width = i64::try_from(self.window.bucket_ms()).unwrap_or(i64::MAX);
-                now_ms - now_ms.rem_euclid(width)
-            }
-            Window::Calendar { .. } => self.window.period(now_ms).map_or(now_ms, |p| p.0),
-        };
+        let start = self.window.bucket_start(now_ms);
         match self.buckets.back_mut() {
             Some(b) if b.start_ms == start => b.used.add(actual),
             _ => self.buckets.push_back(Bucket {

@@ -313,6 +313,85 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
     }
 }
 
+/// Keeps this process's spend-limit leases until `shutdown`: asks every third of a lease's
+/// life, when a request wanted more than its lease had left, and when a snapshot brings
+/// new limits. A failed round is retried with backoff; leases not renewed lapse, and the
+/// limits they cover fail closed (or open where a limit says so).
+pub async fn keep_leases(
+    book: Arc<crate::spend::SpendBook>,
+    live: Arc<LiveConfig>,
+    link: ControlLink,
+    proxy_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    book.lease_from_control();
+    let mut versions = live.subscribe();
+    let mut every = Duration::from_millis(500);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let limits = live
+            .current()
+            .map(|c| c.spend_limits.clone())
+            .unwrap_or_default();
+        if !limits.is_empty() {
+            let asked_at = std::time::Instant::now();
+            // The next calendar period is asked for two renewals before it starts.
+            let asks = book.lease_asks(&limits, every * 2);
+            let request = crate::lease::LeaseRequest {
+                proxy_id: proxy_id.clone(),
+                holder: book.holder().to_string(),
+                leases: asks,
+            };
+            let body = serde_json::to_vec(&request).unwrap_or_default();
+            let call = link.call(
+                http::Method::POST,
+                "/api/v1/proxy/leases",
+                Some(body.into()),
+                Duration::from_secs(5),
+            );
+            let outcome = tokio::select! {
+                r = call => r,
+                _ = shutdown.changed() => return,
+            };
+            let problem = match outcome {
+                Ok((200, body)) => match serde_json::from_slice::<crate::lease::LeaseAnswer>(&body)
+                {
+                    Ok(answer) => {
+                        book.take_grants(&answer, asked_at);
+                        every = crate::lease::renew_after(Duration::from_millis(answer.ttl_ms));
+                        backoff = Duration::from_millis(100);
+                        None
+                    }
+                    Err(e) => Some(format!("the control plane's leases do not parse: {e}")),
+                },
+                Ok((status, _)) => Some(format!("the control plane answered {status} to leases")),
+                Err(e) => Some(e),
+            };
+            if let Some(problem) = problem {
+                tracing::warn!(error = %problem, "spend-limit leases (will retry)");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(every);
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = book.wanted() => {
+                // Requests that want more arrive in bursts: one round answers them all.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ = versions.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Sends the MCP servers' tool lists whenever one changes, until `shutdown`; a failed
 /// report is sent again (with backoff) until the control plane takes it.
 pub async fn ship_inventory(

@@ -158,6 +158,27 @@ pub enum SluiceError {
         /// Seconds until then (`Retry-After`).
         resets_in_secs: u64,
     },
+    /// Behind a control plane, this proxy holds no current share (lease) of a spend limit:
+    /// it cannot tell whether the limit has room, and limits fail closed.
+    #[error(
+        "Sluice cannot check spend limit '{limit}' right now: this proxy has not been able to \
+         confirm its share with the Sluice control plane; retry shortly (a limit set by your \
+         Sluice admins, not the provider's)"
+    )]
+    LimitStateUnknown {
+        /// The limit's name.
+        limit: String,
+    },
+    /// This proxy's share of a spend limit is used while the limit still has room held by
+    /// other replicas: the share grows at the next renewal.
+    #[error(
+        "Sluice spend limit '{limit}': this replica's share is in use and is being renewed; \
+         retry in a second (a limit set by your Sluice admins, not the provider's)"
+    )]
+    LimitRebalancing {
+        /// The limit's name.
+        limit: String,
+    },
     /// A rate limit of Sluice's (not the provider's) would be passed.
     #[error(
         "Sluice rate limit '{limit}' reached ({what}; a limit set by your Sluice admins, not the provider's); retry after {retry_after_secs} s"
@@ -253,6 +274,12 @@ impl SluiceError {
             }
             SluiceError::RateLimitExceeded { .. } => {
                 (429, "rate_limit_exceeded", ErrorKind::RateLimited)
+            }
+            SluiceError::LimitRebalancing { .. } => {
+                (429, "spend_limit_rebalancing", ErrorKind::RateLimited)
+            }
+            SluiceError::LimitStateUnknown { .. } => {
+                (503, "spend_limit_unknown", ErrorKind::Unavailable)
             }
             SluiceError::NotReady => (503, "not_ready", ErrorKind::Unavailable),
             SluiceError::Overloaded { .. } => (503, "overloaded", ErrorKind::Unavailable),

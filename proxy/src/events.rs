@@ -180,6 +180,11 @@ pub struct RequestRecord {
     pub price_missing: bool,
     /// Time spent in Sluice's own filters, µs.
     pub sluice_us: Option<u64>,
+    /// The spend limits its cost was counted in (ids).
+    pub limits: Vec<String>,
+    /// The proxy process (lease holder) that counted it.
+    #[serde(skip)]
+    pub spend_holder: Option<std::sync::Arc<str>>,
     /// The request body, when the profile captures content.
     #[serde(skip)]
     pub captured_request: Option<bytes::Bytes>,

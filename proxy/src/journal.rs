@@ -78,6 +78,13 @@ pub struct UsageRecord {
     /// Set for an MCP request: what the gateway did (the record goes to the MCP call log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpUsage>,
+    /// The spend limits its cost was counted in (ids): the control plane adds it to their
+    /// authoritative spend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
+    /// The proxy process that counted it, as the holder of those limits' leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// The MCP part of a usage record.
@@ -186,6 +193,8 @@ impl UsageRecord {
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
             mcp: None,
+            limits: r.limits.clone(),
+            holder: r.spend_holder.as_deref().map(str::to_owned),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod header_deadline;
 pub mod journal;
 pub mod keys;
+pub mod lease;
 pub mod listen;
 pub mod live;
 pub mod llm;

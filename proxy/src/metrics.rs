@@ -62,6 +62,7 @@ pub struct ProxyMetrics {
     snapshot_age: Gauge,
     limit_spent: prometheus::GaugeVec,
     limit_reserved: prometheus::GaugeVec,
+    limit_lease: prometheus::GaugeVec,
     limit_max: prometheus::GaugeVec,
     journal_backlog: IntGauge,
     journal_failures: IntGauge,
@@ -181,6 +182,12 @@ impl ProxyMetrics {
             "sluice_spend_limit_reserved",
             "What requests in flight hold in a spend limit on this proxy (unit usd or tokens).",
         )?;
+        let limit_lease = limit_gauge(
+            "sluice_spend_limit_lease",
+            "This proxy's current lease of a spend limit behind a control plane: the ceiling on \
+             what it may spend in the window (absent: no live lease; the limit fails closed \
+             unless it fails open).",
+        )?;
         let limit_max = limit_gauge(
             "sluice_spend_limit_max",
             "A spend limit's cap per window (unit usd or tokens).",
@@ -209,6 +216,7 @@ impl ProxyMetrics {
             Box::new(snapshot_age.clone()),
             Box::new(limit_spent.clone()),
             Box::new(limit_reserved.clone()),
+            Box::new(limit_lease.clone()),
             Box::new(limit_max.clone()),
             Box::new(journal_backlog.clone()),
             Box::new(journal_failures.clone()),
@@ -232,6 +240,7 @@ impl ProxyMetrics {
             snapshot_age,
             limit_spent,
             limit_reserved,
+            limit_lease,
             limit_max,
             journal_backlog,
             journal_failures,
@@ -251,10 +260,23 @@ impl ProxyMetrics {
         self.limit_spent.reset();
         self.limit_reserved.reset();
         self.limit_max.reset();
+        self.limit_lease.reset();
         if let (Some(book), Some(cfg)) = (spend, live.current()) {
-            for (limit, spent, reserved) in book.standings(&cfg.spend_limits) {
+            for (limit, spent, reserved, lease) in book.standings(&cfg.spend_limits) {
                 let name = limit.name();
                 let (max_micros, max_tokens) = limit.caps();
+                if let Some(l) = lease {
+                    if max_micros.is_some() {
+                        self.limit_lease
+                            .with_label_values(&[name, "usd"])
+                            .set(l.micros as f64 / 1e6);
+                    }
+                    if max_tokens.is_some() {
+                        self.limit_lease
+                            .with_label_values(&[name, "tokens"])
+                            .set(l.tokens as f64);
+                    }
+                }
                 if let Some(m) = max_micros {
                     self.limit_max
                         .with_label_values(&[name, "usd"])

@@ -54,6 +54,8 @@ pub struct RunningProxy {
     pub admin_addr: Option<SocketAddr>,
     /// The metrics listener's address.
     pub metrics_addr: Option<SocketAddr>,
+    /// The spend limits' ledgers (and leases, behind a control plane).
+    pub spend: Arc<crate::spend::SpendBook>,
     shutdown: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     fds: ListenFds,
@@ -136,6 +138,7 @@ pub fn start_passthrough(
         metrics_addr: None,
         proxy_addr,
         admin_addr: None,
+        spend: Arc::default(),
         shutdown,
         thread: Some(thread),
         fds,
@@ -277,7 +280,7 @@ pub fn start(
                 catalogue: parts.catalogue.clone(),
                 journal: parts.journal.clone(),
                 mcp,
-                spend,
+                spend: spend.clone(),
             },
         );
         for a in &admin_addrs {
@@ -305,6 +308,7 @@ pub fn start(
         metrics_addr,
         proxy_addr,
         admin_addr,
+        spend,
         shutdown,
         thread: Some(thread),
         fds,

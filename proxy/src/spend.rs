@@ -4,7 +4,9 @@
 //! snapshots: a new snapshot with the same terms keeps counting) and the estimate.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sluice_policies::limits::{Amount, Exceeded, Ledger, Window};
@@ -35,6 +37,11 @@ pub struct RawSpendLimit {
     pub max_cost_usd: Option<f64>,
     /// Tokens (input + output) per window.
     pub max_tokens: Option<u64>,
+    /// Behind a control plane, when this proxy holds no current lease of the limit (the
+    /// control plane unreachable for longer than a lease lives): `false` (default) refuses
+    /// the limit's requests with 503, `true` enforces the cap on this proxy's own count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,16 +56,27 @@ enum Scope {
 /// A checked limit.
 #[derive(Debug, Clone)]
 pub struct SpendLimit {
-    id: String,
+    pub(crate) id: String,
     name: String,
     scope: Scope,
     model: Option<String>,
-    window: Window,
+    pub(crate) window: Window,
     max_micros: Option<u64>,
     max_tokens: Option<u64>,
+    fail_open: bool,
 }
 
 impl SpendLimit {
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where its current window starts: the calendar period's start, 0 when rolling.
+    pub fn window_start(&self, now_ms: i64) -> i64 {
+        self.window.period(now_ms).map_or(0, |p| p.0)
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
@@ -112,6 +130,7 @@ impl SpendLimit {
             window,
             max_micros,
             max_tokens: raw.max_tokens,
+            fail_open: raw.fail_open,
         })
     }
 
@@ -156,8 +175,10 @@ pub struct Requester<'a> {
 pub enum Hold {
     /// A spend limit's reservation.
     Ledger {
+        /// The limit's id.
+        limit: String,
         /// The ledger.
-        ledger: Arc<Mutex<Ledger>>,
+        ledger: Arc<Mutex<LimitState>>,
         /// What was reserved.
         reserved: Amount,
     },
@@ -170,10 +191,46 @@ pub enum Hold {
     },
 }
 
+/// A limit, what its window spent here, what is reserved, and its live lease's ceiling.
+pub type Standing<'a> = (&'a SpendLimit, Amount, Amount, Option<Amount>);
+
+/// One limit's count on this proxy, and its lease when a control plane shares it.
+#[derive(Debug)]
+pub struct LimitState {
+    pub(crate) ledger: Ledger,
+    pub(crate) lease: crate::lease::LeaseState,
+}
+
 /// The ledgers of every limit this proxy enforces, by limit id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpendBook {
-    ledgers: Mutex<HashMap<String, Arc<Mutex<Ledger>>>>,
+    pub(crate) ledgers: Mutex<HashMap<String, Arc<Mutex<LimitState>>>>,
+    // This process, as a lease holder.
+    holder: Arc<str>,
+    // Set by a proxy behind a control plane: limits are spent from leases.
+    leasing: AtomicBool,
+    // Woken when a request wanted more than a lease had left.
+    wanted: tokio::sync::Notify,
+}
+
+impl Default for SpendBook {
+    fn default() -> Self {
+        let mut id = [0u8; 12];
+        // Without randomness, the time stands in: holders only need to differ.
+        if getrandom::fill(&mut id).is_err() {
+            id[..8].copy_from_slice(&now_ms().to_le_bytes());
+        }
+        Self {
+            ledgers: Mutex::default(),
+            holder: id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+            leasing: AtomicBool::new(false),
+            wanted: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -183,63 +240,84 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl SpendBook {
-    fn ledger(&self, limit: &SpendLimit) -> Arc<Mutex<Ledger>> {
+    pub(crate) fn state(&self, limit: &SpendLimit) -> Arc<Mutex<LimitState>> {
         let mut all = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(limit.id.clone()).or_insert_with(|| {
-            Arc::new(Mutex::new(Ledger::new(
-                limit.window.clone(),
-                limit.max_micros,
-                limit.max_tokens,
-            )))
-        });
-        let same = entry
-            .lock()
-            .map(|l| l.same_terms(&limit.window, limit.max_micros, limit.max_tokens))
-            .unwrap_or(false);
+        let fresh = || {
+            Arc::new(Mutex::new(LimitState {
+                ledger: Ledger::new(limit.window.clone(), limit.max_micros, limit.max_tokens),
+                lease: Default::default(),
+            }))
+        };
+        let entry = all.entry(limit.id.clone()).or_insert_with(fresh);
+        let same = match entry.lock() {
+            Ok(mut st) => {
+                st.ledger.set_caps(limit.max_micros, limit.max_tokens);
+                st.ledger.same_window(&limit.window)
+            }
+            Err(_) => false,
+        };
         if !same {
-            // New terms start a new count (the old one stays with requests in flight).
-            *entry = Arc::new(Mutex::new(Ledger::new(
-                limit.window.clone(),
-                limit.max_micros,
-                limit.max_tokens,
-            )));
+            // A new window starts a new count (the old one stays with requests in flight).
+            *entry = fresh();
         }
         entry.clone()
+    }
+
+    /// This process's id as a lease holder.
+    pub fn holder(&self) -> Arc<str> {
+        self.holder.clone()
+    }
+
+    /// From now on, limits are spent from leases the control plane grants.
+    pub fn lease_from_control(&self) {
+        self.leasing.store(true, Ordering::Release);
+    }
+
+    /// Resolves when a request wanted more than a lease had left.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
     }
 
     /// Each limit's standing: what its current window spent, what requests in flight hold,
     /// and (calendar windows) the period — for `GET /admin/v1/spend`.
     pub fn view(&self, limits: &[SpendLimit]) -> serde_json::Value {
         let now = now_ms();
+        let amount = |a: Amount| serde_json::json!({"cost_micros": a.micros, "tokens": a.tokens});
         let items: Vec<_> = self
             .standings(limits)
             .into_iter()
-            .map(|(limit, spent, reserved)| {
+            .map(|(limit, spent, reserved, lease)| {
                 let period = limit.window.period(now);
                 serde_json::json!({
                     "id": limit.id, "name": limit.name,
                     "max_cost_micros": limit.max_micros, "max_tokens": limit.max_tokens,
-                    "spent": {"cost_micros": spent.micros, "tokens": spent.tokens},
-                    "reserved": {"cost_micros": reserved.micros, "tokens": reserved.tokens},
+                    "spent": amount(spent),
+                    "reserved": amount(reserved),
+                    "lease": lease.map(amount),
                     "period": period.map(|(s, e)| serde_json::json!({"start": rfc3339(s), "end": rfc3339(e)})),
                 })
             })
             .collect();
-        serde_json::json!({ "limits": items })
+        serde_json::json!({ "limits": items, "leased": self.leasing.load(Ordering::Acquire) })
     }
 
-    /// Each limit with what its window spent and what is reserved.
-    pub fn standings<'a>(&self, limits: &'a [SpendLimit]) -> Vec<(&'a SpendLimit, Amount, Amount)> {
-        let now = now_ms();
+    /// Each limit with what its window spent on this proxy, what is reserved, and the
+    /// ceiling of its live lease.
+    pub fn standings<'a>(&self, limits: &'a [SpendLimit]) -> Vec<Standing<'a>> {
+        let (now, instant) = (now_ms(), Instant::now());
         limits
             .iter()
             .map(|limit| {
-                let ledger = self.ledger(limit);
-                let (spent, reserved) = match ledger.lock() {
-                    Ok(mut l) => (l.spent(now), l.reserved()),
+                let state = self.state(limit);
+                let (spent, reserved, lease) = match state.lock() {
+                    Ok(mut st) => (
+                        st.ledger.spent(now),
+                        st.ledger.reserved(),
+                        st.lease.ceiling(limit.window_start(now), instant),
+                    ),
                     Err(_) => Default::default(),
                 };
-                (limit, spent, reserved)
+                (limit, spent, reserved, lease)
             })
             .collect()
     }
@@ -251,37 +329,106 @@ impl SpendBook {
         who: &Requester<'_>,
         estimate: Amount,
     ) -> Result<Vec<Hold>, SluiceError> {
-        let now = now_ms();
+        let (now, instant) = (now_ms(), Instant::now());
+        let leasing = self.leasing.load(Ordering::Acquire);
         let mut holds = Vec::new();
         for limit in limits.iter().filter(|l| l.applies(who)) {
-            let ledger = self.ledger(limit);
-            let reserved = ledger
-                .lock()
-                .map_err(|_| SluiceError::Internal)?
-                .reserve(now, estimate);
-            match reserved {
+            let state = self.state(limit);
+            let outcome = {
+                let mut st = state.lock().map_err(|_| SluiceError::Internal)?;
+                self.reserve(&mut st, limit, (now, instant), estimate, leasing)
+            };
+            match outcome {
                 Ok(()) => holds.push(Hold::Ledger {
-                    ledger,
+                    limit: limit.id.clone(),
+                    ledger: state,
                     reserved: estimate,
                 }),
                 Err(e) => {
                     settle(holds, Amount::default());
-                    return Err(exceeded(limit, &e, now));
+                    return Err(e);
                 }
             }
         }
         Ok(holds)
     }
+
+    fn reserve(
+        &self,
+        st: &mut LimitState,
+        limit: &SpendLimit,
+        (now, instant): (i64, Instant),
+        estimate: Amount,
+        leasing: bool,
+    ) -> Result<(), SluiceError> {
+        if !leasing {
+            return st
+                .ledger
+                .reserve(now, estimate)
+                .map_err(|e| exceeded(limit, &e, e.used, now));
+        }
+        let start = limit.window_start(now);
+        st.lease.asked(estimate);
+        let share = match st.lease.ceiling(start, instant) {
+            Some(c) => Some(c),
+            None if limit.fail_open => None,
+            None => {
+                self.wanted.notify_one();
+                return Err(SluiceError::LimitStateUnknown {
+                    limit: limit.name.clone(),
+                });
+            }
+        };
+        match st.ledger.reserve_within(now, estimate, share) {
+            Ok(()) => {
+                // A quarter of the lease left: renew now rather than at the next turn.
+                if let Some(c) = share {
+                    let used = st.ledger.used(now);
+                    if used.micros.saturating_mul(4) > c.micros.saturating_mul(3)
+                        || used.tokens.saturating_mul(4) > c.tokens.saturating_mul(3)
+                    {
+                        self.wanted.notify_one();
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if e.by_lease => {
+                self.wanted.notify_one();
+                let (used_total, _) = st.lease.totals(start, instant).unwrap_or_default();
+                let pick = |a: Amount| if e.what == "cost" { a.micros } else { a.tokens };
+                let used = pick(used_total).max(e.used);
+                // What every proxy has used leaves no room: the limit itself is spent.
+                // Otherwise room is leased to other proxies and moves at their renewals.
+                if used.saturating_add(pick(estimate)) > e.max {
+                    Err(exceeded(limit, &e, used, now))
+                } else {
+                    Err(SluiceError::LimitRebalancing {
+                        limit: limit.name.clone(),
+                    })
+                }
+            }
+            Err(e) => Err(exceeded(limit, &e, e.used, now)),
+        }
+    }
 }
 
 /// Ends the holds of a request: what it really used replaces what was reserved.
-pub fn settle(holds: Vec<Hold>, actual: Amount) {
+/// Returns the spend limits it was counted in.
+pub fn settle(holds: Vec<Hold>, actual: Amount) -> Vec<String> {
     let now = now_ms();
+    let mut counted = Vec::new();
     for h in holds {
         match h {
-            Hold::Ledger { ledger, reserved } => {
-                if let Ok(mut l) = ledger.lock() {
-                    l.settle(now, reserved, actual);
+            Hold::Ledger {
+                limit,
+                ledger,
+                reserved,
+            } => {
+                if let Ok(mut st) = ledger.lock() {
+                    st.ledger.settle(now, reserved, actual);
+                }
+                if actual != Amount::default() {
+                    counted.push(limit);
                 }
             }
             Hold::Bucket { bucket, taken } => {
@@ -291,12 +438,13 @@ pub fn settle(holds: Vec<Hold>, actual: Amount) {
             }
         }
     }
+    counted
 }
 
-fn exceeded(limit: &SpendLimit, e: &Exceeded, now: i64) -> SluiceError {
+fn exceeded(limit: &SpendLimit, e: &Exceeded, used: u64, now: i64) -> SluiceError {
     let (used, max) = match e.what {
-        "cost" => (dollars(e.used), dollars(e.max)),
-        _ => (format!("{} tokens", e.used), format!("{} tokens", e.max)),
+        "cost" => (dollars(used), dollars(e.max)),
+        _ => (format!("{used} tokens"), format!("{} tokens", e.max)),
     };
     let resets_in_secs = u64::try_from((e.resets_at_ms - now).max(0) / 1000 + 1).unwrap_or(1);
     SluiceError::SpendLimitExceeded {

@@ -434,6 +434,11 @@ pub struct LimitBody {
     pub time_zone: Option<String>,
     /// Only requests for this model (exact, or a prefix ending in `*`).
     pub model: Option<String>,
+    /// When a proxy has no current share of the limit from the control plane (cut off for
+    /// longer than a lease lives): `false` (default) refuses the limit's requests with 503,
+    /// `true` lets the proxy enforce the cap on its own count.
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 impl DocKind for LimitBody {

@@ -138,6 +138,7 @@ pub async fn control_with(
             bootstrap_admin_key: Some(ADMIN_KEY.into()),
             bootstrap_proxy_key: None,
             metrics_listen: Some("127.0.0.1:0".into()),
+            lease_ttl_ms: sluice_control::leases::DEFAULT_LEASE_TTL_MS,
         },
         l,
     )

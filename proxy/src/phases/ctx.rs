@@ -60,6 +60,8 @@ pub struct RequestCtx {
     pub response_bytes: u64,
     /// Room reserved in spend limits, settled when the request ends.
     pub spend_holds: Vec<crate::spend::Hold>,
+    /// This process as a holder of spend-limit leases, when the request holds room in one.
+    pub spend_holder: Option<std::sync::Arc<str>>,
     /// Time to the first response byte from the upstream, in microseconds.
     pub ttfb_us: Option<u64>,
     /// True once the response header went downstream.
@@ -156,6 +158,7 @@ impl RequestCtx {
             conversation: None,
             sluice_ns: 0,
             spend_holds: Vec::new(),
+            spend_holder: None,
             response_bytes: 0,
         }
     }

@@ -67,7 +67,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
     // Usage that no price of its own covers: the provider's default price, or nothing.
     let price_missing = ctx.response_facts.usage.is_some() && priced.is_none_or(|(_, d)| d);
     // What it really used replaces what admission reserved.
-    crate::spend::settle(
+    let limits = crate::spend::settle(
         std::mem::take(&mut ctx.spend_holds),
         crate::spend::actual(ctx.response_facts.usage.as_ref(), cost_micros),
     );
@@ -91,6 +91,8 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         usage_estimated: estimated,
         price_missing,
         sluice_us: Some(ctx.sluice_ns / 1000),
+        spend_holder: ctx.spend_holder.take().filter(|_| !limits.is_empty()),
+        limits,
         captured_request: ctx.captured_request.take(),
         captured_response: ctx
             .capture

@@ -166,6 +166,7 @@ pub async fn respond_error(
         SluiceError::RateLimitExceeded {
             retry_after_secs, ..
         } => Some(*retry_after_secs),
+        SluiceError::LimitRebalancing { .. } => Some(1),
         _ if status == 503 => Some(1),
         _ => None,
     };

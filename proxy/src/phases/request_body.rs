@@ -108,6 +108,9 @@ pub fn on_chunk(
                 return Err(e);
             }
         }
+        if !holds.is_empty() {
+            ctx.spend_holder = Some(spend.holder());
+        }
         ctx.spend_holds = holds;
     }
     let judged = judge_request(
