@@ -265,7 +265,7 @@ pub fn start_controlled(
         rx.clone(),
     ));
     rt.spawn(sluice_proxy::control_client::keep_leases(
-        running.spend.clone(),
+        (running.spend.clone(), running.rates.clone()),
         live.clone(),
         link.clone(),
         journal.proxy_id().to_owned(),

@@ -19,7 +19,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use sluice_policies::limits::{Amount, Window};
 use sluice_proxy::journal::UsageRecord;
-use sluice_proxy::lease::{LeaseAnswer, LeaseAsk, LeaseGrant, LeaseRequest, WireAmount};
+use sluice_proxy::lease::{
+    LeaseAnswer, LeaseAsk, LeaseGrant, LeaseRequest, RateAsk, RateGrant, WireAmount,
+};
 use sqlx::Row;
 
 use crate::auth::Principal;
@@ -355,6 +357,11 @@ pub async fn grant(
             others_committed: others.into(),
         });
     }
+    let rates = if req.rates.is_empty() {
+        Vec::new()
+    } else {
+        share_rates(&state, &mut tx, &req.holder, &req.rates, now, ttl).await?
+    };
     // Leases an hour past their end tell nothing any more.
     sqlx::query("DELETE FROM limit_leases WHERE expires_at < $1")
         .bind(now - 3_600_000)
@@ -365,7 +372,105 @@ pub async fn grant(
     Ok(Json(LeaseAnswer {
         ttl_ms: ttl,
         leases,
+        rates,
     }))
+}
+
+/// A holder's target share of a rate shared by `n` live holders whose demands sum to
+/// `total`: half the rate split evenly (room for whoever is idle), half by demand. The
+/// targets sum to the rate; a grant is the target within what the others hold.
+fn share(rate: u64, n: u64, mine: u64, total: u64) -> u64 {
+    let n = u128::from(n.max(1));
+    let rate = u128::from(rate);
+    let s = if total == 0 {
+        rate / n
+    } else {
+        let (mine, total) = (u128::from(mine), u128::from(total));
+        rate * (total + n * mine) / (2 * n * total)
+    };
+    u64::try_from(s).unwrap_or(u64::MAX).max(1)
+}
+
+/// Records each rate limit's demand from this holder and answers with its shares.
+async fn share_rates(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    holder: &str,
+    asks: &[RateAsk],
+    now: i64,
+    ttl: u64,
+) -> Result<Vec<RateGrant>, ApiError> {
+    let limits: HashMap<String, crate::documents::RateLimitBody> =
+        crate::documents::all_of(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+    let mut out = Vec::with_capacity(asks.len());
+    for ask in asks {
+        let Some(limit) = limits.get(&ask.limit_id) else {
+            continue;
+        };
+        // The other live holders: their demand and what they hold.
+        let (mut n, mut requests, mut tokens) = (1u64, ask.requests, ask.tokens);
+        let (mut held_requests, mut held_tokens) = (0u64, 0u64);
+        for r in sqlx::query(
+            "SELECT demand_requests, demand_tokens, granted_requests, granted_tokens FROM rate_shares \
+             WHERE limit_id = $1 AND expires_at > $2 AND holder <> $3",
+        )
+        .bind(&ask.limit_id)
+        .bind(now)
+        .bind(holder)
+        .fetch_all(&mut **tx)
+        .await?
+        {
+            let get = |c: &str| r.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
+            n += 1;
+            requests = requests.saturating_add(get("demand_requests")?);
+            tokens = tokens.saturating_add(get("demand_tokens")?);
+            held_requests = held_requests.saturating_add(get("granted_requests")?);
+            held_tokens = held_tokens.saturating_add(get("granted_tokens")?);
+        }
+        // Its part, within what the others hold now (they give back at their renewals).
+        let grant = |rate: Option<u32>, mine: u64, total: u64, held: u64| {
+            rate.map(|r| {
+                let r = u64::from(r);
+                share(r, n, mine, total).min(r.saturating_sub(held)).max(1)
+            })
+        };
+        let g = RateGrant {
+            limit_id: ask.limit_id.clone(),
+            requests_per_minute: grant(
+                limit.requests_per_minute,
+                ask.requests,
+                requests,
+                held_requests,
+            ),
+            tokens_per_minute: grant(limit.tokens_per_minute, ask.tokens, tokens, held_tokens),
+        };
+        sqlx::query(
+            "INSERT INTO rate_shares (limit_id, holder, demand_requests, demand_tokens, \
+             granted_requests, granted_tokens, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (limit_id, holder) DO UPDATE SET \
+             demand_requests = excluded.demand_requests, demand_tokens = excluded.demand_tokens, \
+             granted_requests = excluded.granted_requests, granted_tokens = excluded.granted_tokens, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(&ask.limit_id)
+        .bind(holder)
+        .bind(i(ask.requests))
+        .bind(i(ask.tokens))
+        .bind(i(g.requests_per_minute.unwrap_or(0)))
+        .bind(i(g.tokens_per_minute.unwrap_or(0)))
+        .bind(now.saturating_add(i(ttl)))
+        .execute(&mut **tx)
+        .await?;
+        out.push(g);
+    }
+    sqlx::query("DELETE FROM rate_shares WHERE expires_at < $1")
+        .bind(now - 3_600_000)
+        .execute(&mut **tx)
+        .await?;
+    Ok(out)
 }
 
 /// A limit's current window as the control plane counts it.
@@ -485,6 +590,16 @@ mod tests {
                 },
             )),
         }
+    }
+
+    #[test]
+    fn rate_shares_follow_demand_and_sum_to_the_rate() {
+        // Three holders, demands 0, 10 and 30 requests: 600 a minute between them.
+        let shares: Vec<u64> = [0, 10, 30].iter().map(|&d| share(600, 3, d, 40)).collect();
+        assert_eq!(shares, vec![100, 175, 325]);
+        assert_eq!(shares.iter().sum::<u64>(), 600);
+        assert_eq!(share(600, 2, 0, 0), 300, "no demand anywhere: even shares");
+        assert_eq!(share(1, 5, 0, 3), 1, "never a share of nothing");
     }
 
     #[test]

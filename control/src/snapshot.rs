@@ -247,7 +247,7 @@ pub async fn compile(
         );
     }
     let mut doc_orgs: HashMap<String, String> = HashMap::new();
-    for row in sqlx::query("SELECT id, org_id FROM documents WHERE kind IN ('profiles', 'limits')")
+    for row in sqlx::query("SELECT id, org_id FROM documents WHERE kind IN ('profiles', 'limits', 'optimisation_rules')")
         .fetch_all(&db.pool)
         .await?
     {
@@ -413,6 +413,41 @@ pub async fn compile(
             tokens_per_minute: r.tokens_per_minute.map(u64::from),
         });
     }
+    // A profile's rules first, then its team's, then the organisation's; each level by
+    // priority, then oldest first (the documents come oldest first; the sort is stable).
+    let mut rules = Vec::new();
+    for (id, r) in documents::all_of::<crate::documents::OptimisationRuleBody>(db).await? {
+        if !r.enabled {
+            continue;
+        }
+        let (level, profile, team) = match (&r.profile, &r.team) {
+            (Some(p), _) => match profile_names.get(p) {
+                Some(name) => (0, Some(name.clone()), None),
+                None => continue,
+            },
+            (None, Some(t)) => match team_names.get(t) {
+                Some(name) => (1, None, Some(name.clone())),
+                None => continue,
+            },
+            (None, None) => (2, None, None),
+        };
+        rules.push((
+            (level, r.priority),
+            sluice_proxy::optimise::RawOptimisationRule {
+                name: r.name,
+                provider: r.provider,
+                profile,
+                team,
+                organisation: doc_orgs.get(&id).cloned(),
+                model: r.model,
+                max_input_tokens: r.max_input_tokens.map(u64::from),
+                has_tools: r.has_tools,
+                use_model: r.use_model,
+            },
+        ));
+    }
+    rules.sort_by_key(|(order, _)| *order);
+    raw.optimisation_rules = rules.into_iter().map(|(_, r)| r).collect();
     let mut approvals: BTreeMap<String, i64> = BTreeMap::new();
     for row in sqlx::query("SELECT call_id, expires_at FROM approvals WHERE expires_at > $1")
         .bind(now_ms())

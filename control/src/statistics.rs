@@ -74,6 +74,11 @@ pub struct StatisticsRow {
     pub estimated_requests: i64,
     /// Requests whose model had no price of its own.
     pub unpriced_requests: i64,
+    /// Requests an optimisation rule sent to another model.
+    pub optimised_requests: i64,
+    /// What those saved: the requested models' cost less the cost of the models used
+    /// (µ$; negative if a rule chose a dearer model).
+    pub optimisation_savings_micros: i64,
 }
 
 /// The sums.
@@ -164,7 +169,10 @@ pub async fn statistics(
          CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT) AS r, \
          CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS c, \
          CAST(COALESCE(SUM(usage_estimated), 0) AS BIGINT) AS est, \
-         CAST(COALESCE(SUM(price_missing), 0) AS BIGINT) AS unp \
+         CAST(COALESCE(SUM(price_missing), 0) AS BIGINT) AS unp, \
+         CAST(COALESCE(SUM(CASE WHEN optimisation_rule IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) AS opt, \
+         CAST(COALESCE(SUM(CASE WHEN baseline_cost_micros IS NULL OR cost_micros IS NULL THEN 0 \
+              ELSE baseline_cost_micros - cost_micros END), 0) AS BIGINT) AS sav \
          FROM llm_calls WHERE {cond} GROUP BY {} ORDER BY {}",
         select.join(", "),
         group.join(", "),
@@ -189,7 +197,7 @@ pub async fn statistics(
         Option<String>,
         Option<String>,
     );
-    let mut sums: BTreeMap<Key, [i64; 9]> = BTreeMap::new();
+    let mut sums: BTreeMap<Key, [i64; 11]> = BTreeMap::new();
     for r in rows {
         let text = |col: &str| -> Result<Option<String>, sqlx::Error> { r.try_get(col) };
         let profile: Option<String> = if columns.contains(&"profile") {
@@ -224,11 +232,10 @@ pub async fn statistics(
             },
             if wants("model") { text("model")? } else { None },
         );
-        let e = sums.entry(key).or_insert([0; 9]);
-        for (slot, col) in e
-            .iter_mut()
-            .zip(["n", "i", "o", "cr", "cw", "r", "c", "est", "unp"])
-        {
+        let e = sums.entry(key).or_insert([0; 11]);
+        for (slot, col) in e.iter_mut().zip([
+            "n", "i", "o", "cr", "cw", "r", "c", "est", "unp", "opt", "sav",
+        ]) {
             *slot += r.try_get::<i64, _>(col)?;
         }
     }
@@ -251,6 +258,8 @@ pub async fn statistics(
             cost_micros: v[6],
             estimated_requests: v[7],
             unpriced_requests: v[8],
+            optimised_requests: v[9],
+            optimisation_savings_micros: v[10],
         })
         .collect();
     Ok(Json(Statistics {

@@ -94,8 +94,8 @@ pub async fn ingest(
             "INSERT INTO llm_calls (proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, \
              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, \
              duration_us, ttfb_us, refused, trusted, tool_calls, decisions, request_body, response_body, org_id, \
-             usage_estimated, price_missing) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) \
+             usage_estimated, price_missing, requested_model, optimisation_rule, baseline_cost_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30) \
              ON CONFLICT (proxy_id, seq) DO NOTHING",
         )
         .bind(&batch.proxy_id)
@@ -125,6 +125,9 @@ pub async fn ingest(
         .bind(profile_orgs.get(&r.profile).cloned())
         .bind(i64::from(r.usage_estimated))
         .bind(i64::from(r.price_missing))
+        .bind(r.requested_model.clone())
+        .bind(r.optimisation_rule.clone())
+        .bind(r.baseline_cost_micros)
         .execute(&mut *tx)
         .await?;
         inserted += done.rows_affected();
@@ -350,6 +353,12 @@ pub struct LlmCall {
     /// The model has no price of its own: costed at the provider's default price (a
     /// `/prices` entry with model `*`), or not at all.
     pub price_missing: bool,
+    /// The model the client asked for, when an optimisation rule sent it to `model`.
+    pub requested_model: Option<String>,
+    /// The optimisation rule that did.
+    pub optimisation_rule: Option<String>,
+    /// What the requested model would have cost; the saving is this less `cost_micros`.
+    pub baseline_cost_micros: Option<i64>,
     /// Wall time, µs.
     pub duration_us: i64,
     /// Sluice refused the response's tool calls.
@@ -375,7 +384,8 @@ pub async fn llm_logs(
     // Audited: `cond` holds only fixed fragments and $n placeholders; values are bound.
     let sql = format!(
         "SELECT proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, input_tokens, \
-         output_tokens, cost_micros, usage_estimated, price_missing, duration_us, refused, tool_calls, decisions, request_body, \
+         output_tokens, cost_micros, usage_estimated, price_missing, requested_model, optimisation_rule, \
+         baseline_cost_micros, duration_us, refused, tool_calls, decisions, request_body, \
          response_body \
          FROM llm_calls WHERE {cond} ORDER BY ts DESC, proxy_id, seq DESC LIMIT {} OFFSET {offset}",
         limit + 1
@@ -404,6 +414,9 @@ pub async fn llm_logs(
             cost_micros: r.try_get("cost_micros")?,
             usage_estimated: r.try_get::<i64, _>("usage_estimated")? != 0,
             price_missing: r.try_get::<i64, _>("price_missing")? != 0,
+            requested_model: r.try_get("requested_model")?,
+            optimisation_rule: r.try_get("optimisation_rule")?,
+            baseline_cost_micros: r.try_get("baseline_cost_micros")?,
             duration_us: r.try_get("duration_us")?,
             refused: r.try_get::<i64, _>("refused")? != 0,
             tool_calls: serde_json::from_str(&tools).unwrap_or_default(),

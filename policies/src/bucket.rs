@@ -28,6 +28,15 @@ impl TokenBucket {
         self.per_minute
     }
 
+    /// A new rate (this replica's share of a rate shared by several): the bucket refills
+    /// at it from now on and holds at most a minute of it.
+    pub fn set_rate(&mut self, now_ms: i64, per_minute: u64) {
+        self.refill(now_ms);
+        self.per_minute = per_minute;
+        let full = (u128::from(per_minute) * SCALE) as i128;
+        self.level = self.level.min(full);
+    }
+
     fn refill(&mut self, now_ms: i64) {
         if now_ms > self.last_ms {
             let gained = i128::from(now_ms - self.last_ms) * i128::from(self.per_minute);
@@ -97,6 +106,18 @@ mod tests {
         b.settle(0, 900, 1900);
         // 1000 over: a minute until one token is back, then some.
         assert_eq!(b.take(0, 1), Err(Some(60_060)));
+    }
+
+    #[test]
+    fn a_smaller_share_caps_the_level_and_the_refill() {
+        let mut b = TokenBucket::new(600, 0);
+        b.set_rate(0, 60);
+        b.take(0, 60).expect("a minute of the new rate");
+        assert_eq!(b.take(0, 1), Err(Some(1000)), "refills at 60 a minute");
+        b.set_rate(1000, 6000);
+        b.take(1000, 1)
+            .expect("refilled one before the rate went up");
+        assert_eq!(b.per_minute(), 6000);
     }
 
     proptest::proptest! {

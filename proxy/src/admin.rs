@@ -159,7 +159,7 @@ impl ServeHttp for AdminApp {
             }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let (status, text) = self.live.readiness();
+                let (status, text) = self.spend.readiness(&self.live);
                 reply(status, "text/plain", text.into_bytes())
             }
             "/admin/v1/requests" => {

@@ -318,7 +318,7 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
 /// new limits. A failed round is retried with backoff; leases not renewed lapse, and the
 /// limits they cover fail closed (or open where a limit says so).
 pub async fn keep_leases(
-    book: Arc<crate::spend::SpendBook>,
+    (book, rates): (Arc<crate::spend::SpendBook>, Arc<crate::rate::RateBook>),
     live: Arc<LiveConfig>,
     link: ControlLink,
     proxy_id: String,
@@ -332,11 +332,11 @@ pub async fn keep_leases(
         if *shutdown.borrow() {
             return;
         }
-        let limits = live
+        let (limits, rate_limits) = live
             .current()
-            .map(|c| c.spend_limits.clone())
+            .map(|c| (c.spend_limits.clone(), c.rate_limits.clone()))
             .unwrap_or_default();
-        if !limits.is_empty() {
+        if !limits.is_empty() || !rate_limits.is_empty() {
             let asked_at = std::time::Instant::now();
             // The next calendar period is asked for two renewals before it starts.
             let asks = book.lease_asks(&limits, every * 2);
@@ -344,6 +344,7 @@ pub async fn keep_leases(
                 proxy_id: proxy_id.clone(),
                 holder: book.holder().to_string(),
                 leases: asks,
+                rates: rates.rate_asks(&rate_limits),
             };
             let body = serde_json::to_vec(&request).unwrap_or_default();
             let call = link.call(
@@ -360,6 +361,8 @@ pub async fn keep_leases(
                 Ok((200, body)) => match serde_json::from_slice::<crate::lease::LeaseAnswer>(&body)
                 {
                     Ok(answer) => {
+                        // Rates first: the spend book's first answer makes /readyz ready.
+                        rates.take_rate_grants(&answer.rates);
                         book.take_grants(&answer, asked_at);
                         every = crate::lease::renew_after(Duration::from_millis(answer.ttl_ms));
                         backoff = Duration::from_millis(100);

@@ -61,8 +61,11 @@ impl PriceTable {
         Ok(Self { by_model })
     }
 
-    /// The price of `model`: exact, or the longest priced model it is a dated variant of
-    /// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
+    /// The price of `model`: exact, or the longest priced model it is a dated or numbered
+    /// snapshot of (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`, `claude-sonnet-4-20250514` →
+    /// `claude-sonnet-4`, `gemini-2.0-flash-001` → `gemini-2.0-flash`). Any other suffix is
+    /// another model (`o3-pro` is not `o3`, `claude-opus-4-8` is not `claude-opus-4`) and
+    /// has no price of its own.
     pub fn price(&self, provider: Provider, model: &str) -> Option<Price> {
         if let Some(p) = self.by_model.get(&(provider, model.to_owned())) {
             return Some(*p);
@@ -75,6 +78,7 @@ impl PriceTable {
                     && model.len() > m.len()
                     && model.starts_with(m.as_str())
                     && model.as_bytes()[m.len()] == b'-'
+                    && is_snapshot_suffix(&model[m.len() + 1..])
             })
             .max_by_key(|((_, m), _)| m.len())
             .map(|(_, p)| *p)
@@ -105,6 +109,19 @@ impl PriceTable {
     pub fn is_empty(&self) -> bool {
         self.by_model.is_empty()
     }
+}
+
+/// `2024-07-18`, `20250514`, `001`: a date or a build number of three digits or more.
+fn is_snapshot_suffix(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: &[u8]| !r.is_empty() && r.iter().all(u8::is_ascii_digit);
+    (b.len() >= 3 && digits(b))
+        || (b.len() == 10
+            && digits(&b[..4])
+            && b[4] == b'-'
+            && digits(&b[5..7])
+            && b[7] == b'-'
+            && digits(&b[8..]))
 }
 
 #[cfg(test)]
@@ -153,6 +170,39 @@ mod tests {
             t.cost_micros(Provider::Openai, "gpt-4o-mini", &small),
             Some(1)
         );
+    }
+
+    #[test]
+    fn only_snapshots_share_a_price_and_the_list_covers_each_provider() {
+        let t = PriceTable::compile(&crate::list_prices::raw()).expect("the list compiles");
+        let m = 1_000_000;
+        let u = Usage {
+            input_tokens: m,
+            output_tokens: m,
+            cache_read_tokens: m,
+            cache_write_tokens: m,
+            ..Usage::default()
+        };
+        // Sonnet 4: $3 + $15 + $0.30 + $3.75.
+        assert_eq!(
+            t.cost_micros(Provider::Anthropic, "claude-sonnet-4-20250514", &u),
+            Some(22_050_000)
+        );
+        assert_eq!(
+            t.cost_micros(Provider::Openai, "gpt-4o-mini-2024-07-18", &u),
+            Some(975_000)
+        );
+        assert_eq!(
+            t.cost_micros(Provider::Gemini, "gemini-2.0-flash-001", &u),
+            Some(625_000)
+        );
+        // Another model, not a snapshot: no price rather than the wrong one.
+        assert_eq!(t.cost_micros(Provider::Openai, "o3-pro", &u), None);
+        assert_eq!(
+            t.cost_micros(Provider::Anthropic, "claude-opus-4-8", &u),
+            None
+        );
+        assert_eq!(t.cost_micros(Provider::Openai, "gpt-4o-2024-08", &u), None);
     }
 
     #[test]

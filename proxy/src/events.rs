@@ -182,6 +182,11 @@ pub struct RequestRecord {
     pub sluice_us: Option<u64>,
     /// The spend limits its cost was counted in (ids).
     pub limits: Vec<String>,
+    /// What the model the client asked for would have cost, when an optimisation rule sent
+    /// the request to another model.
+    pub baseline_cost_micros: Option<i64>,
+    /// The optimisation rule that changed the model, and the model asked for.
+    pub optimisation: Option<(String, String)>,
     /// The proxy process (lease holder) that counted it.
     #[serde(skip)]
     pub spend_holder: Option<std::sync::Arc<str>>,

@@ -85,6 +85,15 @@ pub struct UsageRecord {
     /// The proxy process that counted it, as the holder of those limits' leases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// The model the client asked for, when an optimisation rule sent it to `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_model: Option<String>,
+    /// The optimisation rule that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimisation_rule: Option<String>,
+    /// What the requested model would have cost (µ$), for the savings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_cost_micros: Option<i64>,
 }
 
 /// The MCP part of a usage record.
@@ -195,6 +204,9 @@ impl UsageRecord {
             mcp: None,
             limits: r.limits.clone(),
             holder: r.spend_holder.as_deref().map(str::to_owned),
+            requested_model: r.optimisation.as_ref().map(|(_, m)| m.clone()),
+            optimisation_rule: r.optimisation.as_ref().map(|(n, _)| n.clone()),
+            baseline_cost_micros: r.baseline_cost_micros,
         }
     }
 }

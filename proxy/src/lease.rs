@@ -61,6 +61,33 @@ pub struct LeaseRequest {
     pub holder: String,
     /// One per limit and window.
     pub leases: Vec<LeaseAsk>,
+    /// One per rate limit: the demand this process saw since it last asked.
+    #[serde(default)]
+    pub rates: Vec<RateAsk>,
+}
+
+/// A rate limit's demand on one process since its last renewal.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateAsk {
+    /// The rate limit.
+    pub limit_id: String,
+    /// Requests asked for (admitted or not).
+    pub requests: u64,
+    /// Tokens asked for (estimated at admission).
+    pub tokens: u64,
+}
+
+/// A process's share of a rate limit: its buckets refill at these rates.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateGrant {
+    /// The rate limit.
+    pub limit_id: String,
+    /// Requests a minute for this process.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens a minute for this process.
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// A share asked for.
@@ -96,6 +123,9 @@ pub struct LeaseAnswer {
     pub ttl_ms: u64,
     /// One per ask the control plane knows (a limit it no longer has is left out).
     pub leases: Vec<LeaseGrant>,
+    /// One per rate limit asked about that the control plane knows.
+    #[serde(default)]
+    pub rates: Vec<RateGrant>,
 }
 
 /// A share granted.
@@ -215,6 +245,47 @@ impl LeaseState {
     }
 }
 
+impl crate::rate::RateBook {
+    /// Each rate limit's demand since the last call (and resets it).
+    pub fn rate_asks(&self, limits: &[crate::rate::RateLimit]) -> Vec<RateAsk> {
+        let now = now_ms();
+        let mut all = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .iter()
+            .map(|l| {
+                let st = crate::rate::state_for(&mut all, l, now);
+                let asked = std::mem::take(&mut st.asked);
+                RateAsk {
+                    limit_id: l.id.clone(),
+                    requests: asked.0,
+                    tokens: asked.1,
+                }
+            })
+            .collect()
+    }
+
+    /// Sets each bucket to this process's share of its rate.
+    pub fn take_rate_grants(&self, grants: &[RateGrant]) {
+        let now = now_ms();
+        let all = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        for g in grants {
+            let Some(st) = all.get(&g.limit_id) else {
+                continue;
+            };
+            for (bucket, rate) in [
+                (&st.requests, g.requests_per_minute),
+                (&st.tokens, g.tokens_per_minute),
+            ] {
+                if let (Some(b), Some(r)) = (bucket, rate)
+                    && let Ok(mut b) = b.lock()
+                {
+                    b.set_rate(now, r.max(1));
+                }
+            }
+        }
+    }
+}
+
 /// What a renewal asks for (see [`LeaseState::want`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Want {
@@ -273,6 +344,7 @@ impl crate::spend::SpendBook {
     /// Takes the control plane's grants, asked for at `asked_at`.
     pub fn take_grants(&self, answer: &LeaseAnswer, asked_at: Instant) {
         let ttl = Duration::from_millis(answer.ttl_ms);
+        self.answered();
         let all = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
         for g in &answer.leases {
             if let Some(state) = all.get(&g.limit_id)

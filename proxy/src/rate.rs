@@ -33,7 +33,7 @@ pub struct RawRateLimit {
 /// A checked rate limit.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
-    id: String,
+    pub(crate) id: String,
     name: String,
     by_key: bool,
     target: String,
@@ -86,34 +86,42 @@ impl RateLimit {
     }
 }
 
-type Shared = Arc<Mutex<TokenBucket>>;
+pub(crate) type Shared = Arc<Mutex<TokenBucket>>;
 
-/// A limit's two buckets: requests, tokens.
-type Buckets = (Option<Shared>, Option<Shared>);
-
-/// The buckets of every rate limit, by limit id: (requests, tokens).
+/// One rate limit's buckets on this proxy, and the demand it saw since it last renewed
+/// its share of the limit (behind a control plane).
 #[derive(Debug, Default)]
-pub struct RateBook {
-    buckets: Mutex<HashMap<String, Buckets>>,
+pub(crate) struct RateState {
+    /// The limit's rates the buckets were made for (a changed limit starts afresh).
+    configured: (Option<u64>, Option<u64>),
+    pub(crate) requests: Option<Shared>,
+    pub(crate) tokens: Option<Shared>,
+    /// Requests and tokens asked for (admitted or not) since the last renewal.
+    pub(crate) asked: (u64, u64),
 }
 
-fn bucket(slot: &mut Option<Shared>, per_minute: Option<u64>, now: i64) -> Option<Shared> {
-    match per_minute {
-        None => {
-            *slot = None;
-            None
-        }
-        Some(rate) => {
-            let same = slot
-                .as_ref()
-                .and_then(|b| b.lock().ok().map(|b| b.per_minute() == rate))
-                .unwrap_or(false);
-            if !same {
-                *slot = Some(Arc::new(Mutex::new(TokenBucket::new(rate, now))));
-            }
-            slot.clone()
-        }
+/// The buckets of every rate limit, by limit id.
+#[derive(Debug, Default)]
+pub struct RateBook {
+    pub(crate) states: Mutex<HashMap<String, RateState>>,
+}
+
+/// A limit's state, made (or made afresh, when the limit's rates changed) as needed.
+pub(crate) fn state_for<'a>(
+    all: &'a mut HashMap<String, RateState>,
+    limit: &RateLimit,
+    now: i64,
+) -> &'a mut RateState {
+    let st = all.entry(limit.id.clone()).or_default();
+    let configured = (limit.requests_per_minute, limit.tokens_per_minute);
+    if st.configured != configured {
+        let fresh =
+            |rate: Option<u64>| rate.map(|r| Arc::new(Mutex::new(TokenBucket::new(r, now))));
+        st.configured = configured;
+        st.requests = fresh(configured.0);
+        st.tokens = fresh(configured.1);
     }
+    st
 }
 
 impl RateBook {
@@ -145,12 +153,11 @@ impl RateBook {
         };
         for limit in limits.iter().filter(|l| l.applies(who)) {
             let (rq, tk) = {
-                let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-                let slots = all.entry(limit.id.clone()).or_default();
-                (
-                    bucket(&mut slots.0, limit.requests_per_minute, now),
-                    bucket(&mut slots.1, limit.tokens_per_minute, now),
-                )
+                let mut all = self.states.lock().unwrap_or_else(|p| p.into_inner());
+                let st = state_for(&mut all, limit, now);
+                st.asked.0 = st.asked.0.saturating_add(1);
+                st.asked.1 = st.asked.1.saturating_add(tokens);
+                (st.requests.clone(), st.tokens.clone())
             };
             if let Some(b) = rq {
                 let taken = b.lock().map_err(|_| SluiceError::Internal)?.take(now, 1);

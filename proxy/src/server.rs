@@ -56,6 +56,8 @@ pub struct RunningProxy {
     pub metrics_addr: Option<SocketAddr>,
     /// The spend limits' ledgers (and leases, behind a control plane).
     pub spend: Arc<crate::spend::SpendBook>,
+    /// The rate limits' buckets (their shares, behind a control plane).
+    pub rates: Arc<crate::rate::RateBook>,
     shutdown: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     fds: ListenFds,
@@ -139,6 +141,7 @@ pub fn start_passthrough(
         proxy_addr,
         admin_addr: None,
         spend: Arc::default(),
+        rates: Arc::default(),
         shutdown,
         thread: Some(thread),
         fds,
@@ -250,6 +253,7 @@ pub fn start(
         }
     });
     let spend = proxy.spend();
+    let rates = proxy.rates();
     let drain = Arc::new(DrainPlan {
         grace_ms: AtomicU64::new(0),
         in_flight: Some(proxy.in_flight()),
@@ -309,6 +313,7 @@ pub fn start(
         proxy_addr,
         admin_addr,
         spend,
+        rates,
         shutdown,
         thread: Some(thread),
         fds,

@@ -211,6 +211,8 @@ pub struct SpendBook {
     leasing: AtomicBool,
     // Woken when a request wanted more than a lease had left.
     wanted: tokio::sync::Notify,
+    // Set once the control plane has answered a lease request.
+    answered: AtomicBool,
 }
 
 impl Default for SpendBook {
@@ -229,6 +231,7 @@ impl Default for SpendBook {
                 .into(),
             leasing: AtomicBool::new(false),
             wanted: tokio::sync::Notify::new(),
+            answered: AtomicBool::new(false),
         }
     }
 }
@@ -261,6 +264,32 @@ impl SpendBook {
             *entry = fresh();
         }
         entry.clone()
+    }
+
+    /// `/readyz`: the config's readiness, and behind a control plane with limits, not
+    /// before the first leases are in (until then the limits' requests would fail closed).
+    pub fn readiness(&self, live: &crate::live::LiveConfig) -> (u16, String) {
+        let (status, text) = live.readiness();
+        let limited = live
+            .current()
+            .is_some_and(|c| !c.spend_limits.is_empty() || !c.rate_limits.is_empty());
+        if status == 200
+            && limited
+            && self.leasing.load(Ordering::Acquire)
+            && !self.answered.load(Ordering::Acquire)
+        {
+            return (
+                503,
+                "not ready: waiting for the first spend-limit leases from the control plane\n"
+                    .into(),
+            );
+        }
+        (status, text)
+    }
+
+    /// Marks the first answer to a lease request.
+    pub(crate) fn answered(&self) {
+        self.answered.store(true, Ordering::Release);
     }
 
     /// This process's id as a lease holder.

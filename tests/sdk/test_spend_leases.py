@@ -161,3 +161,53 @@ def test_a_proxy_cut_off_longer_than_a_lease_fails_closed_and_recovers():
         assert ask(p, closed_key, "after")[0] == 200
     finally:
         c.stop()
+
+
+def ready(proxy):
+    """Waits (up to 10 s) for /readyz: behind a control plane with limits, the first leases."""
+    deadline = time.time() + 10
+    while http("GET", f"http://{proxy.info['proxy']}/readyz")[0] != 200:
+        assert time.time() < deadline, "the proxy never got its first leases"
+        time.sleep(0.02)
+
+
+def test_three_proxies_share_a_rate_limit():
+    c = Cluster()
+    try:
+        key, _ = setup(c, "paced", {"name": "generous", "window": "day", "max_cost_usd": 100})
+        prof = c.call("GET", "/profiles")[1]["items"]
+        pid = next(p["id"] for p in prof if p["name"] == "paced")
+        c.create("/rate-limits", {"name": "paced rpm", "scope": "profile", "target": pid,
+                                  "requests_per_minute": 30})
+        token = c.proxy_token()
+        proxies = [c.add_proxy(token) for _ in range(3)]
+        v = c.latest_version()
+        for p in proxies:
+            c.wait_version(p, v)
+            ready(p)
+
+        results, start = [], threading.Barrier(90)
+
+        def one(i):
+            start.wait()
+            body = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+            status, answer, headers = post(proxies[i % 3], key, body, f"rate-{i}")
+            results.append((status, answer, headers))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(90)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        passed = [r for r in results if r[0] == 200]
+        limited = [r for r in results if r[0] == 429]
+        assert len(passed) + len(limited) == 90, [r[0] for r in results]
+        # Each proxy alone would let 30 through: together they share the 30 (and the few
+        # that refill during the burst: half a request a second).
+        assert 27 <= len(passed) <= 32, len(passed)
+        for _, answer, headers in limited:
+            assert answer["error"]["code"] == "sluice_rate_limit_exceeded", answer
+            assert "30 requests a minute" in answer["error"]["message"]
+            assert int(headers["retry-after"]) >= 1
+    finally:
+        c.stop()

@@ -532,10 +532,21 @@ impl DocKind for RateLimitBody {
 pub struct OptimisationRuleBody {
     /// Unique name.
     pub name: String,
-    /// The profile it applies to (absent: all).
+    /// The profile (id) whose requests it applies to; with neither this nor `team`, every
+    /// profile of the organisation.
     pub profile: Option<String>,
-    /// The provider whose requests it rewrites.
+    /// The team (id) whose profiles' requests it applies to.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// The provider whose requests it rewrites: `openai` or `anthropic`.
     pub provider: String,
+    /// Only requests for this model (exact, or a prefix ending in `*`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Order among the rules of its level (lower first; then oldest first). A profile's
+    /// rules are tried before its team's, and those before the organisation's.
+    #[serde(default)]
+    pub priority: i32,
     /// Applies when the request has at most this many input tokens (estimated).
     pub max_input_tokens: Option<u32>,
     /// Applies only to requests without tools (`false`) or with (`true`).
@@ -561,6 +572,21 @@ impl DocKind for OptimisationRuleBody {
     ) -> Result<(), ApiError> {
         bounded("name", &self.name, 128)?;
         check_provider(&self.provider)?;
+        if self.provider == "gemini" {
+            return Err(ApiError::Unprocessable(
+                "optimisation rules apply to openai and anthropic: a Gemini request names its \
+                 model in the URL, which goes upstream before the body the conditions read"
+                    .into(),
+            ));
+        }
+        if self.profile.is_some() && self.team.is_some() {
+            return Err(ApiError::Unprocessable(
+                "set profile or team, not both (neither: the whole organisation)".into(),
+            ));
+        }
+        if let Some(m) = &self.model {
+            bounded("model", m, 200)?;
+        }
         bounded("use_model", &self.use_model, 200)
     }
 }

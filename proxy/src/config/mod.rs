@@ -255,6 +255,8 @@ pub struct Config {
     pub spend_limits: Arc<[crate::spend::SpendLimit]>,
     /// Rate limits.
     pub rate_limits: Arc<[crate::rate::RateLimit]>,
+    /// Optimisation rules, in the order they are tried.
+    pub optimisation_rules: Arc<[crate::optimise::OptimisationRule]>,
     /// MCP servers by name.
     pub mcp_servers: HashMap<Arc<str>, Arc<McpServer>>,
     /// Browser origins allowed on the MCP endpoint besides loopback ones.
@@ -542,7 +544,14 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .into_iter()
         .map(|a| (a.id, a.expires_at_ms))
         .collect();
-    let prices = crate::cost::PriceTable::compile(&raw.prices).map_err(ConfigError::Invalid)?;
+    // The list prices first: a configured price of the same model replaces its entry.
+    let mut all_prices = if raw.list_prices.unwrap_or(true) {
+        crate::list_prices::raw()
+    } else {
+        Vec::new()
+    };
+    all_prices.extend(raw.prices.iter().cloned());
+    let prices = crate::cost::PriceTable::compile(&all_prices).map_err(ConfigError::Invalid)?;
     let spend_limits = raw
         .spend_limits
         .iter()
@@ -557,10 +566,18 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(ConfigError::Invalid)?
         .into();
+    let optimisation_rules = raw
+        .optimisation_rules
+        .iter()
+        .map(crate::optimise::OptimisationRule::compile)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::Invalid)?
+        .into();
     Ok(Config {
         prices,
         spend_limits,
         rate_limits,
+        optimisation_rules,
         listen,
         admin_listen: env.admin_listen.clone().or(raw.admin_listen),
         threads,

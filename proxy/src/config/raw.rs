@@ -31,15 +31,23 @@ pub struct RawConfig {
     /// Approved calls (`apr_…` ids) and when each approval ends.
     #[serde(default)]
     pub approvals: Vec<RawApproval>,
-    /// Token prices per (provider, model), for each request's cost.
+    /// Token prices per (provider, model), for each request's cost; they replace the
+    /// providers' list prices Sluice ships with, model by model.
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    /// Whether the providers' list prices (`proxy/src/list_prices.rs`) price the models
+    /// `prices` does not (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_prices: Option<bool>,
     /// Spend and token limits (`[[spend_limits]]`), enforced with reservations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spend_limits: Vec<crate::spend::RawSpendLimit>,
     /// Requests and tokens per minute (`[[rate_limits]]`), local token buckets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::rate::RawRateLimit>,
+    /// Optimisation rules (`[[optimisation_rules]]`), tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optimisation_rules: Vec<crate::optimise::RawOptimisationRule>,
     /// MCP servers the gateway fronts, by name (see docs/mcp.md).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,

@@ -60,6 +60,8 @@ pub struct RequestCtx {
     pub response_bytes: u64,
     /// Room reserved in spend limits, settled when the request ends.
     pub spend_holds: Vec<crate::spend::Hold>,
+    /// The optimisation rule that sent the request to another model, and the model asked for.
+    pub optimised: Option<(String, String)>,
     /// This process as a holder of spend-limit leases, when the request holds room in one.
     pub spend_holder: Option<std::sync::Arc<str>>,
     /// Time to the first response byte from the upstream, in microseconds.
@@ -159,6 +161,7 @@ impl RequestCtx {
             sluice_ns: 0,
             spend_holds: Vec::new(),
             spend_holder: None,
+            optimised: None,
             response_bytes: 0,
         }
     }

@@ -64,6 +64,18 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         _ => None,
     };
     let cost_micros = priced.map(|(c, _)| c);
+    // An optimised request: what the model it asked for would have cost, for the savings.
+    let optimised = ctx.optimised.take();
+    let baseline_cost_micros = match (
+        &optimised,
+        ctx.config.as_ref(),
+        ctx.response_facts.usage.as_ref(),
+    ) {
+        (Some((_, requested)), Some(cfg), Some(usage)) => {
+            cfg.prices.cost_micros(route.provider, requested, usage)
+        }
+        _ => None,
+    };
     // Usage that no price of its own covers: the provider's default price, or nothing.
     let price_missing = ctx.response_facts.usage.is_some() && priced.is_none_or(|(_, d)| d);
     // What it really used replaces what admission reserved.
@@ -92,6 +104,8 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         price_missing,
         sluice_us: Some(ctx.sluice_ns / 1000),
         spend_holder: ctx.spend_holder.take().filter(|_| !limits.is_empty()),
+        baseline_cost_micros,
+        optimisation: optimised,
         limits,
         captured_request: ctx.captured_request.take(),
         captured_response: ctx

@@ -47,7 +47,7 @@ pub struct SluiceProxy {
     auth_failures: crate::keys::FailedAuthLimiter,
     mcp: Arc<crate::mcp::McpGateway>,
     spend: Arc<crate::spend::SpendBook>,
-    rates: crate::rate::RateBook,
+    rates: Arc<crate::rate::RateBook>,
     in_flight: Arc<crate::drain::InFlight>,
     memory: crate::overload::MemoryGauge,
 }
@@ -67,7 +67,7 @@ impl SluiceProxy {
             quarantine: crate::quarantine::Quarantine::default(),
             catalogue: Arc::default(),
             spend: Arc::default(),
-            rates: crate::rate::RateBook::default(),
+            rates: Arc::default(),
             in_flight: Arc::default(),
             memory: crate::overload::MemoryGauge::default(),
             // Failed virtual-key attempts per client address, per minute, for 100k addresses.
@@ -99,6 +99,11 @@ impl SluiceProxy {
     /// The MCP gateway (shared with the admin listener, which shows its servers' tools).
     pub fn mcp(&self) -> Arc<crate::mcp::McpGateway> {
         self.mcp.clone()
+    }
+
+    /// The rate limits' buckets.
+    pub fn rates(&self) -> Arc<crate::rate::RateBook> {
+        self.rates.clone()
     }
 
     /// The spend limits' ledgers (shown by the admin listener).
@@ -249,7 +254,7 @@ impl ProxyHttp for SluiceProxy {
                 return Ok(true);
             }
             "/readyz" => {
-                let (status, text) = self.live.readiness();
+                let (status, text) = self.spend.readiness(&self.live);
                 request::write_simple(session, status, "text/plain", None, None, Bytes::from(text))
                     .await?;
                 ctx.status = status;
@@ -324,7 +329,7 @@ impl ProxyHttp for SluiceProxy {
             max,
             &self.verdicts,
             conversations,
-            (self.spend.as_ref(), &self.rates),
+            (self.spend.as_ref(), self.rates.as_ref()),
         );
         ctx.sluice_ns += elapsed_ns(t);
         let pending = pending.map_err(|e| raise(ctx, e))?;

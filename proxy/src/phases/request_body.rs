@@ -89,6 +89,27 @@ pub fn on_chunk(
         *body = Some(inspected.rewritten.unwrap_or(whole));
         return Ok(None);
     };
+    if !cfg.optimisation_rules.is_empty()
+        && let Some(requested) = ctx.request_facts.model.clone()
+    {
+        let who = crate::spend::Requester {
+            profile: &route.profile.name,
+            team: route.profile.team.as_deref(),
+            organisation: route.profile.organisation.as_deref(),
+            key_id: ctx.key_id.as_deref(),
+            model: Some(&requested),
+        };
+        let prompt = (whole.len() as u64).div_ceil(4);
+        let tools = !ctx.request_facts.tools_declared.is_empty();
+        if let Some(rule) =
+            crate::optimise::choose(&cfg.optimisation_rules, route.provider, &who, prompt, tools)
+            && rule.use_model() != requested
+        {
+            // Limits, the estimate and the record see the model actually used.
+            ctx.request_facts.model = Some(rule.use_model().to_owned());
+            ctx.optimised = Some((rule.name.clone(), requested));
+        }
+    }
     if !cfg.spend_limits.is_empty() || !cfg.rate_limits.is_empty() {
         let model = ctx.request_facts.model.as_deref();
         let estimate = crate::spend::estimate(&cfg.prices, route.provider, model, &whole);
@@ -177,7 +198,7 @@ pub fn finish(
     }
     let spliced = judged.rewrite(&whole);
     ctx.decisions.extend(judged.decisions);
-    let out = match (spliced, ctx.api()) {
+    let mut out = match (spliced, ctx.api()) {
         // Results were replaced; re-apply the usage switch to the new body.
         (Some(new), Some(api)) if ctx.request_facts.usage_injected => {
             inspect_request(api, &new)?.rewritten.unwrap_or(new)
@@ -185,6 +206,17 @@ pub fn finish(
         (Some(new), _) => new,
         (None, _) => rewritten.unwrap_or(whole),
     };
+    if let Some((_, requested)) = &ctx.optimised {
+        let chosen = ctx.request_facts.model.as_deref().unwrap_or_default();
+        match crate::optimise::set_model(&out, chosen) {
+            Some(new) => out = new,
+            // A body whose model cannot be replaced goes as it is, recorded as such.
+            None => {
+                ctx.request_facts.model = Some(requested.clone());
+                ctx.optimised = None;
+            }
+        }
+    }
     *body = Some(out);
     Ok(())
 }
