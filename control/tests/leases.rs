@@ -36,20 +36,27 @@ async fn period_sum(c: &sluice_control::server::RunningControl, limit: &str, sta
         .unwrap()
 }
 
+/// A profile `pay` and a limit on it with `terms` (window and caps); the limit's id.
+async fn profile_limit(api: &Api, mut terms: Value) -> String {
+    let prof = api.create("/profiles", json!({"name": "pay"})).await;
+    terms["name"] = json!("pay limit");
+    terms["scope"] = json!("profile");
+    terms["target"] = prof["id"].clone();
+    let limit = api.create("/limits", terms).await;
+    limit["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_rollover_under_fifty_racing_batches_loses_nothing_and_counts_nothing_twice() {
     for (engine, url, _dir) in stores().await {
         let c = control(&url).await;
         let api = Api::new(c.addr, Some(ADMIN_KEY));
-        let prof = api.create("/profiles", json!({"name": "pay"})).await;
-        let limit = api
-            .create(
-                "/limits",
-                json!({"name": "pay daily", "scope": "profile", "target": prof["id"],
-                    "window": "day", "time_zone": "Europe/Berlin", "max_cost_usd": 100.0}),
-            )
-            .await;
-        let id = limit["id"].as_str().unwrap().to_owned();
+        let id = profile_limit(
+            &api,
+            json!({"window": "day", "time_zone": "Europe/Berlin",
+            "max_cost_usd": 100.0}),
+        )
+        .await;
         let (_, standing) = api.get(&format!("/limits/{id}/standing")).await;
         assert_eq!(standing["window"], "day@Europe/Berlin", "{engine}");
         // The current Berlin day began at `midnight`; 50 requests settle around it.
@@ -98,15 +105,7 @@ async fn racing_holders_are_never_granted_more_than_the_cap_together() {
     for (engine, url, _dir) in stores().await {
         let c = control(&url).await;
         let api = Api::new(c.addr, Some(ADMIN_KEY));
-        let prof = api.create("/profiles", json!({"name": "pay"})).await;
-        let limit = api
-            .create(
-                "/limits",
-                json!({"name": "pay hourly", "scope": "profile", "target": prof["id"],
-                    "window": "hour", "max_cost_usd": 0.01}),
-            )
-            .await;
-        let id = limit["id"].as_str().unwrap().to_owned();
+        let id = profile_limit(&api, json!({"window": "hour", "max_cost_usd": 0.01})).await;
         // A holder that shipped 4000 µ$ and whose lease lapsed long ago still counts them.
         let shipped = json!({"proxy_id": "old", "records": [
             rec(1, common_now() - 1000, "gone", &id, 4000)]});

@@ -89,14 +89,7 @@ impl OptimisationRule {
             && is(&r.organisation, who.organisation)
             && r.max_input_tokens.is_none_or(|max| prompt <= max)
             && r.has_tools.is_none_or(|t| t == tools)
-            && match (&r.model, who.model) {
-                (None, _) => true,
-                (Some(m), Some(model)) => match m.strip_suffix('*') {
-                    Some(prefix) => model.starts_with(prefix),
-                    None => model == m,
-                },
-                (Some(_), None) => false,
-            }
+            && crate::spend::model_matches(r.model.as_deref(), who.model)
     }
 }
 

@@ -142,15 +142,20 @@ impl SpendLimit {
             Scope::Profile(p) => who.profile == p,
             Scope::VirtualKey(k) => who.key_id == Some(k.as_str()),
         };
-        scoped
-            && match (&self.model, who.model) {
-                (None, _) => true,
-                (Some(m), Some(model)) => match m.strip_suffix('*') {
-                    Some(prefix) => model.starts_with(prefix),
-                    None => model == m,
-                },
-                (Some(_), None) => false,
-            }
+        scoped && model_matches(self.model.as_deref(), who.model)
+    }
+}
+
+/// Whether `model` is what `pattern` names: any model without a pattern, else the exact
+/// model or, for a pattern ending in `*`, any model with that prefix.
+pub(crate) fn model_matches(pattern: Option<&str>, model: Option<&str>) -> bool {
+    match (pattern, model) {
+        (None, _) => true,
+        (Some(p), Some(model)) => match p.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => model == p,
+        },
+        (Some(_), None) => false,
     }
 }
 

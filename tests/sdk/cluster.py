@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -140,6 +141,17 @@ class Cluster:
         status, v = http("GET", f"http://{proxy.info['admin']}/admin/v1/snapshot?min_version={version}&wait_ms=10000")
         assert status == 200 and v["version"] >= version, v
         return v["version"]
+
+    def shipped(self, proxies=None):
+        """Waits (up to 30 s) until each proxy's journal is acknowledged up to its last record."""
+        deadline = time.time() + 30
+        for p in proxies or self.proxies:
+            while True:
+                _, j = http("GET", f"http://{p.info['admin']}/admin/v1/journal")
+                if j["acked_seq"] == j["last_seq"]:
+                    break
+                assert time.time() < deadline, j
+                time.sleep(0.05)
 
     def latest_version(self):
         return self.call("GET", "/snapshots/latest")[1]["version"]

@@ -6,7 +6,6 @@ the statistics report the savings."""
 import openai
 
 from cluster import Cluster
-from test_spend_leases import shipped
 
 # The list prices Sluice ships with, $ per million tokens (proxy/src/list_prices.rs).
 LIST = {"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6), "gpt-4.1-nano": (0.1, 0.4), "o3": (2.0, 8.0)}
@@ -59,7 +58,7 @@ def test_rules_pick_cheaper_models_and_the_savings_are_reported():
         big = client.chat.completions.create(model="o3", messages=[{"role": "user", "content": "x " * 6000}])
         assert big.model == "o3"
 
-        shipped(c, [p])
+        c.shipped([p])
         _, logs = c.call("GET", "/logs/llm?profile=shop&limit=10")
         rows = {r["model"] + ("+stream" if r["requested_model"] == "gpt-4o-2024-08-06" else ""): r
                 for r in logs["items"]}

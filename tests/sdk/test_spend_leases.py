@@ -58,18 +58,6 @@ def setup(c, name, limit_body):
     return key, limit
 
 
-def shipped(c, proxies):
-    """Waits until every proxy's journal is acknowledged up to its last record."""
-    deadline = time.time() + 30
-    for p in proxies:
-        while True:
-            _, j = http("GET", f"http://{p.info['admin']}/admin/v1/journal")
-            if j["acked_seq"] == j["last_seq"]:
-                break
-            assert time.time() < deadline, j
-            time.sleep(0.05)
-
-
 def test_three_proxies_100_requests_and_room_for_one():
     c = Cluster()
     try:
@@ -106,7 +94,7 @@ def test_three_proxies_100_requests_and_room_for_one():
                 assert "not the provider's" in msg, msg
                 assert answer["error"]["code"] == "sluice_spend_limit_exceeded", answer
 
-        shipped(c, proxies)
+        c.shipped(proxies)
         _, served = http("GET", c.mock_url + "/mock/served")
         served = dict(served["served"])
         assert len(served) == 1, "only the admitted request reached the provider"
