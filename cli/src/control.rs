@@ -26,7 +26,12 @@ pub fn run_control(
             "SLUICE_MASTER_KEY is not set: it encrypts provider credentials (64 hex digits, e.g. `openssl rand -hex 32`)"
         )
     })?;
-    let master_key = MasterKey::from_hex(&master)?;
+    let mut master_key = MasterKey::from_hex(&master)?;
+    if let Ok(previous) = std::env::var("SLUICE_MASTER_KEY_PREVIOUS")
+        && !previous.is_empty()
+    {
+        master_key = master_key.with_previous(&previous)?;
+    }
     let bootstrap_admin_key = std::env::var("SLUICE_ADMIN_KEY")
         .ok()
         .filter(|k| !k.is_empty());

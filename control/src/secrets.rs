@@ -60,6 +60,44 @@ fn credential_of(r: &sqlx::any::AnyRow) -> Result<Credential, sqlx::Error> {
     })
 }
 
+/// During a master-key rotation (`SLUICE_MASTER_KEY_PREVIOUS` set), re-seals under the
+/// current key every credential the previous key sealed. Returns how many were re-sealed
+/// and the ids of those neither key opens (they must be stored again). Each update is
+/// conditional on the ciphertext it read, so a credential written meanwhile is left as is.
+pub async fn reseal(state: &AppState) -> Result<(u64, Vec<String>), ApiError> {
+    let mut resealed = 0u64;
+    let mut unreadable = Vec::new();
+    let rows = sqlx::query("SELECT id, nonce, ciphertext FROM credentials")
+        .fetch_all(&state.db.pool)
+        .await?;
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let nonce: String = row.try_get("nonce")?;
+        let ct: String = row.try_get("ciphertext")?;
+        match state.master.open_with(&id, &nonce, &ct) {
+            Ok((_, false)) => {}
+            Ok((plain, true)) => {
+                let (n, c) = state
+                    .master
+                    .seal(&id, &plain)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let done = sqlx::query(
+                    "UPDATE credentials SET nonce = $1, ciphertext = $2 WHERE id = $3 AND ciphertext = $4",
+                )
+                .bind(n)
+                .bind(c)
+                .bind(&id)
+                .bind(&ct)
+                .execute(&state.db.pool)
+                .await?;
+                resealed += done.rows_affected();
+            }
+            Err(_) => unreadable.push(id),
+        }
+    }
+    Ok((resealed, unreadable))
+}
+
 /// `GET /credentials`
 pub async fn list_credentials(
     State(state): State<AppState>,

@@ -101,6 +101,21 @@ pub async fn prepare(
             .map_err(|e| StartError::Api(format!("metrics: {e}")))?,
         leases: Arc::new(crate::leases::LeaseDesk::new(cfg.lease_ttl_ms)),
     };
+    if state.master.rotating() {
+        let (resealed, unreadable) = crate::secrets::reseal(&state).await?;
+        tracing::info!(
+            resealed,
+            "master key rotation: credentials sealed under SLUICE_MASTER_KEY_PREVIOUS are now \
+             sealed under SLUICE_MASTER_KEY; once every proxy runs with the new key, unset \
+             SLUICE_MASTER_KEY_PREVIOUS"
+        );
+        if !unreadable.is_empty() {
+            tracing::warn!(
+                credentials = ?unreadable,
+                "these credentials open with neither master key: store them again"
+            );
+        }
+    }
     let (org_id, generated) = bootstrap(&state, cfg.bootstrap_admin_key.as_deref()).await?;
     if let Some(k) = cfg.bootstrap_proxy_key.as_deref() {
         bootstrap_proxy(&state, &org_id, k).await?;

@@ -141,9 +141,14 @@ impl FailedAuthLimiter {
     }
 }
 
-/// The key that encrypts provider credentials.
+/// The key that encrypts provider credentials, and during a rotation the one it replaces
+/// (`SLUICE_MASTER_KEY_PREVIOUS`): what the previous key sealed still opens, and the
+/// control plane re-seals it under the current one when it starts.
 #[derive(Clone)]
-pub struct MasterKey(Aes256Gcm);
+pub struct MasterKey {
+    current: Aes256Gcm,
+    previous: Option<Aes256Gcm>,
+}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,6 +164,9 @@ pub enum CryptoError {
         "SLUICE_MASTER_KEY must be 64 hex digits (32 random bytes, e.g. `openssl rand -hex 32`)"
     )]
     BadMasterKey,
+    /// The previous key's text is not 64 hex digits.
+    #[error("SLUICE_MASTER_KEY_PREVIOUS must be 64 hex digits, like SLUICE_MASTER_KEY")]
+    BadPreviousKey,
     /// Decryption failed: wrong master key or tampered data.
     #[error(
         "a stored credential cannot be decrypted: SLUICE_MASTER_KEY differs from the one it was stored with"
@@ -166,12 +174,29 @@ pub enum CryptoError {
     Decrypt,
 }
 
+fn cipher(text: &str) -> Option<Aes256Gcm> {
+    let bytes = from_hex(text.trim()).ok()?;
+    Aes256Gcm::new_from_slice(&bytes).ok()
+}
+
 impl MasterKey {
     /// From 64 hex digits.
     pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
-        let bytes = from_hex(text.trim()).map_err(|_| CryptoError::BadMasterKey)?;
-        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadMasterKey)?;
-        Ok(Self(cipher))
+        Ok(Self {
+            current: cipher(text).ok_or(CryptoError::BadMasterKey)?,
+            previous: None,
+        })
+    }
+
+    /// The key being replaced, during a rotation: what it sealed still opens.
+    pub fn with_previous(mut self, text: &str) -> Result<Self, CryptoError> {
+        self.previous = Some(cipher(text).ok_or(CryptoError::BadPreviousKey)?);
+        Ok(self)
+    }
+
+    /// Whether a previous key is set (a rotation is under way).
+    pub fn rotating(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// A fresh random key, as hex (for `sluice dev`, which keeps it beside its database).
@@ -181,12 +206,13 @@ impl MasterKey {
         to_hex(&k)
     }
 
-    /// Encrypts `plain`, bound to `context` (the credential's id): `(nonce hex, ciphertext hex)`.
+    /// Encrypts `plain` under the current key, bound to `context` (the credential's id):
+    /// `(nonce hex, ciphertext hex)`.
     pub fn seal(&self, context: &str, plain: &str) -> Result<(String, String), CryptoError> {
         let mut nonce = [0u8; 12];
         fill_random(&mut nonce);
         let ct = self
-            .0
+            .current
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
@@ -198,29 +224,48 @@ impl MasterKey {
         Ok((to_hex(&nonce), to_hex(&ct)))
     }
 
-    /// Decrypts what [`MasterKey::seal`] made.
+    /// Decrypts what [`MasterKey::seal`] made, under the current key or the previous one.
     pub fn open(
         &self,
         context: &str,
         nonce_hex: &str,
         ct_hex: &str,
     ) -> Result<String, CryptoError> {
+        self.open_with(context, nonce_hex, ct_hex)
+            .map(|(plain, _)| plain)
+    }
+
+    /// Decrypts, and says whether it took the previous key (the value needs re-sealing).
+    pub fn open_with(
+        &self,
+        context: &str,
+        nonce_hex: &str,
+        ct_hex: &str,
+    ) -> Result<(String, bool), CryptoError> {
         let nonce = from_hex(nonce_hex).map_err(|_| CryptoError::Decrypt)?;
         let ct = from_hex(ct_hex).map_err(|_| CryptoError::Decrypt)?;
         if nonce.len() != 12 {
             return Err(CryptoError::Decrypt);
         }
-        let plain = self
-            .0
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ct,
-                    aad: context.as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(plain).map_err(|_| CryptoError::Decrypt)
+        let payload = || Payload {
+            msg: &ct,
+            aad: context.as_bytes(),
+        };
+        let nonce = Nonce::from_slice(&nonce);
+        let (plain, previous) = match self.current.decrypt(nonce, payload()) {
+            Ok(p) => (p, false),
+            Err(_) => match &self.previous {
+                Some(old) => (
+                    old.decrypt(nonce, payload())
+                        .map_err(|_| CryptoError::Decrypt)?,
+                    true,
+                ),
+                None => return Err(CryptoError::Decrypt),
+            },
+        };
+        String::from_utf8(plain)
+            .map(|p| (p, previous))
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 

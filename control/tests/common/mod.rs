@@ -126,6 +126,16 @@ pub async fn control_with(
     url: &str,
     kube: Option<sluice_control::runtime::RuntimeConfig>,
 ) -> RunningControl {
+    let master = MasterKey::from_hex(&MasterKey::generate_hex()).expect("key");
+    control_keyed(url, kube, master).await
+}
+
+/// A control plane sealing credentials under `master_key`.
+pub async fn control_keyed(
+    url: &str,
+    kube: Option<sluice_control::runtime::RuntimeConfig>,
+    master_key: MasterKey,
+) -> RunningControl {
     logs();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -134,7 +144,7 @@ pub async fn control_with(
         ControlConfig {
             kube,
             database_url: url.to_owned(),
-            master_key: MasterKey::from_hex(&MasterKey::generate_hex()).expect("key"),
+            master_key,
             bootstrap_admin_key: Some(ADMIN_KEY.into()),
             bootstrap_proxy_key: None,
             metrics_listen: Some("127.0.0.1:0".into()),

@@ -291,7 +291,11 @@ impl Environment {
             proxy_listen: var("SLUICE_PROXY_LISTEN"),
             admin_listen: var("SLUICE_ADMIN_LISTEN"),
             master_key: var("SLUICE_MASTER_KEY")
-                .and_then(|k| crate::keys::MasterKey::from_hex(&k).ok()),
+                .and_then(|k| crate::keys::MasterKey::from_hex(&k).ok())
+                .and_then(|k| match var("SLUICE_MASTER_KEY_PREVIOUS") {
+                    Some(old) => k.with_previous(&old).ok(),
+                    None => Some(k),
+                }),
         }
     }
 
