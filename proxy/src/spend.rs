@@ -67,11 +67,6 @@ pub struct SpendLimit {
 }
 
 impl SpendLimit {
-    /// Its id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Where its current window starts: the calendar period's start, 0 when rolling.
     pub fn window_start(&self, now_ms: i64) -> i64 {
         self.window.period(now_ms).map_or(0, |p| p.0)

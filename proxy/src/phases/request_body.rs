@@ -92,13 +92,7 @@ pub fn on_chunk(
     if !cfg.optimisation_rules.is_empty()
         && let Some(requested) = ctx.request_facts.model.clone()
     {
-        let who = crate::spend::Requester {
-            profile: &route.profile.name,
-            team: route.profile.team.as_deref(),
-            organisation: route.profile.organisation.as_deref(),
-            key_id: ctx.key_id.as_deref(),
-            model: Some(&requested),
-        };
+        let who = requester(&route, ctx.key_id.as_deref(), Some(&requested));
         let prompt = (whole.len() as u64).div_ceil(4);
         let tools = !ctx.request_facts.tools_declared.is_empty();
         if let Some(rule) =
@@ -113,13 +107,7 @@ pub fn on_chunk(
     if !cfg.spend_limits.is_empty() || !cfg.rate_limits.is_empty() {
         let model = ctx.request_facts.model.as_deref();
         let estimate = crate::spend::estimate(&cfg.prices, route.provider, model, &whole);
-        let who = crate::spend::Requester {
-            profile: &route.profile.name,
-            team: route.profile.team.as_deref(),
-            organisation: route.profile.organisation.as_deref(),
-            key_id: ctx.key_id.as_deref(),
-            model,
-        };
+        let who = requester(&route, ctx.key_id.as_deref(), model);
         // Rate first: a request refused for its rate must not hold budget.
         let mut holds = rates.admit(&cfg.rate_limits, &who, estimate.tokens)?;
         match spend.admit(&cfg.spend_limits, &who, estimate) {
@@ -158,6 +146,21 @@ pub fn on_chunk(
     }
     finish(body, ctx, pending, Vec::new(), conversations)?;
     Ok(None)
+}
+
+/// Who is asking, for limits and optimisation rules.
+fn requester<'a>(
+    route: &'a crate::route::Route,
+    key_id: Option<&'a str>,
+    model: Option<&'a str>,
+) -> crate::spend::Requester<'a> {
+    crate::spend::Requester {
+        profile: &route.profile.name,
+        team: route.profile.team.as_deref(),
+        organisation: route.profile.organisation.as_deref(),
+        key_id,
+        model,
+    }
 }
 
 /// Settles the quarantine's outcomes (one per job) and sets the body that goes upstream.
