@@ -556,27 +556,12 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
     };
     all_prices.extend(raw.prices.iter().cloned());
     let prices = crate::cost::PriceTable::compile(&all_prices).map_err(ConfigError::Invalid)?;
-    let spend_limits = raw
-        .spend_limits
-        .iter()
-        .map(crate::spend::SpendLimit::compile)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ConfigError::Invalid)?
-        .into();
-    let rate_limits = raw
-        .rate_limits
-        .iter()
-        .map(crate::rate::RateLimit::compile)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ConfigError::Invalid)?
-        .into();
-    let optimisation_rules = raw
-        .optimisation_rules
-        .iter()
-        .map(crate::optimise::OptimisationRule::compile)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ConfigError::Invalid)?
-        .into();
+    let spend_limits = each(&raw.spend_limits, crate::spend::SpendLimit::compile)?;
+    let rate_limits = each(&raw.rate_limits, crate::rate::RateLimit::compile)?;
+    let optimisation_rules = each(
+        &raw.optimisation_rules,
+        crate::optimise::OptimisationRule::compile,
+    )?;
     Ok(Config {
         prices,
         spend_limits,
@@ -594,6 +579,15 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         mcp_servers,
         mcp_allowed_origins: raw.mcp_allowed_origins.into(),
     })
+}
+
+/// Checks each raw item; the first one refused names itself in the error.
+fn each<R, T>(raw: &[R], check: fn(&R) -> Result<T, String>) -> Result<Arc<[T]>, ConfigError> {
+    raw.iter()
+        .map(check)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Into::into)
+        .map_err(ConfigError::Invalid)
 }
 
 fn positive(v: Option<usize>, default: usize, name: &str) -> Result<usize, ConfigError> {
@@ -640,80 +634,4 @@ pub fn check_profile_name(name: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env() -> Environment {
-        Environment {
-            openai_base_url: Some("http://127.0.0.1:9/v1".into()),
-            ..Environment::default()
-        }
-    }
-
-    #[test]
-    fn compiling_never_resolves_names() {
-        let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
-        let p = &c.profiles["default"];
-        assert_eq!(
-            p.upstreams[&Provider::Openai].addr,
-            Some("127.0.0.1:9".parse().expect("addr")),
-            "an IP literal is the address"
-        );
-        assert_eq!(
-            p.upstreams[&Provider::Anthropic].addr,
-            None,
-            "api.anthropic.com is looked up when a request needs it, not here"
-        );
-    }
-
-    #[test]
-    fn empty_config_has_a_default_profile_with_all_providers() {
-        let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
-        let p = &c.profiles["default"];
-        assert_eq!(p.upstreams.len(), 3);
-        let o = &p.upstreams[&Provider::Openai];
-        assert_eq!(
-            (&*o.host, o.port, &*o.path_prefix, o.tls),
-            ("127.0.0.1", 9, "/v1", false)
-        );
-        assert_eq!(
-            &*p.upstreams[&Provider::Anthropic].host,
-            "api.anthropic.com"
-        );
-    }
-
-    #[test]
-    fn unknown_fields_and_reserved_names_are_refused() {
-        assert!(parse_toml("[limits]\nmax_body = 1").is_err());
-        let raw = parse_toml("[profiles.v1beta.openai]\n").expect("toml");
-        let err = compile(raw, &env()).expect_err("reserved");
-        assert!(err.to_string().contains("reserved"), "{err}");
-    }
-
-    #[test]
-    fn azure_style_entry_is_data() {
-        let raw = parse_toml(
-            r#"[profiles.azure.openai]
-base_url = "https://example.openai.azure.com/openai/deployments/gpt4o"
-api_key = "k"
-auth_header = "api-key"
-query = { "api-version" = "2024-10-21" }
-"#,
-        )
-        .expect("toml");
-        let c = compile(raw, &env()).expect("valid");
-        let u = &c.profiles["azure"].upstreams[&Provider::Openai];
-        assert_eq!(&*u.auth_header, "api-key");
-        assert_eq!(&*u.query, "api-version=2024-10-21");
-        assert_eq!(format!("{:?}", u.api_key), "Some(Secret(***))");
-    }
-
-    #[test]
-    fn bad_values_are_reported_with_their_path() {
-        let raw = parse_toml("[limits]\nmax_request_body_bytes = 0").expect("toml");
-        let err = compile(raw, &env()).expect_err("zero");
-        assert!(err.to_string().contains("limits.max_request_body_bytes"));
-        let raw = parse_toml("[profiles.a.openai]\nbase_url = \"ftp://x\"").expect("toml");
-        assert!(compile(raw, &env()).is_err());
-    }
-}
+mod tests;

@@ -1,0 +1,76 @@
+//! Tests of the configuration checker.
+use super::*;
+
+fn env() -> Environment {
+    Environment {
+        openai_base_url: Some("http://127.0.0.1:9/v1".into()),
+        ..Environment::default()
+    }
+}
+
+#[test]
+fn compiling_never_resolves_names() {
+    let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+    let p = &c.profiles["default"];
+    assert_eq!(
+        p.upstreams[&Provider::Openai].addr,
+        Some("127.0.0.1:9".parse().expect("addr")),
+        "an IP literal is the address"
+    );
+    assert_eq!(
+        p.upstreams[&Provider::Anthropic].addr,
+        None,
+        "api.anthropic.com is looked up when a request needs it, not here"
+    );
+}
+
+#[test]
+fn empty_config_has_a_default_profile_with_all_providers() {
+    let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+    let p = &c.profiles["default"];
+    assert_eq!(p.upstreams.len(), 3);
+    let o = &p.upstreams[&Provider::Openai];
+    assert_eq!(
+        (&*o.host, o.port, &*o.path_prefix, o.tls),
+        ("127.0.0.1", 9, "/v1", false)
+    );
+    assert_eq!(
+        &*p.upstreams[&Provider::Anthropic].host,
+        "api.anthropic.com"
+    );
+}
+
+#[test]
+fn unknown_fields_and_reserved_names_are_refused() {
+    assert!(parse_toml("[limits]\nmax_body = 1").is_err());
+    let raw = parse_toml("[profiles.v1beta.openai]\n").expect("toml");
+    let err = compile(raw, &env()).expect_err("reserved");
+    assert!(err.to_string().contains("reserved"), "{err}");
+}
+
+#[test]
+fn azure_style_entry_is_data() {
+    let raw = parse_toml(
+        r#"[profiles.azure.openai]
+base_url = "https://example.openai.azure.com/openai/deployments/gpt4o"
+api_key = "k"
+auth_header = "api-key"
+query = { "api-version" = "2024-10-21" }
+"#,
+    )
+    .expect("toml");
+    let c = compile(raw, &env()).expect("valid");
+    let u = &c.profiles["azure"].upstreams[&Provider::Openai];
+    assert_eq!(&*u.auth_header, "api-key");
+    assert_eq!(&*u.query, "api-version=2024-10-21");
+    assert_eq!(format!("{:?}", u.api_key), "Some(Secret(***))");
+}
+
+#[test]
+fn bad_values_are_reported_with_their_path() {
+    let raw = parse_toml("[limits]\nmax_request_body_bytes = 0").expect("toml");
+    let err = compile(raw, &env()).expect_err("zero");
+    assert!(err.to_string().contains("limits.max_request_body_bytes"));
+    let raw = parse_toml("[profiles.a.openai]\nbase_url = \"ftp://x\"").expect("toml");
+    assert!(compile(raw, &env()).is_err());
+}
