@@ -193,6 +193,7 @@ async fn seed_fresh(state: &AppState, org: &str) -> Result<String, ApiError> {
         starts_untrusted: false,
         require_virtual_key: false,
         capture_content: false,
+        toon_tool_results: false,
         policy_defaults: None,
         openai: Some(UpstreamSettings::default()),
         anthropic: Some(UpstreamSettings::default()),

@@ -274,6 +274,7 @@ pub async fn compile(
                 policy_defaults: body.policy_defaults,
                 require_virtual_key: body.require_virtual_key,
                 capture_content: body.capture_content,
+                toon_tool_results: body.toon_tool_results,
                 mcp_servers: body.mcp_servers.clone(),
             },
         );

@@ -79,6 +79,12 @@ pub struct StatisticsRow {
     /// What those saved: the requested models' cost less the cost of the models used
     /// (µ$; negative if a rule chose a dearer model).
     pub optimisation_savings_micros: i64,
+    /// Requests whose tool results were re-encoded as TOON.
+    pub toon_requests: i64,
+    /// Tokens TOON took out of those requests' tool results.
+    pub toon_tokens_saved: i64,
+    /// Those tokens at the input price of the models used (µ$).
+    pub toon_savings_micros: i64,
 }
 
 /// The sums.
@@ -172,7 +178,10 @@ pub async fn statistics(
          CAST(COALESCE(SUM(price_missing), 0) AS BIGINT) AS unp, \
          CAST(COALESCE(SUM(CASE WHEN optimisation_rule IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) AS opt, \
          CAST(COALESCE(SUM(CASE WHEN baseline_cost_micros IS NULL OR cost_micros IS NULL THEN 0 \
-              ELSE baseline_cost_micros - cost_micros END), 0) AS BIGINT) AS sav \
+              ELSE baseline_cost_micros - cost_micros END), 0) AS BIGINT) AS sav, \
+         CAST(COALESCE(SUM(CASE WHEN toon_tokens_before IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) AS tn, \
+         CAST(COALESCE(SUM(toon_tokens_before - toon_tokens_after), 0) AS BIGINT) AS tt, \
+         CAST(COALESCE(SUM(toon_savings_micros), 0) AS BIGINT) AS ts \
          FROM llm_calls WHERE {cond} GROUP BY {} ORDER BY {}",
         select.join(", "),
         group.join(", "),
@@ -197,7 +206,7 @@ pub async fn statistics(
         Option<String>,
         Option<String>,
     );
-    let mut sums: BTreeMap<Key, [i64; 11]> = BTreeMap::new();
+    let mut sums: BTreeMap<Key, [i64; 14]> = BTreeMap::new();
     for r in rows {
         let text = |col: &str| -> Result<Option<String>, sqlx::Error> { r.try_get(col) };
         let profile: Option<String> = if columns.contains(&"profile") {
@@ -232,9 +241,9 @@ pub async fn statistics(
             },
             if wants("model") { text("model")? } else { None },
         );
-        let e = sums.entry(key).or_insert([0; 11]);
+        let e = sums.entry(key).or_insert([0; 14]);
         for (slot, col) in e.iter_mut().zip([
-            "n", "i", "o", "cr", "cw", "r", "c", "est", "unp", "opt", "sav",
+            "n", "i", "o", "cr", "cw", "r", "c", "est", "unp", "opt", "sav", "tn", "tt", "ts",
         ]) {
             *slot += r.try_get::<i64, _>(col)?;
         }
@@ -260,6 +269,9 @@ pub async fn statistics(
             unpriced_requests: v[8],
             optimised_requests: v[9],
             optimisation_savings_micros: v[10],
+            toon_requests: v[11],
+            toon_tokens_saved: v[12],
+            toon_savings_micros: v[13],
         })
         .collect();
     Ok(Json(Statistics {

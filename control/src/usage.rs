@@ -94,8 +94,9 @@ pub async fn ingest(
             "INSERT INTO llm_calls (proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, \
              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, \
              duration_us, ttfb_us, refused, trusted, tool_calls, decisions, request_body, response_body, org_id, \
-             usage_estimated, price_missing, requested_model, optimisation_rule, baseline_cost_micros) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30) \
+             usage_estimated, price_missing, requested_model, optimisation_rule, baseline_cost_micros, \
+             toon_tokens_before, toon_tokens_after, toon_savings_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33) \
              ON CONFLICT (proxy_id, seq) DO NOTHING",
         )
         .bind(&batch.proxy_id)
@@ -128,6 +129,9 @@ pub async fn ingest(
         .bind(r.requested_model.clone())
         .bind(r.optimisation_rule.clone())
         .bind(r.baseline_cost_micros)
+        .bind(r.toon_tokens_before)
+        .bind(r.toon_tokens_after)
+        .bind(r.toon_savings_micros)
         .execute(&mut *tx)
         .await?;
         inserted += done.rows_affected();
@@ -359,6 +363,12 @@ pub struct LlmCall {
     pub optimisation_rule: Option<String>,
     /// What the requested model would have cost; the saving is this less `cost_micros`.
     pub baseline_cost_micros: Option<i64>,
+    /// Tokens of the tool results re-encoded as TOON, as JSON.
+    pub toon_tokens_before: Option<i64>,
+    /// The same results' tokens as TOON.
+    pub toon_tokens_after: Option<i64>,
+    /// The saved tokens at the model's input price (µ$).
+    pub toon_savings_micros: Option<i64>,
     /// Wall time, µs.
     pub duration_us: i64,
     /// Sluice refused the response's tool calls.
@@ -385,7 +395,8 @@ pub async fn llm_logs(
     let sql = format!(
         "SELECT proxy_id, seq, request_id, ts, profile, key_id, provider, api, model, status, input_tokens, \
          output_tokens, cost_micros, usage_estimated, price_missing, requested_model, optimisation_rule, \
-         baseline_cost_micros, duration_us, refused, tool_calls, decisions, request_body, \
+         baseline_cost_micros, toon_tokens_before, toon_tokens_after, toon_savings_micros, \
+         duration_us, refused, tool_calls, decisions, request_body, \
          response_body \
          FROM llm_calls WHERE {cond} ORDER BY ts DESC, proxy_id, seq DESC LIMIT {} OFFSET {offset}",
         limit + 1
@@ -417,6 +428,9 @@ pub async fn llm_logs(
             requested_model: r.try_get("requested_model")?,
             optimisation_rule: r.try_get("optimisation_rule")?,
             baseline_cost_micros: r.try_get("baseline_cost_micros")?,
+            toon_tokens_before: r.try_get("toon_tokens_before")?,
+            toon_tokens_after: r.try_get("toon_tokens_after")?,
+            toon_savings_micros: r.try_get("toon_savings_micros")?,
             duration_us: r.try_get("duration_us")?,
             refused: r.try_get::<i64, _>("refused")? != 0,
             tool_calls: serde_json::from_str(&tools).unwrap_or_default(),

@@ -187,6 +187,10 @@ pub struct RequestRecord {
     pub baseline_cost_micros: Option<i64>,
     /// The optimisation rule that changed the model, and the model asked for.
     pub optimisation: Option<(String, String)>,
+    /// Tokens of the tool results TOON re-encoded: before (JSON) and after.
+    pub toon_tokens: Option<(u64, u64)>,
+    /// What the tokens TOON saved would have cost at the model's input price (µ$).
+    pub toon_savings_micros: Option<i64>,
     /// The proxy process (lease holder) that counted it.
     #[serde(skip)]
     pub spend_holder: Option<std::sync::Arc<str>>,

@@ -12,7 +12,7 @@ use pingora::http::ResponseHeader;
 use serde_json::Value;
 
 use crate::config::{Config, Environment, compile, parse_toml};
-use crate::events::{Api, ResponseFacts};
+use crate::events::{Api, Provider, ResponseFacts};
 use crate::phases::ctx::RequestCtx;
 use crate::phases::response;
 use crate::sse::{Framed, SseFramer};
@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mcp_jsonrpc", mcp_jsonrpc),
     ("snapshot", snapshot),
     ("policy_eval", policy_eval),
+    ("toon", toon),
 ];
 
 const MAX_EVENT: usize = 4096;
@@ -250,6 +251,48 @@ pub fn policy_eval(data: &[u8]) -> Result<(), String> {
                 return Err("the same call got two verdicts".into());
             }
             let _ = compiled.evaluate_result(&tool, &args, &ctx);
+        }
+    }
+    Ok(())
+}
+
+/// TOON: any text that reads as JSON encodes (lines without trailing spaces or tab
+/// indentation, no trailing newline); a number's canonical form is the same decimal value
+/// (both parse to the same `f64`); tool-result contents of every provider's shape convert
+/// or are left alone, never fail.
+pub fn toon(data: &[u8]) -> Result<(), String> {
+    use crate::toon::{Cache, Json, canonical_number, compress, encode};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Ok(());
+    };
+    if let Some(canonical) = canonical_number(text.trim()) {
+        let (a, b) = (text.trim().parse::<f64>(), canonical.parse::<f64>());
+        match (a, b) {
+            (Ok(a), Ok(b)) if a == b || (a.is_nan() && b.is_nan()) => {}
+            (a, b) => return Err(format!("{text:?} became {canonical:?}: {a:?} vs {b:?}")),
+        }
+    }
+    if let Some(value) = Json::parse(text) {
+        let out = encode(&value);
+        if out.ends_with('\n') {
+            return Err("a trailing newline".into());
+        }
+        if let Some(line) = out
+            .lines()
+            .find(|l| l.ends_with(' ') || l.trim_start_matches(' ').starts_with('\t'))
+        {
+            return Err(format!(
+                "a line with trailing spaces or tab indentation: {line:?}"
+            ));
+        }
+    }
+    let cache = Cache::new(1 << 20);
+    for provider in [Provider::Openai, Provider::Anthropic, Provider::Gemini] {
+        let out = compress(provider, data, [(0, data.len())], 1 << 20, &cache);
+        if let Some((_, json)) = out.replacements.first()
+            && serde_json::from_str::<serde_json::Value>(json).is_err()
+        {
+            return Err(format!("a replacement that is not JSON: {json}"));
         }
     }
     Ok(())

@@ -94,6 +94,15 @@ pub struct UsageRecord {
     /// What the requested model would have cost (µ$), for the savings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_cost_micros: Option<i64>,
+    /// Tokens of the tool results re-encoded as TOON, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toon_tokens_before: Option<i64>,
+    /// The same results' tokens as TOON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toon_tokens_after: Option<i64>,
+    /// The saved tokens at the model's input price (µ$).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toon_savings_micros: Option<i64>,
 }
 
 /// The MCP part of a usage record.
@@ -207,6 +216,13 @@ impl UsageRecord {
             requested_model: r.optimisation.as_ref().map(|(_, m)| m.clone()),
             optimisation_rule: r.optimisation.as_ref().map(|(n, _)| n.clone()),
             baseline_cost_micros: r.baseline_cost_micros,
+            toon_tokens_before: r
+                .toon_tokens
+                .map(|(b, _)| i64::try_from(b).unwrap_or(i64::MAX)),
+            toon_tokens_after: r
+                .toon_tokens
+                .map(|(_, a)| i64::try_from(a).unwrap_or(i64::MAX)),
+            toon_savings_micros: r.toon_savings_micros,
         }
     }
 }

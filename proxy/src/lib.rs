@@ -35,4 +35,5 @@ pub mod server;
 pub mod snapshot;
 pub mod spend;
 pub mod sse;
+pub mod toon;
 pub mod trace;

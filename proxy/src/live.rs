@@ -63,6 +63,9 @@ impl LiveConfig {
 
     /// Swaps in a new snapshot.
     pub fn store(&self, config: Config) {
+        if config.profiles.values().any(|p| p.toon_tool_results) {
+            crate::toon::warm_up_in_background();
+        }
         self.current.store(Some(Arc::new(config)));
         match self.stored_at.lock() {
             Ok(mut g) => *g = Some(std::time::Instant::now()),

@@ -52,6 +52,7 @@ pub struct ProxyMetrics {
     tokens: IntCounterVec,
     cost: prometheus::CounterVec,
     without_price: IntCounterVec,
+    toon_saved: IntCounterVec,
     blocked_tools: IntCounterVec,
     decisions: IntCounterVec,
     overhead: HistogramVec,
@@ -125,6 +126,13 @@ impl ProxyMetrics {
                 "Requests whose model has no price of its own (costed at the provider's default price, or not at all).",
             ),
             &["provider", "model"],
+        )?;
+        let toon_saved = IntCounterVec::new(
+            Opts::new(
+                "sluice_toon_tokens_saved_total",
+                "Tokens taken out of tool results by re-encoding them as TOON (o200k_base count).",
+            ),
+            &["provider", "profile"],
         )?;
         let blocked_tools = IntCounterVec::new(
             Opts::new("llm_blocked_tools_total", "Tool calls Sluice refused."),
@@ -206,6 +214,7 @@ impl ProxyMetrics {
             Box::new(tokens.clone()),
             Box::new(cost.clone()),
             Box::new(without_price.clone()),
+            Box::new(toon_saved.clone()),
             Box::new(blocked_tools.clone()),
             Box::new(decisions.clone()),
             Box::new(overhead.clone()),
@@ -230,6 +239,7 @@ impl ProxyMetrics {
             tokens,
             cost,
             without_price,
+            toon_saved,
             blocked_tools,
             decisions,
             overhead,
@@ -358,6 +368,11 @@ impl EventSink for ProxyMetrics {
             self.without_price
                 .with_label_values(&[provider, model])
                 .inc();
+        }
+        if let Some((before, after)) = r.toon_tokens {
+            self.toon_saved
+                .with_label_values(&[provider, profile])
+                .inc_by(before.saturating_sub(after));
         }
         if let Some(micros) = r.cost_micros {
             self.cost

@@ -77,6 +77,9 @@ pub struct ProfileBody {
     /// Usage records carry request and response bodies (default false).
     #[serde(default)]
     pub capture_content: bool,
+    /// JSON tool results are re-encoded as TOON where that takes fewer tokens (default false).
+    #[serde(default)]
+    pub toon_tool_results: bool,
     /// Policy defaults for this profile.
     pub policy_defaults: Option<sluice_policies::Defaults>,
     /// OpenAI (or compatible) upstream; absent: not served.

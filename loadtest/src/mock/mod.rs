@@ -6,7 +6,8 @@
 //! - Anthropic: `POST /v1/messages`
 //! - Gemini: `POST /{v1,v1beta}/models/{model}:generateContent` and `:streamGenerateContent`
 //!
-//! Behaviour is scripted per request with `x-mock-*` headers (see [`script::Knobs`]).
+//! Behaviour is scripted per request with `x-mock-*` headers (see [`script::Knobs`]). A
+//! request with `x-mock-record: <tag>` is kept (the newest 256), for `GET /mock/received`.
 
 pub mod anthropic;
 pub mod gemini;
@@ -65,6 +66,9 @@ pub struct MockStats {
     /// `(X-Request-Id, output tokens)` of each successful answer that carried an id; at most
     /// a million are kept.
     pub served: std::sync::Mutex<Vec<(String, u64)>>,
+    /// `(x-mock-record tag, path, body)` of requests that asked to be recorded, so a test can
+    /// see what reached the provider; the newest 256 are kept.
+    pub received: std::sync::Mutex<std::collections::VecDeque<(String, String, String)>>,
 }
 
 /// Shared state.
@@ -100,7 +104,60 @@ pub fn router(state: MockState) -> Router {
         .route("/{version}/models/{model_call}", post(gemini::generate))
         .route("/mock/stats", get(stats))
         .route("/mock/served", get(served))
+        .route("/mock/received", get(received))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
+}
+
+/// Keeps the body of a request carrying `x-mock-record: <tag>` (others pass untouched).
+async fn record(
+    State(s): State<MockState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tag) = req
+        .headers()
+        .get("x-mock-record")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return Response::builder()
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+            .body(Body::empty())
+            .unwrap_or_default();
+    };
+    {
+        let mut list = match s.stats.received.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if list.len() == 256 {
+            list.pop_front();
+        }
+        list.push_back((
+            tag,
+            parts.uri.path().to_owned(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn received(State(s): State<MockState>) -> axum::Json<serde_json::Value> {
+    let list = match s.stats.received.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let items: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(t, p, b)| serde_json::json!({"tag": t, "path": p, "body": b}))
+        .collect();
+    axum::Json(serde_json::json!({ "received": items }))
 }
 
 async fn served(State(s): State<MockState>) -> axum::Json<serde_json::Value> {

@@ -119,6 +119,10 @@ pub struct Limits {
     pub mcp_keepalive_interval: Duration,
     /// An idle MCP session ends after this. Default 1 h.
     pub mcp_session_idle_timeout: Duration,
+    /// Tool results larger than this stay JSON. Default 1 MiB.
+    pub toon_max_result_bytes: usize,
+    /// Memory for remembered TOON conversions (read at start). Default 32 MiB.
+    pub toon_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -143,6 +147,8 @@ impl Default for Limits {
             mcp_max_sessions: 10_000,
             mcp_keepalive_interval: Duration::from_secs(15),
             mcp_session_idle_timeout: Duration::from_secs(3600),
+            toon_max_result_bytes: 1024 * 1024,
+            toon_cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -224,6 +230,8 @@ pub struct Profile {
     pub require_virtual_key: bool,
     /// Usage records carry request and response bodies.
     pub capture_content: bool,
+    /// JSON tool results are re-encoded as TOON where that takes fewer tokens.
+    pub toon_tool_results: bool,
     /// The MCP servers its endpoint aggregates, in order.
     pub mcp_servers: Arc<[Arc<str>]>,
 }
@@ -416,6 +424,8 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             Some(s) => Duration::from_secs(s),
             None => d.mcp_session_idle_timeout,
         },
+        toon_max_result_bytes: l.toon_max_result_bytes.unwrap_or(d.toon_max_result_bytes),
+        toon_cache_bytes: l.toon_cache_bytes.unwrap_or(d.toon_cache_bytes),
     };
     let mcp_servers = mcp::compile_servers(raw.mcp_servers, env)?;
     let mut raw_profiles = raw.profiles;
@@ -470,6 +480,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
                 policy_defaults: p.policy_defaults,
                 require_virtual_key: p.require_virtual_key,
                 capture_content: p.capture_content,
+                toon_tool_results: p.toon_tool_results,
                 mcp_servers: servers.into(),
             }),
         );

@@ -171,6 +171,10 @@ pub struct RawLimits {
     pub mcp_keepalive_interval_ms: Option<u64>,
     /// An MCP session unused this long is ended (the client then gets 404), in seconds.
     pub mcp_session_idle_timeout_secs: Option<u64>,
+    /// Tool results larger than this stay JSON (TOON counts their tokens), in bytes.
+    pub toon_max_result_bytes: Option<usize>,
+    /// Memory for remembered TOON conversions, in bytes (read at start).
+    pub toon_cache_bytes: Option<usize>,
 }
 
 /// One profile as written.
@@ -202,6 +206,9 @@ pub struct RawProfile {
     /// Usage records of this profile carry the request and response bodies.
     #[serde(default)]
     pub capture_content: bool,
+    /// JSON tool results in its requests are re-encoded as TOON where that takes fewer tokens.
+    #[serde(default)]
+    pub toon_tool_results: bool,
     /// MCP servers this profile's endpoint (`/v1/mcp/<profile>`) aggregates, in order.
     #[serde(default)]
     pub mcp_servers: Vec<String>,

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub spend_holds: Vec<crate::spend::Hold>,
     /// The optimisation rule that sent the request to another model, and the model asked for.
     pub optimised: Option<(String, String)>,
+    /// Tokens of the tool results re-encoded as TOON: before and after.
+    pub toon_tokens: Option<(u64, u64)>,
     /// This process as a holder of spend-limit leases, when the request holds room in one.
     pub spend_holder: Option<std::sync::Arc<str>>,
     /// Time to the first response byte from the upstream, in microseconds.
@@ -162,6 +164,7 @@ impl RequestCtx {
             spend_holds: Vec::new(),
             spend_holder: None,
             optimised: None,
+            toon_tokens: None,
             response_bytes: 0,
         }
     }

@@ -54,13 +54,16 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         });
     }
     ctx.access = Some(summary(ctx));
+    let model_used = ctx
+        .response_facts
+        .model
+        .clone()
+        .or_else(|| ctx.request_facts.model.clone());
+    let model_used = model_used.as_deref();
     let priced = match (ctx.config.as_ref(), ctx.response_facts.usage.as_ref()) {
-        (Some(cfg), Some(usage)) => ctx
-            .response_facts
-            .model
-            .as_deref()
-            .or(ctx.request_facts.model.as_deref())
-            .and_then(|m| cfg.prices.cost(route.provider, m, usage)),
+        (Some(cfg), Some(usage)) => {
+            model_used.and_then(|m| cfg.prices.cost(route.provider, m, usage))
+        }
         _ => None,
     };
     let cost_micros = priced.map(|(c, _)| c);
@@ -73,6 +76,18 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
     ) {
         (Some((_, requested)), Some(cfg), Some(usage)) => {
             cfg.prices.cost_micros(route.provider, requested, usage)
+        }
+        _ => None,
+    };
+    // TOON's savings: the tokens it took out, at the input price of the model used.
+    let toon_tokens = ctx.toon_tokens.take();
+    let toon_savings_micros = match (toon_tokens, ctx.config.as_ref(), model_used) {
+        (Some((before, after)), Some(cfg), Some(model)) => {
+            let saved = crate::events::Usage {
+                input_tokens: before.saturating_sub(after),
+                ..Default::default()
+            };
+            cfg.prices.cost_micros(route.provider, model, &saved)
         }
         _ => None,
     };
@@ -106,6 +121,8 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         spend_holder: ctx.spend_holder.take().filter(|_| !limits.is_empty()),
         baseline_cost_micros,
         optimisation: optimised,
+        toon_tokens,
+        toon_savings_micros,
         limits,
         captured_request: ctx.captured_request.take(),
         captured_response: ctx

@@ -50,6 +50,7 @@ pub struct SluiceProxy {
     rates: Arc<crate::rate::RateBook>,
     in_flight: Arc<crate::drain::InFlight>,
     memory: crate::overload::MemoryGauge,
+    toon: crate::toon::Cache,
 }
 
 impl SluiceProxy {
@@ -59,6 +60,11 @@ impl SluiceProxy {
         sink: Arc<dyn EventSink>,
         approvals: Arc<crate::approvals::ApprovalStore>,
     ) -> Self {
+        // The budget of the configuration at start (a snapshot's later change needs a restart).
+        let toon_budget = live.current().map_or_else(
+            || crate::config::Limits::default().toon_cache_bytes,
+            |c| c.limits.toon_cache_bytes,
+        );
         Self {
             mcp: crate::mcp::McpGateway::new(sink.clone(), approvals.clone()),
             live,
@@ -74,6 +80,7 @@ impl SluiceProxy {
             auth_failures: crate::keys::FailedAuthLimiter::new(Duration::from_secs(60), 100_000),
             // Result verdicts of recent conversations, keyed by snapshot version.
             verdicts: sluice_policies::taint::VerdictCache::new(100_000),
+            toon: crate::toon::Cache::new(toon_budget),
         }
     }
 }
@@ -327,7 +334,7 @@ impl ProxyHttp for SluiceProxy {
             end_of_stream,
             ctx,
             max,
-            &self.verdicts,
+            (&self.verdicts, &self.toon),
             conversations,
             (self.spend.as_ref(), self.rates.as_ref()),
         );
@@ -337,8 +344,15 @@ impl ProxyHttp for SluiceProxy {
             return Ok(());
         };
         let outcomes = self.sanitize_all(ctx, &pending).await;
-        request_body::finish(body, ctx, pending, outcomes, &self.mcp.conversations)
-            .map_err(|e| raise(ctx, e))
+        request_body::finish(
+            body,
+            ctx,
+            pending,
+            outcomes,
+            &self.mcp.conversations,
+            &self.toon,
+        )
+        .map_err(|e| raise(ctx, e))
     }
 
     async fn response_filter(

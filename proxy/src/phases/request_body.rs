@@ -45,7 +45,7 @@ pub fn on_chunk(
     end_of_stream: bool,
     ctx: &mut RequestCtx,
     max_body: usize,
-    cache: &VerdictCache,
+    (cache, toon): (&VerdictCache, &crate::toon::Cache),
     conversations: &Conversations,
     (spend, rates): (&crate::spend::SpendBook, &crate::rate::RateBook),
 ) -> Result<Option<Pending>, SluiceError> {
@@ -144,8 +144,41 @@ pub fn on_chunk(
     if !pending.judged.sanitize.is_empty() {
         return Ok(Some(pending));
     }
-    finish(body, ctx, pending, Vec::new(), conversations)?;
+    finish(body, ctx, pending, Vec::new(), conversations, toon)?;
     Ok(None)
+}
+
+/// TOON for the results the policies left as they were (they judged the JSON as sent).
+fn compress_results(
+    ctx: &mut RequestCtx,
+    whole: &Bytes,
+    judged: &mut RequestJudgement,
+    cache: &crate::toon::Cache,
+) {
+    let (Some(cfg), Some(route)) = (&ctx.config, &ctx.route) else {
+        return;
+    };
+    if !route.profile.toon_tool_results || ctx.request_facts.tool_results.is_empty() {
+        return;
+    }
+    let replaced: Vec<(usize, usize)> = judged.replacements.iter().map(|(s, _)| *s).collect();
+    let spans = ctx
+        .request_facts
+        .tool_results
+        .iter()
+        .filter_map(|r| r.span)
+        .filter(|s| !replaced.contains(s));
+    let out = crate::toon::compress(
+        route.provider,
+        whole,
+        spans,
+        cfg.limits.toon_max_result_bytes,
+        cache,
+    );
+    if out.converted > 0 {
+        ctx.toon_tokens = Some((out.tokens_before, out.tokens_after));
+        judged.replacements.extend(out.replacements);
+    }
 }
 
 /// Who is asking, for limits and optimisation rules.
@@ -170,6 +203,7 @@ pub fn finish(
     pending: Pending,
     outcomes: Vec<Result<String, String>>,
     conversations: &Conversations,
+    toon: &crate::toon::Cache,
 ) -> Result<(), SluiceError> {
     let Pending {
         whole,
@@ -199,6 +233,7 @@ pub fn finish(
             .collect();
         conversations.record(&key, &texts);
     }
+    compress_results(ctx, &whole, &mut judged, toon);
     let spliced = judged.rewrite(&whole);
     ctx.decisions.extend(judged.decisions);
     let mut out = match (spliced, ctx.api()) {
