@@ -3,6 +3,11 @@
 //! its organisation's, each level by priority); the first whose conditions all hold wins.
 //! The request is recorded with the model it asked for and what that would have cost, so
 //! the savings can be reported.
+//!
+//! OpenAI and Anthropic name the model in the body: the rule is chosen once the body is
+//! read and only its `model` value is replaced. Gemini names it in the URL, which goes
+//! upstream before the body: its rules are chosen from the request line and headers alone
+//! (the prompt estimated from `Content-Length`), so they cannot ask about tools.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -16,8 +21,7 @@ use crate::spend::Requester;
 pub struct RawOptimisationRule {
     /// What people call it (recorded with each request it rewrote).
     pub name: String,
-    /// `openai` or `anthropic` (a Gemini request names its model in the URL, which goes
-    /// upstream before the body that the conditions read).
+    /// `openai`, `anthropic` or `gemini` (Gemini rules cannot condition on tools).
     pub provider: String,
     /// Only this profile's requests.
     pub profile: Option<String>,
@@ -51,20 +55,20 @@ impl OptimisationRule {
         let provider = match raw.provider.as_str() {
             "openai" => Provider::Openai,
             "anthropic" => Provider::Anthropic,
-            "gemini" => {
-                return Err(format!(
-                    "{what}: Gemini names the model in the URL, which goes upstream before \
-                     the request body the conditions read; rules apply to openai and anthropic"
-                ));
-            }
+            "gemini" => Provider::Gemini,
             other => {
                 return Err(format!(
-                    "{what}: provider '{other}' is not openai or anthropic"
+                    "{what}: provider '{other}' is not openai, anthropic or gemini"
                 ));
             }
         };
         if raw.use_model.is_empty() || raw.use_model.len() > 200 {
             return Err(format!("{what}: use_model must be 1-200 characters"));
+        }
+        if provider == Provider::Gemini {
+            if let Some(problem) = gemini_problem(raw.has_tools, &raw.use_model) {
+                return Err(format!("{what}: {problem}"));
+            }
         }
         Ok(Self {
             name: raw.name.clone(),
@@ -91,6 +95,55 @@ impl OptimisationRule {
             && r.has_tools.is_none_or(|t| t == tools)
             && crate::spend::model_matches(r.model.as_deref(), who.model)
     }
+}
+
+/// Why a Gemini rule cannot apply as written, if it cannot.
+pub fn gemini_problem(has_tools: Option<bool>, use_model: &str) -> Option<&'static str> {
+    if has_tools.is_some() {
+        return Some(
+            "a Gemini request names its model in the URL, which goes upstream before the body \
+             that declares the tools, so a Gemini rule cannot have has_tools (model and \
+             max_input_tokens are read from the request line and Content-Length)",
+        );
+    }
+    if !use_model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Some("use_model goes into the URL: letters, digits, '-', '.' and '_' only");
+    }
+    None
+}
+
+/// For a Gemini request, from its URL alone: the rule that applies, the upstream path with
+/// the rule's model in place of the one asked for, and that model. `content_length` (when
+/// the client sent one) gives the prompt estimate; without it a rule with
+/// `max_input_tokens` does not apply.
+pub fn choose_for_gemini_url<'a>(
+    rules: &'a [OptimisationRule],
+    who: &Requester<'_>,
+    content_length: Option<u64>,
+    upstream_path: &str,
+) -> Option<(&'a OptimisationRule, String)> {
+    let requested = who.model?;
+    let prompt = content_length.map_or(u64::MAX, |l| l.div_ceil(4));
+    let rule = choose(rules, Provider::Gemini, who, prompt, false)?;
+    if rule.use_model() == requested {
+        return None;
+    }
+    // `/{version}/models/{model}:{method}`: only the model segment changes.
+    let at = upstream_path.find("/models/")? + "/models/".len();
+    let end = at + upstream_path[at..].find(':')?;
+    if &upstream_path[at..end] != requested {
+        return None;
+    }
+    let path = format!(
+        "{}{}{}",
+        &upstream_path[..at],
+        rule.use_model(),
+        &upstream_path[end..]
+    );
+    Some((rule, path))
 }
 
 /// The first rule that applies to a request, if any.
@@ -218,14 +271,39 @@ mod tests {
     }
 
     #[test]
-    fn gemini_rules_are_refused_with_the_reason() {
-        let raw = RawOptimisationRule {
-            name: "g".into(),
-            provider: "gemini".into(),
-            use_model: "gemini-2.5-flash".into(),
-            ..Default::default()
+    fn gemini_rules_choose_from_the_url_and_never_ask_about_tools() {
+        let gemini = |f: &dyn Fn(&mut RawOptimisationRule)| {
+            let mut raw = RawOptimisationRule {
+                name: "g".into(),
+                provider: "gemini".into(),
+                model: Some("gemini-2.5-pro".into()),
+                max_input_tokens: Some(1000),
+                use_model: "gemini-2.5-flash".into(),
+                ..Default::default()
+            };
+            f(&mut raw);
+            OptimisationRule::compile(&raw)
         };
-        let e = OptimisationRule::compile(&raw).expect_err("gemini");
+        let e = gemini(&|r| r.has_tools = Some(false)).expect_err("tools");
+        assert!(e.contains("URL") && e.contains("has_tools"), "{e}");
+        let e = gemini(&|r| r.use_model = "flash/../x".into()).expect_err("path");
         assert!(e.contains("URL"), "{e}");
+        let rules = vec![gemini(&|_| {}).expect("rule")];
+        let w = who("shop", None, "gemini-2.5-pro");
+        let path = "/v1beta/models/gemini-2.5-pro:streamGenerateContent";
+        let (rule, new) = choose_for_gemini_url(&rules, &w, Some(3000), path).expect("small");
+        assert_eq!(rule.use_model(), "gemini-2.5-flash");
+        assert_eq!(new, "/v1beta/models/gemini-2.5-flash:streamGenerateContent");
+        assert!(
+            choose_for_gemini_url(&rules, &w, Some(4001), path).is_none(),
+            "too large"
+        );
+        assert!(
+            choose_for_gemini_url(&rules, &w, None, path).is_none(),
+            "size unknown"
+        );
+        let other = who("shop", None, "gemini-2.5-flash");
+        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+        assert!(choose_for_gemini_url(&rules, &other, Some(10), path).is_none());
     }
 }

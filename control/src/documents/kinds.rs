@@ -575,12 +575,11 @@ impl DocKind for OptimisationRuleBody {
     ) -> Result<(), ApiError> {
         bounded("name", &self.name, 128)?;
         check_provider(&self.provider)?;
-        if self.provider == "gemini" {
-            return Err(ApiError::Unprocessable(
-                "optimisation rules apply to openai and anthropic: a Gemini request names its \
-                 model in the URL, which goes upstream before the body the conditions read"
-                    .into(),
-            ));
+        if self.provider == "gemini"
+            && let Some(problem) =
+                sluice_proxy::optimise::gemini_problem(self.has_tools, &self.use_model)
+        {
+            return Err(ApiError::Unprocessable(problem.into()));
         }
         if self.profile.is_some() && self.team.is_some() {
             return Err(ApiError::Unprocessable(

@@ -142,8 +142,27 @@ pub fn route_request(
     ctx.conversation = header("x-sluice-session-id")
         .map(|v| v.chars().take(crate::conversations::MAX_ID_CHARS).collect());
     ctx.request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
+    let mut r = r;
     if let Some(model) = &r.url_model {
         ctx.request_facts.model = Some(model.clone());
+        if !config.optimisation_rules.is_empty() && r.provider == Provider::Gemini {
+            let length = req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let who = super::request_body::requester(&r, ctx.key_id.as_deref(), Some(model));
+            if let Some((rule, path)) = crate::optimise::choose_for_gemini_url(
+                &config.optimisation_rules,
+                &who,
+                length,
+                &r.upstream_path,
+            ) {
+                ctx.optimised = Some((rule.name.clone(), model.clone()));
+                ctx.request_facts.model = Some(rule.use_model().to_owned());
+                r.upstream_path = path;
+            }
+        }
     }
     ctx.request_facts.stream = r.url_stream;
     if crate::trace::enabled() && r.api.is_some() {

@@ -89,7 +89,9 @@ pub fn on_chunk(
         *body = Some(inspected.rewritten.unwrap_or(whole));
         return Ok(None);
     };
+    // (A Gemini request's rule was chosen from its URL, in request_filter.)
     if !cfg.optimisation_rules.is_empty()
+        && route.provider != crate::events::Provider::Gemini
         && let Some(requested) = ctx.request_facts.model.clone()
     {
         let who = requester(&route, ctx.key_id.as_deref(), Some(&requested));
@@ -182,7 +184,7 @@ fn compress_results(
 }
 
 /// Who is asking, for limits and optimisation rules.
-fn requester<'a>(
+pub(super) fn requester<'a>(
     route: &'a crate::route::Route,
     key_id: Option<&'a str>,
     model: Option<&'a str>,
@@ -244,7 +246,9 @@ pub fn finish(
         (Some(new), _) => new,
         (None, _) => rewritten.unwrap_or(whole),
     };
-    if let Some((_, requested)) = &ctx.optimised {
+    if let Some((_, requested)) = &ctx.optimised
+        && ctx.error_shape != crate::events::Provider::Gemini
+    {
         let chosen = ctx.request_facts.model.as_deref().unwrap_or_default();
         match crate::optimise::set_model(&out, chosen) {
             Some(new) => out = new,
