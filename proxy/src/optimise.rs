@@ -65,10 +65,10 @@ impl OptimisationRule {
         if raw.use_model.is_empty() || raw.use_model.len() > 200 {
             return Err(format!("{what}: use_model must be 1-200 characters"));
         }
-        if provider == Provider::Gemini {
-            if let Some(problem) = gemini_problem(raw.has_tools, &raw.use_model) {
-                return Err(format!("{what}: {problem}"));
-            }
+        if provider == Provider::Gemini
+            && let Some(problem) = gemini_problem(raw.has_tools, &raw.use_model)
+        {
+            return Err(format!("{what}: {problem}"));
         }
         Ok(Self {
             name: raw.name.clone(),
