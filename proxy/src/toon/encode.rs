@@ -255,6 +255,16 @@ enum Column<'a> {
 /// An object's members, as a slice.
 type Fields<'a> = &'a [(String, Json)];
 
+/// The members of each value, when every value is an object.
+fn all_objects<'a>(values: impl Iterator<Item = &'a Json>) -> Option<Vec<Fields<'a>>> {
+    values
+        .map(|v| match v {
+            Json::Object(m) => Some(m.as_slice()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The shared columns of non-empty objects with one key set (order may vary), each column
 /// all primitives or itself such a group; `None` when they do not share one.
 fn group_of<'a>(objects: &[Fields<'a>]) -> Option<Vec<(&'a str, Column<'a>)>> {
@@ -274,14 +284,7 @@ fn group_of<'a>(objects: &[Fields<'a>]) -> Option<Vec<(&'a str, Column<'a>)>> {
         let column = if values.iter().all(|v| v.is_primitive()) {
             Column::Leaf
         } else {
-            let subs: Option<Vec<Fields<'a>>> = values
-                .iter()
-                .map(|v| match v {
-                    Json::Object(m) => Some(m.as_slice()),
-                    _ => None,
-                })
-                .collect();
-            Column::Group(group_of(&subs?)?)
+            Column::Group(group_of(&all_objects(values.iter().copied())?)?)
         };
         columns.push((key.as_str(), column));
     }
@@ -380,13 +383,7 @@ impl Writer {
             self.inline(items);
             return;
         }
-        let objects: Option<Vec<Fields<'_>>> = items
-            .iter()
-            .map(|v| match v {
-                Json::Object(m) => Some(m.as_slice()),
-                _ => None,
-            })
-            .collect();
+        let objects = all_objects(items.iter());
         if let Some(columns) = objects.as_deref().and_then(group_of) {
             push_fields(out, &columns);
             out.push(':');
@@ -465,14 +462,7 @@ fn keyed<'a>(m: &'a [(String, Json)]) -> Option<Vec<(&'a str, Column<'a>)>> {
     if m.len() < 2 {
         return None;
     }
-    let values: Option<Vec<Fields<'a>>> = m
-        .iter()
-        .map(|(_, v)| match v {
-            Json::Object(inner) => Some(inner.as_slice()),
-            _ => None,
-        })
-        .collect();
-    group_of(&values?)
+    group_of(&all_objects(m.iter().map(|(_, v)| v))?)
 }
 
 /// The TOON document of a value.
