@@ -1,5 +1,6 @@
 //! Upstreams with bad manners (docs/hardening.md): R38, an upstream that answers a stream
-//! before it has read the request body (and one that never reads it).
+//! before it has read the request body (and one that never reads it); R39, small events
+//! must not wait for Nagle on Sluice's sockets.
 //!
 //! R38 is open: these tests reproduce it and are ignored until it is fixed (run them with
 //! `cargo test --release -p sluice-proxy --test upstream_manners -- --ignored`). Pingora's
@@ -205,4 +206,93 @@ fn r38_an_upstream_that_answers_before_reading_the_body_streams_whole() {
 #[ignore = "R38 is open (docs/hardening.md): streams are cut while a body write blocks"]
 fn r38_an_upstream_that_never_reads_the_body_still_streams_whole() {
     streams_arrive_whole(false);
+}
+
+/// `TCP_NODELAY` on each TCP socket of this process whose addresses match `wanted`
+/// (local port, peer port). The sockets are Sluice's own (it runs in this process); each is
+/// reached through a duplicate of its descriptor (`pidfd_getfd`, no `unsafe`).
+fn nodelay_of(wanted: impl Fn(u16, u16) -> bool) -> Vec<bool> {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+    let me = pidfd_open(getpid(), PidfdFlags::empty()).expect("pidfd_open");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        let Ok(fd) = pidfd_getfd(&me, n, PidfdGetfdFlags::empty()) else {
+            continue;
+        };
+        let s = std::net::TcpStream::from(fd);
+        if let (Ok(local), Ok(peer)) = (s.local_addr(), s.peer_addr())
+            && wanted(local.port(), peer.port())
+        {
+            found.push(s.nodelay().unwrap());
+        }
+    }
+    found
+}
+
+#[test]
+fn r39_sluice_sets_tcp_nodelay_on_its_client_and_upstream_sockets() {
+    let (up_rt, upstream, port) = raw_upstream();
+    let h = Harness::start(&format!(
+        "[profiles.small.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    ));
+    // A stream held open: one event, then the upstream waits for the test.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let upstream_side = std::thread::spawn(move || {
+        up_rt.block_on(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            read_upstream_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
+            s.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+                .await
+                .unwrap();
+            let _ = released.await;
+        });
+    });
+    let proxy_port = h.addr().port();
+    let client = h.rt.block_on(async {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        let body = chat_body(true, false).to_string();
+        let req = format!(
+            "POST /v1/openai/small/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // The first event has passed through: both of Sluice's sockets exist.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\"hi\"") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the first event");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s
+    });
+    let client_port = client.local_addr().unwrap().port();
+    // Sluice's accepted client socket, and its connection to the upstream.
+    let downstream = nodelay_of(|local, peer| local == proxy_port && peer == client_port);
+    let upstream_conn = nodelay_of(|local, peer| peer == port && local != port);
+    // The test's own client socket never asked for TCP_NODELAY: the check can say no.
+    let own = nodelay_of(|local, peer| local == client_port && peer == proxy_port);
+    let _ = release.send(());
+    drop(client);
+    upstream_side.join().unwrap();
+    assert_eq!(own, vec![false], "the check reads the option");
+    assert_eq!(downstream, vec![true], "Sluice's client-side socket");
+    assert_eq!(upstream_conn, vec![true], "Sluice's upstream socket");
 }

@@ -57,9 +57,8 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
     let model_used = ctx
         .response_facts
         .model
-        .clone()
-        .or_else(|| ctx.request_facts.model.clone());
-    let model_used = model_used.as_deref();
+        .as_deref()
+        .or(ctx.request_facts.model.as_deref());
     let priced = match (ctx.config.as_ref(), ctx.response_facts.usage.as_ref()) {
         (Some(cfg), Some(usage)) => {
             model_used.and_then(|m| cfg.prices.cost(route.provider, m, usage))

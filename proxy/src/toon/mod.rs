@@ -51,8 +51,15 @@ pub struct Cache {
     inner: Mutex<Generations>,
 }
 
-/// Contents by hash (colliding contents side by side), with what they convert to.
-type Generation = HashMap<u64, Vec<(Box<[u8]>, Option<Converted>)>>;
+/// A content as sent (its shape depends on the provider) and what it converts to.
+struct Entry {
+    provider: Provider,
+    raw: Box<[u8]>,
+    value: Option<Converted>,
+}
+
+/// Entries by hash (colliding contents side by side).
+type Generation = HashMap<u64, Vec<Entry>>;
 
 #[derive(Default)]
 struct Generations {
@@ -77,30 +84,39 @@ impl Cache {
         }
     }
 
-    fn get(&self, hash: u64, raw: &[u8]) -> Option<Option<Converted>> {
+    fn get(&self, hash: u64, provider: Provider, raw: &[u8]) -> Option<Option<Converted>> {
         let mut g = self.inner.lock();
         let find = |m: &Generation| {
             m.get(&hash)?
                 .iter()
-                .find(|(k, _)| **k == *raw)
-                .map(|(_, v)| v.clone())
+                .find(|e| e.provider == provider && *e.raw == *raw)
+                .map(|e| e.value.clone())
         };
         if let Some(v) = find(&g.young) {
             return Some(v);
         }
         let v = find(&g.old)?;
         // Still in use: keep it through the next turnover.
-        g.put(hash, raw, v.clone(), self.budget);
+        g.put(hash, provider, raw, v.clone(), self.budget);
         Some(v)
     }
 
-    fn put(&self, hash: u64, raw: &[u8], value: Option<Converted>) {
-        self.inner.lock().put(hash, raw, value, self.budget);
+    fn put(&self, hash: u64, provider: Provider, raw: &[u8], value: Option<Converted>) {
+        self.inner
+            .lock()
+            .put(hash, provider, raw, value, self.budget);
     }
 }
 
 impl Generations {
-    fn put(&mut self, hash: u64, raw: &[u8], value: Option<Converted>, budget: usize) {
+    fn put(
+        &mut self,
+        hash: u64,
+        provider: Provider,
+        raw: &[u8],
+        value: Option<Converted>,
+        budget: usize,
+    ) {
         let size = raw.len() + value.as_ref().map_or(0, |c| c.json.len()) + 64;
         if size > budget / 2 {
             return;
@@ -110,10 +126,11 @@ impl Generations {
             self.young_bytes = 0;
         }
         self.young_bytes += size;
-        self.young
-            .entry(hash)
-            .or_default()
-            .push((raw.to_vec().into_boxed_slice(), value));
+        self.young.entry(hash).or_default().push(Entry {
+            provider,
+            raw: raw.to_vec().into_boxed_slice(),
+            value,
+        });
     }
 }
 
@@ -258,12 +275,12 @@ pub fn compress(
         if raw.len() > max_bytes {
             continue;
         }
-        let hash = cache.hasher.hash_one(raw);
-        let converted = match cache.get(hash, raw) {
+        let hash = cache.hasher.hash_one((provider, raw));
+        let converted = match cache.get(hash, provider, raw) {
             Some(known) => known,
             None => {
                 let c = convert_content(provider, raw);
-                cache.put(hash, raw, c.clone());
+                cache.put(hash, provider, raw, c.clone());
                 c
             }
         };

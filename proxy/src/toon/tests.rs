@@ -237,7 +237,30 @@ fn the_cache_answers_for_the_same_bytes_only_and_stays_within_its_budget() {
         .values()
         .chain(g.old.values())
         .flatten()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |c| c.json.len()) + 64)
+        .map(|e| e.raw.len() + e.value.as_ref().map_or(0, |c| c.json.len()) + 64)
         .sum();
     assert!(held <= 64 * 1024, "{held}");
+}
+
+#[test]
+fn the_cache_keeps_each_providers_shape_apart() {
+    // The same bytes: an object is a Gemini response, never an OpenAI content.
+    let cache = Cache::new(1 << 20);
+    let object = format!(r#"{{"result":{}}}"#, rows(10));
+    let gemini = compress(
+        Provider::Gemini,
+        object.as_bytes(),
+        [(0, object.len())],
+        1 << 20,
+        &cache,
+    );
+    assert_eq!(gemini.converted, 1);
+    let openai = compress(
+        Provider::Openai,
+        object.as_bytes(),
+        [(0, object.len())],
+        1 << 20,
+        &cache,
+    );
+    assert_eq!(openai.converted, 0);
 }
