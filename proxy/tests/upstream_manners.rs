@@ -7,7 +7,8 @@
 //! upstream task writes a request body chunk inside its `select!` arm, so while a large body
 //! write is blocked the response is not read: an upstream that never reads the body cuts
 //! streams mid-way; one that answers first and drains afterwards now and then leaves a
-//! client without any response (cause not found yet).
+//! client without any response: its header never reaches the upstream (cause not found
+//! yet; on failure the test prints the proxy's records and each upstream connection's state).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -138,19 +139,36 @@ fn streams_arrive_whole(drains: bool) {
     // Each connection: the header read, the whole stream written at once; then the body
     // drained and the next request served (an upstream that answers early), or the body
     // never read and the connection held open.
+    // What each upstream connection is doing, for the failure message.
+    let states = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = states.clone();
     let upstream_task = up_rt.spawn(async move {
         loop {
             let (mut s, _) = upstream.accept().await.unwrap();
+            let states = seen.clone();
+            let me = {
+                let mut st = states.lock().unwrap();
+                st.push("accepted".into());
+                st.len() - 1
+            };
+            let set = move |what: String| states.lock().unwrap()[me] = what;
             tokio::spawn(async move {
+                let mut served = 0;
                 while read_head(&mut s).await {
+                    set(format!("request {}: head read, writing", served + 1));
                     write_stream(&mut s).await;
                     if !drains {
                         std::future::pending::<()>().await;
                     }
+                    set(format!("request {}: stream written, draining", served + 1));
                     if !drain_body(&mut s).await {
+                        set(format!("closed while draining request {}", served + 1));
                         return;
                     }
+                    served += 1;
+                    set(format!("{served} served, waiting for a head"));
                 }
+                set(format!("{served} served, closed"));
             });
         }
     });
@@ -190,6 +208,17 @@ fn streams_arrive_whole(drains: bool) {
     }
     upstream_task.abort();
     eprintln!("{whole}/{CLIENTS} streams whole (drains: {drains}), slowest {slowest:?}");
+    if whole < CLIENTS {
+        // What the proxy itself recorded, to tell a stuck request from a lost response.
+        for r in h.recent.latest(CLIENTS) {
+            eprintln!(
+                "recorded: status {} in {} µs, ttfb {:?} µs, finish {:?}",
+                r.status, r.duration_us, r.ttfb_us, r.response.finish_reason
+            );
+        }
+        eprintln!("records: {} of {CLIENTS}", h.recent.total());
+        eprintln!("upstream connections: {:?}", states.lock().unwrap());
+    }
     assert_eq!(
         whole, CLIENTS,
         "streams delivered whole (drains body: {drains})"
