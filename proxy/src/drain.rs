@@ -1,9 +1,10 @@
 //! Graceful shutdown: count the requests in flight, and once the listeners stop accepting,
 //! wait for them to finish (up to a grace period) before the runtime goes away.
 //!
-//! Pingora drops idle keep-alive connections when its service shuts down and serves the
-//! request a connection already carries; what it does not do is wait for the requests in
-//! flight. A request here is counted from its context's creation (after its header was
+//! Pingora does not wait for the requests in flight, and its proxy drops every connection
+//! still waiting for a request header when the service shuts down; Sluice's connection
+//! handler (`header_deadline`) keeps those until the drain ends, so a connection accepted
+//! just before the listeners closed is still answered (with `connection: close`). A request here is counted from its context's creation (after its header was
 //! read) to its context's drop (after the last byte went out, logging included).
 
 use std::sync::Arc;

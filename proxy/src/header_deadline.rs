@@ -120,7 +120,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         }
     }
 
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
-    }
+    // Not passed on. Pingora's proxy, once cleaned up, drops every connection waiting for a
+    // request header, including one accepted just before the listeners closed whose
+    // request is still on the wire: its client would get a close instead of an answer.
+    // Kept instead, such connections are served (with `connection: close`, as the service
+    // is shutting down) until the drain ends and the runtime goes, and each is still
+    // closed at its header deadline.
+    async fn cleanup(&self) {}
 }
