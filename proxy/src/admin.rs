@@ -39,6 +39,8 @@ pub struct MetricsApp {
     pub journal: Option<Arc<crate::journal::Journal>>,
     /// Spend limits' ledgers, for their gauges.
     pub spend: Option<Arc<crate::spend::SpendBook>>,
+    /// Rate limits' buckets, for their shares.
+    pub rates: Option<Arc<crate::rate::RateBook>>,
 }
 
 #[async_trait]
@@ -48,8 +50,12 @@ impl ServeHttp for MetricsApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                self.metrics
-                    .render(&self.live, self.journal.as_deref(), self.spend.as_deref()),
+                self.metrics.render(
+                    &self.live,
+                    self.journal.as_deref(),
+                    self.spend.as_deref(),
+                    self.rates.as_deref(),
+                ),
             ),
             _ => reply(404, "text/plain", b"see /metrics\n".to_vec()),
         }

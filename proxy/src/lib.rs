@@ -37,3 +37,4 @@ pub mod spend;
 pub mod sse;
 pub mod toon;
 pub mod trace;
+pub mod upstream_pool;

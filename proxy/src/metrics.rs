@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::events::{EventSink, RequestRecord};
@@ -65,6 +65,8 @@ pub struct ProxyMetrics {
     limit_reserved: prometheus::GaugeVec,
     limit_lease: prometheus::GaugeVec,
     limit_max: prometheus::GaugeVec,
+    rate_limit: IntGaugeVec,
+    rate_share: IntGaugeVec,
     journal_backlog: IntGauge,
     journal_failures: IntGauge,
     models: Bounded,
@@ -200,6 +202,17 @@ impl ProxyMetrics {
             "sluice_spend_limit_max",
             "A spend limit's cap per window (unit usd or tokens).",
         )?;
+        let rate_gauge =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["limit", "unit"]);
+        let rate_limit = rate_gauge(
+            "sluice_rate_limit_per_minute",
+            "A rate limit's rate per minute (unit requests or tokens).",
+        )?;
+        let rate_share = rate_gauge(
+            "sluice_rate_limit_share_per_minute",
+            "This proxy's share of a rate limit per minute: the whole rate, or behind a control \
+             plane what it granted this replica (unit requests or tokens).",
+        )?;
         let journal_backlog = IntGauge::new(
             "sluice_usage_journal_backlog",
             "Usage records written but not yet acknowledged by the control plane.",
@@ -227,6 +240,8 @@ impl ProxyMetrics {
             Box::new(limit_reserved.clone()),
             Box::new(limit_lease.clone()),
             Box::new(limit_max.clone()),
+            Box::new(rate_limit.clone()),
+            Box::new(rate_share.clone()),
             Box::new(journal_backlog.clone()),
             Box::new(journal_failures.clone()),
         ] {
@@ -252,11 +267,24 @@ impl ProxyMetrics {
             limit_reserved,
             limit_lease,
             limit_max,
+            rate_limit,
+            rate_share,
             journal_backlog,
             journal_failures,
             models: Bounded::new(MAX_MODELS),
             tools: Bounded::new(MAX_TOOLS),
         }))
+    }
+
+    /// Adds collectors kept elsewhere (the upstream connection counters) to the exposition.
+    pub fn adopt(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> Result<(), prometheus::Error> {
+        for c in collectors {
+            self.registry.register(c)?;
+        }
+        Ok(())
     }
 
     /// The text exposition, with the scrape-time gauges brought up to date.
@@ -265,6 +293,7 @@ impl ProxyMetrics {
         live: &crate::live::LiveConfig,
         journal: Option<&crate::journal::Journal>,
         spend: Option<&crate::spend::SpendBook>,
+        rates: Option<&crate::rate::RateBook>,
     ) -> Vec<u8> {
         // Limits come and go with snapshots: the gauges show exactly the current ones.
         self.limit_spent.reset();
@@ -309,6 +338,16 @@ impl ProxyMetrics {
                         .with_label_values(&[name, "tokens"])
                         .set(reserved.tokens as f64);
                 }
+            }
+        }
+        self.rate_limit.reset();
+        self.rate_share.reset();
+        if let (Some(book), Some(cfg)) = (rates, live.current()) {
+            for (limit, unit, rate, share) in book.standings(&cfg.rate_limits) {
+                let labels = [limit.name(), unit];
+                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                self.rate_limit.with_label_values(&labels).set(gauge(rate));
+                self.rate_share.with_label_values(&labels).set(gauge(share));
             }
         }
         self.snapshot_version

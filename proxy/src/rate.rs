@@ -42,6 +42,11 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// The limit's name (a metric label: limits are bounded by the configuration).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Checks one raw rate limit.
     pub fn compile(raw: &RawRateLimit) -> Result<Self, String> {
         let what = format!("rate limit '{}'", raw.name);
@@ -124,7 +129,34 @@ pub(crate) fn state_for<'a>(
     st
 }
 
+/// One rate of a limit on this proxy: the limit, the unit (`requests` or `tokens`), the
+/// configured rate and this proxy's share of it, per minute.
+pub type RateStanding<'a> = (&'a RateLimit, &'static str, u64, u64);
+
 impl RateBook {
+    /// Each limit's rates and this proxy's current share of each (the whole rate unless a
+    /// control plane shares it among replicas), for the metrics.
+    pub fn standings<'a>(&self, limits: &'a [RateLimit]) -> Vec<RateStanding<'a>> {
+        let now = now_ms();
+        let mut all = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for limit in limits {
+            let st = state_for(&mut all, limit, now);
+            let share = |b: &Option<Shared>, rate: u64| {
+                b.as_ref()
+                    .and_then(|b| b.lock().ok().map(|b| b.per_minute()))
+                    .unwrap_or(rate)
+            };
+            if let Some(rate) = limit.requests_per_minute {
+                out.push((limit, "requests", rate, share(&st.requests, rate)));
+            }
+            if let Some(rate) = limit.tokens_per_minute {
+                out.push((limit, "tokens", rate, share(&st.tokens, rate)));
+            }
+        }
+        out
+    }
+
     /// Takes a request and `tokens` from every rate limit `who` falls under, or nothing.
     /// The token takes are returned as holds to settle.
     pub fn admit(

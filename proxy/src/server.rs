@@ -252,6 +252,14 @@ pub fn start(
             every: std::time::Duration::from_secs(60),
         }
     });
+    if let Some(c) = proxy.upstream_connections() {
+        c.set_idle_capacity(parts.upstream_pool_size);
+        if let Some(m) = &metrics
+            && let Err(e) = m.adopt(c.collectors())
+        {
+            tracing::warn!(error = %e, "upstream connection metrics not registered");
+        }
+    }
     let spend = proxy.spend();
     let rates = proxy.rates();
     let drain = Arc::new(DrainPlan {
@@ -300,6 +308,7 @@ pub fn start(
                 live: parts.live.clone(),
                 journal: parts.journal.clone(),
                 spend: Some(spend_for_metrics),
+                rates: Some(rates.clone()),
             },
         );
         for a in &metrics_addrs {

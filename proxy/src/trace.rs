@@ -7,6 +7,7 @@
 //! Off unless an endpoint is configured; then nothing here runs per request.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
@@ -25,6 +26,7 @@ use crate::events::{Api, McpRecord, Provider, RequestRecord};
 pub type LiveSpan = opentelemetry_sdk::trace::Span;
 
 static TRACER: OnceLock<opentelemetry_sdk::trace::Tracer> = OnceLock::new();
+static CONTENT_MAX_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// How spans leave the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,13 +52,17 @@ pub struct Settings {
     pub max_queue: usize,
     /// `service.name`.
     pub service_name: String,
+    /// Bytes of captured content (profiles with content capture on) kept per attribute;
+    /// 0 keeps content out of spans altogether.
+    pub content_max_bytes: usize,
 }
 
 impl Settings {
     /// `SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT`, else the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// (none: tracing off); `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or
     /// `grpc`); `SLUICE_OTEL_SAMPLE_RATIO` (0-1, default 1); `SLUICE_OTEL_BATCH_DELAY_MS`
-    /// (default 1000); `SLUICE_OTEL_MAX_QUEUE` (default 8192); `OTEL_SERVICE_NAME`.
+    /// (default 1000); `SLUICE_OTEL_MAX_QUEUE` (default 8192); `OTEL_SERVICE_NAME`;
+    /// `SLUICE_OTEL_CONTENT_MAX_BYTES` (default 4096; 0: no content in spans).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
         let Some(endpoint) = get("SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT")
             .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"))
@@ -86,6 +92,10 @@ impl Settings {
         }
         let delay = number("SLUICE_OTEL_BATCH_DELAY_MS", 1000.0)?;
         let queue = number("SLUICE_OTEL_MAX_QUEUE", 8192.0)?;
+        let content = number("SLUICE_OTEL_CONTENT_MAX_BYTES", 4096.0)?;
+        if !(0.0..=1_048_576.0).contains(&content) {
+            return Err("SLUICE_OTEL_CONTENT_MAX_BYTES must be 0-1048576".into());
+        }
         if !(1.0..=600_000.0).contains(&delay) || !(1.0..=1_048_576.0).contains(&queue) {
             return Err(
                 "SLUICE_OTEL_BATCH_DELAY_MS must be 1-600000 and SLUICE_OTEL_MAX_QUEUE 1-1048576"
@@ -99,6 +109,7 @@ impl Settings {
             batch_delay: Duration::from_millis(delay as u64),
             max_queue: queue as usize,
             service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| "sluice".into()),
+            content_max_bytes: content as usize,
         }))
     }
 }
@@ -151,6 +162,7 @@ pub fn install(s: &Settings) -> Result<TracingGuard, String> {
                 .build(),
         )
         .build();
+    CONTENT_MAX_BYTES.store(s.content_max_bytes, Ordering::Relaxed);
     TRACER
         .set(provider.tracer("sluice"))
         .map_err(|_| "tracing is already installed".to_owned())?;
@@ -247,6 +259,29 @@ fn tokens(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Captured content as a span attribute: cut at `SLUICE_OTEL_CONTENT_MAX_BYTES` (on a
+/// character boundary) with what was left out said; `None` when content is kept out.
+fn content(bytes: &[u8]) -> Option<String> {
+    let max = CONTENT_MAX_BYTES.load(Ordering::Relaxed);
+    if max == 0 {
+        return None;
+    }
+    let head = &bytes[..bytes.len().min(max)];
+    let valid = match std::str::from_utf8(head) {
+        Ok(t) => t,
+        // A character cut in two at the end is left out; anything else is not text.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return Some(format!("[{} bytes, not UTF-8]", bytes.len())),
+    };
+    Some(if valid.len() < bytes.len() {
+        format!("{valid}…[{} more bytes]", bytes.len() - valid.len())
+    } else {
+        valid.to_owned()
+    })
+}
+
 /// Ends an LLM request's span with what the request and response said, and one
 /// `execute_tool` child per tool call the response made.
 pub fn finish_llm(mut span: Box<LiveSpan>, r: &RequestRecord, conversation: Option<&str>) {
@@ -292,6 +327,13 @@ pub fn finish_llm(mut span: Box<LiveSpan>, r: &RequestRecord, conversation: Opti
     if let Some(c) = r.cost_micros {
         attrs.push(KeyValue::new("sluice.cost_micros", c));
     }
+    // Present only where the profile captures content.
+    if let Some(c) = r.captured_request.as_deref().and_then(content) {
+        attrs.push(KeyValue::new("sluice.request.body", c));
+    }
+    if let Some(c) = r.captured_response.as_deref().and_then(content) {
+        attrs.push(KeyValue::new("sluice.response.body", c));
+    }
     if r.status >= 400 || r.response.error.is_some() {
         attrs.push(KeyValue::new("error.type", r.status.to_string()));
         span.set_status(Status::error(
@@ -330,8 +372,20 @@ pub fn finish_llm(mut span: Box<LiveSpan>, r: &RequestRecord, conversation: Opti
     span.end_with_timestamp(end);
 }
 
-/// Records an MCP request's span, ending now, when tracing is on.
-pub fn mcp(r: &McpRecord, traceparent: Option<&str>) {
+/// Starts the span of an MCP request forwarded to a server, so its `traceparent` can go
+/// with the request; [`mcp`] ends it.
+pub fn start_mcp(traceparent: Option<&str>) -> Option<Box<LiveSpan>> {
+    let tracer = TRACER.get()?;
+    let builder = tracer.span_builder("mcp").with_kind(SpanKind::Server);
+    Some(Box::new(
+        tracer.build_with_context(builder, &parent(traceparent)),
+    ))
+}
+
+/// Records an MCP request's span, ending now, when tracing is on: `started` (from
+/// [`start_mcp`]) is ended with the record's attributes, else a span is made that began
+/// the record's duration ago.
+pub fn mcp(r: &McpRecord, traceparent: Option<&str>, started: Option<Box<LiveSpan>>) {
     let Some(tracer) = TRACER.get() else {
         return;
     };
@@ -355,6 +409,13 @@ pub fn mcp(r: &McpRecord, traceparent: Option<&str>) {
     if let Some(t) = &r.tool {
         attrs.push(KeyValue::new("gen_ai.tool.name", t.clone()));
     }
+    // Present only where the profile captures content.
+    if let Some(c) = r.arguments.as_deref().and_then(|a| content(a.as_bytes())) {
+        attrs.push(KeyValue::new("gen_ai.tool.call.arguments", c));
+    }
+    if let Some(c) = r.result.as_deref().and_then(|a| content(a.as_bytes())) {
+        attrs.push(KeyValue::new("gen_ai.tool.call.result", c));
+    }
     if let Some(d) = r.decisions.iter().find(|d| d.kind == "call") {
         attrs.push(KeyValue::new("sluice.policy.verdict", d.verdict));
         attrs.push(KeyValue::new(
@@ -362,14 +423,21 @@ pub fn mcp(r: &McpRecord, traceparent: Option<&str>) {
             d.policy.clone().unwrap_or_default(),
         ));
     }
-    let mut span = tracer.build_with_context(
-        tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_start_time(start)
-            .with_attributes(attrs),
-        &parent(traceparent),
-    );
+    let mut span = match started {
+        Some(mut span) => {
+            span.update_name(name);
+            span.set_attributes(attrs);
+            *span
+        }
+        None => tracer.build_with_context(
+            tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Server)
+                .with_start_time(start)
+                .with_attributes(attrs),
+            &parent(traceparent),
+        ),
+    };
     if r.status != "ok" {
         span.set_status(Status::error(r.status));
     }
@@ -428,6 +496,7 @@ mod tests {
             (s.endpoint.as_str(), s.protocol, s.sample_ratio),
             ("http://c:4318", Protocol::HttpProtobuf, 0.25)
         );
+        assert_eq!(s.content_max_bytes, 4096);
         let s = Settings::from_env(env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318"),
             ("SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
@@ -448,9 +517,35 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
                 ("SLUICE_OTEL_SAMPLE_RATIO", "2"),
             ][..],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("SLUICE_OTEL_CONTENT_MAX_BYTES", "-1"),
+            ][..],
         ] {
             let pairs: &'static [(&'static str, &'static str)] = bad;
             assert!(Settings::from_env(env(pairs)).is_err());
         }
+    }
+
+    #[test]
+    fn content_is_cut_on_a_character_boundary_and_says_what_was_left_out() {
+        // The only test here that sets the cap (the tracer itself is never installed).
+        CONTENT_MAX_BYTES.store(8, Ordering::Relaxed);
+        assert_eq!(content(b"short").as_deref(), Some("short"));
+        assert_eq!(
+            content("abcdefgh-rest".as_bytes()).as_deref(),
+            Some("abcdefgh…[5 more bytes]")
+        );
+        // "é" is two bytes: the cut at 8 would split the second one.
+        assert_eq!(
+            content("abcdeéé".as_bytes()).as_deref(),
+            Some("abcdeé…[2 more bytes]")
+        );
+        assert_eq!(
+            content(b"\xff\xfe").as_deref(),
+            Some("[2 bytes, not UTF-8]")
+        );
+        CONTENT_MAX_BYTES.store(0, Ordering::Relaxed);
+        assert_eq!(content(b"anything"), None);
     }
 }

@@ -15,6 +15,13 @@ model = "gpt-4o-mini"
 input_per_mtok_usd = 150000.0
 output_per_mtok_usd = 600000.0
 
+[[rate_limits]]
+id = "rl_default"
+name = "default requests"
+scope = "profile"
+target = "default"
+requests_per_minute = 1000
+
 [[policies.result]]
 id = "web-untrusted"
 tool = { source = "profile:*", name = "fetch_url" }
@@ -116,6 +123,40 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
         ),
         Some(3.0)
     );
+    // Upstream connections: three requests, one connection each, the later ones reused
+    // from the pool (the mock keeps connections alive); none left counted in use.
+    let taken = |reused: &str| {
+        sample(
+            &text,
+            "sluice_upstream_connections_taken_total",
+            &["upstream=\"openai\"", &format!("reused=\"{reused}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(taken("false") + taken("true"), 3.0, "{text}");
+    assert!(taken("true") >= 1.0, "{text}");
+    // The third request's context may still be ending as the scrape runs.
+    let in_use = sample(
+        &text,
+        "sluice_upstream_connections_in_use",
+        &["upstream=\"openai\""],
+    )
+    .unwrap();
+    assert!(in_use <= 1.0, "{in_use}");
+    assert_eq!(
+        sample(&text, "sluice_upstream_pool_idle_capacity", &[]),
+        Some(16.0)
+    );
+    // A rate limit and this proxy's share of it (the whole rate: no control plane).
+    let rate = ["limit=\"default requests\"", "unit=\"requests\""];
+    assert_eq!(
+        sample(&text, "sluice_rate_limit_per_minute", &rate),
+        Some(1000.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_rate_limit_share_per_minute", &rate),
+        Some(1000.0)
+    );
     assert_eq!(sample(&text, "sluice_snapshot_version", &[]), Some(0.0));
     assert!(sample(&text, "sluice_snapshot_age_seconds", &[]).unwrap() >= 0.0);
     // No key or request ids in any label.
@@ -152,8 +193,9 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
     promtool_check(&text);
 }
 
-/// The sample Grafana dashboard (docs/grafana-dashboard.json) parses, and every metric its
-/// queries use is one the proxy documents in docs/observability.md.
+/// The sample Grafana dashboard (docs/grafana-dashboard.json) parses, every metric its
+/// queries use is one the proxy documents in docs/observability.md, and every query is
+/// valid PromQL.
 #[test]
 fn the_grafana_dashboard_queries_documented_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -187,5 +229,47 @@ fn the_grafana_dashboard_queries_documented_metrics() {
             documented.contains(&format!("`{m}`")),
             "{m} is used by the dashboard but not documented"
         );
+    }
+
+    // Every query is valid PromQL: promtool parses each as a recording rule, with
+    // Grafana's variables given values.
+    let rules: Vec<serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .enumerate()
+        .map(|(i, t)| {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+                .replace("$profile", ".*");
+            serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yml");
+    // JSON is YAML.
+    std::fs::write(
+        &file,
+        serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    match std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => assert!(
+            std::env::var("SLUICE_REQUIRE_PROMTOOL").is_err(),
+            "promtool is required (scripts/setup.sh installs it): {e}"
+        ),
     }
 }

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 const MCP_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CAPTURE_TRACE: &str = "5c1f2d3e4a5b6c7d8e9fa0b1c2d3e4f5";
 
 /// Serves OTLP/HTTP `POST /v1/traces` on keep-alive connections; every decoded span goes
 /// to `tx`.
@@ -104,6 +105,10 @@ const CONFIG: &str = r#"
 [profiles.tools]
 mcp_servers = ["fx"]
 
+[profiles.captured]
+capture_content = true
+mcp_servers = ["fx"]
+
 [[policies.result]]
 id = "web-untrusted"
 tool = { source = "profile:*", name = "fetch_url" }
@@ -130,6 +135,7 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
         batch_delay: Duration::from_millis(20),
         max_queue: 1024,
         service_name: "sluice-test".into(),
+        content_max_bytes: 96,
     })
     .unwrap();
 
@@ -193,6 +199,39 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("42"), "{}", r.text());
 
+    // A profile that captures content: its spans carry the bodies (cut at 96 bytes) and
+    // the MCP call's arguments and result.
+    let long_prompt = format!("Captured prompt {}", "x".repeat(500));
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/captured/chat/completions",
+        &[(
+            "traceparent",
+            &format!("00-{CAPTURE_TRACE}-{CLIENT_SPAN}-01"),
+        )],
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": long_prompt}]}),
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut captured_call = call.clone();
+    captured_call["params"]["arguments"] = json!({"a": 5, "b": 7});
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/mcp/captured",
+        &[
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "fx__add"),
+            (
+                "traceparent",
+                &format!("00-{CAPTURE_TRACE}-{CLIENT_SPAN}-01"),
+            ),
+        ],
+        &captured_call,
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("12"), "{}", r.text());
+
     // The provider sees the same trace, with Sluice's span as its parent.
     let addr = h.addr();
     let sent = up_rt.block_on(async move {
@@ -243,9 +282,9 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
     let mut got: Vec<Span> = Vec::new();
     let want = |got: &[Span]| {
         let n = |name: &str| got.iter().filter(|s| s.name == name).count();
-        n("chat gpt-4o-mini") >= 2
+        n("chat gpt-4o-mini") >= 3
             && n("execute_tool send_email") >= 1
-            && n("execute_tool add") >= 1
+            && n("execute_tool add") >= 2
     };
     while !want(&got) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -308,7 +347,10 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
         "STATUS_CODE_ERROR"
     );
 
-    let mcp = got.iter().find(|s| s.name == "execute_tool add").unwrap();
+    let mcp = got
+        .iter()
+        .find(|s| s.name == "execute_tool add" && hex(&s.trace_id) == MCP_TRACE)
+        .unwrap();
     assert_eq!(hex(&mcp.trace_id), MCP_TRACE);
     assert_eq!(hex(&mcp.parent_span_id), "b7ad6b7169203331");
     assert_eq!(mcp.kind, 2, "SPAN_KIND_SERVER");
@@ -317,8 +359,48 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
     assert_eq!(text(&m, "mcp.server.name"), "fx");
     assert_eq!(text(&m, "gen_ai.tool.name"), "add");
     assert_eq!(text(&m, "sluice.mcp.status"), "ok");
+    // The server got the trace context naming the gateway's span as its parent.
+    let seen = fixture.fixture.traceparents.lock().unwrap().clone();
+    let want = format!("00-{MCP_TRACE}-{}-01", hex(&mcp.span_id));
+    assert!(seen.contains(&want), "{want} not in {seen:?}");
 
-    // No prompt or completion text in any attribute (content capture is off).
+    // Under content capture: the bodies, cut at 96 bytes with the rest counted.
+    let captured = got
+        .iter()
+        .find(|s| s.name == "chat gpt-4o-mini" && hex(&s.trace_id) == CAPTURE_TRACE)
+        .expect("the captured chat's span");
+    let c = attrs(captured);
+    let request = text(&c, "sluice.request.body");
+    assert!(request.contains("Captured prompt"), "{request}");
+    let (head, rest) = request.split_once('…').expect("the body is cut");
+    assert_eq!(head.len(), 96, "{request}");
+    assert!(
+        rest.starts_with('[') && rest.ends_with(" more bytes]"),
+        "{request}"
+    );
+    let response = text(&c, "sluice.response.body");
+    assert!(response.starts_with('{'), "{response}");
+    let captured_mcp = got
+        .iter()
+        .find(|s| s.name == "execute_tool add" && hex(&s.trace_id) == CAPTURE_TRACE)
+        .expect("the captured MCP call's span");
+    let m = attrs(captured_mcp);
+    let args = text(&m, "gen_ai.tool.call.arguments");
+    assert!(args.contains("\"a\":5"), "{args}");
+    assert!(text(&m, "gen_ai.tool.call.result").contains("12"));
+
+    // Elsewhere no prompt or completion text in any attribute (content capture is off).
+    for s in got.iter().filter(|s| hex(&s.trace_id) != CAPTURE_TRACE) {
+        let a = attrs(s);
+        for k in [
+            "sluice.request.body",
+            "sluice.response.body",
+            "gen_ai.tool.call.arguments",
+            "gen_ai.tool.call.result",
+        ] {
+            assert!(!a.contains_key(k), "{k} on {}", s.name);
+        }
+    }
     for s in &got {
         for v in attrs(s).values() {
             if let Any::StringValue(v) = v {

@@ -18,6 +18,7 @@ import time
 import pytest
 from cluster import Cluster, Process, http
 from conftest import _binary
+from mcp import Client
 from test_mcp import session_flow
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -201,3 +202,43 @@ def test_tools_reported_to_the_control_plane_approved_in_one_call_and_calls_logg
     assert status == 200, page
     calls = sorted((r["tool"], r["status"]) for r in page["items"])
     assert calls == [("add", "ok"), ("send_email", "refused")], calls
+
+
+@pytest.mark.parametrize("server", ["mail", "local"])
+def test_stateless_client_answers_a_servers_questions_through_input_required(gateway, server):
+    """A legacy server asks during tools/call (sampling, then elicitation); a 2026-07-28
+    client cannot be sent requests, so the gateway answers it with InputRequiredResult and
+    hands the SDK's answers, sent on its retries, to the server (MRTR)."""
+    from mcp import types
+
+    asked = []
+
+    async def sampling(context, params):
+        asked.append(("sampling", params.messages[0].content.text))
+        return types.CreateMessageResult(role="assistant", model="test-model", stop_reason="endTurn",
+                                         content=types.TextContent(type="text", text="forty-two"))
+
+    async def elicitation(context, params):
+        asked.append(("elicitation", params.message))
+        return types.ElicitResult(action="accept", content={"username": "ada"})
+
+    async def flow():
+        async with Client(f"{gateway.gateway}/agents", mode="auto", sampling_callback=sampling,
+                          elicitation_callback=elicitation) as client:
+            assert client.protocol_version == "2026-07-28"
+            sampled = await client.call_tool(f"{server}__test_sampling", {"prompt": "What is six times seven?"})
+            elicited = await client.call_tool(f"{server}__test_elicitation", {"message": "Who are you?"})
+            return sampled, elicited
+
+    sampled, elicited = asyncio.run(flow())
+    assert not sampled.is_error and sampled.content[0].text == "LLM response: forty-two", sampled
+    assert not elicited.is_error and "ada" in elicited.content[0].text, elicited
+    assert asked == [("sampling", "What is six times seven?"), ("elicitation", "Who are you?")], asked
+
+
+def test_a_request_state_the_gateway_never_gave_is_refused(gateway):
+    url = f"{gateway.gateway}/agents"
+    err = stateless(url, "tools/call", {"name": "mail__add", "arguments": {"a": 1, "b": 2},
+                                        "requestState": "sluice-mrtr:0123456789abcdef", "inputResponses": {}},
+                    name="mail__add")
+    assert err["code"] == -32602 and "requestState" in err["message"], err

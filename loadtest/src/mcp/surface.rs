@@ -36,6 +36,8 @@ pub struct Fixture {
     waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
     /// `tools/call` requests answered, by tool name.
     pub calls: Mutex<HashMap<String, u64>>,
+    /// The W3C `traceparent` of each `tools/call` that carried one in `_meta`, in order.
+    pub traceparents: Mutex<Vec<String>>,
     /// Woken by every list change, for the transports' GET streams.
     pub changes: tokio::sync::broadcast::Sender<Value>,
 }
@@ -61,6 +63,7 @@ impl Fixture {
             next_request: AtomicU64::new(0),
             waiting: Mutex::default(),
             calls: Mutex::default(),
+            traceparents: Mutex::default(),
         })
     }
 
@@ -148,6 +151,12 @@ impl Fixture {
             .cloned()
             .unwrap_or_else(|| json!({}));
         *lock(&self.calls).entry(name.to_owned()).or_default() += 1;
+        if let Some(tp) = meta
+            .and_then(|m| m.get("traceparent"))
+            .and_then(Value::as_str)
+        {
+            lock(&self.traceparents).push(tp.to_owned());
+        }
         let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let content = match name {
             "add" => {

@@ -117,6 +117,9 @@ pub struct Limits {
     pub mcp_max_sessions: usize,
     /// Keep-alive comments on an idle MCP server stream. Default 15 s.
     pub mcp_keepalive_interval: Duration,
+    /// How long a server's question to a stateless client waits for the client's retry
+    /// before the request is cancelled (MRTR). Default 5 min.
+    pub mcp_input_timeout: Duration,
     /// An idle MCP session ends after this. Default 1 h.
     pub mcp_session_idle_timeout: Duration,
     /// Tool results larger than this stay JSON. Default 1 MiB.
@@ -146,6 +149,7 @@ impl Default for Limits {
             max_failed_auth_per_minute: 20,
             mcp_max_sessions: 10_000,
             mcp_keepalive_interval: Duration::from_secs(15),
+            mcp_input_timeout: Duration::from_secs(300),
             mcp_session_idle_timeout: Duration::from_secs(3600),
             toon_max_result_bytes: 1024 * 1024,
             toon_cache_bytes: 32 * 1024 * 1024,
@@ -414,6 +418,11 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             l.mcp_keepalive_interval_ms,
             d.mcp_keepalive_interval,
             "limits.mcp_keepalive_interval_ms",
+        )?,
+        mcp_input_timeout: ms(
+            l.mcp_input_timeout_ms,
+            d.mcp_input_timeout,
+            "limits.mcp_input_timeout_ms",
         )?,
         mcp_session_idle_timeout: match l.mcp_session_idle_timeout_secs {
             Some(0) => {

@@ -169,6 +169,8 @@ pub struct RawLimits {
     pub mcp_max_sessions: Option<usize>,
     /// How often an idle MCP server stream (GET) gets a keep-alive comment, in ms.
     pub mcp_keepalive_interval_ms: Option<u64>,
+    /// How long a server's question to a stateless client waits for its retry, in ms.
+    pub mcp_input_timeout_ms: Option<u64>,
     /// An MCP session unused this long is ended (the client then gets 404), in seconds.
     pub mcp_session_idle_timeout_secs: Option<u64>,
     /// Tool results larger than this stay JSON (TOON counts their tokens), in bytes.

@@ -40,6 +40,9 @@ pub struct Call {
     pub conversation: Option<String>,
     /// The client's `traceparent`, kept only while tracing is on.
     pub traceparent: Option<String>,
+    /// The capabilities a stateless client declared in this request's `_meta` (a legacy
+    /// client's are its session's).
+    pub capabilities: Value,
 }
 
 /// What to send back.
@@ -80,9 +83,19 @@ pub(super) fn record(call: &Call, server: &str, method: &str, tool: Option<Strin
     }
 }
 
-pub(super) fn finish(call: &Call, mut r: McpRecord, started: Instant) {
+pub(super) fn finish(call: &Call, r: McpRecord, started: Instant) {
+    finish_span(call, r, started, None);
+}
+
+/// [`finish`] for a request whose span was started before it went to the server.
+fn finish_span(
+    call: &Call,
+    mut r: McpRecord,
+    started: Instant,
+    span: Option<Box<crate::trace::LiveSpan>>,
+) {
     r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    crate::trace::mcp(&r, call.traceparent.as_deref());
+    crate::trace::mcp(&r, call.traceparent.as_deref(), span);
     call.gw.sink.record_mcp(r);
 }
 
@@ -124,6 +137,16 @@ pub fn initialize_result(version: &str) -> Value {
 pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>) -> Reply {
     let started = Instant::now();
     let answer = |r: Value| Reply::Now(jsonrpc::result(id.clone(), r));
+    // A stateless client's retry with its answer to a question a server asked through
+    // the gateway: the parked request goes on.
+    if call.stateless
+        && super::mrtr::RESUMABLE.contains(&method)
+        && let Some(p) = &params
+        && let Some(state) = p.get("requestState").and_then(Value::as_str)
+        && super::mrtr::is_ours(state)
+    {
+        return super::mrtr::resume(call, id, state, p).await;
+    }
     match method {
         "ping" => answer(json!({})),
         "server/discover" => answer(json!({
@@ -306,12 +329,24 @@ pub(super) fn forward(
     id: Value,
     server: &Arc<McpServer>,
     method: &str,
-    params: Value,
+    mut params: Value,
     mut rec: McpRecord,
     started: Instant,
     judge: Option<Judge>,
 ) -> Reply {
     let conn = call.gw.connection(server);
+    // The server joins the trace: W3C trace context in `_meta` (either transport; HTTP
+    // servers also get it as a header), naming the gateway's span as the parent.
+    let span = crate::trace::start_mcp(call.traceparent.as_deref());
+    if let (Some(tp), Some(p)) = (
+        span.as_deref().and_then(crate::trace::traceparent_of),
+        params.as_object_mut(),
+    ) {
+        let meta = p.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("traceparent".into(), Value::String(tp));
+        }
+    }
     let progress = params.pointer("/_meta/progressToken").cloned();
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let (tx, rx) = oneshot::channel();
@@ -352,7 +387,7 @@ pub(super) fn forward(
         if call2.profile.capture_content {
             rec.result = msg.get("result").map(Value::to_string);
         }
-        finish(&call2, rec, started);
+        finish_span(&call2, rec, started, span);
         let _ = tx.send(msg);
     });
     Reply::Forwarded(Forwarded {

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod inventory;
 pub mod jsonrpc;
 mod modern;
+pub mod mrtr;
 pub mod session;
 mod tools_call;
 pub mod transport;
@@ -78,6 +79,10 @@ pub struct McpGateway {
     pub conversations: crate::conversations::Conversations,
     /// Where fetched tool lists are reported, when a control plane wants them.
     pub inventory: std::sync::OnceLock<Arc<inventory::ToolInventory>>,
+    /// Requests parked on a server's question for a stateless client (MRTR).
+    pub parked: mrtr::ParkedCalls,
+    /// Counts the HTTP connections taken to servers (metrics).
+    upstream_conns: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -87,10 +92,11 @@ impl std::fmt::Debug for McpGateway {
 }
 
 impl McpGateway {
-    /// A gateway recording to `sink`.
+    /// A gateway recording to `sink`, counting its server connections in `upstream_conns`.
     pub fn new(
         sink: Arc<dyn EventSink>,
         approvals: Arc<crate::approvals::ApprovalStore>,
+        upstream_conns: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             conns: parking_lot::Mutex::default(),
@@ -101,6 +107,8 @@ impl McpGateway {
             approvals,
             conversations: crate::conversations::Conversations::new(10_000),
             inventory: std::sync::OnceLock::new(),
+            parked: mrtr::ParkedCalls::default(),
+            upstream_conns,
         })
     }
 
@@ -113,7 +121,7 @@ impl McpGateway {
         {
             return c.clone();
         }
-        let c = Connection::new(server.clone());
+        let c = Connection::new(server.clone(), self.upstream_conns.clone());
         self.watch(&c);
         conns.insert(server.name.clone(), c.clone());
         self.lists.lock().retain(|(s, _), _| *s != server.name);

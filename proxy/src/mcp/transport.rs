@@ -125,6 +125,7 @@ pub async fn serve(
         agent: agent.clone(),
         conversation: conversation.clone(),
         traceparent: traceparent.clone(),
+        capabilities: Value::Null,
     };
     match method.as_str() {
         "GET" => match legacy_session {
@@ -239,7 +240,13 @@ async fn post(
             ),
             None => super::session::Sessions::detached(profile.name.clone()),
         };
-        return one_message(session, ctx, &call(s, true), value).await;
+        let mut c = call(s, true);
+        if let Some(caps) =
+            value.pointer("/params/_meta/io.modelcontextprotocol~1clientCapabilities")
+        {
+            c.capabilities = caps.clone();
+        }
+        return one_message(session, ctx, &c, value).await;
     }
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let s = match legacy_session {
@@ -338,7 +345,7 @@ async fn initialize(
         arguments: None,
         result: None,
     };
-    crate::trace::mcp(&record, header(session, "traceparent"));
+    crate::trace::mcp(&record, header(session, "traceparent"), None);
     gw.sink.record_mcp(record);
     let body = jsonrpc::result(id, dispatch::initialize_result(version));
     write_json(session, ctx, 200, &body, Some(&s.id)).await
@@ -437,39 +444,91 @@ async fn stream_answer(
     loop {
         // Messages about the request go before its answer: the answer is sent by the same
         // task after them, so the events branch is polled first.
-        tokio::select! {
+        let ev = tokio::select! {
             biased;
-            ev = f.events.recv(), if events_open => {
-                let Some(ev) = ev else {
-                    events_open = false;
-                    continue;
-                };
-                let Some(out) = dispatch::relay(call, &conn, &f, ev).await else { continue };
-                if !streaming {
-                    start_sse(session, ctx).await?;
-                    streaming = true;
-                }
-                event_no += 1;
-                if session.write_response_body(Some(sse_event(event_no, &out)), false).await.is_err() {
-                    // The client went away. Only in the stateless era is that a cancellation.
-                    if call.stateless {
-                        let params = json!({"requestId": f.cancel.1, "reason": "the client closed the stream"});
-                        conn.notify("notifications/cancelled", Some(params)).await;
-                    }
-                    return Ok(());
-                }
-            }
+            ev = f.events.recv(), if events_open => ev,
             a = &mut f.answer => {
-                let msg = a.unwrap_or_else(|_| jsonrpc::error(id.clone(), jsonrpc::INTERNAL_ERROR, "the request was lost"));
-                if !streaming {
-                    return write_json(session, ctx, 200, &msg, None).await;
+                let mut msg = a.unwrap_or_else(|_| jsonrpc::error(id.clone(), jsonrpc::INTERNAL_ERROR, "the request was lost"));
+                // A resumed request answers the retry, whose id is new.
+                if let Some(o) = msg.as_object_mut() {
+                    o.insert("id".into(), id.clone());
                 }
-                event_no += 1;
-                session.write_response_body(Some(sse_event(event_no, &msg)), true).await?;
-                return Ok(());
+                return finish_answer(session, ctx, streaming, event_no, &msg).await;
+            }
+        };
+        let Some(ev) = ev else {
+            events_open = false;
+            continue;
+        };
+        if let Some(question) = asks_stateless_client(call, &ev) {
+            let (wait, max) = ctx
+                .config
+                .as_ref()
+                .map_or((Duration::from_secs(300), 10_000), |c| {
+                    (c.limits.mcp_input_timeout, c.limits.mcp_max_sessions)
+                });
+            match super::mrtr::park(&call.gw, call, f, question, wait, max) {
+                Ok(result) => {
+                    let msg = jsonrpc::result(id, result);
+                    return finish_answer(session, ctx, streaming, event_no, &msg).await;
+                }
+                Err(back) => {
+                    f = back;
+                    tracing::warn!(
+                        "too many MCP requests wait for clients' input; refusing a server's question"
+                    );
+                }
             }
         }
+        let Some(out) = dispatch::relay(call, &conn, &f, ev).await else {
+            continue;
+        };
+        if !streaming {
+            start_sse(session, ctx).await?;
+            streaming = true;
+        }
+        event_no += 1;
+        if session
+            .write_response_body(Some(sse_event(event_no, &out)), false)
+            .await
+            .is_err()
+        {
+            // The client went away. Only in the stateless era is that a cancellation.
+            if call.stateless {
+                let params =
+                    json!({"requestId": f.cancel.1, "reason": "the client closed the stream"});
+                conn.notify("notifications/cancelled", Some(params)).await;
+            }
+            return Ok(());
+        }
     }
+}
+
+/// A server's request a stateless client said it can answer (its capability is in the
+/// request's `_meta`): it becomes an `InputRequiredResult`.
+fn asks_stateless_client<'a>(call: &Call, ev: &'a Value) -> Option<&'a Value> {
+    if !call.stateless || ev.get("id").is_none() {
+        return None;
+    }
+    let method = ev.get("method").and_then(Value::as_str)?;
+    let needed = super::mrtr::capability(method)?;
+    call.capabilities.get(needed).is_some().then_some(ev)
+}
+
+/// The answer: the whole JSON body, or the last event of a stream already started.
+async fn finish_answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    streaming: bool,
+    event_no: u64,
+    msg: &Value,
+) -> pingora::Result<()> {
+    if !streaming {
+        return write_json(session, ctx, 200, msg, None).await;
+    }
+    session
+        .write_response_body(Some(sse_event(event_no + 1, msg)), true)
+        .await
 }
 
 /// The legacy session's GET stream: what the servers send outside requests.

@@ -119,6 +119,8 @@ pub struct RequestCtx {
     pub in_flight: Option<crate::drain::InFlightGuard>,
     /// Holds off the connection's header deadline while this request runs.
     pub connection: Option<crate::header_deadline::RequestOnConnection>,
+    /// The upstream connection this request took, counted in use until the context drops.
+    pub upstream_in_use: Option<crate::upstream_pool::InUse>,
 }
 
 impl RequestCtx {
@@ -158,6 +160,7 @@ impl RequestCtx {
             span: None,
             in_flight: None,
             connection: None,
+            upstream_in_use: None,
             provenance: None,
             conversation: None,
             sluice_ns: 0,

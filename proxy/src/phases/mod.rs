@@ -34,6 +34,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::error::SluiceError;
 use crate::events::EventSink;
 use crate::live::LiveConfig;
+use crate::upstream_pool::UpstreamKind;
 use ctx::RequestCtx;
 
 /// The Sluice data plane.
@@ -51,6 +52,7 @@ pub struct SluiceProxy {
     in_flight: Arc<crate::drain::InFlight>,
     memory: crate::overload::MemoryGauge,
     toon: crate::toon::Cache,
+    upstream_conns: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
 }
 
 impl SluiceProxy {
@@ -65,8 +67,15 @@ impl SluiceProxy {
             || crate::config::Limits::default().toon_cache_bytes,
             |c| c.limits.toon_cache_bytes,
         );
+        // Only invalid metric names fail here; without the collectors nothing is counted.
+        let upstream_conns = crate::upstream_pool::UpstreamConnections::new().ok();
         Self {
-            mcp: crate::mcp::McpGateway::new(sink.clone(), approvals.clone()),
+            mcp: crate::mcp::McpGateway::new(
+                sink.clone(),
+                approvals.clone(),
+                upstream_conns.clone(),
+            ),
+            upstream_conns,
             live,
             sink,
             approvals,
@@ -106,6 +115,11 @@ impl SluiceProxy {
     /// The MCP gateway (shared with the admin listener, which shows its servers' tools).
     pub fn mcp(&self) -> Arc<crate::mcp::McpGateway> {
         self.mcp.clone()
+    }
+
+    /// The upstream connection counters (registered with the metrics when they are on).
+    pub fn upstream_connections(&self) -> Option<Arc<crate::upstream_pool::UpstreamConnections>> {
+        self.upstream_conns.clone()
     }
 
     /// The rate limits' buckets.
@@ -299,6 +313,23 @@ impl ProxyHttp for SluiceProxy {
             Ok(addr) => Ok(upstream::peer(&up, addr, &cfg.limits)),
             Err(e) => Err(raise(ctx, e)),
         }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let (Some(c), Some(r)) = (&self.upstream_conns, &ctx.route) {
+            // A retry's new connection replaces (and so releases) the one before.
+            ctx.upstream_in_use = Some(c.taken(UpstreamKind::Llm(r.provider), reused));
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

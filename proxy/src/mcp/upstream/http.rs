@@ -30,6 +30,7 @@ pub(super) struct HttpConn {
     generation: AtomicU64,
     /// The generation whose session was reported gone, so the next `establish` replaces it.
     stale: AtomicU64,
+    counted: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
 }
 
 /// Sends an HTTP/1 request's header and body in one write (Pingora's client flushes
@@ -73,11 +74,17 @@ struct Response {
     status: u16,
     sse: bool,
     session_id: Option<String>,
+    /// Counts the connection in use until the response is read.
+    _in_use: Option<crate::upstream_pool::InUse>,
 }
 
 impl HttpConn {
-    pub(super) fn new(up: Arc<Upstream>) -> Self {
+    pub(super) fn new(
+        up: Arc<Upstream>,
+        counted: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
+    ) -> Self {
         Self {
+            counted,
             up,
             connector: Connector::new(None),
             state: Mutex::new(None),
@@ -116,6 +123,10 @@ impl HttpConn {
                 .get_http_session(peer.as_ref())
                 .await
                 .map_err(|e| conn.unreachable(format!("{:?}", e.etype())))?;
+            let in_use = self
+                .counted
+                .as_ref()
+                .map(|c| c.taken(crate::upstream_pool::UpstreamKind::Mcp, reused));
             let mut req = RequestHeader::build(method, self.up.path_prefix.as_bytes(), None)
                 .map_err(|_| conn.protocol("the server's URL is not a valid path"))?;
             let path = if self.up.path_prefix.is_empty() {
@@ -193,6 +204,7 @@ impl HttpConn {
                 status,
                 sse,
                 session_id,
+                _in_use: in_use,
             });
         }
         Err(conn.unreachable("the connection failed twice"))
@@ -271,6 +283,13 @@ impl HttpConn {
 
     fn session_headers(est: &Established, msg: &Value) -> Vec<(&'static str, String)> {
         let mut h = vec![("mcp-protocol-version", est.version.clone())];
+        // The gateway's span, for servers that read trace context from HTTP headers.
+        if let Some(tp) = msg
+            .pointer("/params/_meta/traceparent")
+            .and_then(Value::as_str)
+        {
+            h.push(("traceparent", header_safe(tp)));
+        }
         if let Some(s) = &est.session_id {
             h.push(("mcp-session-id", s.clone()));
         }

@@ -104,10 +104,13 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// A connection to `server`; nothing is sent until the first request.
-    pub fn new(server: Arc<McpServer>) -> Arc<Self> {
+    pub fn new(
+        server: Arc<McpServer>,
+        counted: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
+    ) -> Arc<Self> {
         let (unsolicited, _) = broadcast::channel(256);
         let kind = match &server.transport {
-            McpTransport::Http(up) => Kind::Http(http::HttpConn::new(up.clone())),
+            McpTransport::Http(up) => Kind::Http(http::HttpConn::new(up.clone(), counted)),
             McpTransport::Stdio { command, env } => {
                 Kind::Stdio(stdio::StdioConn::new(command.clone(), env.clone()))
             }
