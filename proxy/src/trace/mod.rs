@@ -16,6 +16,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+
+mod otlp;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
@@ -129,30 +131,35 @@ impl Drop for TracingGuard {
 
 /// Starts exporting. Call once, inside a tokio runtime (gRPC's channel lives on it).
 pub fn install(s: &Settings) -> Result<TracingGuard, String> {
-    let exporter = match s.protocol {
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/traces", s.endpoint))
-            .with_timeout(Duration::from_secs(10))
-            .build(),
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(s.endpoint.clone())
-            .with_timeout(Duration::from_secs(10))
-            .with_tls_config(opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new())
-            .build(),
-    }
-    .map_err(|e| format!("OTLP exporter for {}: {e}", s.endpoint))?;
-    let batch = BatchConfigBuilder::default()
-        .with_scheduled_delay(s.batch_delay)
-        .with_max_queue_size(s.max_queue)
-        .build();
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(
+    let batch = || {
+        BatchConfigBuilder::default()
+            .with_scheduled_delay(s.batch_delay)
+            .with_max_queue_size(s.max_queue)
+            .build()
+    };
+    let processor = match s.protocol {
+        Protocol::HttpProtobuf => {
+            let exporter = otlp::OtlpHttpExporter::new(&s.endpoint, Duration::from_secs(10))
+                .map_err(|e| format!("OTLP exporter for {}: {e}", s.endpoint))?;
             BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch)
-                .build(),
-        )
+                .with_batch_config(batch())
+                .build()
+        }
+        Protocol::Grpc => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(Duration::from_secs(10))
+                .with_tls_config(opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new())
+                .build()
+                .map_err(|e| format!("OTLP exporter for {}: {e}", s.endpoint))?;
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch())
+                .build()
+        }
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             s.sample_ratio,
         ))))
