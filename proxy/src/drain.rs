@@ -22,6 +22,9 @@ pub struct InFlight {
     // pays two atomic adds and a load otherwise.
     draining: AtomicBool,
     changed: Notify,
+    // Woken once when the drain starts: long-lived streams end then (they would hold the
+    // drain to its grace period otherwise).
+    started: Notify,
 }
 
 /// Held by one request's context; dropping it ends the request.
@@ -46,7 +49,27 @@ pub enum Drained {
     GraceExpired(usize),
 }
 
+impl InFlightGuard {
+    /// The requests this one is counted among.
+    pub fn shared(&self) -> Arc<InFlight> {
+        self.0.clone()
+    }
+}
+
 impl InFlight {
+    /// Resolves once a drain has started (at once if one has).
+    pub async fn draining(&self) {
+        loop {
+            let started = self.started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            if self.draining.load(Ordering::Acquire) {
+                return;
+            }
+            started.await;
+        }
+    }
+
     /// Counts one more request until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
         let before = self.count.fetch_add(1, Ordering::AcqRel);
@@ -66,6 +89,7 @@ impl InFlight {
     /// had not arrived yet: they are still served.
     pub async fn drain(&self, grace: Duration, quiet: Duration) -> Drained {
         self.draining.store(true, Ordering::Release);
+        self.started.notify_waiters();
         let deadline = Instant::now() + grace;
         loop {
             // Until nothing runs.
@@ -132,6 +156,31 @@ mod tests {
         assert_eq!(d, Drained::Idle);
         // 3.1 s of requests, then 250 ms of quiet.
         assert_eq!(took, Duration::from_millis(4350));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_streams_learn_that_a_drain_started() {
+        let f = Arc::new(InFlight::default());
+        let stream = f.enter();
+        let told = {
+            let f = f.clone();
+            tokio::spawn(async move { f.draining().await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!told.is_finished(), "no drain yet");
+        let drainer = {
+            let f = f.clone();
+            tokio::spawn(async move {
+                f.drain(Duration::from_secs(60), Duration::from_millis(250))
+                    .await
+            })
+        };
+        told.await.unwrap();
+        // The stream ends when told: the drain then ends after the quiet period.
+        drop(stream);
+        assert_eq!(drainer.await.unwrap(), Drained::Idle);
+        // Asked after the drain started, it answers at once.
+        f.draining().await;
     }
 
     #[tokio::test(start_paused = true)]

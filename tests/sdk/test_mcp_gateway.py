@@ -242,3 +242,25 @@ def test_a_request_state_the_gateway_never_gave_is_refused(gateway):
                                         "requestState": "sluice-mrtr:0123456789abcdef", "inputResponses": {}},
                     name="mail__add")
     assert err["code"] == -32602 and "requestState" in err["message"], err
+
+
+def test_stateless_listen_stream_carries_a_servers_list_change(gateway):
+    """subscriptions/listen (2026-07-28) through the gateway, with the official SDK's
+    listen(): acknowledged, then a server's tool-list change (the fixture's rug pull, sent
+    on its legacy session) reaches the stream. Last in this file: the rug pull changes the
+    fixture's tools for good."""
+    import anyio
+
+    async def flow():
+        async with Client(f"{gateway.gateway}/agents", mode="auto") as client:
+            assert client.protocol_version == "2026-07-28"
+            await client.list_tools()
+            async with client.listen(tools_list_changed=True, prompts_list_changed=True) as sub:
+                assert sub.honored.tools_list_changed and sub.honored.prompts_list_changed, sub.honored
+                status, _ = http("POST", gateway.fixture_url.replace("/mcp", "/_fixture/rug-pull"), {})
+                assert status == 200
+                with anyio.fail_after(20):
+                    return await sub.__anext__()
+
+    event = asyncio.run(flow())
+    assert type(event).__name__ == "ToolsListChanged", event

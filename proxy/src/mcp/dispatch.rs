@@ -53,6 +53,9 @@ pub enum Reply {
     Accepted,
     /// A request forwarded to a server: its messages about it, then its answer.
     Forwarded(Forwarded),
+    /// A stateless client's `subscriptions/listen`: a stream of the changes it opted in to
+    /// (the honoured filter).
+    Listen(Value),
 }
 
 /// A request in flight at a server.
@@ -201,6 +204,10 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
             }
             answer(json!({}))
         }
+        // Legacy clients have the session's GET stream instead.
+        "subscriptions/listen" if call.stateless => {
+            Reply::Listen(super::listen::honour(call, params.as_ref()).await)
+        }
         _ => Reply::Now(jsonrpc::error(
             id,
             METHOD_NOT_FOUND,
@@ -240,7 +247,7 @@ async fn merged_list(call: &Call, id: Value, method: &str) -> Reply {
 }
 
 /// The server that owns a prompt name, a resource URI or a completion reference.
-async fn owner(call: &Call, method: &str, params: &mut Value) -> Option<Arc<McpServer>> {
+pub(super) async fn owner(call: &Call, method: &str, params: &mut Value) -> Option<Arc<McpServer>> {
     let servers = McpGateway::servers_of(&call.config, &call.profile);
     let rename = |p: &mut Value, pointer: &str| -> Option<Arc<McpServer>> {
         let name = p.pointer(pointer)?.as_str()?.to_owned();

@@ -14,6 +14,7 @@ pub mod aggregate;
 pub mod dispatch;
 pub mod inventory;
 pub mod jsonrpc;
+pub mod listen;
 mod modern;
 pub mod mrtr;
 pub mod session;
@@ -81,6 +82,8 @@ pub struct McpGateway {
     pub inventory: std::sync::OnceLock<Arc<inventory::ToolInventory>>,
     /// Requests parked on a server's question for a stateless client (MRTR).
     pub parked: mrtr::ParkedCalls,
+    /// What servers send outside requests, for stateless clients' listen streams.
+    pub changes: tokio::sync::broadcast::Sender<listen::Change>,
     /// Counts the HTTP connections taken to servers (metrics).
     upstream_conns: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
 }
@@ -108,6 +111,7 @@ impl McpGateway {
             conversations: crate::conversations::Conversations::new(10_000),
             inventory: std::sync::OnceLock::new(),
             parked: mrtr::ParkedCalls::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
             upstream_conns,
         })
     }
@@ -162,6 +166,10 @@ impl McpGateway {
             "notifications/resources/list_changed" => Some("resources"),
             _ => None,
         };
+        if kind.is_some() || method == "notifications/resources/updated" {
+            // Nobody listening is not an error.
+            let _ = self.changes.send((server.clone(), Arc::new(msg.clone())));
+        }
         if let Some(kind) = kind {
             self.lists.lock().remove(&(server.clone(), kind));
             for s in self.sessions.all() {

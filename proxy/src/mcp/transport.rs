@@ -370,6 +370,9 @@ async fn one_message(
                 }
                 Reply::Accepted => simple(session, ctx, 202, "").await,
                 Reply::Forwarded(f) => stream_answer(session, ctx, call, id, f).await,
+                Reply::Listen(honoured) => {
+                    super::listen::serve(session, ctx, call, id, honoured).await
+                }
             }
         }
         Message::Notification { method, params } => {
@@ -398,6 +401,12 @@ async fn batch(
                 match dispatch::request(call, id.clone(), &method, params).await {
                     Reply::Now(v) => answers.push(v),
                     Reply::Accepted => {}
+                    // Batches are legacy-only, where listen is not offered.
+                    Reply::Listen(_) => answers.push(jsonrpc::error(
+                        id.clone(),
+                        jsonrpc::INVALID_REQUEST,
+                        "subscriptions/listen cannot be batched",
+                    )),
                     Reply::Forwarded(mut f) => {
                         // A batch answers in one JSON body: messages about a request are dropped
                         // (server requests are refused by the gateway).
@@ -572,8 +581,22 @@ async fn get_stream(
         .config
         .as_ref()
         .map_or(Duration::from_secs(15), |c| c.limits.mcp_keepalive_interval);
+    // A draining proxy ends the stream (the client reconnects to another), rather than
+    // holding the drain to its grace period.
+    let flight = ctx.in_flight.as_ref().map(|g| g.shared());
+    let drained = async {
+        match &flight {
+            Some(f) => f.draining().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(drained);
     loop {
-        match tokio::time::timeout(keepalive, rx.recv()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(keepalive, rx.recv()) => next,
+            () = &mut drained => break,
+        };
+        match next {
             Ok(Some((i, msg))) => {
                 session
                     .write_response_body(Some(sse_event(i, &msg)), false)
