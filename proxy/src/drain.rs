@@ -49,10 +49,17 @@ pub enum Drained {
     GraceExpired(usize),
 }
 
-impl InFlightGuard {
-    /// The requests this one is counted among.
-    pub fn shared(&self) -> Arc<InFlight> {
-        self.0.clone()
+/// Resolves when a drain starts, for a long-lived stream counted by `guard` (never
+/// without one). Owns what it waits on, so the stream may go on using its context.
+pub fn drain_started(
+    guard: Option<&InFlightGuard>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let flight = guard.map(|g| g.0.clone());
+    async move {
+        match flight {
+            Some(f) => f.draining().await,
+            None => std::future::pending().await,
+        }
     }
 }
 

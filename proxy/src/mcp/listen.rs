@@ -125,13 +125,7 @@ pub async fn serve(
     session
         .write_response_body(Some(sse_event(n, &stamped(ack, &id))), false)
         .await?;
-    let flight = ctx.in_flight.as_ref().map(|g| g.shared());
-    let drained = async {
-        match &flight {
-            Some(f) => f.draining().await,
-            None => std::future::pending().await,
-        }
-    };
+    let drained = crate::drain::drain_started(ctx.in_flight.as_ref());
     tokio::pin!(drained);
     loop {
         let next = tokio::select! {

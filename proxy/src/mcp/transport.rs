@@ -583,13 +583,7 @@ async fn get_stream(
         .map_or(Duration::from_secs(15), |c| c.limits.mcp_keepalive_interval);
     // A draining proxy ends the stream (the client reconnects to another), rather than
     // holding the drain to its grace period.
-    let flight = ctx.in_flight.as_ref().map(|g| g.shared());
-    let drained = async {
-        match &flight {
-            Some(f) => f.draining().await,
-            None => std::future::pending().await,
-        }
-    };
+    let drained = crate::drain::drain_started(ctx.in_flight.as_ref());
     tokio::pin!(drained);
     loop {
         let next = tokio::select! {
