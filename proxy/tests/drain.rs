@@ -56,15 +56,7 @@ fn keep_alive_request() -> Vec<u8> {
 fn a_connection_accepted_before_the_drain_is_still_served() {
     // An upstream that holds one response until released: a request in flight keeps the
     // drain going while the test sends its next request.
-    let up_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = up_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = upstream.local_addr().unwrap().port();
+    let (up_rt, upstream, port) = serving_upstream();
     let mut h = Harness::start(&format!(
         "[profiles.held.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
     ));

@@ -122,16 +122,7 @@ fn large_body() -> String {
 }
 
 fn streams_arrive_whole(drains: bool) {
-    // Its own runtime with a worker thread, so it serves while the test waits on clients.
-    let up_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = up_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = upstream.local_addr().unwrap().port();
+    let (up_rt, upstream, port) = serving_upstream();
     let h = Harness::start(&format!(
         "[profiles.early.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
     ));

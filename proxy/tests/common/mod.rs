@@ -297,6 +297,21 @@ pub fn raw_upstream() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16)
     (rt, listener, port)
 }
 
+/// Like [`raw_upstream`], on a runtime with a worker thread of its own: tasks spawned on
+/// it serve while the test blocks on the harness's runtime.
+pub fn serving_upstream() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (rt, listener, port)
+}
+
 /// Reads one request Sluice sent upstream (inspected bodies go chunked) up to its last chunk.
 pub async fn read_upstream_request(up: &mut TcpStream) -> Vec<u8> {
     let mut seen = Vec::new();
