@@ -286,25 +286,30 @@ pub fn responses_body(stream: bool, tools: bool) -> serde_json::Value {
 /// A raw TCP "upstream" on port 0 with its own runtime: tests see exactly what Sluice sends
 /// and when it lets go of the connection.
 pub fn raw_upstream() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (rt, listener, port)
+    listening_on(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    )
 }
 
 /// Like [`raw_upstream`], on a runtime with a worker thread of its own: tasks spawned on
 /// it serve while the test blocks on the harness's runtime.
 pub fn serving_upstream() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    listening_on(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A listener on 127.0.0.1 port 0, registered with `rt`.
+fn listening_on(
+    rt: tokio::runtime::Runtime,
+) -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
