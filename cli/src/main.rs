@@ -21,6 +21,18 @@ use sluice_proxy::listen::Inherited;
 use sluice_proxy::live::{LiveConfig, watch_file};
 use sluice_proxy::server::{ProxyParts, bind, start};
 
+/// mimalloc asks the kernel for transparent huge pages (THP) for its memory; each time it
+/// returns freed memory to the kernel, the next use faults in and zeroes a whole 2 MiB page:
+/// 2–4% of the proxy's CPU under load (perf, docs/benchmarks.md). The process opts out
+/// unless `SLUICE_ALLOW_THP=1`; where THP is `never` this changes nothing.
+fn keep_off_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("SLUICE_ALLOW_THP").is_none_or(|v| v != "1") {
+        // Refused only by kernels without the call: then nothing changes.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
@@ -126,6 +138,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    keep_off_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Proxy {

@@ -69,6 +69,8 @@ pub struct ProxyMetrics {
     rate_share: IntGaugeVec,
     journal_backlog: IntGauge,
     journal_failures: IntGauge,
+    spans_dropped: IntCounter,
+    trace_export_failures: IntCounter,
     models: Bounded,
     tools: Bounded,
 }
@@ -221,6 +223,14 @@ impl ProxyMetrics {
             "sluice_usage_journal_failures",
             "Usage records that could not be written to the journal.",
         )?;
+        let spans_dropped = IntCounter::new(
+            "sluice_trace_spans_dropped_total",
+            "Spans dropped because the exporter's queue was full (SLUICE_OTEL_MAX_QUEUE).",
+        )?;
+        let trace_export_failures = IntCounter::new(
+            "sluice_trace_export_failures_total",
+            "OTLP export requests that failed (their spans are lost).",
+        )?;
         for c in [
             Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ttft.clone()),
@@ -244,6 +254,8 @@ impl ProxyMetrics {
             Box::new(rate_share.clone()),
             Box::new(journal_backlog.clone()),
             Box::new(journal_failures.clone()),
+            Box::new(spans_dropped.clone()),
+            Box::new(trace_export_failures.clone()),
         ] {
             registry.register(c)?;
         }
@@ -271,6 +283,8 @@ impl ProxyMetrics {
             rate_share,
             journal_backlog,
             journal_failures,
+            spans_dropped,
+            trace_export_failures,
             models: Bounded::new(MAX_MODELS),
             tools: Bounded::new(MAX_TOOLS),
         }))
@@ -361,6 +375,13 @@ impl ProxyMetrics {
             self.journal_failures
                 .set(i64::try_from(j.failures()).unwrap_or(i64::MAX));
         }
+        // Counted by the exporter; brought up to date here (counters only go up).
+        let catch_up = |counter: &IntCounter, total: &std::sync::atomic::AtomicU64| {
+            let total = total.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.spans_dropped, &crate::trace::SPANS_DROPPED);
+        catch_up(&self.trace_export_failures, &crate::trace::FAILED_EXPORTS);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

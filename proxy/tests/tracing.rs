@@ -135,6 +135,7 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
         batch_delay: Duration::from_millis(20),
         max_queue: 1024,
         service_name: "sluice-test".into(),
+        resource_attributes: vec![("deployment.environment.name".into(), "test".into())],
         content_max_bytes: 96,
     })
     .unwrap();

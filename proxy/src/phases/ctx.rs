@@ -114,7 +114,7 @@ pub struct RequestCtx {
     /// Set once the record went to the sink: what the access line prints.
     pub access: Option<super::logging::AccessSummary>,
     /// This request's span, while tracing is on (boxed: the context stays small when off).
-    pub span: Option<Box<crate::trace::LiveSpan>>,
+    pub span: Option<crate::trace::LiveSpan>,
     /// Counts this request as running until the context drops (graceful shutdown).
     pub in_flight: Option<crate::drain::InFlightGuard>,
     /// Holds off the connection's header deadline while this request runs.

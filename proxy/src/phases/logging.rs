@@ -28,7 +28,7 @@ fn summary(ctx: &RequestCtx) -> AccessSummary {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         tool_calls: ctx.response_facts.tool_calls.len(),
-        trace_id: ctx.span.as_deref().map(crate::trace::trace_id_of),
+        trace_id: ctx.span.as_ref().map(crate::trace::trace_id_of),
     }
 }
 

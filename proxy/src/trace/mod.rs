@@ -1,179 +1,86 @@
 //! OpenTelemetry traces over OTLP, after the GenAI semantic conventions: a `chat {model}` /
 //! `generate_content {model}` span per LLM request, an `execute_tool {tool}` child per tool
 //! call the response made (with the policy's verdict), and a span per MCP request. The
-//! client's W3C `traceparent` is continued and the LLM span's own is sent upstream. Spans
-//! are queued for a batch exporter on its own thread: the request path never waits on the
-//! network, and a full queue drops spans (the SDK counts them) instead of blocking.
-//! Off unless an endpoint is configured; then nothing here runs per request.
+//! client's W3C `traceparent` is continued and the LLM span's own is sent upstream.
+//!
+//! A span in flight is a few ids and a start time, kept in the request's context; when the
+//! request ends it is encoded straight to OTLP protobuf into a thread-local buffer
+//! ([`otlp`]) and appended to the exporter's queue ([`export`]): no allocation per span on
+//! the request path, no network I/O, and a full queue drops spans (counted) instead of
+//! blocking. Off unless an endpoint is configured; then nothing here runs per request.
 
-use std::sync::OnceLock;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
-use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
-
+mod export;
 mod otlp;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
-};
+mod settings;
+
+pub use settings::{Protocol, Settings};
+
+pub use export::{DROPPED as SPANS_DROPPED, FAILED_EXPORTS};
+use otlp::{Head, Kind, Value};
 
 use crate::events::{Api, McpRecord, Provider, RequestRecord};
 
-/// A span being recorded (an LLM request's, from its start to its end).
-pub type LiveSpan = opentelemetry_sdk::trace::Span;
+/// What the request path needs of the installed tracer.
+struct Tracer {
+    queue: Arc<export::Queue>,
+    /// Root spans are kept when the trace id's low 63 bits fall under this.
+    sample_below: u64,
+}
 
-static TRACER: OnceLock<opentelemetry_sdk::trace::Tracer> = OnceLock::new();
+static TRACER: OnceLock<Tracer> = OnceLock::new();
 static CONTENT_MAX_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-/// How spans leave the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// OTLP/HTTP with protobuf bodies, to `<endpoint>/v1/traces`.
-    HttpProtobuf,
-    /// OTLP/gRPC.
-    Grpc,
-}
-
-/// Tracing settings, from the environment.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The collector's base URL (`http://collector:4318`, or `:4317` for gRPC).
-    pub endpoint: String,
-    /// How to send.
-    pub protocol: Protocol,
-    /// Share of new traces recorded (a client's sampled flag is followed).
-    pub sample_ratio: f64,
-    /// How long spans wait to be sent in a batch.
-    pub batch_delay: Duration,
-    /// Spans queued at most (more are dropped, not waited for).
-    pub max_queue: usize,
-    /// `service.name`.
-    pub service_name: String,
-    /// Bytes of captured content (profiles with content capture on) kept per attribute;
-    /// 0 keeps content out of spans altogether.
-    pub content_max_bytes: usize,
-}
-
-impl Settings {
-    /// `SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT`, else the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// (none: tracing off); `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or
-    /// `grpc`); `SLUICE_OTEL_SAMPLE_RATIO` (0-1, default 1); `SLUICE_OTEL_BATCH_DELAY_MS`
-    /// (default 1000); `SLUICE_OTEL_MAX_QUEUE` (default 8192); `OTEL_SERVICE_NAME`;
-    /// `SLUICE_OTEL_CONTENT_MAX_BYTES` (default 4096; 0: no content in spans).
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
-        let Some(endpoint) = get("SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT")
-            .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .filter(|e| !e.trim().is_empty())
-        else {
-            return Ok(None);
-        };
-        let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
-            None | Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some("grpc") => Protocol::Grpc,
-            Some(other) => {
-                return Err(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL is {other:?}; Sluice sends http/protobuf or grpc"
-                ));
-            }
-        };
-        let number = |name: &str, default: f64| -> Result<f64, String> {
-            get(name).map_or(Ok(default), |v| {
-                v.trim()
-                    .parse::<f64>()
-                    .map_err(|_| format!("{name} must be a number, not {v:?}"))
-            })
-        };
-        let sample_ratio = number("SLUICE_OTEL_SAMPLE_RATIO", 1.0)?;
-        if !(0.0..=1.0).contains(&sample_ratio) {
-            return Err("SLUICE_OTEL_SAMPLE_RATIO must be between 0 and 1".into());
-        }
-        let delay = number("SLUICE_OTEL_BATCH_DELAY_MS", 1000.0)?;
-        let queue = number("SLUICE_OTEL_MAX_QUEUE", 8192.0)?;
-        let content = number("SLUICE_OTEL_CONTENT_MAX_BYTES", 4096.0)?;
-        if !(0.0..=1_048_576.0).contains(&content) {
-            return Err("SLUICE_OTEL_CONTENT_MAX_BYTES must be 0-1048576".into());
-        }
-        if !(1.0..=600_000.0).contains(&delay) || !(1.0..=1_048_576.0).contains(&queue) {
-            return Err(
-                "SLUICE_OTEL_BATCH_DELAY_MS must be 1-600000 and SLUICE_OTEL_MAX_QUEUE 1-1048576"
-                    .into(),
-            );
-        }
-        Ok(Some(Self {
-            endpoint: endpoint.trim().trim_end_matches('/').to_owned(),
-            protocol,
-            sample_ratio,
-            batch_delay: Duration::from_millis(delay as u64),
-            max_queue: queue as usize,
-            service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| "sluice".into()),
-            content_max_bytes: content as usize,
-        }))
-    }
-}
 
 /// Keeps the exporter; dropping it sends what is queued.
 pub struct TracingGuard {
-    provider: SdkTracerProvider,
+    exporter: export::Exporter,
 }
 
 impl Drop for TracingGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!(error = %e, "flushing traces at exit");
-        }
+        self.exporter.stop();
     }
 }
 
-/// Starts exporting. Call once, inside a tokio runtime (gRPC's channel lives on it).
+/// Starts exporting. Call once per process.
 pub fn install(s: &Settings) -> Result<TracingGuard, String> {
-    let batch = || {
-        BatchConfigBuilder::default()
-            .with_scheduled_delay(s.batch_delay)
-            .with_max_queue_size(s.max_queue)
-            .build()
-    };
-    let processor = match s.protocol {
-        Protocol::HttpProtobuf => {
-            let exporter = otlp::OtlpHttpExporter::new(&s.endpoint, Duration::from_secs(10))
-                .map_err(|e| format!("OTLP exporter for {}: {e}", s.endpoint))?;
-            BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch())
-                .build()
+    let mut resource = vec![
+        ("service.name".to_owned(), s.service_name.clone()),
+        ("telemetry.sdk.name".to_owned(), "sluice".to_owned()),
+        ("telemetry.sdk.language".to_owned(), "rust".to_owned()),
+        (
+            "telemetry.sdk.version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ];
+    for (k, v) in &s.resource_attributes {
+        if let Some(slot) = resource.iter_mut().find(|(key, _)| key == k) {
+            // OTEL_SERVICE_NAME wins over service.name given here.
+            if k != "service.name" {
+                slot.1.clone_from(v);
+            }
+        } else {
+            resource.push((k.clone(), v.clone()));
         }
-        Protocol::Grpc => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(Duration::from_secs(10))
-                .with_tls_config(opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new())
-                .build()
-                .map_err(|e| format!("OTLP exporter for {}: {e}", s.endpoint))?;
-            BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch())
-                .build()
-        }
-    };
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            s.sample_ratio,
-        ))))
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name(s.service_name.clone())
-                .build(),
-        )
-        .build();
+    }
+    if TRACER.get().is_some() {
+        return Err("tracing is already installed".into());
+    }
+    let (queue, exporter) = export::Exporter::start(s, otlp::resource(&resource))?;
+    // The trace id's low 63 bits against the ratio, as OpenTelemetry's TraceIdRatioBased.
+    let sample_below = sample_bound(s.sample_ratio);
     CONTENT_MAX_BYTES.store(s.content_max_bytes, Ordering::Relaxed);
     TRACER
-        .set(provider.tracer("sluice"))
+        .set(Tracer {
+            queue,
+            sample_below,
+        })
         .map_err(|_| "tracing is already installed".to_owned())?;
-    Ok(TracingGuard { provider })
+    Ok(TracingGuard { exporter })
 }
 
 /// Whether spans are recorded at all.
@@ -181,64 +88,171 @@ pub fn enabled() -> bool {
     TRACER.get().is_some()
 }
 
+/// A remote span context from a W3C `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// A W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if well formed.
-pub fn parse_traceparent(v: &str) -> Option<SpanContext> {
+pub fn parse_traceparent(v: &str) -> Option<RemoteParent> {
     let mut parts = v.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 {
+    if version.len() != 2 || version == "ff" || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    let trace = TraceId::from_hex(trace).ok()?;
-    let span = SpanId::from_hex(span).ok()?;
+    let trace_id = hex_bytes::<16>(trace)?;
+    let span_id = hex_bytes::<8>(span)?;
     let flags = u8::from_str_radix(flags.get(..2)?, 16).ok()?;
-    let sc = SpanContext::new(
-        trace,
-        span,
-        TraceFlags::new(flags & 1),
-        true,
-        TraceState::default(),
-    );
-    sc.is_valid().then_some(sc)
+    (trace_id != [0; 16] && span_id != [0; 8]).then_some(RemoteParent {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
 }
 
-fn parent(traceparent: Option<&str>) -> Context {
-    match traceparent.and_then(parse_traceparent) {
-        Some(sc) => Context::new().with_remote_span_context(sc),
-        None => Context::new(),
+thread_local! {
+    /// Per-thread id generator state (wyrand), seeded once from the OS.
+    static RNG: Cell<u64> = Cell::new({
+        let mut seed = [0u8; 8];
+        // No entropy: fall back to the clock and the thread; ids need uniqueness, not secrecy.
+        if getrandom::fill(&mut seed).is_err() {
+            seed = now_ns().to_le_bytes();
+        }
+        u64::from_le_bytes(seed) | 1
+    });
+    /// Where this thread encodes a finished span before it is queued.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn random() -> u64 {
+    RNG.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+fn span_id() -> [u8; 8] {
+    loop {
+        let id = random();
+        if id != 0 {
+            return id.to_be_bytes();
+        }
     }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A span being recorded (an LLM or MCP request's, from its start to its end). Spans that
+/// sampling left out still carry ids, so the trace context goes on (unsampled).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSpan {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    sampled: bool,
+    start_ns: u64,
+}
+
+/// Whether a new trace is kept: its id's low 63 bits under the bound (OpenTelemetry's
+/// `TraceIdRatioBased`, so every service sampling at the same ratio keeps the same traces).
+fn keep_root(trace_id: &[u8; 16], below: u64) -> bool {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    below == u64::MAX || (u64::from_be_bytes(low) >> 1) < below
+}
+
+/// The bound for [`keep_root`] at `ratio`.
+fn sample_bound(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        (ratio.max(0.0) * (1u64 << 63) as f64) as u64
+    }
+}
+
+fn start(tracer: &Tracer, traceparent: Option<&str>) -> LiveSpan {
+    let (trace_id, parent, sampled) = match traceparent.and_then(parse_traceparent) {
+        // Parent-based: the caller's decision is followed.
+        Some(p) => (p.trace_id, Some(p.span_id), p.sampled),
+        None => {
+            let trace_id = loop {
+                let id = (u128::from(random()) << 64) | u128::from(random());
+                if id != 0 {
+                    break id.to_be_bytes();
+                }
+            };
+            (trace_id, None, keep_root(&trace_id, tracer.sample_below))
+        }
+    };
+    LiveSpan {
+        trace_id,
+        span_id: span_id(),
+        parent,
+        sampled,
+        start_ns: now_ns(),
+    }
+}
+
+/// Lower-case hex (a table, not the formatting machinery: this runs twice per request).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// The `traceparent` to send upstream for `span`.
 pub fn traceparent_of(span: &LiveSpan) -> Option<String> {
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    let mut v = String::with_capacity(55);
+    v.push_str("00-");
+    v.push_str(&hex(&span.trace_id));
+    v.push('-');
+    v.push_str(&hex(&span.span_id));
+    v.push_str(if span.sampled { "-01" } else { "-00" });
+    Some(v)
 }
 
 /// The span's trace id, for the access line.
 pub fn trace_id_of(span: &LiveSpan) -> String {
-    span.span_context().trace_id().to_string()
+    hex(&span.trace_id)
 }
 
 /// Starts an LLM request's span (named once the model is known), when tracing is on.
-pub fn start_llm(traceparent: Option<&str>, provider: Provider) -> Option<Box<LiveSpan>> {
-    let tracer = TRACER.get()?;
-    let builder = tracer
-        .span_builder(operation(provider, None))
-        .with_kind(SpanKind::Client);
-    Some(Box::new(
-        tracer.build_with_context(builder, &parent(traceparent)),
-    ))
+pub fn start_llm(traceparent: Option<&str>, _provider: Provider) -> Option<LiveSpan> {
+    Some(start(TRACER.get()?, traceparent))
+}
+
+/// Starts the span of an MCP request forwarded to a server, so its `traceparent` can go
+/// with the request; [`mcp`] ends it.
+pub fn start_mcp(traceparent: Option<&str>) -> Option<LiveSpan> {
+    Some(start(TRACER.get()?, traceparent))
 }
 
 fn operation(provider: Provider, _api: Option<Api>) -> &'static str {
@@ -254,12 +268,6 @@ fn provider_name(provider: Provider) -> &'static str {
         Provider::Anthropic => "anthropic",
         Provider::Gemini => "gcp.gemini",
     }
-}
-
-fn strings(items: impl IntoIterator<Item = String>) -> Value {
-    Value::Array(Array::String(
-        items.into_iter().map(StringValue::from).collect(),
-    ))
 }
 
 fn tokens(n: u64) -> i64 {
@@ -289,166 +297,194 @@ fn content(bytes: &[u8]) -> Option<String> {
     })
 }
 
-/// Ends an LLM request's span with what the request and response said, and one
-/// `execute_tool` child per tool call the response made.
-pub fn finish_llm(mut span: Box<LiveSpan>, r: &RequestRecord, conversation: Option<&str>) {
-    let op = operation(r.provider, r.api);
-    let model = r.request.model.as_deref().or(r.response.model.as_deref());
-    span.update_name(match model {
-        Some(m) => format!("{op} {m}"),
-        None => op.to_owned(),
-    });
-    let mut attrs = vec![
-        KeyValue::new("gen_ai.operation.name", op),
-        KeyValue::new("gen_ai.provider.name", provider_name(r.provider)),
-        KeyValue::new("http.response.status_code", i64::from(r.status)),
-        KeyValue::new("sluice.profile", r.profile.clone()),
-        KeyValue::new("sluice.refused", r.refused),
-        KeyValue::new("sluice.trusted", r.trusted),
-    ];
-    if let Some(m) = &r.request.model {
-        attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
-    }
-    if let Some(m) = &r.response.model {
-        attrs.push(KeyValue::new("gen_ai.response.model", m.clone()));
-    }
-    if let Some(u) = &r.response.usage {
-        attrs.push(KeyValue::new(
-            "gen_ai.usage.input_tokens",
-            tokens(u.input_tokens),
-        ));
-        attrs.push(KeyValue::new(
-            "gen_ai.usage.output_tokens",
-            tokens(u.output_tokens),
-        ));
-    }
-    if let Some(f) = &r.response.finish_reason {
-        attrs.push(KeyValue::new(
-            "gen_ai.response.finish_reasons",
-            strings([f.clone()]),
-        ));
-    }
-    if let Some(c) = conversation {
-        attrs.push(KeyValue::new("gen_ai.conversation.id", c.to_owned()));
-    }
-    if let Some(c) = r.cost_micros {
-        attrs.push(KeyValue::new("sluice.cost_micros", c));
-    }
-    // Present only where the profile captures content.
-    if let Some(c) = r.captured_request.as_deref().and_then(content) {
-        attrs.push(KeyValue::new("sluice.request.body", c));
-    }
-    if let Some(c) = r.captured_response.as_deref().and_then(content) {
-        attrs.push(KeyValue::new("sluice.response.body", c));
-    }
-    if r.status >= 400 || r.response.error.is_some() {
-        attrs.push(KeyValue::new("error.type", r.status.to_string()));
-        span.set_status(Status::error(
-            r.response
-                .error
-                .clone()
-                .unwrap_or_else(|| format!("status {}", r.status)),
-        ));
-    }
-    span.set_attributes(attrs);
-    let end = SystemTime::now();
-    if let Some(tracer) = TRACER.get() {
-        let parent = Context::new().with_remote_span_context(span.span_context().clone());
-        for d in r.decisions.iter().filter(|d| d.kind == "call") {
-            let name = d.tool.rsplit('/').next().unwrap_or(&d.tool).to_owned();
-            let mut child = tracer.build_with_context(
-                tracer
-                    .span_builder(format!("execute_tool {name}"))
-                    .with_kind(SpanKind::Internal)
-                    .with_attributes(vec![
-                        KeyValue::new("gen_ai.operation.name", "execute_tool"),
-                        KeyValue::new("gen_ai.tool.name", name),
-                        KeyValue::new("gen_ai.tool.call.id", d.call_id.clone()),
-                        KeyValue::new("sluice.tool.source", d.tool.clone()),
-                        KeyValue::new("sluice.policy.verdict", d.verdict),
-                        KeyValue::new("sluice.policy.id", d.policy.clone().unwrap_or_default()),
-                    ]),
-                &parent,
-            );
-            if d.verdict == "blocked" {
-                child.set_status(Status::error(d.reason.clone()));
-            }
-            child.end_with_timestamp(end);
+/// Encodes spans into this thread's scratch buffer and queues them as one push.
+fn emit(tracer: &Tracer, write: impl FnOnce(&mut Vec<u8>)) {
+    SCRATCH.with(|scratch| {
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return;
+        };
+        buf.clear();
+        write(&mut buf);
+        tracer.queue.push(&buf);
+        // A huge captured body should not pin its memory to the thread.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
         }
-    }
-    span.end_with_timestamp(end);
+    });
 }
 
-/// Starts the span of an MCP request forwarded to a server, so its `traceparent` can go
-/// with the request; [`mcp`] ends it.
-pub fn start_mcp(traceparent: Option<&str>) -> Option<Box<LiveSpan>> {
-    let tracer = TRACER.get()?;
-    let builder = tracer.span_builder("mcp").with_kind(SpanKind::Server);
-    Some(Box::new(
-        tracer.build_with_context(builder, &parent(traceparent)),
-    ))
+/// Ends an LLM request's span with what the request and response said, and one
+/// `execute_tool` child per tool call the response made.
+pub fn finish_llm(span: LiveSpan, r: &RequestRecord, conversation: Option<&str>) {
+    let Some(tracer) = TRACER.get().filter(|_| span.sampled) else {
+        return;
+    };
+    let end_ns = now_ns();
+    let op = operation(r.provider, r.api);
+    let model = r.request.model.as_deref().or(r.response.model.as_deref());
+    let failed = r.status >= 400 || r.response.error.is_some();
+    let status_text;
+    let error = if failed {
+        status_text = r
+            .response
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("status {}", r.status));
+        Some(status_text.as_str())
+    } else {
+        None
+    };
+    let error_type = failed.then(|| r.status.to_string());
+    let captured_request = r.captured_request.as_deref().and_then(content);
+    let captured_response = r.captured_response.as_deref().and_then(content);
+    let head = Head {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent: span.parent.map(|p| (p, true)),
+        flags: 1,
+        name: match model {
+            Some(m) => [op, " ", m],
+            None => [op, "", ""],
+        },
+        kind: Kind::Client,
+        start_ns: span.start_ns,
+        end_ns,
+    };
+    emit(tracer, |buf| {
+        otlp::span(buf, &head, error, |a| {
+            a.add("gen_ai.operation.name", Value::Str(op));
+            a.add(
+                "gen_ai.provider.name",
+                Value::Str(provider_name(r.provider)),
+            );
+            a.add("http.response.status_code", Value::Int(i64::from(r.status)));
+            a.add("sluice.profile", Value::Str(&r.profile));
+            a.add("sluice.refused", Value::Bool(r.refused));
+            a.add("sluice.trusted", Value::Bool(r.trusted));
+            if let Some(m) = &r.request.model {
+                a.add("gen_ai.request.model", Value::Str(m));
+            }
+            if let Some(m) = &r.response.model {
+                a.add("gen_ai.response.model", Value::Str(m));
+            }
+            if let Some(u) = &r.response.usage {
+                a.add(
+                    "gen_ai.usage.input_tokens",
+                    Value::Int(tokens(u.input_tokens)),
+                );
+                a.add(
+                    "gen_ai.usage.output_tokens",
+                    Value::Int(tokens(u.output_tokens)),
+                );
+            }
+            if let Some(f) = &r.response.finish_reason {
+                a.add("gen_ai.response.finish_reasons", Value::Strs(&[f.as_str()]));
+            }
+            if let Some(c) = conversation {
+                a.add("gen_ai.conversation.id", Value::Str(c));
+            }
+            if let Some(c) = r.cost_micros {
+                a.add("sluice.cost_micros", Value::Int(c));
+            }
+            // Present only where the profile captures content.
+            if let Some(c) = &captured_request {
+                a.add("sluice.request.body", Value::Str(c));
+            }
+            if let Some(c) = &captured_response {
+                a.add("sluice.response.body", Value::Str(c));
+            }
+            if let Some(e) = &error_type {
+                a.add("error.type", Value::Str(e));
+            }
+        });
+        for d in r.decisions.iter().filter(|d| d.kind == "call") {
+            let name = d.tool.rsplit('/').next().unwrap_or(&d.tool);
+            let child = Head {
+                trace_id: span.trace_id,
+                span_id: span_id(),
+                parent: Some((span.span_id, false)),
+                flags: 1,
+                name: ["execute_tool", " ", name],
+                kind: Kind::Internal,
+                start_ns: end_ns,
+                end_ns,
+            };
+            let error = (d.verdict == "blocked").then_some(d.reason.as_str());
+            otlp::span(buf, &child, error, |a| {
+                a.add("gen_ai.operation.name", Value::Str("execute_tool"));
+                a.add("gen_ai.tool.name", Value::Str(name));
+                a.add("gen_ai.tool.call.id", Value::Str(&d.call_id));
+                a.add("sluice.tool.source", Value::Str(&d.tool));
+                a.add("sluice.policy.verdict", Value::Str(d.verdict));
+                a.add(
+                    "sluice.policy.id",
+                    Value::Str(d.policy.as_deref().unwrap_or_default()),
+                );
+            });
+        }
+    });
 }
 
 /// Records an MCP request's span, ending now, when tracing is on: `started` (from
 /// [`start_mcp`]) is ended with the record's attributes, else a span is made that began
 /// the record's duration ago.
-pub fn mcp(r: &McpRecord, traceparent: Option<&str>, started: Option<Box<LiveSpan>>) {
+pub fn mcp(r: &McpRecord, traceparent: Option<&str>, started: Option<LiveSpan>) {
     let Some(tracer) = TRACER.get() else {
         return;
     };
-    let end = SystemTime::now();
-    let start = end
-        .checked_sub(Duration::from_micros(r.duration_us))
-        .unwrap_or(end);
+    let end_ns = now_ns();
+    let span = started.unwrap_or_else(|| LiveSpan {
+        start_ns: end_ns.saturating_sub(r.duration_us.saturating_mul(1000)),
+        ..start(tracer, traceparent)
+    });
+    if !span.sampled {
+        return;
+    }
     let (name, op) = match (&*r.method, &r.tool) {
-        ("tools/call", Some(t)) => (format!("execute_tool {t}"), "execute_tool"),
-        (m, _) => (m.to_owned(), "mcp"),
+        ("tools/call", Some(t)) => (["execute_tool", " ", t.as_str()], "execute_tool"),
+        (m, _) => ([m, "", ""], "mcp"),
     };
-    let mut attrs = vec![
-        KeyValue::new("mcp.method.name", r.method.clone()),
-        KeyValue::new("mcp.server.name", r.server.clone()),
-        KeyValue::new("sluice.profile", r.profile.clone()),
-        KeyValue::new("sluice.mcp.status", r.status),
-    ];
-    if op == "execute_tool" {
-        attrs.push(KeyValue::new("gen_ai.operation.name", op));
-    }
-    if let Some(t) = &r.tool {
-        attrs.push(KeyValue::new("gen_ai.tool.name", t.clone()));
-    }
-    // Present only where the profile captures content.
-    if let Some(c) = r.arguments.as_deref().and_then(|a| content(a.as_bytes())) {
-        attrs.push(KeyValue::new("gen_ai.tool.call.arguments", c));
-    }
-    if let Some(c) = r.result.as_deref().and_then(|a| content(a.as_bytes())) {
-        attrs.push(KeyValue::new("gen_ai.tool.call.result", c));
-    }
-    if let Some(d) = r.decisions.iter().find(|d| d.kind == "call") {
-        attrs.push(KeyValue::new("sluice.policy.verdict", d.verdict));
-        attrs.push(KeyValue::new(
-            "sluice.policy.id",
-            d.policy.clone().unwrap_or_default(),
-        ));
-    }
-    let mut span = match started {
-        Some(mut span) => {
-            span.update_name(name);
-            span.set_attributes(attrs);
-            *span
-        }
-        None => tracer.build_with_context(
-            tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Server)
-                .with_start_time(start)
-                .with_attributes(attrs),
-            &parent(traceparent),
-        ),
+    let arguments = r.arguments.as_deref().and_then(|a| content(a.as_bytes()));
+    let result = r.result.as_deref().and_then(|a| content(a.as_bytes()));
+    let head = Head {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent: span.parent.map(|p| (p, true)),
+        flags: 1,
+        name,
+        kind: Kind::Server,
+        start_ns: span.start_ns,
+        end_ns,
     };
-    if r.status != "ok" {
-        span.set_status(Status::error(r.status));
-    }
-    span.end_with_timestamp(end);
+    let error = (r.status != "ok").then_some(r.status);
+    emit(tracer, |buf| {
+        otlp::span(buf, &head, error, |a| {
+            a.add("mcp.method.name", Value::Str(&r.method));
+            a.add("mcp.server.name", Value::Str(&r.server));
+            a.add("sluice.profile", Value::Str(&r.profile));
+            a.add("sluice.mcp.status", Value::Str(r.status));
+            if op == "execute_tool" {
+                a.add("gen_ai.operation.name", Value::Str(op));
+            }
+            if let Some(t) = &r.tool {
+                a.add("gen_ai.tool.name", Value::Str(t));
+            }
+            // Present only where the profile captures content.
+            if let Some(c) = &arguments {
+                a.add("gen_ai.tool.call.arguments", Value::Str(c));
+            }
+            if let Some(c) = &result {
+                a.add("gen_ai.tool.call.result", Value::Str(c));
+            }
+            if let Some(d) = r.decisions.iter().find(|d| d.kind == "call") {
+                a.add("sluice.policy.verdict", Value::Str(d.verdict));
+                a.add(
+                    "sluice.policy.id",
+                    Value::Str(d.policy.as_deref().unwrap_or_default()),
+                );
+            }
+        });
+    });
 }
 
 #[cfg(test)]
@@ -460,11 +496,14 @@ mod tests {
     fn traceparent_parses_per_w3c() {
         let sc =
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert_eq!(hex(&sc.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&sc.span_id), "00f067aa0ba902b7");
+        assert!(sc.sampled);
+        assert!(
+            !parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .unwrap()
+                .sampled
         );
-        assert!(sc.is_sampled() && sc.is_remote());
         for bad in [
             "",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -472,6 +511,8 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f35-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
@@ -483,55 +524,22 @@ mod tests {
     }
 
     #[test]
-    fn settings_come_from_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| (*v).to_owned())
-            }
+    fn new_traces_are_kept_at_the_ratio() {
+        let ids: Vec<[u8; 16]> = (0..10_000)
+            .map(|_| ((u128::from(random()) << 64) | u128::from(random())).to_be_bytes())
+            .collect();
+        let kept = |ratio: f64| {
+            let below = sample_bound(ratio);
+            ids.iter().filter(|id| keep_root(id, below)).count()
         };
-        assert!(Settings::from_env(env(&[])).unwrap().is_none());
-        let s = Settings::from_env(env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
-            ("SLUICE_OTEL_SAMPLE_RATIO", "0.25"),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (s.endpoint.as_str(), s.protocol, s.sample_ratio),
-            ("http://c:4318", Protocol::HttpProtobuf, 0.25)
-        );
-        assert_eq!(s.content_max_bytes, 4096);
-        let s = Settings::from_env(env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318"),
-            ("SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (s.endpoint.as_str(), s.protocol),
-            ("http://c:4317", Protocol::Grpc)
-        );
-        for bad in [
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ][..],
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-                ("SLUICE_OTEL_SAMPLE_RATIO", "2"),
-            ][..],
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-                ("SLUICE_OTEL_CONTENT_MAX_BYTES", "-1"),
-            ][..],
-        ] {
-            let pairs: &'static [(&'static str, &'static str)] = bad;
-            assert!(Settings::from_env(env(pairs)).is_err());
-        }
+        assert_eq!(kept(1.0), 10_000);
+        assert_eq!(kept(0.0), 0);
+        // Binomial(10,000, 0.25): 2,500 ± 43 (one standard deviation); ±300 is 7σ.
+        assert!((2_200..=2_800).contains(&kept(0.25)), "{}", kept(0.25));
+        // Ids are distinct and never zero.
+        let mut seen = std::collections::HashSet::new();
+        assert!(ids.iter().all(|id| *id != [0; 16] && seen.insert(*id)));
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
     }
 
     #[test]

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""What transparent huge pages cost the proxy: the same Sluice (metrics and tracing off) with
+the system's THP setting kept (SLUICE_ALLOW_THP=1) and with the process opted out (the
+default), in front of the same mock, interleaved in a rotated order. Servers on core 0, load
+generator on core 1. Only meaningful where /sys/kernel/mm/transparent_hugepage/enabled is
+`always`.
+Usage: python3 scripts/bench_thp.py [--seconds 4] [--reps 7]
+"""
+import argparse
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, wait_port  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args()
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-thp-")
+    try:
+        mock_port = free_port()
+        mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
+                                stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
+        procs.append(mock)
+        wait_port(mock_port, mock)
+        targets = {}
+        for name, extra in (("THP kept (SLUICE_ALLOW_THP=1)", {"SLUICE_ALLOW_THP": "1"}), ("THP off (default)", {})):
+            port = free_port()
+            conf = os.path.join(tmp, f"{port}.toml")
+            with open(conf, "w") as f:
+                f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
+            env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1", **extra)
+            if not extra:
+                env.pop("SLUICE_ALLOW_THP", None)
+            p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            wait_port(port, p)
+            targets[name] = (f"http://127.0.0.1:{port}/v1/openai/chat/completions", p.pid)
+        hdr = ["content-type: application/json", "authorization: Bearer sk-bench", "x-mock-words: 110"]
+        results = {}
+        for rep in range(args.reps):
+            names = list(targets)
+            for name in names[rep % 2:] + names[:rep % 2]:
+                url, pid = targets[name]
+                c0 = cpu_seconds([pid])
+                r = loadgen(url, json.dumps(CHAT), hdr, 32, args.seconds, label=name)
+                cpu = (cpu_seconds([pid]) - c0) * 1e6 / max(r["requests"], 1)
+                results.setdefault(name, []).append((r["rps"], cpu))
+                print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = f.read().strip()
+        print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
+        print(f"Machine: {machine()}; THP: `{thp}`  ")
+        print(f"Command: `python3 scripts/bench_thp.py --seconds {args.seconds:g} --reps {args.reps}`\n")
+        print("| target | req/s (median) | Sluice CPU µs/req (median) |\n|---|---:|---:|")
+        for name, rows in results.items():
+            rps = sorted(x[0] for x in rows)[len(rows) // 2]
+            cpu = sorted(x[1] for x in rows)[len(rows) // 2]
+            print(f"| {name} | {rps:,.0f} | {cpu:.1f} |")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
