@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -242,6 +243,61 @@ def test_a_request_state_the_gateway_never_gave_is_refused(gateway):
                                         "requestState": "sluice-mrtr:0123456789abcdef", "inputResponses": {}},
                     name="mail__add")
     assert err["code"] == -32602 and "requestState" in err["message"], err
+
+
+@pytest.fixture
+def python_servers(gateway):
+    """Two stateless servers built with the official Python SDK (tests/sdk/stateless_server.py),
+    one over Streamable HTTP, one over stdio, behind a profile of their own."""
+    script = os.path.join(os.path.dirname(__file__), "stateless_server.py")
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        suffix = secrets.token_hex(3)
+        http_name, stdio_name = f"pyhttp{suffix}", f"pystdio{suffix}"
+        gateway.create("/mcp-servers", {"name": http_name, "transport": "streamable_http",
+                                        "url": line.split()[1]})
+        gateway.create("/mcp-servers", {"name": stdio_name, "transport": "stdio",
+                                        "command": [sys.executable, script, "--stdio"]})
+        profile = f"py-agents-{suffix}"
+        gateway.create("/profiles", {"name": profile, "require_virtual_key": False,
+                                     "mcp_servers": [http_name, stdio_name]})
+        gateway.wait_version(gateway.proxy, gateway.latest_version())
+        yield f"{gateway.gateway}/{profile}", (http_name, stdio_name)
+    finally:
+        # uvicorn's graceful stop would wait for the gateway's open listen stream.
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_a_stateless_servers_list_change_reaches_listeners_through_the_gateway(python_servers):
+    """Servers that speak only 2026-07-28 announce changes on `subscriptions/listen`, nowhere
+    else: the gateway listens to them itself, so a change reaches its own listeners and its
+    cached tool list. Both transports, the official Python SDK at both ends."""
+    import anyio
+
+    url, names = python_servers
+
+    async def flow(server):
+        async with Client(url, mode="auto") as client:
+            assert client.protocol_version == "2026-07-28"
+            before = [t.name for t in (await client.list_tools()).tools]
+            assert f"{server}__add" in before and f"{server}__shout" not in before, before
+            added = await client.call_tool(f"{server}__add", {"a": 2, "b": 40})
+            assert added.content[0].text == "42", added
+            async with client.listen(tools_list_changed=True) as sub:
+                assert sub.honored.tools_list_changed, sub.honored
+                grown = await client.call_tool(f"{server}__grow", {})
+                assert grown.content[0].text == "grown", grown
+                with anyio.fail_after(20):
+                    event = await sub.__anext__()
+            assert type(event).__name__ == "ToolsListChanged", event
+            after = [t.name for t in (await client.list_tools()).tools]
+            assert f"{server}__shout" in after, after
+
+    for server in names:
+        asyncio.run(flow(server))
 
 
 def test_stateless_listen_stream_carries_a_servers_list_change(gateway):

@@ -149,7 +149,12 @@ impl McpGateway {
         });
     }
 
-    async fn unsolicited(&self, server: &Arc<str>, conn: &Arc<Connection>, msg: Value) {
+    async fn unsolicited(&self, server: &Arc<str>, conn: &Arc<Connection>, mut msg: Value) {
+        // A stateless server stamps its notifications with the gateway's own listen
+        // request; that id means nothing to the gateway's clients.
+        if let Some(Value::Object(meta)) = msg.pointer_mut("/params/_meta") {
+            meta.remove("io.modelcontextprotocol/subscriptionId");
+        }
         let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
         if let Some(id) = msg.get("id").cloned() {
             conn.respond(jsonrpc::error(

@@ -390,6 +390,7 @@ impl HttpConn {
                 }
                 Ok((est, _)) => {
                     *state = Some(est.clone());
+                    self.subscribe(conn.clone(), est.clone());
                     return Ok(est);
                 }
                 Err(e) if era == McpEra::Stateless => return Err(e),
@@ -401,6 +402,7 @@ impl HttpConn {
             (Err(e), Some(est)) => {
                 tracing::debug!(error = %e, "initialize failed; using the stateless era");
                 *state = Some(est.clone());
+                self.subscribe(conn.clone(), est.clone());
                 return Ok(est);
             }
             (Err(e), None) => return Err(e),
@@ -517,6 +519,47 @@ impl HttpConn {
                         return;
                     }
                     Ok(_) | Err(_) => delay = (delay * 2).min(Duration::from_secs(30)),
+                }
+                tokio::time::sleep(delay).await;
+            }
+        });
+    }
+
+    /// The stateless era's counterpart of the GET stream: a `subscriptions/listen` request
+    /// whose answer stays open, asking for the list changes the server says it announces.
+    /// Its notifications go where the GET stream's go; it is re-opened (with backoff) while
+    /// this handshake is current.
+    fn subscribe(&self, conn: Arc<Connection>, est: Established) {
+        let Some(filter) = super::listen_filter(&est) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let Kind::Http(me) = &conn.kind else {
+                return;
+            };
+            let mut delay = Duration::from_millis(500);
+            for _ in 0..100 {
+                if me.stale.load(Ordering::Relaxed) >= est.generation
+                    || me.generation.load(Ordering::Relaxed) != est.generation
+                {
+                    return;
+                }
+                let msg = super::listen_request(&est, &filter, "sluice-listen".into());
+                match me.exchange(&conn, &est, msg, None).await {
+                    // A graceful end (the server drained or dropped us): listen again.
+                    Ok(answer) if answer.get("result").is_some() => {
+                        delay = Duration::from_millis(500);
+                    }
+                    // The server does not offer it after all.
+                    Ok(answer) => {
+                        tracing::debug!(server = %conn.server.name, ?answer, "subscriptions/listen refused");
+                        return;
+                    }
+                    Err(Retry::SessionGone) => return,
+                    Err(Retry::Failed(e)) => {
+                        tracing::debug!(error = %e, "subscriptions/listen ended");
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
                 }
                 tokio::time::sleep(delay).await;
             }

@@ -257,6 +257,36 @@ enum Retry {
     Failed(UpstreamError),
 }
 
+/// What a stateless server is asked to announce on `subscriptions/listen`: the list changes
+/// its capabilities say it sends (`None`: nothing to listen for).
+fn listen_filter(est: &Established) -> Option<Value> {
+    let mut filter = serde_json::Map::new();
+    for (capability, key) in [
+        ("tools", "toolsListChanged"),
+        ("prompts", "promptsListChanged"),
+        ("resources", "resourcesListChanged"),
+    ] {
+        let announces = est
+            .capabilities
+            .get(capability)
+            .and_then(|c| c.get("listChanged"))
+            .and_then(Value::as_bool);
+        if announces == Some(true) {
+            filter.insert(key.into(), Value::Bool(true));
+        }
+    }
+    (!filter.is_empty()).then_some(Value::Object(filter))
+}
+
+/// The gateway's own `subscriptions/listen` request to a stateless server.
+fn listen_request(est: &Established, filter: &Value, id: String) -> Value {
+    jsonrpc::request(
+        Value::String(id),
+        "subscriptions/listen",
+        with_meta(Some(json!({ "notifications": filter })), est),
+    )
+}
+
 /// Adds the stateless era's per-request `_meta` (version, capabilities, client).
 fn with_meta(params: Option<Value>, est: &Established) -> Option<Value> {
     if !est.stateless {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Connection, Established, Retry, STATELESS_VERSION, UpstreamError};
+use super::{Connection, Established, Kind, Retry, STATELESS_VERSION, UpstreamError};
 use crate::config::McpEra;
 use crate::mcp::jsonrpc;
 
@@ -141,7 +141,33 @@ impl StdioConn {
         let running = running?;
         let est = running.est.clone();
         *state = Some(running);
+        if est.stateless {
+            Self::subscribe(conn.clone(), est.clone());
+        }
         Ok(est)
+    }
+
+    /// A stateless server's list changes come only on a `subscriptions/listen` request
+    /// left open: one per process, re-sent if the server ends it while the process lives.
+    fn subscribe(conn: Arc<Connection>, est: Established) {
+        let Some(filter) = super::listen_filter(&est) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let Kind::Stdio(me) = &conn.kind else {
+                return;
+            };
+            for round in 0..100u32 {
+                let id = format!("sluice-listen-{}-{round}", est.generation);
+                let msg = super::listen_request(&est, &filter, id);
+                match me.exchange(&conn, &est, msg, None).await {
+                    // Ended gracefully with the process still running: listen again.
+                    Ok(answer) if answer.get("result").is_some() => {}
+                    // Refused, or the process is gone (the next handshake listens anew).
+                    Ok(_) | Err(_) => return,
+                }
+            }
+        });
     }
 
     async fn start(
@@ -307,6 +333,14 @@ use tokio::io::AsyncReadExt;
 /// exactly one request that can relay it is in flight to that request; anything else is
 /// unsolicited.
 async fn route(conn: &Connection, pending: &Pending, msg: Value) {
+    // Sent on the gateway's own `subscriptions/listen`: the gateway's to handle.
+    if msg
+        .pointer("/params/_meta/io.modelcontextprotocol~1subscriptionId")
+        .is_some()
+    {
+        conn.unsolicited(msg);
+        return;
+    }
     let is_answer = msg.get("method").is_none();
     if is_answer {
         let id = msg.get("id").and_then(Value::as_str).map(str::to_owned);
