@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::Service;
@@ -212,12 +213,36 @@ fn spawn_runtime(
     Ok((tx, thread))
 }
 
+/// The read buffer Pingora puts in front of each accepted client connection:
+/// `SLUICE_LISTENER_READ_BUFFER_BYTES`, 0 (the default) for none. Pingora's own default is
+/// 64 KiB, zero-filled when the connection is accepted: with thousands of open streams it
+/// was most of the proxy's memory per stream (docs/benchmarks.md), and over plain HTTP it
+/// saves little: the HTTP/1 parser and body reader read into buffers of their own.
+fn listener_read_buffer(get: impl Fn(&str) -> Option<String>) -> std::io::Result<usize> {
+    const NAME: &str = "SLUICE_LISTENER_READ_BUFFER_BYTES";
+    match get(NAME) {
+        None => Ok(0),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 1 << 20)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{NAME} must be a number of bytes from 0 to 1048576, not {v:?}"),
+                )
+            }),
+    }
+}
+
 /// Starts the proxy on `proxy` (and the admin app on `admin`) in a new thread.
 pub fn start(
     parts: ProxyParts,
     proxy: impl Into<Listen>,
     admin: Option<Listen>,
 ) -> std::io::Result<RunningProxy> {
+    let read_buffer = listener_read_buffer(|k| std::env::var(k).ok())?;
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_addrs = Vec::new();
     let proxy_addr = proxy.into().hand_over(&fds, &mut proxy_addrs)?;
@@ -276,7 +301,10 @@ pub fn start(
         ),
     );
     for a in &proxy_addrs {
-        proxy_svc.add_tcp(a);
+        proxy_svc.add_listener(
+            ListenerConfig::tcp(a.as_str())
+                .l4_buffer(L4BufferSettings::default().read(read_buffer)),
+        );
     }
     let mut services: Vec<BoxedService> = vec![Box::new(proxy_svc)];
     if let Some(r) = refresh {
@@ -328,4 +356,24 @@ pub fn start(
         fds,
         drain,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_listener_read_buffer_is_off_unless_set_and_bounded() {
+        let env = |v: Option<&'static str>| move |_: &str| v.map(str::to_owned);
+        assert_eq!(listener_read_buffer(env(None)).unwrap(), 0);
+        assert_eq!(listener_read_buffer(env(Some("65536"))).unwrap(), 65536);
+        for bad in ["-1", "lots", "2000000"] {
+            let e = listener_read_buffer(env(Some(bad))).unwrap_err();
+            assert!(
+                e.to_string().contains("SLUICE_LISTENER_READ_BUFFER_BYTES"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,63 +27,73 @@ struct Export {
 }
 
 /// Serves gRPC `Export` calls; the first is answered `UNAVAILABLE` (a trailers-only
-/// response), the rest `OK` with an empty `ExportTraceServiceResponse`.
+/// response), the rest `OK` with an empty `ExportTraceServiceResponse`. Each call is handled
+/// on a task of its own while the loop keeps polling the connection (h2 moves a stream's
+/// frames only while its connection is polled).
 async fn receiver(listener: tokio::net::TcpListener, tx: mpsc::Sender<Export>) {
-    let mut answered = 0usize;
+    let answered = Arc::new(AtomicUsize::new(0));
     loop {
         let (socket, _) = listener.accept().await.unwrap();
         let mut conn = h2::server::handshake(socket).await.unwrap();
         while let Some(call) = conn.accept().await {
-            let (req, mut respond) = call.unwrap();
-            assert_eq!(req.uri().path(), EXPORT);
-            let content_type = req
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            let mut body = req.into_body();
-            let mut framed = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.unwrap();
-                body.flow_control().release_capacity(chunk.len()).unwrap();
-                framed.extend_from_slice(&chunk);
-            }
-            // gRPC message framing: a compression flag, a big-endian length, the message.
-            assert_eq!(framed[0], 0, "uncompressed");
-            let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
-            assert_eq!(framed.len(), 5 + len);
-            let request = ExportTraceServiceRequest::decode(&framed[5..]).unwrap();
-            answered += 1;
-            if answered == 1 {
-                let refused = http::Response::builder()
-                    .status(200)
-                    .header("content-type", "application/grpc")
-                    .header("grpc-status", "14")
-                    .header("grpc-message", "collector restarting")
-                    .body(())
-                    .unwrap();
-                respond.send_response(refused, true).unwrap();
-            } else {
-                let ok = http::Response::builder()
-                    .status(200)
-                    .header("content-type", "application/grpc")
-                    .body(())
-                    .unwrap();
-                let mut stream = respond.send_response(ok, false).unwrap();
-                stream
-                    .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
-                    .unwrap();
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                stream.send_trailers(trailers).unwrap();
-            }
-            tx.send(Export {
-                content_type,
-                request,
-            })
-            .unwrap();
+            let (req, respond) = call.unwrap();
+            tokio::spawn(answer(req, respond, answered.clone(), tx.clone()));
         }
     }
+}
+
+async fn answer(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    answered: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Export>,
+) {
+    assert_eq!(req.uri().path(), EXPORT);
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let mut body = req.into_body();
+    let mut framed = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        framed.extend_from_slice(&chunk);
+    }
+    // gRPC message framing: a compression flag, a big-endian length, the message.
+    assert_eq!(framed[0], 0, "uncompressed");
+    let len = u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize;
+    assert_eq!(framed.len(), 5 + len);
+    let request = ExportTraceServiceRequest::decode(&framed[5..]).unwrap();
+    if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+        let refused = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .header("grpc-message", "collector restarting")
+            .body(())
+            .unwrap();
+        respond.send_response(refused, true).unwrap();
+    } else {
+        let ok = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut stream = respond.send_response(ok, false).unwrap();
+        stream
+            .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+            .unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        stream.send_trailers(trailers).unwrap();
+    }
+    tx.send(Export {
+        content_type,
+        request,
+    })
+    .unwrap();
 }
 
 fn span_names(e: &Export) -> Vec<String> {

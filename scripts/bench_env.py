@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""What transparent huge pages cost the proxy: the same Sluice (metrics and tracing off) with
-the system's THP setting kept (SLUICE_ALLOW_THP=1) and with the process opted out (the
-default), in front of the same mock, interleaved in a rotated order. Servers on core 0, load
-generator on core 1. Only meaningful where /sys/kernel/mm/transparent_hugepage/enabled is
-`always`.
-Usage: python3 scripts/bench_thp.py [--seconds 4] [--reps 7]
+"""One setting's cost, A/B: the same Sluice binary (metrics and tracing off) with an
+environment variable set (`--env NAME=VALUE`) and without it, in front of the same mock,
+closed loop, 32 connections, JSON chat completions, interleaved in a rotated order.
+Servers on core 0, load generator on core 1. For example:
+  python3 scripts/bench_env.py --env SLUICE_ALLOW_THP=1              # transparent huge pages
+  python3 scripts/bench_env.py --env SLUICE_LISTENER_READ_BUFFER_BYTES=65536
+Usage: python3 scripts/bench_env.py --env NAME=VALUE [--seconds 4] [--reps 7]
 """
 import argparse
 import datetime
@@ -23,9 +24,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--env", required=True, help="NAME=VALUE set in the variant")
     args = ap.parse_args()
+    name_, value = args.env.split("=", 1)
     procs = []
-    tmp = tempfile.mkdtemp(prefix="sluice-bench-thp-")
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-env-")
     try:
         mock_port = free_port()
         mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
@@ -33,14 +36,14 @@ def main():
         procs.append(mock)
         wait_port(mock_port, mock)
         targets = {}
-        for name, extra in (("THP kept (SLUICE_ALLOW_THP=1)", {"SLUICE_ALLOW_THP": "1"}), ("THP off (default)", {})):
+        for name, extra in ((f"`{name_}={value}`", {name_: value}), ("default", {})):
             port = free_port()
             conf = os.path.join(tmp, f"{port}.toml")
             with open(conf, "w") as f:
                 f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
             env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1", **extra)
             if not extra:
-                env.pop("SLUICE_ALLOW_THP", None)
+                env.pop(name_, None)
             p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env, stderr=subprocess.DEVNULL)
             procs.append(p)
             wait_port(port, p)
@@ -56,11 +59,9 @@ def main():
                 cpu = (cpu_seconds([pid]) - c0) * 1e6 / max(r["requests"], 1)
                 results.setdefault(name, []).append((r["rps"], cpu))
                 print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            thp = f.read().strip()
         print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
-        print(f"Machine: {machine()}; THP: `{thp}`  ")
-        print(f"Command: `python3 scripts/bench_thp.py --seconds {args.seconds:g} --reps {args.reps}`\n")
+        print(f"Machine: {machine()}  ")
+        print(f"Command: `python3 scripts/bench_env.py --env {args.env} --seconds {args.seconds:g} --reps {args.reps}`\n")
         print("| target | req/s (median) | Sluice CPU µs/req (median) |\n|---|---:|---:|")
         for name, rows in results.items():
             rps = sorted(x[0] for x in rows)[len(rows) // 2]

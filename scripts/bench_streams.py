@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Memory per open SSE stream: N clients each hold one streamed chat completion open
+through Sluice (the mock sends one event a second, so every stream stays open for the whole
+run), and the proxy's resident memory is read idle and at its peak. The mock, measured the
+same way, is the baseline (what the far end of each stream costs). Servers on core 0, the
+load generator on core 1.
+
+Each stream costs the proxy two sockets (client and upstream); with this machine's limit of
+20,000 open files per process, 9,000 streams is the most one proxy can hold here.
+Usage: python3 scripts/bench_streams.py [--streams 9000] [--seconds 20]
+"""
+import argparse
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CHAT, SLUICE, free_port, machine, wait_port  # noqa: E402
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--streams", type=int, default=9000)
+    ap.add_argument("--seconds", type=float, default=20)
+    args = ap.parse_args()
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-streams-")
+    try:
+        mock_port, port = free_port(), free_port()
+        mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}"],
+                                stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
+        procs.append(mock)
+        wait_port(mock_port, mock)
+        conf = os.path.join(tmp, "sluice.toml")
+        with open(conf, "w") as f:
+            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
+        env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
+        pass_port = free_port()
+        targets = [
+            ("sluice proxy", ["proxy", "--config", conf], port, "/v1/openai/chat/completions"),
+            ("bare Pingora passthrough (the floor)",
+             ["passthrough", "--listen", f"127.0.0.1:{pass_port}", "--upstream", f"127.0.0.1:{mock_port}"],
+             pass_port, "/v1/chat/completions"),
+        ]
+        # Long enough that no stream ends within the warm-up plus the measured seconds.
+        words = int(args.seconds + 60)
+        body = json.dumps(dict(CHAT, stream=True))
+        rows = []
+        mock_idle, mock_peak = rss(mock.pid), 0
+        for name, argv, p, path in targets:
+            server = subprocess.Popen(["taskset", "-c", "0", SLUICE] + argv, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(server)
+            wait_port(p, server)
+            idle = rss(server.pid)
+            # 20 s of warm-up: 9,000 connects overflow the listen backlog and some wait
+            # for SYN retransmits; every stream is open before the measured window.
+            cmd = ["taskset", "-c", "1", SLUICE, "loadtest", "--url", f"http://127.0.0.1:{p}{path}",
+                   "--body", body, "-c", str(args.streams), "-d", str(args.seconds), "--warmup-secs", "20",
+                   "--pid", str(server.pid), "--label", name, "--quiet",
+                   "-H", "content-type: application/json", "-H", "authorization: Bearer sk-bench",
+                   "-H", f"x-mock-words: {words}", "-H", "x-mock-chunk-delay-ms: 1000"]
+            gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            # The mock's peak, sampled while the streams are open.
+            while gen.poll() is None:
+                mock_peak = max(mock_peak, rss(mock.pid))
+                try:
+                    gen.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            r = json.loads(gen.stdout.read().strip().splitlines()[-1])
+            rows.append((name, idle, r["server_peak_rss_bytes"], r.get("errors", 0)))
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
+        print(f"Machine: {machine()}  ")
+        print(f"Command: `python3 scripts/bench_streams.py --streams {args.streams} --seconds {args.seconds:g}`\n")
+        print("| process | RSS idle | RSS with the streams open (peak) | per stream | errors |")
+        print("|---|---:|---:|---:|---:|")
+        for name, idle, peak, errors in rows:
+            print(f"| {name} | {idle / 2**20:.1f} MiB | {peak / 2**20:.1f} MiB | "
+                  f"**{(peak - idle) / args.streams / 1024:.1f} KiB** | {errors} |")
+        print(f"| mock (the far end of every stream) | {mock_idle / 2**20:.1f} MiB | {mock_peak / 2**20:.1f} MiB | "
+              f"{(mock_peak - mock_idle) / args.streams / 1024:.1f} KiB | – |")
+        print(f"\n{args.streams:,} streams held open (one event a second, {words} s each), measured over "
+              f"{args.seconds:g} s after a 20 s warm-up.")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
