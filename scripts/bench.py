@@ -77,6 +77,18 @@ def wait_port(port, proc, timeout=10.0):
     raise RuntimeError(f"port {port} never opened")
 
 
+def stop(procs, sig=signal.SIGTERM):
+    """Signals every process still running, then waits for each (killing any that hangs)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def cpu_seconds(pids):
     total = 0
     for pid in pids:
@@ -215,13 +227,7 @@ http {{
             with open(args.out, "w") as f:
                 f.write(report)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, signal.SIGINT)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -11,13 +11,12 @@ import argparse
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, stop, wait_port  # noqa: E402
 
 
 def main():
@@ -68,14 +67,7 @@ def main():
             cpu = sorted(x[1] for x in rows)[len(rows) // 2]
             print(f"| {name} | {rps:,.0f} | {cpu:.1f} |")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, med, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, med, stop, wait_port  # noqa: E402
 
 # The sink: OTLP/HTTP needs a 200; it counts posts and bytes and prints them at SIGTERM.
 SINK = r"""
@@ -115,14 +115,7 @@ def main():
             with open(args.out, "w") as f:
                 f.write(report)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 def move_exporter(pid, core):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, free_port, machine, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, free_port, machine, stop, wait_port  # noqa: E402
 
 
 def rss(pid):
@@ -97,14 +97,7 @@ def main():
         print(f"\n{args.streams:,} streams held open (one event a second, {words} s each), measured over "
               f"{args.seconds:g} s after a 20 s warm-up.")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ use crate::config::{Limits, McpEra, Upstream};
 use crate::mcp::{LEGACY_VERSIONS, jsonrpc};
 use crate::sse::{Framed, SseFramer, parse_event};
 
+mod standing;
+
 /// Largest message read from a server.
 const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -491,83 +493,7 @@ impl HttpConn {
         .await;
         Ok(est)
     }
-
-    /// The legacy GET stream: what the server sends outside requests (list changes,
-    /// resource updates), read while this session is current.
-    fn listen(&self, conn: Arc<Connection>, est: Established) {
-        tokio::spawn(async move {
-            let Kind::Http(me) = &conn.kind else {
-                return;
-            };
-            let mut delay = Duration::from_millis(500);
-            for _ in 0..100 {
-                if me.stale.load(Ordering::Relaxed) >= est.generation
-                    || me.generation.load(Ordering::Relaxed) != est.generation
-                {
-                    return;
-                }
-                let headers = Self::session_headers(&est, &Value::Null);
-                match me.open(&conn, "GET", &headers, None).await {
-                    Ok(r) if r.status == 200 && r.sse => {
-                        let _ = me.read_stream(&conn, r, None, None).await;
-                        delay = Duration::from_millis(500);
-                    }
-                    // 405: the server offers no such stream.
-                    Ok(r) if r.status == 405 => return,
-                    Ok(r) if r.status == 404 => {
-                        me.reset(est.generation);
-                        return;
-                    }
-                    Ok(_) | Err(_) => delay = (delay * 2).min(Duration::from_secs(30)),
-                }
-                tokio::time::sleep(delay).await;
-            }
-        });
-    }
-
-    /// The stateless era's counterpart of the GET stream: a `subscriptions/listen` request
-    /// whose answer stays open, asking for the list changes the server says it announces.
-    /// Its notifications go where the GET stream's go; it is re-opened (with backoff) while
-    /// this handshake is current.
-    fn subscribe(&self, conn: Arc<Connection>, est: Established) {
-        let Some(filter) = super::listen_filter(&est) else {
-            return;
-        };
-        tokio::spawn(async move {
-            let Kind::Http(me) = &conn.kind else {
-                return;
-            };
-            let mut delay = Duration::from_millis(500);
-            for _ in 0..100 {
-                if me.stale.load(Ordering::Relaxed) >= est.generation
-                    || me.generation.load(Ordering::Relaxed) != est.generation
-                {
-                    return;
-                }
-                let msg = super::listen_request(&est, &filter, "sluice-listen".into());
-                match me.exchange(&conn, &est, msg, None).await {
-                    // A graceful end (the server drained or dropped us): listen again.
-                    Ok(answer) if answer.get("result").is_some() => {
-                        delay = Duration::from_millis(500);
-                    }
-                    // The server does not offer it after all.
-                    Ok(answer) => {
-                        tracing::debug!(server = %conn.server.name, ?answer, "subscriptions/listen refused");
-                        return;
-                    }
-                    Err(Retry::SessionGone) => return,
-                    Err(Retry::Failed(e)) => {
-                        tracing::debug!(error = %e, "subscriptions/listen ended");
-                        delay = (delay * 2).min(Duration::from_secs(30));
-                    }
-                }
-                tokio::time::sleep(delay).await;
-            }
-        });
-    }
 }
-
-use super::Kind;
 
 /// A header value as the 2026-07-28 transport writes it: as is when it is visible ASCII,
 /// else `=?base64?…?=`.
