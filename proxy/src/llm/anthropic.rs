@@ -341,13 +341,17 @@ impl MessagesStream {
     }
 }
 
-/// Replaces `tool_use` blocks with one text block and ends the turn.
+/// Replaces `tool_use` blocks with one text block and ends the turn. A body that is not
+/// an object is left alone (indexing into it would panic).
 pub(super) fn refuse(v: &mut serde_json::Value, text: &str) {
-    if let Some(content) = v.get_mut("content").and_then(|c| c.as_array_mut()) {
+    let Some(message) = v.as_object_mut() else {
+        return;
+    };
+    if let Some(content) = message.get_mut("content").and_then(|c| c.as_array_mut()) {
         content.retain(|b| b["type"] != "tool_use");
         content.push(serde_json::json!({"type": "text", "text": text}));
     }
-    v["stop_reason"] = serde_json::json!("end_turn");
+    message.insert("stop_reason".into(), serde_json::json!("end_turn"));
 }
 
 /// `{"type":"error","error":{"type","message"}}`, as the Anthropic SDKs parse it.

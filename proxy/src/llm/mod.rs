@@ -281,4 +281,34 @@ mod tests {
             &TOOL_CALLS
         ));
     }
+
+    /// A refusal rewrites whatever JSON the upstream sent without panicking; found by the
+    /// `request_inspector` fuzz target (`[""]` as a Messages body).
+    #[test]
+    fn refusing_bodies_that_are_not_objects_does_not_panic() {
+        for api in [
+            Api::ChatCompletions,
+            Api::Responses,
+            Api::Messages,
+            Api::GenerateContent,
+        ] {
+            for body in [
+                &br#"[""]"#[..],
+                br#""text""#,
+                b"42",
+                b"null",
+                br#"{"choices":[1]}"#,
+                br#"{"choices":["x"],"content":"y"}"#,
+                br#"{"candidates":[7]}"#,
+            ] {
+                let _ = refuse_json(api, body, "refused");
+            }
+        }
+        let chat = refuse_json(
+            Api::ChatCompletions,
+            br#"{"choices":[{"message":{}}]}"#,
+            "no",
+        );
+        assert!(String::from_utf8_lossy(&chat.unwrap_or_default()).contains(r#""content":"no""#));
+    }
 }

@@ -62,7 +62,9 @@ pub(super) async fn tools_call(
             refusal(call, &text, "policy_denied", Some(&decision)),
         ));
     }
-    p["name"] = Value::String(tool.original.clone());
+    if let Some(o) = p.as_object_mut() {
+        o.insert("name".into(), Value::String(tool.original.clone()));
+    }
     let server = call.config.mcp_servers.get(&tool.server).cloned();
     let Some(server) = server else {
         return Reply::Now(jsonrpc::error(

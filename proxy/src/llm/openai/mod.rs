@@ -64,10 +64,15 @@ pub(super) fn openai_usage(
 
 /// Replaces the first choice's tool calls with an assistant message.
 pub(in crate::llm) fn refuse_chat(v: &mut serde_json::Value, text: &str) {
-    if let Some(choice) = v.pointer_mut("/choices/0") {
-        choice["message"] =
-            serde_json::json!({"role": "assistant", "content": text, "refusal": null});
-        choice["finish_reason"] = serde_json::json!("stop");
+    if let Some(choice) = v
+        .pointer_mut("/choices/0")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        choice.insert(
+            "message".into(),
+            serde_json::json!({"role": "assistant", "content": text, "refusal": null}),
+        );
+        choice.insert("finish_reason".into(), serde_json::json!("stop"));
     }
 }
 
