@@ -5,7 +5,7 @@ closed loop, 32 connections, JSON chat completions, interleaved in a rotated ord
 Servers on core 0, load generator on core 1. For example:
   python3 scripts/bench_env.py --env SLUICE_ALLOW_THP=1              # transparent huge pages
   python3 scripts/bench_env.py --env SLUICE_LISTENER_READ_BUFFER_BYTES=65536
-Usage: python3 scripts/bench_env.py --env NAME=VALUE [--seconds 4] [--reps 7]
+Usage: python3 scripts/bench_env.py --env NAME=VALUE [--base NAME=VALUE] [--seconds 4] [--reps 7]
 """
 import argparse
 import datetime
@@ -24,8 +24,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--env", required=True, help="NAME=VALUE set in the variant")
+    ap.add_argument("--base", help="NAME=VALUE set in the baseline instead of leaving NAME unset")
     args = ap.parse_args()
     name_, value = args.env.split("=", 1)
+    base = dict([args.base.split("=", 1)]) if args.base else {}
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-env-")
     try:
@@ -35,7 +37,8 @@ def main():
         procs.append(mock)
         wait_port(mock_port, mock)
         targets = {}
-        for name, extra in ((f"`{name_}={value}`", {name_: value}), ("default", {})):
+        base_label = f"`{args.base}`" if args.base else "default"
+        for name, extra in ((f"`{name_}={value}`", {name_: value}), (base_label, base)):
             port = free_port()
             conf = os.path.join(tmp, f"{port}.toml")
             with open(conf, "w") as f:
@@ -60,7 +63,8 @@ def main():
                 print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
         print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
         print(f"Machine: {machine()}  ")
-        print(f"Command: `python3 scripts/bench_env.py --env {args.env} --seconds {args.seconds:g} --reps {args.reps}`\n")
+        print(f"Command: `python3 scripts/bench_env.py --env {args.env}"
+              + (f" --base {args.base}" if args.base else "") + f" --seconds {args.seconds:g} --reps {args.reps}`\n")
         print("| target | req/s (median) | Sluice CPU µs/req (median) |\n|---|---:|---:|")
         for name, rows in results.items():
             rps = sorted(x[0] for x in rows)[len(rows) // 2]
