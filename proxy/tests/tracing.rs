@@ -134,6 +134,7 @@ fn spans_follow_the_genai_conventions_and_link_parent_and_child() {
         sample_ratio: 1.0,
         batch_delay: Duration::from_millis(20),
         max_queue: 1024,
+        max_queue_bytes: 1 << 20,
         service_name: "sluice-test".into(),
         resource_attributes: vec![("deployment.environment.name".into(), "test".into())],
         content_max_bytes: 96,

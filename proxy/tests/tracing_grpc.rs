@@ -117,6 +117,7 @@ fn spans_go_over_grpc_and_a_refused_export_is_counted() {
         sample_ratio: 1.0,
         batch_delay: Duration::from_millis(20),
         max_queue: 1024,
+        max_queue_bytes: 1 << 20,
         service_name: "sluice-grpc-test".into(),
         resource_attributes: vec![
             ("deployment.environment.name".into(), "test".into()),

@@ -38,13 +38,14 @@ pub struct Queue {
     pending: Mutex<Pending>,
     wake: Condvar,
     max: usize,
+    max_bytes: usize,
 }
 
 impl Queue {
     /// Queues one encoded span (from [`otlp::span`]); drops it when the queue is full.
     pub fn push(&self, span: &[u8]) {
         let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if p.count >= self.max {
+        if p.count >= self.max || p.spans.len() + span.len() > self.max_bytes {
             DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -69,6 +70,7 @@ impl Exporter {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             max: s.max_queue,
+            max_bytes: s.max_queue_bytes,
         });
         let q = Arc::clone(&queue);
         let delay = s.batch_delay;
@@ -109,8 +111,12 @@ fn run(queue: &Queue, delay: Duration, resource: &[u8], mut sender: Sender) {
                 .wake
                 .wait_timeout_while(guard, delay, |p| p.count < MAX_BATCH && !p.stop)
                 .unwrap_or_else(PoisonError::into_inner);
-            // The request threads get the (cleared) buffer that was sent last time.
+            // The request threads get the (cleared) buffer that was sent last time, unless
+            // a burst grew it: then a fresh one, so the peak is not kept for good.
             batch.clear();
+            if batch.capacity() > 4 << 20 {
+                batch = Vec::new();
+            }
             std::mem::swap(&mut batch, &mut p.spans);
             (std::mem::take(&mut p.count), p.stop)
         };
@@ -284,5 +290,32 @@ impl tonic::codec::Decoder for RawCodec {
     ) -> Result<Option<()>, tonic::Status> {
         src.advance(src.remaining());
         Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_queue_drops_past_its_span_count_and_its_bytes() {
+        let q = Queue {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            max: 3,
+            max_bytes: 100,
+        };
+        let before = DROPPED.load(Ordering::Relaxed);
+        q.push(&[1; 60]);
+        // 60 + 60 is past 100 bytes: dropped.
+        q.push(&[2; 60]);
+        q.push(&[3; 30]);
+        q.push(&[4; 5]);
+        // A fourth span is past the count of 3, however small.
+        q.push(&[5; 1]);
+        let p = q.pending.lock().unwrap();
+        assert_eq!((p.count, p.spans.len()), (3, 95));
+        assert!(DROPPED.load(Ordering::Relaxed) >= before + 2);
     }
 }

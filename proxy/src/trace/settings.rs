@@ -24,6 +24,8 @@ pub struct Settings {
     pub batch_delay: Duration,
     /// Spans queued at most (more are dropped, not waited for).
     pub max_queue: usize,
+    /// Bytes of encoded spans queued at most (captured content makes spans large).
+    pub max_queue_bytes: usize,
     /// `service.name`.
     pub service_name: String,
     /// More resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
@@ -37,7 +39,8 @@ impl Settings {
     /// `SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT`, else the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// (none: tracing off); `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or
     /// `grpc`); `SLUICE_OTEL_SAMPLE_RATIO` (0-1, default 1); `SLUICE_OTEL_BATCH_DELAY_MS`
-    /// (default 1000); `SLUICE_OTEL_MAX_QUEUE` (default 8192); `OTEL_SERVICE_NAME` (else
+    /// (default 1000); `SLUICE_OTEL_MAX_QUEUE` (default 8192); `SLUICE_OTEL_MAX_QUEUE_BYTES`
+    /// (default 64 MiB); `OTEL_SERVICE_NAME` (else
     /// `service.name` from `OTEL_RESOURCE_ATTRIBUTES`, else `sluice`);
     /// `OTEL_RESOURCE_ATTRIBUTES` (`key=value,…`, values percent-encoded);
     /// `SLUICE_OTEL_CONTENT_MAX_BYTES` (default 4096; 0: no content in spans).
@@ -70,6 +73,10 @@ impl Settings {
         }
         let delay = number("SLUICE_OTEL_BATCH_DELAY_MS", 1000.0)?;
         let queue = number("SLUICE_OTEL_MAX_QUEUE", 8192.0)?;
+        let queue_bytes = number("SLUICE_OTEL_MAX_QUEUE_BYTES", 67_108_864.0)?;
+        if !(65_536.0..=4_294_967_296.0).contains(&queue_bytes) {
+            return Err("SLUICE_OTEL_MAX_QUEUE_BYTES must be 65536-4294967296".into());
+        }
         let content = number("SLUICE_OTEL_CONTENT_MAX_BYTES", 4096.0)?;
         if !(0.0..=1_048_576.0).contains(&content) {
             return Err("SLUICE_OTEL_CONTENT_MAX_BYTES must be 0-1048576".into());
@@ -90,6 +97,7 @@ impl Settings {
             sample_ratio,
             batch_delay: Duration::from_millis(delay as u64),
             max_queue: queue as usize,
+            max_queue_bytes: queue_bytes as usize,
             service_name: get("OTEL_SERVICE_NAME")
                 .filter(|n| !n.trim().is_empty())
                 .or_else(|| {
@@ -167,6 +175,7 @@ mod tests {
             ("http://c:4318", Protocol::HttpProtobuf, 0.25)
         );
         assert_eq!(s.content_max_bytes, 4096);
+        assert_eq!(s.max_queue_bytes, 64 << 20);
         let s = Settings::from_env(env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318"),
             ("SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
@@ -212,6 +221,10 @@ mod tests {
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
                 ("OTEL_RESOURCE_ATTRIBUTES", "a=1,justakey"),
+            ][..],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("SLUICE_OTEL_MAX_QUEUE_BYTES", "1024"),
             ][..],
         ] {
             let pairs: &'static [(&'static str, &'static str)] = bad;
