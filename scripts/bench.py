@@ -77,6 +77,16 @@ def wait_port(port, proc, timeout=10.0):
     raise RuntimeError(f"port {port} never opened")
 
 
+def start_mock(procs, *extra):
+    """`sluice mock` on core 0 on a free port (added to `procs`); returns the port."""
+    port = free_port()
+    mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{port}", *extra],
+                            stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
+    procs.append(mock)
+    wait_port(port, mock)
+    return port
+
+
 def stop(procs, sig=signal.SIGTERM):
     """Signals every process still running, then waits for each (killing any that hangs)."""
     for p in procs:

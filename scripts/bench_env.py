@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, stop, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, start_mock, stop, wait_port  # noqa: E402
 
 
 def main():
@@ -31,11 +31,7 @@ def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-env-")
     try:
-        mock_port = free_port()
-        mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
-                                stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
-        procs.append(mock)
-        wait_port(mock_port, mock)
+        mock_port = start_mock(procs, "--words", "40")
         targets = {}
         base_label = f"`{args.base}`" if args.base else "default"
         for name, extra in ((f"`{name_}={value}`", {name_: value}), (base_label, base)):

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, med, stop, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, med, start_mock, stop, wait_port  # noqa: E402
 
 # The sink: OTLP/HTTP needs a 200; it counts posts and bytes and prints them at SIGTERM.
 SINK = r"""
@@ -56,11 +56,7 @@ def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-obs-")
     try:
-        mock_port = free_port()
-        mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
-                                stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
-        procs.append(mock)
-        wait_port(mock_port, mock)
+        mock_port = start_mock(procs, "--words", "40")
         sink_port = free_port()
         sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", SINK, str(sink_port)],
                                 stdout=subprocess.PIPE, text=True)
