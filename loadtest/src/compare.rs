@@ -31,6 +31,26 @@ pub struct Row {
     pub server_cpu_us_per_request: Option<f64>,
     /// Server peak RSS, bytes (with a PID).
     pub server_peak_rss_bytes: Option<u64>,
+    /// Each kind of request of a scenario (medians over the repetitions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_request: Vec<KindRow>,
+}
+
+/// One kind of request's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindRow {
+    /// The kind's name.
+    pub name: String,
+    /// Requests per second of this kind.
+    pub rps: f64,
+    /// Latency p50, µs.
+    pub latency_p50_us: u64,
+    /// Latency p99, µs.
+    pub latency_p99_us: u64,
+    /// Time to first byte p99, µs.
+    pub ttfb_p99_us: u64,
+    /// Errors over all repetitions.
+    pub errors: u64,
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
@@ -58,8 +78,39 @@ impl Row {
                     .collect(),
             ),
             server_peak_rss_bytes: reports.iter().filter_map(|r| r.server_peak_rss_bytes).max(),
+            by_request: kind_rows(reports),
         }
     }
+}
+
+fn kind_rows(reports: &[Report]) -> Vec<KindRow> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    (0..first.by_request.len())
+        .map(|i| {
+            let kinds: Vec<&crate::loadgen::KindReport> =
+                reports.iter().filter_map(|r| r.by_request.get(i)).collect();
+            let m = |f: &dyn Fn(&crate::loadgen::KindReport) -> u64| {
+                median(kinds.iter().map(|k| f(k)).collect()).unwrap_or(0)
+            };
+            KindRow {
+                name: first.by_request[i].name.clone(),
+                rps: median(
+                    reports
+                        .iter()
+                        .zip(&kinds)
+                        .map(|(r, k)| k.requests as f64 / (r.requests.max(1) as f64) * r.rps)
+                        .collect(),
+                )
+                .unwrap_or(0.0),
+                latency_p50_us: m(&|k| k.latency_us.p50),
+                latency_p99_us: m(&|k| k.latency_us.p99),
+                ttfb_p99_us: m(&|k| k.ttfb_us.p99),
+                errors: kinds.iter().map(|k| k.errors).sum(),
+            }
+        })
+        .collect()
 }
 
 /// What the target adds over the baseline.
@@ -98,6 +149,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut base_args = target_args.clone();
     base_args.url = baseline_url;
     base_args.label = args.baseline_label.clone();
+    base_args.measuring_baseline = true;
     let (mut t, mut b) = (Vec::new(), Vec::new());
     for rep in 0..args.reps.max(1) {
         // Alternate which goes first, so neither always runs on a warmer machine.
@@ -153,8 +205,16 @@ pub fn markdown(args: &Args, rows: &[(Row, Option<Versus>)]) -> String {
     } else {
         "closed loop".to_owned()
     };
+    let protocol = if args.http2 {
+        format!(
+            "HTTP/2 (h2c) over {} connections",
+            args.h2_connections.max(1)
+        )
+    } else {
+        "HTTP/1.1".to_owned()
+    };
     out.push_str(&format!(
-        "{mode}, {} connections, {} s measured after {} s of warm-up{}.\n\n",
+        "{mode}, {protocol}, {} requests in flight, {} s measured after {} s of warm-up{}.\n\n",
         args.connections,
         args.duration_secs,
         args.warmup_secs,
@@ -182,6 +242,24 @@ pub fn markdown(args: &Args, rows: &[(Row, Option<Versus>)]) -> String {
                 .map_or("–".to_owned(), |b| format!("{:.1}", b as f64 / 1048576.0)),
             r.errors
         ));
+    }
+    if rows.iter().any(|(r, _)| !r.by_request.is_empty()) {
+        out.push_str("\n| target | request | req/s | p50 µs | p99 µs | TTFB p99 µs | errors |\n");
+        out.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+        for (r, _) in rows {
+            for k in &r.by_request {
+                out.push_str(&format!(
+                    "| {} | {} | {:.0} | {} | {} | {} | {} |\n",
+                    r.label,
+                    k.name,
+                    k.rps,
+                    k.latency_p50_us,
+                    k.latency_p99_us,
+                    k.ttfb_p99_us,
+                    k.errors
+                ));
+            }
+        }
     }
     for (r, vs) in rows {
         if let Some(v) = vs {

@@ -5,8 +5,9 @@
 //! prints one JSON summary line. With `--baseline`, target and baseline run interleaved
 //! (`compare.rs`).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -14,22 +15,34 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper::http::uri::Authority;
 use serde::Serialize;
+
+use crate::client::{Protocol, Sender};
+use crate::scenario::{Plan, RequestKind};
 
 /// Command-line arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Target URL (http only).
+    /// Target URL (http only); with --scenario, the base the scenario's paths go under.
     #[arg(long)]
     pub url: String,
+    /// A scenario file (TOML): the mix of requests to send (docs/loadtest.md).
+    #[arg(long)]
+    pub scenario: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    pub http2: bool,
+    /// With --http2: TCP connections the requests in flight share.
+    #[arg(long, default_value_t = 1)]
+    pub h2_connections: usize,
     /// Request body (JSON text); `@file` reads a file.
     #[arg(long, default_value = "{}")]
     pub body: String,
     /// Extra headers, `name: value` (repeatable).
     #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
-    /// Connections.
+    /// Requests in flight (HTTP/1.1: one connection each).
     #[arg(long, short = 'c', default_value_t = 32)]
     pub connections: usize,
     /// Measured seconds.
@@ -69,6 +82,9 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Set while the baseline is measured: a scenario's `baseline_path`s are used.
+    #[arg(skip)]
+    pub measuring_baseline: bool,
 }
 
 /// One run's results.
@@ -96,10 +112,31 @@ pub struct Report {
     /// The server's largest resident set seen, bytes (with `--pid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_bytes: Option<u64>,
+    /// Failed requests by status (`0`: no response: refused, reset, timed out).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_status: BTreeMap<u16, u64>,
+    /// Each kind of request of a scenario on its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_request: Vec<KindReport>,
+}
+
+/// One kind of request's figures in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    /// The kind's name.
+    pub name: String,
+    /// Completed as expected.
+    pub requests: u64,
+    /// Not as expected.
+    pub errors: u64,
+    /// Latency percentiles, microseconds.
+    pub latency_us: Percentiles,
+    /// Time to first body byte, microseconds.
+    pub ttfb_us: Percentiles,
 }
 
 /// p50/p90/p99/max.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: u64,
@@ -120,13 +157,51 @@ fn pct(h: &Histogram<u64>) -> Percentiles {
     }
 }
 
-struct WorkerResult {
+/// Everything recorded in a run, shared by the workers (one lock per finished request).
+struct Recorder {
     latency: Histogram<u64>,
     ttfb: Histogram<u64>,
     gaps: Histogram<u64>,
     ok: u64,
     errors: u64,
     late: u64,
+    errors_by_status: BTreeMap<u16, u64>,
+    kinds: Vec<KindRecorder>,
+}
+
+struct KindRecorder {
+    latency: Histogram<u64>,
+    ttfb: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+}
+
+impl Recorder {
+    fn new(kinds: usize) -> Result<Self> {
+        Ok(Self {
+            latency: new_hist()?,
+            ttfb: new_hist()?,
+            gaps: new_hist()?,
+            ok: 0,
+            errors: 0,
+            late: 0,
+            errors_by_status: BTreeMap::new(),
+            kinds: (0..kinds)
+                .map(|_| {
+                    Ok(KindRecorder {
+                        latency: new_hist()?,
+                        ttfb: new_hist()?,
+                        ok: 0,
+                        errors: 0,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+fn lock(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn new_hist() -> Result<Histogram<u64>> {
@@ -155,23 +230,104 @@ fn report_row(r: &Report) -> crate::compare::Row {
     crate::compare::Row::from_reports(&r.label, std::slice::from_ref(r))
 }
 
-/// Runs the load against `args.url` and returns the report; samples `pid` when given.
-pub async fn measure(args: &Args, pid: Option<u32>) -> Result<Report> {
+/// Where requests go: the target's (or baseline's) authority and path prefix.
+struct Endpoint {
+    authority: Authority,
+    prefix: String,
+    protocol: Protocol,
+}
+
+impl Endpoint {
+    fn uri(&self, path: &str) -> Result<hyper::Uri> {
+        let pq = format!("{}{path}", self.prefix);
+        Ok(match self.protocol {
+            // Origin form: what HTTP/1.1 servers expect from a client (not a proxy).
+            Protocol::Http1 => pq.parse()?,
+            Protocol::Http2 => format!("http://{}{pq}", self.authority).parse()?,
+        })
+    }
+}
+
+/// The plan (what to send) and the endpoint (where) for `args`.
+fn plan_and_endpoint(args: &Args) -> Result<(Plan, Endpoint)> {
     let uri: hyper::Uri = args.url.parse().context("parsing --url")?;
+    if uri.scheme_str().is_some_and(|s| s != "http") {
+        return Err(anyhow!(
+            "only http:// URLs are supported (got {})",
+            args.url
+        ));
+    }
     let authority = uri
         .authority()
-        .ok_or_else(|| anyhow!("url needs a host"))?
+        .ok_or_else(|| anyhow!("--url needs a host and port"))?
         .clone();
-    let body = match args.body.strip_prefix('@') {
-        Some(path) => Bytes::from(std::fs::read(path).with_context(|| format!("reading {path}"))?),
-        None => Bytes::from(args.body.clone()),
+    let protocol = if args.http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
     };
-    let mut headers = Vec::new();
-    for h in &args.headers {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| anyhow!("header '{h}' needs 'name: value'"))?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    let (plan, prefix) = match &args.scenario {
+        Some(path) => (
+            Plan::from_file(path, &args.headers)?,
+            crate::scenario::url_prefix(&uri).to_owned(),
+        ),
+        None => {
+            let body = match args.body.strip_prefix('@') {
+                Some(path) => {
+                    Bytes::from(std::fs::read(path).with_context(|| format!("reading {path}"))?)
+                }
+                None => Bytes::from(args.body.clone()),
+            };
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            (Plan::single(pq, body, &args.headers)?, String::new())
+        }
+    };
+    Ok((
+        plan,
+        Endpoint {
+            authority,
+            prefix,
+            protocol,
+        },
+    ))
+}
+
+/// Runs the load against `args.url` and returns the report; samples `pid` when given.
+pub async fn measure(args: &Args, pid: Option<u32>) -> Result<Report> {
+    let (plan, endpoint) = plan_and_endpoint(args)?;
+    let requests: Arc<Vec<Prepared>> = Arc::new(
+        plan.kinds
+            .iter()
+            .map(|k| {
+                let path = if args.measuring_baseline {
+                    &k.baseline_path
+                } else {
+                    &k.path
+                };
+                Ok(Prepared {
+                    kind: k.clone(),
+                    uri: endpoint.uri(path)?,
+                })
+            })
+            .collect::<Result<_>>()?,
+    );
+    let plan = Arc::new(plan);
+    let recorder = Arc::new(Mutex::new(Recorder::new(if plan.from_file {
+        plan.kinds.len()
+    } else {
+        0
+    })?));
+    let sent = Arc::new(AtomicU64::new(0));
+    let endpoint = Arc::new(endpoint);
+    // HTTP/2: the workers share these connections, round-robin.
+    let mut shared = Vec::new();
+    if endpoint.protocol == Protocol::Http2 {
+        for _ in 0..args.h2_connections.max(1) {
+            match Sender::connect(&endpoint.authority, Protocol::Http2).await? {
+                Sender::H2(s) => shared.push(s),
+                Sender::H1(_) => return Err(anyhow!("an HTTP/2 connection expected")),
+            }
+        }
     }
     let start = Instant::now();
     let warm_end = start + Duration::from_secs_f64(args.warmup_secs);
@@ -214,41 +370,42 @@ pub async fn measure(args: &Args, pid: Option<u32>) -> Result<Report> {
     });
     let mut tasks = Vec::new();
     for i in 0..args.connections {
-        let (uri, authority, body, headers) = (
-            uri.clone(),
-            authority.clone(),
-            body.clone(),
-            headers.clone(),
-        );
-        let offset = per_conn_interval.map(|iv| iv.mul_f64(i as f64 / args.connections as f64));
-        let done = done_count.clone();
-        tasks.push(tokio::spawn(async move {
-            worker(
-                uri,
-                authority,
-                body,
-                headers,
-                (warm_end, end),
-                per_conn_interval,
-                offset,
-                done,
-            )
-            .await
-        }));
+        let sender = shared
+            .get(i % shared.len().max(1))
+            .map(|h2| Sender::H2(h2.clone()));
+        let w = Worker {
+            endpoint: endpoint.clone(),
+            plan: plan.clone(),
+            requests: requests.clone(),
+            recorder: recorder.clone(),
+            sent: sent.clone(),
+            done: done_count.clone(),
+            window: (warm_end, end),
+            interval: per_conn_interval,
+            offset: per_conn_interval.map(|iv| iv.mul_f64(i as f64 / args.connections as f64)),
+        };
+        tasks.push(tokio::spawn(w.run(sender)));
     }
-    let mut latency = new_hist()?;
-    let mut ttfb = new_hist()?;
-    let mut gaps = new_hist()?;
-    let (mut ok, mut errors, mut late) = (0, 0, 0);
     for t in tasks {
-        let r = t.await.map_err(|e| anyhow!("worker: {e}"))??;
-        latency.add(&r.latency).map_err(|e| anyhow!("{e}"))?;
-        ttfb.add(&r.ttfb).map_err(|e| anyhow!("{e}"))?;
-        gaps.add(&r.gaps).map_err(|e| anyhow!("{e}"))?;
-        ok += r.ok;
-        errors += r.errors;
-        late += r.late;
+        t.await.map_err(|e| anyhow!("worker: {e}"))??;
     }
+    let rec = lock(&recorder);
+    let by_request = rec
+        .kinds
+        .iter()
+        .zip(&plan.kinds)
+        .map(|(k, kind)| KindReport {
+            name: kind.name.clone(),
+            requests: k.ok,
+            errors: k.errors,
+            latency_us: pct(&k.latency),
+            ttfb_us: pct(&k.ttfb),
+        })
+        .collect();
+    let (latency, ttfb, gaps) = (pct(&rec.latency), pct(&rec.ttfb), pct(&rec.gaps));
+    let (ok, errors, late) = (rec.ok, rec.errors, rec.late);
+    let errors_by_status = rec.errors_by_status.clone();
+    drop(rec);
     if let Some(p) = progress {
         p.abort();
         eprint!("\r{:60}\r", "");
@@ -268,113 +425,175 @@ pub async fn measure(args: &Args, pid: Option<u32>) -> Result<Report> {
         errors,
         late_sends: late,
         rps: ok as f64 / args.duration_secs,
-        latency_us: pct(&latency),
-        ttfb_us: pct(&ttfb),
-        chunk_gap_us: pct(&gaps),
+        latency_us: latency,
+        ttfb_us: ttfb,
+        chunk_gap_us: gaps,
         server_cpu_us_per_request: cpu,
         server_peak_rss_bytes: pid.map(|_| rss_peak.load(Ordering::Relaxed)),
+        errors_by_status,
+        by_request,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn worker(
-    uri: hyper::Uri,
-    authority: hyper::http::uri::Authority,
-    body: Bytes,
-    headers: Vec<(String, String)>,
-    (warm_end, end): (Instant, Instant),
+/// One request in flight at a time, sent over its own HTTP/1.1 connection or a shared
+/// HTTP/2 one.
+struct Worker {
+    endpoint: Arc<Endpoint>,
+    plan: Arc<Plan>,
+    requests: Arc<Vec<Prepared>>,
+    recorder: Arc<Mutex<Recorder>>,
+    sent: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    window: (Instant, Instant),
     interval: Option<Duration>,
     offset: Option<Duration>,
-    done: Arc<AtomicU64>,
-) -> Result<WorkerResult> {
-    let mut res = WorkerResult {
-        latency: new_hist()?,
-        ttfb: new_hist()?,
-        gaps: new_hist()?,
-        ok: 0,
-        errors: 0,
-        late: 0,
-    };
-    let mut sender = connect(&authority).await?;
-    let mut next = Instant::now() + offset.unwrap_or_default();
-    while Instant::now() < end {
-        if let Some(iv) = interval {
-            // The timer wheel has 1 ms resolution: wake early and yield to the exact instant,
-            // so latency is measured from the real send, not from a rounded schedule.
-            if let Some(early) = next.checked_sub(Duration::from_millis(1)) {
-                tokio::time::sleep_until(early.into()).await;
-            }
-            while Instant::now() < next {
-                tokio::task::yield_now().await;
-            }
-            if Instant::now().duration_since(next) > Duration::from_millis(1) {
-                res.late += 1;
-            }
-            next += iv;
-        }
-        let intended = Instant::now();
-        let mut req = Request::post(uri.clone()).header("host", authority.as_str());
-        for (k, v) in &headers {
-            req = req.header(k, v);
-        }
-        let req = req.body(Full::new(body.clone()))?;
-        if sender.ready().await.is_err() {
-            sender = connect(&authority).await?;
-        }
-        let outcome = async {
-            let resp = sender.send_request(req).await?;
-            let status = resp.status();
-            let mut b = resp.into_body();
-            let mut first = None;
-            let mut arrivals = Vec::new();
-            while let Some(frame) = b.frame().await {
-                let frame = frame?;
-                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    arrivals.push(now);
+}
+
+/// A kind of request with its URI on this endpoint.
+struct Prepared {
+    kind: RequestKind,
+    uri: hyper::Uri,
+}
+
+/// What one request came to.
+struct Outcome {
+    status: hyper::StatusCode,
+    first: Option<Instant>,
+    arrivals: Vec<Instant>,
+    /// The body's first bytes, when the kind checks them.
+    kept: Vec<u8>,
+}
+
+impl Worker {
+    async fn run(self, sender: Option<Sender>) -> Result<()> {
+        let (warm_end, end) = self.window;
+        let mut sender = match sender {
+            Some(s) => s,
+            None => Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?,
+        };
+        let mut next = Instant::now() + self.offset.unwrap_or_default();
+        while Instant::now() < end {
+            let mut late = false;
+            if let Some(iv) = self.interval {
+                // The timer wheel has 1 ms resolution: wake early and yield to the exact
+                // instant, so latency is measured from the real send, not a rounded schedule.
+                if let Some(early) = next.checked_sub(Duration::from_millis(1)) {
+                    tokio::time::sleep_until(early.into()).await;
                 }
+                while Instant::now() < next {
+                    tokio::task::yield_now().await;
+                }
+                late = Instant::now().duration_since(next) > Duration::from_millis(1);
+                next += iv;
             }
-            Ok::<_, anyhow::Error>((status, first, arrivals))
+            let index = self.plan.pick(self.sent.fetch_add(1, Ordering::Relaxed));
+            let Some(prepared) = self.requests.get(index) else {
+                return Err(anyhow!("no request {index} in the plan"));
+            };
+            let kind = &prepared.kind;
+            let intended = Instant::now();
+            let mut req = Request::builder()
+                .method(kind.method.clone())
+                .uri(prepared.uri.clone());
+            if self.endpoint.protocol == Protocol::Http1 {
+                req = req.header(http::header::HOST, self.endpoint.authority.as_str());
+            }
+            for (k, v) in &kind.headers {
+                req = req.header(k, v);
+            }
+            let req = req.body(Full::new(kind.body.clone()))?;
+            if !sender.ready().await {
+                sender = Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?;
+            }
+            let outcome = send(&mut sender, req, kind.expect_body.is_some()).await;
+            let finished = Instant::now();
+            self.done.fetch_add(1, Ordering::Relaxed);
+            if intended < warm_end {
+                continue;
+            }
+            let failed = outcome.is_err();
+            self.record(index, kind, intended, finished, late, outcome);
+            if failed {
+                sender = Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?;
+            }
         }
-        .await;
-        let finished = Instant::now();
-        done.fetch_add(1, Ordering::Relaxed);
-        if intended < warm_end {
-            continue;
-        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        index: usize,
+        kind: &RequestKind,
+        intended: Instant,
+        finished: Instant,
+        late: bool,
+        outcome: Result<Outcome>,
+    ) {
+        let us = |from: Instant, t: Instant| {
+            u64::try_from(t.duration_since(from).as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        };
+        let mut rec = lock(&self.recorder);
+        rec.late += u64::from(late);
+        let status = match &outcome {
+            Ok(o) => o.status.as_u16(),
+            Err(_) => 0,
+        };
         match outcome {
-            Ok((status, first, arrivals)) if status.is_success() => {
-                res.ok += 1;
-                let us = |from: Instant, t: Instant| {
-                    u64::try_from(t.duration_since(from).as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1)
-                };
-                let _ = res.latency.record(us(intended, finished));
-                let _ = res.ttfb.record(us(intended, first.unwrap_or(finished)));
-                for w in arrivals.windows(2) {
-                    let _ = res.gaps.record(us(w[0], w[1]));
+            Ok(o) if kind.succeeded(o.status, &o.kept) => {
+                let (latency, ttfb) = (
+                    us(intended, finished),
+                    us(intended, o.first.unwrap_or(finished)),
+                );
+                rec.ok += 1;
+                let _ = rec.latency.record(latency);
+                let _ = rec.ttfb.record(ttfb);
+                for w in o.arrivals.windows(2) {
+                    let _ = rec.gaps.record(us(w[0], w[1]));
+                }
+                if let Some(k) = rec.kinds.get_mut(index) {
+                    k.ok += 1;
+                    let _ = k.latency.record(latency);
+                    let _ = k.ttfb.record(ttfb);
                 }
             }
-            Ok(_) => res.errors += 1,
-            Err(_) => {
-                res.errors += 1;
-                sender = connect(&authority).await?;
+            _ => {
+                rec.errors += 1;
+                *rec.errors_by_status.entry(status).or_default() += 1;
+                if let Some(k) = rec.kinds.get_mut(index) {
+                    k.errors += 1;
+                }
             }
         }
     }
-    Ok(res)
 }
 
-async fn connect(
-    authority: &hyper::http::uri::Authority,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+/// Sends `req` and reads the whole response, noting when each body chunk arrived (and
+/// keeping the body's first MiB when `keep`).
+async fn send(sender: &mut Sender, req: Request<Full<Bytes>>, keep: bool) -> Result<Outcome> {
+    let resp = sender.send(req).await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut first = None;
+    let mut arrivals = Vec::new();
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(d) = frame.data_ref().filter(|d| !d.is_empty()) {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            arrivals.push(now);
+            if keep {
+                let room = crate::scenario::MAX_CHECKED_BODY_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&d[..d.len().min(room)]);
+            }
+        }
+    }
+    Ok(Outcome {
+        status,
+        first,
+        arrivals,
+        kept,
+    })
 }
