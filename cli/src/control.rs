@@ -250,6 +250,7 @@ pub fn start_controlled(
             journal: Some(journal.clone()),
             metrics,
             inventory: Some(inventory.clone()),
+            h2c: sluice_proxy::server::h2c_from_env()?,
         },
         proxy_l,
         admin_l,

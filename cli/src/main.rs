@@ -134,6 +134,9 @@ enum Command {
         /// Upstream address (host:port, plain HTTP).
         #[arg(long)]
         upstream: std::net::SocketAddr,
+        /// HTTP/2 to the upstream (prior knowledge).
+        #[arg(long)]
+        http2_upstream: bool,
     },
 }
 
@@ -215,8 +218,13 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
-        Command::Passthrough { listen, upstream } => {
-            let running = sluice_proxy::server::start_passthrough(bind(&listen)?, upstream)?;
+        Command::Passthrough {
+            listen,
+            upstream,
+            http2_upstream,
+        } => {
+            let running =
+                sluice_proxy::server::start_passthrough(bind(&listen)?, upstream, http2_upstream)?;
             let stop = running.shutdown_handle();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -290,6 +298,7 @@ fn run_proxy(
             journal: None,
             metrics,
             inventory: None,
+            h2c: sluice_proxy::server::h2c_from_env()?,
         },
         proxy_l,
         admin_l,

@@ -59,14 +59,22 @@ pub fn request_started() -> Option<RequestOnConnection> {
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     live: Arc<LiveConfig>,
+    h2c: bool,
 }
 
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl<A> HeaderDeadline<A> {
-    /// Wraps `inner`, reading the deadlines from the live config for each connection.
-    pub fn new(inner: A, live: Arc<LiveConfig>) -> Self {
+    /// Wraps `inner`, reading the deadlines from the live config for each connection. With
+    /// `h2c`, a connection that opens with the HTTP/2 preface (which must arrive within the
+    /// header deadline) is served without the per-request deadlines: its streams run on
+    /// their own tasks, and an idle HTTP/2 connection is closed by Pingora's idle timeout.
+    pub fn new(inner: A, live: Arc<LiveConfig>, h2c: bool) -> Self {
         Self {
             inner: Arc::new(inner),
             live,
+            h2c,
         }
     }
 
@@ -87,15 +95,27 @@ impl<A> HeaderDeadline<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let (first, later) = self.deadlines();
+        let started = Instant::now();
+        if self.h2c && stream.get_ssl_digest().is_none() {
+            let mut head = [0u8; H2_PREFACE.len()];
+            // Read and put back: Pingora reads the same bytes again to choose the protocol.
+            match tokio::time::timeout(first, stream.try_peek(&mut head)).await {
+                Ok(Ok(true)) if &head == H2_PREFACE => {
+                    return self.inner.process_new(stream, shutdown).await;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
         let conn = Arc::new(Connection::default());
         // Pingora serves every request of a kept-alive connection inside this one call.
         let serve = CONNECTION.scope(conn.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(serve);
-        let mut deadline = Some(Instant::now() + first);
+        let mut deadline = Some(started + first);
         loop {
             let expiry = async {
                 match deadline {

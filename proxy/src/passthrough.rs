@@ -11,6 +11,8 @@ use pingora::upstreams::peer::HttpPeer;
 pub struct Passthrough {
     /// The upstream.
     pub upstream: SocketAddr,
+    /// Speak HTTP/2 to it (prior knowledge), as Sluice does with `http2 = true`.
+    pub http2: bool,
 }
 
 #[async_trait]
@@ -24,6 +26,10 @@ impl ProxyHttp for Passthrough {
         _session: &mut Session,
         _ctx: &mut (),
     ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.http2 {
+            peer.options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
     }
 }

@@ -45,6 +45,9 @@ pub struct ProxyParts {
     /// Where MCP servers' tool lists are reported for the control plane; when set, every
     /// server's list is also fetched after each snapshot and every minute.
     pub inventory: Option<Arc<crate::mcp::inventory::ToolInventory>>,
+    /// Accept HTTP/2 with prior knowledge from plaintext clients (`SLUICE_H2C`, see
+    /// [`h2c_from_env`]).
+    pub h2c: bool,
 }
 
 /// A running proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -121,6 +124,7 @@ impl RunningProxy {
 pub fn start_passthrough(
     listener: TcpListener,
     upstream: SocketAddr,
+    http2: bool,
 ) -> std::io::Result<RunningProxy> {
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut addrs = Vec::new();
@@ -130,8 +134,10 @@ pub fn start_passthrough(
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     });
-    let mut svc =
-        pingora::proxy::http_proxy_service(&conf, crate::passthrough::Passthrough { upstream });
+    let mut svc = pingora::proxy::http_proxy_service(
+        &conf,
+        crate::passthrough::Passthrough { upstream, http2 },
+    );
     for a in &addrs {
         svc.add_tcp(a);
     }
@@ -236,6 +242,24 @@ fn listener_read_buffer(get: impl Fn(&str) -> Option<String>) -> std::io::Result
     }
 }
 
+/// Whether plaintext clients may speak HTTP/2 with prior knowledge (h2c): `SLUICE_H2C=1`.
+/// Off by default: HTTP/1.1 clients then skip the 24-byte preface check on each new
+/// connection, and HTTP/2's attack surface stays closed unless someone needs it.
+pub fn h2c_from_env() -> std::io::Result<bool> {
+    h2c_enabled(|k| std::env::var(k).ok())
+}
+
+fn h2c_enabled(get: impl Fn(&str) -> Option<String>) -> std::io::Result<bool> {
+    match get("SLUICE_H2C").as_deref().map(str::trim) {
+        None | Some("" | "0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(v) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("SLUICE_H2C must be 1 or 0, not {v:?}"),
+        )),
+    }
+}
+
 /// Starts the proxy on `proxy` (and the admin app on `admin`) in a new thread.
 pub fn start(
     parts: ProxyParts,
@@ -243,6 +267,7 @@ pub fn start(
     admin: Option<Listen>,
 ) -> std::io::Result<RunningProxy> {
     let read_buffer = listener_read_buffer(|k| std::env::var(k).ok())?;
+    let h2c = parts.h2c;
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_addrs = Vec::new();
     let proxy_addr = proxy.into().hand_over(&fds, &mut proxy_addrs)?;
@@ -293,12 +318,20 @@ pub fn start(
     });
     let spend_for_metrics = spend.clone();
     // Each connection's handler runs under the request-header deadlines.
+    let mut http = pingora::proxy::http_proxy(&conf, proxy);
+    if h2c {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        // An HTTP/2 connection with no stream open is closed like an idle HTTP/1.1 one.
+        options.h2_idle_timeout = Some(parts.live.current().map_or(
+            crate::config::Limits::default().client_keepalive_timeout,
+            |c| c.limits.client_keepalive_timeout,
+        ));
+        http.server_options = Some(options);
+    }
     let mut proxy_svc = ListeningService::new(
         "sluice-proxy".into(),
-        crate::header_deadline::HeaderDeadline::new(
-            pingora::proxy::http_proxy(&conf, proxy),
-            parts.live.clone(),
-        ),
+        crate::header_deadline::HeaderDeadline::new(http, parts.live.clone(), h2c),
     );
     for a in &proxy_addrs {
         proxy_svc.add_listener(
@@ -362,6 +395,16 @@ pub fn start(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn h2c_is_off_unless_asked_for() {
+        let env = |v: Option<&'static str>| move |_: &str| v.map(str::to_owned);
+        assert!(!h2c_enabled(env(None)).unwrap());
+        assert!(!h2c_enabled(env(Some("0"))).unwrap());
+        assert!(h2c_enabled(env(Some("1"))).unwrap());
+        let err = h2c_enabled(env(Some("yes"))).unwrap_err().to_string();
+        assert!(err.contains("SLUICE_H2C must be 1 or 0"), "{err}");
+    }
 
     #[test]
     fn the_listener_read_buffer_is_4_kib_unless_set_and_bounded() {

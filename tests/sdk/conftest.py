@@ -48,6 +48,9 @@ def sluice():
         SLUICE_MOCK_LISTEN="127.0.0.1:0",
         SLUICE_CONTROL_LISTEN="127.0.0.1:0",
         SLUICE_LOG="warn",
+        # HTTP/2 prior knowledge accepted too: every SDK test then also shows that HTTP/1.1
+        # clients are served unchanged when it is on.
+        SLUICE_H2C="1",
     )
     for k in ("SLUICE_OPENAI_BASE_URL", "SLUICE_ANTHROPIC_BASE_URL", "SLUICE_GEMINI_BASE_URL"):
         env.pop(k, None)

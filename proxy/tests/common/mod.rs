@@ -27,6 +27,11 @@ pub struct Harness {
 impl Harness {
     /// Starts both with `extra_toml` appended to a config whose providers all point at the mock.
     pub fn start(extra_toml: &str) -> Self {
+        Self::start_with(extra_toml, false)
+    }
+
+    /// As `start`, with HTTP/2 prior knowledge (h2c) accepted when `h2c`.
+    pub fn start_with(extra_toml: &str, h2c: bool) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -65,6 +70,7 @@ impl Harness {
                     bind("127.0.0.1:0").unwrap().into(),
                 )),
                 inventory: None,
+                h2c,
             },
             bind("127.0.0.1:0").unwrap(),
             Some(bind("127.0.0.1:0").unwrap().into()),

@@ -1,0 +1,167 @@
+//! HTTP/2 with prior knowledge (h2c, `SLUICE_H2C=1`): many streams over one client
+//! connection, HTTP/1.1 clients still served on the same listener, and the connection
+//! deadlines kept (a preface that never ends, an idle connection) without cutting a stream
+//! that outlives them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Harness, chat_body, post_json};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIGHT: &str = "[limits]\nclient_header_timeout_ms = 400\nclient_keepalive_timeout_ms = 800\n";
+
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> (
+    http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+async fn chat(
+    send: &mut http2::SendRequest<Full<Bytes>>,
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = hyper::Request::post(format!("http://{addr}/v1/openai/chat/completions"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(chat_body(true, false).to_string())))
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn http2_streams_share_one_connection_and_http1_clients_are_still_served() {
+    let h = Harness::start_with("", true);
+    let addr = h.addr();
+    h.rt.block_on(async {
+        let (send, conn) = h2_client(addr).await;
+        let streams: Vec<_> = (0..4)
+            .map(|_| {
+                let mut send = send.clone();
+                tokio::spawn(async move { chat(&mut send, addr, &[]).await })
+            })
+            .collect();
+        for s in streams {
+            let (status, body) = s.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("chat.completion.chunk"), "{body}");
+            assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        }
+        assert!(
+            !conn.is_finished(),
+            "the connection stays open for more streams"
+        );
+        let r = post_json(
+            addr,
+            "/v1/openai/chat/completions",
+            &[],
+            &chat_body(false, false),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    });
+    // Every request went through the proxy's phases: five records.
+    assert_eq!(h.record(5).status, 200);
+}
+
+#[test]
+fn a_stream_longer_than_the_header_deadlines_is_not_cut() {
+    let h = Harness::start_with(TIGHT, true);
+    let addr = h.addr();
+    let (status, body, took) = h.rt.block_on(async {
+        let (mut send, _conn) = h2_client(addr).await;
+        let started = Instant::now();
+        // 14 events 100 ms apart: longer than both deadlines (400 and 800 ms).
+        let (status, body) = chat(&mut send, addr, &[("x-mock-chunk-delay-ms", "100")]).await;
+        (status, body, started.elapsed())
+    });
+    assert_eq!(status, 200);
+    assert!(
+        took > Duration::from_millis(900),
+        "the stream took {took:?}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
+
+#[test]
+fn an_http2_preface_that_never_ends_is_closed_at_the_header_deadline() {
+    let h = Harness::start_with(TIGHT, true);
+    let closed_after = h.rt.block_on(async {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        let started = Instant::now();
+        s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    });
+    assert!(
+        closed_after >= Duration::from_millis(350) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}, deadline 400 ms"
+    );
+}
+
+#[test]
+fn an_idle_http2_connection_is_closed_at_the_keep_alive_deadline() {
+    let h = Harness::start_with(TIGHT, true);
+    let addr = h.addr();
+    let lived = h.rt.block_on(async {
+        let (mut send, conn) = h2_client(addr).await;
+        let (status, _) = chat(&mut send, addr, &[]).await;
+        assert_eq!(status, 200);
+        let idle_from = Instant::now();
+        // The server ends the connection (GOAWAY, then close): the client's driver returns.
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap()
+            .ok();
+        idle_from.elapsed()
+    });
+    assert!(
+        lived >= Duration::from_millis(700) && lived < Duration::from_secs(5),
+        "closed after {lived:?} idle, deadline 800 ms"
+    );
+}
+
+#[test]
+fn without_h2c_an_http2_client_is_refused() {
+    let h = Harness::start("");
+    h.rt.block_on(async {
+        let s = TcpStream::connect(h.addr()).await.unwrap();
+        let (mut send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+        let _conn = tokio::spawn(conn);
+        let req = hyper::Request::post(format!("http://{}/v1/openai/models", h.addr()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(send.send_request(req).await.is_err());
+    });
+}
