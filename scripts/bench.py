@@ -20,7 +20,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice/target"))
@@ -39,21 +41,44 @@ TOOLS_CHAT = {"model": "gpt-4o-mini",
         {"role": "user", "content": "Thanks, now send it."}]}
 
 
-def hundred_policies():
-    """100 policies: 94 on other tools, and the ones the tool turn actually evaluates."""
+def hundred_policies_list():
+    """100 policies as (kind, policy): 94 on other tools, and the ones the tool turn evaluates."""
     out = []
     for i in range(94):
-        out.append(f'[[policies.invocation]]\nid = "other-{i}"\ntool = {{ source = "profile:*", name = "tool_{i}" }}\n'
-                   f'conditions = [{{ path = "query", op = "contains", value = "secret" }}]\naction = "block"\n')
-    out.append('[[policies.result]]\nid = "weather-trusted"\ntool = { source = "profile:*", name = "get_weather" }\naction = "trusted"\n')
-    out.append('[[policies.result]]\nid = "web-untrusted"\ntool = { source = "profile:*", name = "fetch_url" }\naction = "untrusted"\n')
-    out.append('[[policies.invocation]]\nid = "email-default"\ntool = { source = "profile:*", name = "send_email" }\naction = "block_when_untrusted"\n')
-    out.append('[[policies.invocation]]\nid = "email-external"\ntool = { source = "profile:*", name = "send_email" }\n'
-               'conditions = [{ path = "to", op = "notEndsWith", value = "@example.com" }]\naction = "require_approval"\n')
-    out.append('[[policies.invocation]]\nid = "email-cc"\ntool = { source = "profile:*", name = "send_email" }\n'
-               'conditions = [{ path = "cc[*]", op = "regex", value = "@rival\\\\.com$", quantifier = "any" }]\naction = "block"\n')
-    out.append('[[policies.invocation]]\nid = "weather-ok"\ntool = { source = "profile:*", name = "get_weather" }\naction = "allow_when_untrusted"\n')
-    return "\n".join(out)
+        out.append(("invocation", {"id": f"other-{i}", "tool": {"source": "profile:*", "name": f"tool_{i}"},
+                                   "conditions": [{"path": "query", "op": "contains", "value": "secret"}],
+                                   "action": "block"}))
+    out.append(("result", {"id": "weather-trusted", "tool": {"source": "profile:*", "name": "get_weather"},
+                           "action": "trusted"}))
+    out.append(("result", {"id": "web-untrusted", "tool": {"source": "profile:*", "name": "fetch_url"},
+                           "action": "untrusted"}))
+    out.append(("invocation", {"id": "email-default", "tool": {"source": "profile:*", "name": "send_email"},
+                               "action": "block_when_untrusted"}))
+    out.append(("invocation", {"id": "email-external", "tool": {"source": "profile:*", "name": "send_email"},
+                               "conditions": [{"path": "to", "op": "notEndsWith", "value": "@example.com"}],
+                               "action": "require_approval"}))
+    out.append(("invocation", {"id": "email-cc", "tool": {"source": "profile:*", "name": "send_email"},
+                               "conditions": [{"path": "cc[*]", "op": "regex", "value": "@rival\\.com$",
+                                               "quantifier": "any"}],
+                               "action": "block"}))
+    out.append(("invocation", {"id": "weather-ok", "tool": {"source": "profile:*", "name": "get_weather"},
+                               "action": "allow_when_untrusted"}))
+    return out
+
+
+def toml_value(v):
+    """A TOML value for the JSON-shaped `v` (inline tables and arrays; JSON strings are TOML strings)."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def hundred_policies():
+    """The 100 policies as TOML for a file config."""
+    return "\n".join(f"[[policies.{kind}]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in pol.items())
+                     for kind, pol in hundred_policies_list())
 
 
 def free_port():
@@ -128,18 +153,138 @@ def loadgen(url, body, headers, conns, seconds, rate=0.0, label=""):
     return json.loads(out.strip().splitlines()[-1])
 
 
+# An OTLP/HTTP collector stand-in: answers 200, counts posts and bytes, prints them at SIGTERM.
+OTLP_SINK = r"""
+import http.server, signal, sys
+posts = [0, 0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        self.rfile.read(n)
+        posts[0] += 1; posts[1] += n
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+def bye(*_):
+    print(f"{posts[0]} {posts[1]}", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+ADMIN_KEY = "sluice-admin-" + "00000000000000be" + "-" + "b" * 48
+
+
+def ready_line(proc, prefix):
+    """Reads `proc`'s stdout up to its `PREFIX {json}` line; returns the JSON."""
+    for line in proc.stdout:
+        if line.startswith(prefix + " "):
+            return json.loads(line[len(prefix) + 1:])
+    raise RuntimeError(f"{proc.args} exited before {prefix}")
+
+
+def admin(api, method, path, body=None):
+    req = urllib.request.Request(api + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def start_full(procs, tmp, mock_port, metrics_port):
+    """Sluice as deployed with everything on: a control plane (SQLite) holding a profile, a
+    virtual key and the 100 policies; a proxy fed by it (usage journal shipped back),
+    Prometheus metrics, and tracing at sampling 1.0 to an OTLP/HTTP sink. The proxy on core
+    0; the control plane and the sink, which run on other machines in a deployment, on core
+    1. Returns (port, the proxy's pid, virtual key)."""
+    env = dict(os.environ, SLUICE_LOG="error", SLUICE_MASTER_KEY="ab" * 32, SLUICE_ADMIN_KEY=ADMIN_KEY)
+    for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT"):
+        env.pop(k, None)
+    control = subprocess.Popen(["taskset", "-c", "1", SLUICE, "control"], stdout=subprocess.PIPE, text=True,
+                               env=dict(env, SLUICE_CONTROL_LISTEN="127.0.0.1:0",
+                                        SLUICE_DATABASE_URL=f"sqlite://{os.path.join(tmp, 'control.db')}"))
+    procs.append(control)
+    addr = ready_line(control, "SLUICE_CONTROL_READY")["control"]
+    api = f"http://{addr}/api/v1"
+    cred = admin(api, "POST", "/credentials", {"name": "openai", "provider": "openai", "api_key": "sk-bench"})
+    prof = admin(api, "POST", "/profiles", {"name": "bench", "openai": {"credential_id": cred["id"]}})
+    key = admin(api, "POST", "/virtual-keys", {"name": "bench", "profile_id": prof["id"]})["key"]
+    for kind, pol in hundred_policies_list():
+        admin(api, "POST", f"/policies/{kind}", pol)
+    role = next(r["id"] for r in admin(api, "GET", "/roles")["items"] if r["name"] == "proxy")
+    member = admin(api, "POST", "/members", {"name": "proxy", "email": "proxy@example.com", "role_id": role})
+    token = admin(api, "POST", "/admin-keys", {"member_id": member["id"], "name": "proxy"})["key"]
+    sink_port = free_port()
+    sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", OTLP_SINK, str(sink_port)],
+                            stdout=subprocess.PIPE, text=True)
+    procs.append(sink)
+    assert sink.stdout.readline().strip() == "ready"
+    proxy = subprocess.Popen(
+        ["taskset", "-c", "0", SLUICE, "proxy", "--control", f"http://{addr}", "--token", token,
+         "--data-dir", os.path.join(tmp, "proxy-data"), "--listen", "127.0.0.1:0",
+         "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=dict(env, SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1",
+                 SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}", SLUICE_OTEL_SAMPLE_RATIO="1"))
+    procs.append(proxy)
+    port = int(ready_line(proxy, "SLUICE_PROXY_READY")["proxy"].rsplit(":", 1)[1])
+    # Keep reading the proxy's stdout so it never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in proxy.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [None for _ in control.stdout], daemon=True).start()
+    return port, [proxy.pid], key
+
+
+# LiteLLM's proxy, a pinned version (the newest whose `proxy` extra resolves from PyPI here),
+# in its own virtualenv; no credentials but the master key the clients send, loopback only.
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = os.path.join(os.path.expanduser(os.environ.get("SLUICE_CACHE", "~/.cache/sluice")), "litellm")
+
+
+def start_litellm(procs, tmp, mock_port):
+    """`litellm` (1 worker) on core 0 in front of the mock; installs it first when missing.
+    Returns (port, pid)."""
+    exe = os.path.join(LITELLM_VENV, "bin", "litellm")
+    if not os.path.exists(exe):
+        subprocess.run([sys.executable, "-m", "venv", LITELLM_VENV], check=True)
+        subprocess.run([os.path.join(LITELLM_VENV, "bin", "pip"), "install", "-q",
+                        f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    conf = os.path.join(tmp, "litellm.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{mock_port}/v1
+      api_key: sk-mock
+""")
+    port = free_port()
+    env = dict(os.environ, LITELLM_MASTER_KEY="sk-bench", LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+    p = subprocess.Popen(["taskset", "-c", "0", exe, "--config", conf, "--host", "127.0.0.1", "--port", str(port),
+                          "--num_workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         cwd=tmp)
+    procs.append(p)
+    wait_port(port, p, timeout=120)
+    return port, p.pid
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out")
+    ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (it is installed on first use)")
     args = ap.parse_args()
     if not shutil.which("nginx"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=True)
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     try:
-        mock_port, nginx_port, sluice_port, pass_port, pol_port, met_port, met_scrape = (free_port() for _ in range(7))
+        mock_port, nginx_port, sluice_port, pass_port, met_scrape = (free_port() for _ in range(5))
         mock = subprocess.Popen(["taskset", "-c", "0", SLUICE, "mock", "--listen", f"127.0.0.1:{mock_port}", "--words", "40"],
                                 stdout=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="error"))
         procs.append(mock)
@@ -175,19 +320,8 @@ http {{
         procs.append(sl)
         wait_port(sluice_port, sl)
 
-        pconf = os.path.join(tmp, "sluice-policies.toml")
-        with open(pconf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{pol_port}"\nthreads = 1\n[profiles.default]\n' + hundred_policies())
-        sp = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", pconf], env=env, stderr=subprocess.DEVNULL)
-        procs.append(sp)
-        wait_port(pol_port, sp)
-        mconf = os.path.join(tmp, "sluice-metrics.toml")
-        with open(mconf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{met_port}"\nthreads = 1\n[profiles.default]\n')
-        sm = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", mconf,
-                               "--metrics-listen", f"127.0.0.1:{met_scrape}"], env=env, stderr=subprocess.DEVNULL)
-        procs.append(sm)
-        wait_port(met_port, sm)
+        full_port, full_pids, full_key = start_full(procs, tmp, mock_port, met_scrape)
+        litellm = None if args.no_litellm else start_litellm(procs, tmp, mock_port)
         pt = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{pass_port}",
                                "--upstream", f"127.0.0.1:{mock_port}"], env=env, stderr=subprocess.DEVNULL)
         procs.append(pt)
@@ -198,12 +332,16 @@ http {{
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/openai/chat/completions", [nginx.pid]),
             "pingora passthrough": (f"http://127.0.0.1:{pass_port}/v1/chat/completions", [pt.pid]),
             "sluice": (f"http://127.0.0.1:{sluice_port}/v1/openai/chat/completions", [sl.pid]),
-            "sluice + 100 policies": (f"http://127.0.0.1:{pol_port}/v1/openai/chat/completions", [sp.pid]),
-            "sluice + metrics": (f"http://127.0.0.1:{met_port}/v1/openai/chat/completions", [sm.pid]),
+            "sluice, full inspection": (f"http://127.0.0.1:{full_port}/v1/openai/chat/completions", full_pids),
         }
+        if litellm:
+            targets["litellm"] = (f"http://127.0.0.1:{litellm[0]}/v1/chat/completions",
+                                  [litellm[1]] + children(litellm[1]))
+        auth = {name: "authorization: Bearer sk-bench" for name in targets}
+        auth["sluice, full inspection"] = f"authorization: Bearer {full_key}"
         body_json = json.dumps(CHAT)
         body_sse = json.dumps(dict(CHAT, stream=True))
-        base_hdr = ["content-type: application/json", "authorization: Bearer sk-bench"]
+        base_hdr = ["content-type: application/json"]
         # 110 words make a 1,011-byte chat.completion; streams keep the 40-word default
         # (43 events, 9.5 KB).
         headers = {"json": base_hdr + ["x-mock-words: 110"], "sse": base_hdr, "tools": base_hdr, "tools-sse": base_hdr}
@@ -215,7 +353,7 @@ http {{
             for rep in range(args.reps):
                 for name, (url, pids) in targets.items():
                     c0 = cpu_seconds(pids)
-                    r = loadgen(url, body, hdr, 32, args.seconds, label=name)
+                    r = loadgen(url, body, hdr + [auth[name]], 32, args.seconds, label=name)
                     c1 = cpu_seconds(pids)
                     total = r["requests"] / args.seconds * (args.seconds + 1)
                     r["cpu_us_per_req"] = (c1 - c0) * 1e6 / max(total, 1)
@@ -224,11 +362,13 @@ http {{
         # fixed rate for every target.
         half = {}
         for scenario, body in (("json", body_json), ("sse", body_sse)):
-            max_rps = min(statistics.median(x["rps"] for x in results[(scenario, n)]) for n in ("nginx", "sluice"))
+            max_rps = statistics.median(x["rps"] for x in results[(scenario, "pingora passthrough")])
             rate = round(max_rps / 2)
             for rep in range(args.reps):
                 for name, (url, _) in targets.items():
-                    r = loadgen(url, body, headers[scenario], 32, args.seconds, rate=rate, label=name)
+                    if name == "litellm":
+                        continue  # a hundredth of the rate would already saturate it
+                    r = loadgen(url, body, headers[scenario] + [auth[name]], 32, args.seconds, rate=rate, label=name)
                     half.setdefault((scenario, name), []).append(r)
             half[(scenario, "rate")] = rate
         report = render(args, results, half)
@@ -241,8 +381,9 @@ http {{
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-NAMES = ("direct (mock)", "nginx", "pingora passthrough", "sluice", "sluice + 100 policies", "sluice + metrics")
+NAMES = ("direct (mock)", "nginx", "pingora passthrough", "sluice", "sluice, full inspection", "litellm")
 SCENARIOS = ("json", "sse", "tools", "tools-sse")
+FULL = "sluice, full inspection"
 
 
 def med(rows, key, sub=None):
@@ -262,11 +403,13 @@ def machine():
 
 
 def render(args, results, half):
+    names = [n for n in NAMES if (SCENARIOS[0], n) in results]
     lines = []
     lines.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     lines.append(f"Machine: {machine()}  ")
     lines.append(f"Command: `python3 scripts/bench.py --seconds {args.seconds:g} --reps {args.reps}`  ")
-    lines.append("Servers (mock, nginx, pingora passthrough, sluice) pinned to core 0, load generator to core 1; 32 connections; "
+    lines.append("Servers (mock, nginx, pingora passthrough, sluice, litellm) pinned to core 0, "
+                 "load generator (and Sluice's control plane and OTLP sink) to core 1; 32 connections; "
                  f"medians of {args.reps} interleaved runs of {args.seconds:g} s after 1 s of warm-up.")
     lines.append("")
     lines.append("### Closed loop, 32 connections")
@@ -274,7 +417,7 @@ def render(args, results, half):
     lines.append("| payload | target | req/s | p50 ms | p99 ms | TTFB p99 ms | server CPU µs/req | errors |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for scenario in SCENARIOS:
-        for name in NAMES:
+        for name in names:
             rows = results[(scenario, name)]
             lines.append(f"| {scenario} | {name} | {med(rows, 'rps'):,.0f} | {med(rows, 'latency_us', 'p50')/1000:.2f} | "
                          f"{med(rows, 'latency_us', 'p99')/1000:.2f} | {med(rows, 'ttfb_us', 'p99')/1000:.2f} | "
@@ -282,27 +425,35 @@ def render(args, results, half):
     lines.append("")
     for scenario in SCENARIOS:
         s_rps = med(results[(scenario, "sluice")], "rps")
-        p_rps = med(results[(scenario, "sluice + 100 policies")], "rps")
-        m_rps = med(results[(scenario, "sluice + metrics")], "rps")
-        ratio = s_rps / med(results[(scenario, "nginx")], "rps")
-        ratio_p = s_rps / med(results[(scenario, "pingora passthrough")], "rps")
-        lines.append(f"- {scenario}: Sluice / nginx requests/s = **{ratio:.2f}×**; Sluice / bare Pingora = **{ratio_p:.2f}×**; "
-                     f"with 100 policies / without = **{p_rps / s_rps:.2f}×**; "
-                     f"with Prometheus metrics / without = **{m_rps / s_rps:.2f}×**")
+        f_rps = med(results[(scenario, FULL)], "rps")
+        n_rps = med(results[(scenario, "nginx")], "rps")
+        p_rps = med(results[(scenario, "pingora passthrough")], "rps")
+        line = (f"- {scenario}: full inspection / bare Pingora = **{f_rps / p_rps:.2f}×**, / nginx = "
+                f"**{f_rps / n_rps:.2f}×**; Sluice with defaults / bare Pingora = {s_rps / p_rps:.2f}×, / nginx = "
+                f"{s_rps / n_rps:.2f}×")
+        if (scenario, "litellm") in results:
+            line += f"; full inspection / LiteLLM = **{f_rps / med(results[(scenario, 'litellm')], 'rps'):.0f}×**"
+        lines.append(line)
     lines.append("")
-    lines.append("### Fixed rate (half of the slower proxy's maximum), 32 connections")
+    lines.append("### Fixed rate (half of the bare Pingora passthrough's maximum), 32 connections")
     lines.append("")
-    lines.append("| payload | rate/s | target | p50 ms | p99 ms | TTFB p50 µs | TTFB p99 µs | added TTFB p50 / p99 µs |")
-    lines.append("|---|---:|---|---:|---:|---:|---:|---:|")
+    lines.append("| payload | rate/s | target | p50 ms | p99 ms | TTFB p50 µs | TTFB p99 µs | added p50 / p99 µs | added TTFB p50 / p99 µs |")
+    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for scenario in ("json", "sse"):
-        d50 = med(half[(scenario, "direct (mock)")], "ttfb_us", "p50")
-        d99 = med(half[(scenario, "direct (mock)")], "ttfb_us", "p99")
-        for name in NAMES:
+        direct = half[(scenario, "direct (mock)")]
+        d50, d99 = med(direct, "ttfb_us", "p50"), med(direct, "ttfb_us", "p99")
+        l50, l99 = med(direct, "latency_us", "p50"), med(direct, "latency_us", "p99")
+        for name in names:
+            if (scenario, name) not in half:
+                continue
             rows = half[(scenario, name)]
             t50, t99 = med(rows, "ttfb_us", "p50"), med(rows, "ttfb_us", "p99")
-            added = "—" if name.startswith("direct") else f"{t50 - d50:.0f} / {t99 - d99:.0f}"
-            lines.append(f"| {scenario} | {half[(scenario, 'rate')]} | {name} | {med(rows, 'latency_us', 'p50')/1000:.2f} | "
-                         f"{med(rows, 'latency_us', 'p99')/1000:.2f} | {t50:.0f} | {t99:.0f} | {added} |")
+            m50, m99 = med(rows, "latency_us", "p50"), med(rows, "latency_us", "p99")
+            direct_row = name.startswith("direct")
+            added = "—" if direct_row else f"{m50 - l50:.0f} / {m99 - l99:.0f}"
+            added_t = "—" if direct_row else f"{t50 - d50:.0f} / {t99 - d99:.0f}"
+            lines.append(f"| {scenario} | {half[(scenario, 'rate')]} | {name} | {m50/1000:.2f} | {m99/1000:.2f} | "
+                         f"{t50:.0f} | {t99:.0f} | {added} | {added_t} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,33 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, med, start_mock, stop, wait_port  # noqa: E402
-
-# The sink: OTLP/HTTP needs a 200; it counts posts and bytes and prints them at SIGTERM.
-SINK = r"""
-import http.server, signal, sys
-posts = [0, 0]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        n = int(self.headers.get("content-length", 0))
-        self.rfile.read(n)
-        posts[0] += 1; posts[1] += n
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-def bye(*_):
-    print(f"{posts[0]} {posts[1]}", flush=True)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, bye)
-print("ready", flush=True)
-s.serve_forever()
-"""
-
+from bench import CHAT, OTLP_SINK, SLUICE, cpu_seconds, free_port, loadgen, machine, med, start_mock, stop, wait_port  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
@@ -58,7 +32,7 @@ def main():
     try:
         mock_port = start_mock(procs, "--words", "40")
         sink_port = free_port()
-        sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", SINK, str(sink_port)],
+        sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", OTLP_SINK, str(sink_port)],
                                 stdout=subprocess.PIPE, text=True)
         procs.append(sink)
         assert sink.stdout.readline().strip() == "ready"

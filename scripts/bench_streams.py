@@ -6,8 +6,10 @@ same way, is the baseline (what the far end of each stream costs). Servers on co
 load generator on core 1.
 
 Each stream costs the proxy two sockets (client and upstream); with this machine's limit of
-20,000 open files per process, 9,000 streams is the most one proxy can hold here.
-Usage: python3 scripts/bench_streams.py [--streams 9000] [--seconds 20]
+20,000 open files per process, 9,000 streams is the most one proxy can hold here. With
+--upstream-h2 both proxies speak HTTP/2 to the mock (Sluice's `http2 = true`), so the
+streams share a few upstream connections and one socket per stream is left: 10,000 fit.
+Usage: python3 scripts/bench_streams.py [--streams 9000] [--seconds 20] [--upstream-h2]
 """
 import argparse
 import datetime
@@ -34,6 +36,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=9000)
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--upstream-h2", action="store_true")
     args = ap.parse_args()
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-streams-")
@@ -45,13 +48,15 @@ def main():
         wait_port(mock_port, mock)
         conf = os.path.join(tmp, "sluice.toml")
         with open(conf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
+            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n'
+                    + ('[profiles.default.openai]\nhttp2 = true\n' if args.upstream_h2 else ''))
         env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
         pass_port = free_port()
         targets = [
             ("sluice proxy", ["proxy", "--config", conf], port, "/v1/openai/chat/completions"),
             ("bare Pingora passthrough (the floor)",
-             ["passthrough", "--listen", f"127.0.0.1:{pass_port}", "--upstream", f"127.0.0.1:{mock_port}"],
+             ["passthrough", "--listen", f"127.0.0.1:{pass_port}", "--upstream", f"127.0.0.1:{mock_port}"]
+             + (["--http2-upstream"] if args.upstream_h2 else []),
              pass_port, "/v1/chat/completions"),
         ]
         # Long enough that no stream ends within the warm-up plus the measured seconds.
@@ -86,7 +91,8 @@ def main():
             server.wait(timeout=30)
         print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
         print(f"Machine: {machine()}  ")
-        print(f"Command: `python3 scripts/bench_streams.py --streams {args.streams} --seconds {args.seconds:g}`\n")
+        print(f"Command: `python3 scripts/bench_streams.py --streams {args.streams} --seconds {args.seconds:g}"
+              + (" --upstream-h2" if args.upstream_h2 else "") + "`\n")
         print("| process | RSS idle | RSS with the streams open (peak) | per stream | errors |")
         print("|---|---:|---:|---:|---:|")
         for name, idle, peak, errors in rows:
