@@ -7,3 +7,4 @@ pub mod loadgen;
 pub mod mcp;
 pub mod mock;
 pub mod scenario;
+mod worker;

@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
 use hyper::http::uri::Authority;
 use serde::Serialize;
 
 use crate::client::{Protocol, Sender};
-use crate::scenario::{Plan, RequestKind};
+use crate::scenario::Plan;
+use crate::worker::{Prepared, Recorder, Worker, lock};
 
 /// Command-line arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -157,54 +156,7 @@ fn pct(h: &Histogram<u64>) -> Percentiles {
     }
 }
 
-/// Everything recorded in a run, shared by the workers (one lock per finished request).
-struct Recorder {
-    latency: Histogram<u64>,
-    ttfb: Histogram<u64>,
-    gaps: Histogram<u64>,
-    ok: u64,
-    errors: u64,
-    late: u64,
-    errors_by_status: BTreeMap<u16, u64>,
-    kinds: Vec<KindRecorder>,
-}
-
-struct KindRecorder {
-    latency: Histogram<u64>,
-    ttfb: Histogram<u64>,
-    ok: u64,
-    errors: u64,
-}
-
-impl Recorder {
-    fn new(kinds: usize) -> Result<Self> {
-        Ok(Self {
-            latency: new_hist()?,
-            ttfb: new_hist()?,
-            gaps: new_hist()?,
-            ok: 0,
-            errors: 0,
-            late: 0,
-            errors_by_status: BTreeMap::new(),
-            kinds: (0..kinds)
-                .map(|_| {
-                    Ok(KindRecorder {
-                        latency: new_hist()?,
-                        ttfb: new_hist()?,
-                        ok: 0,
-                        errors: 0,
-                    })
-                })
-                .collect::<Result<_>>()?,
-        })
-    }
-}
-
-fn lock(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
-    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn new_hist() -> Result<Histogram<u64>> {
+pub(crate) fn new_hist() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
 }
 
@@ -231,10 +183,10 @@ fn report_row(r: &Report) -> crate::compare::Row {
 }
 
 /// Where requests go: the target's (or baseline's) authority and path prefix.
-struct Endpoint {
-    authority: Authority,
-    prefix: String,
-    protocol: Protocol,
+pub(crate) struct Endpoint {
+    pub(crate) authority: Authority,
+    pub(crate) prefix: String,
+    pub(crate) protocol: Protocol,
 }
 
 impl Endpoint {
@@ -432,168 +384,5 @@ pub async fn measure(args: &Args, pid: Option<u32>) -> Result<Report> {
         server_peak_rss_bytes: pid.map(|_| rss_peak.load(Ordering::Relaxed)),
         errors_by_status,
         by_request,
-    })
-}
-
-/// One request in flight at a time, sent over its own HTTP/1.1 connection or a shared
-/// HTTP/2 one.
-struct Worker {
-    endpoint: Arc<Endpoint>,
-    plan: Arc<Plan>,
-    requests: Arc<Vec<Prepared>>,
-    recorder: Arc<Mutex<Recorder>>,
-    sent: Arc<AtomicU64>,
-    done: Arc<AtomicU64>,
-    window: (Instant, Instant),
-    interval: Option<Duration>,
-    offset: Option<Duration>,
-}
-
-/// A kind of request with its URI on this endpoint.
-struct Prepared {
-    kind: RequestKind,
-    uri: hyper::Uri,
-}
-
-/// What one request came to.
-struct Outcome {
-    status: hyper::StatusCode,
-    first: Option<Instant>,
-    arrivals: Vec<Instant>,
-    /// The body's first bytes, when the kind checks them.
-    kept: Vec<u8>,
-}
-
-impl Worker {
-    async fn run(self, sender: Option<Sender>) -> Result<()> {
-        let (warm_end, end) = self.window;
-        let mut sender = match sender {
-            Some(s) => s,
-            None => Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?,
-        };
-        let mut next = Instant::now() + self.offset.unwrap_or_default();
-        while Instant::now() < end {
-            let mut late = false;
-            if let Some(iv) = self.interval {
-                // The timer wheel has 1 ms resolution: wake early and yield to the exact
-                // instant, so latency is measured from the real send, not a rounded schedule.
-                if let Some(early) = next.checked_sub(Duration::from_millis(1)) {
-                    tokio::time::sleep_until(early.into()).await;
-                }
-                while Instant::now() < next {
-                    tokio::task::yield_now().await;
-                }
-                late = Instant::now().duration_since(next) > Duration::from_millis(1);
-                next += iv;
-            }
-            let index = self.plan.pick(self.sent.fetch_add(1, Ordering::Relaxed));
-            let Some(prepared) = self.requests.get(index) else {
-                return Err(anyhow!("no request {index} in the plan"));
-            };
-            let kind = &prepared.kind;
-            let intended = Instant::now();
-            let mut req = Request::builder()
-                .method(kind.method.clone())
-                .uri(prepared.uri.clone());
-            if self.endpoint.protocol == Protocol::Http1 {
-                req = req.header(http::header::HOST, self.endpoint.authority.as_str());
-            }
-            for (k, v) in &kind.headers {
-                req = req.header(k, v);
-            }
-            let req = req.body(Full::new(kind.body.clone()))?;
-            if !sender.ready().await {
-                sender = Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?;
-            }
-            let outcome = send(&mut sender, req, kind.expect_body.is_some()).await;
-            let finished = Instant::now();
-            self.done.fetch_add(1, Ordering::Relaxed);
-            if intended < warm_end {
-                continue;
-            }
-            let failed = outcome.is_err();
-            self.record(index, kind, intended, finished, late, outcome);
-            if failed {
-                sender = Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn record(
-        &self,
-        index: usize,
-        kind: &RequestKind,
-        intended: Instant,
-        finished: Instant,
-        late: bool,
-        outcome: Result<Outcome>,
-    ) {
-        let us = |from: Instant, t: Instant| {
-            u64::try_from(t.duration_since(from).as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1)
-        };
-        let mut rec = lock(&self.recorder);
-        rec.late += u64::from(late);
-        let status = match &outcome {
-            Ok(o) => o.status.as_u16(),
-            Err(_) => 0,
-        };
-        match outcome {
-            Ok(o) if kind.succeeded(o.status, &o.kept) => {
-                let (latency, ttfb) = (
-                    us(intended, finished),
-                    us(intended, o.first.unwrap_or(finished)),
-                );
-                rec.ok += 1;
-                let _ = rec.latency.record(latency);
-                let _ = rec.ttfb.record(ttfb);
-                for w in o.arrivals.windows(2) {
-                    let _ = rec.gaps.record(us(w[0], w[1]));
-                }
-                if let Some(k) = rec.kinds.get_mut(index) {
-                    k.ok += 1;
-                    let _ = k.latency.record(latency);
-                    let _ = k.ttfb.record(ttfb);
-                }
-            }
-            _ => {
-                rec.errors += 1;
-                *rec.errors_by_status.entry(status).or_default() += 1;
-                if let Some(k) = rec.kinds.get_mut(index) {
-                    k.errors += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Sends `req` and reads the whole response, noting when each body chunk arrived (and
-/// keeping the body's first MiB when `keep`).
-async fn send(sender: &mut Sender, req: Request<Full<Bytes>>, keep: bool) -> Result<Outcome> {
-    let resp = sender.send(req).await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    let mut first = None;
-    let mut arrivals = Vec::new();
-    let mut kept = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        if let Some(d) = frame.data_ref().filter(|d| !d.is_empty()) {
-            let now = Instant::now();
-            first.get_or_insert(now);
-            arrivals.push(now);
-            if keep {
-                let room = crate::scenario::MAX_CHECKED_BODY_BYTES.saturating_sub(kept.len());
-                kept.extend_from_slice(&d[..d.len().min(room)]);
-            }
-        }
-    }
-    Ok(Outcome {
-        status,
-        first,
-        arrivals,
-        kept,
     })
 }

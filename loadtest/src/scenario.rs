@@ -15,6 +15,7 @@
 //! headers = { "content-type" = "application/json" }
 //! expect_status = 200             # anything else is an error (default: any 2xx)
 //! expect_body_contains = "chat.completion"   # and the body must contain this (first MiB)
+//! abort_after_bytes = 200         # the client hangs up once this much body arrived
 //! ```
 //!
 //! The kinds are sent in a fixed interleaved order (smooth weighted round-robin), so a target
@@ -61,6 +62,7 @@ struct RawRequest {
     headers: BTreeMap<String, String>,
     expect_status: Option<u16>,
     expect_body_contains: Option<String>,
+    abort_after_bytes: Option<usize>,
 }
 
 /// How much of a body `expect_body_contains` searches.
@@ -85,6 +87,10 @@ pub struct RequestKind {
     pub expect: Option<StatusCode>,
     /// Text the body must contain (within its first [`MAX_CHECKED_BODY_BYTES`]).
     pub expect_body: Option<Bytes>,
+    /// Hang up once this many body bytes arrived (a client that cancels): HTTP/1.1 closes the
+    /// connection, HTTP/2 resets the stream. Such requests count as completed when their
+    /// status was as expected; only their time to first byte is recorded.
+    pub abort_after: Option<usize>,
 }
 
 impl RequestKind {
@@ -124,6 +130,7 @@ impl Plan {
                 headers: parse_header_lines(headers)?,
                 expect: None,
                 expect_body: None,
+                abort_after: None,
             }],
             schedule: vec![0],
             from_file: false,
@@ -245,6 +252,7 @@ fn checked(
         headers,
         expect,
         expect_body: r.expect_body_contains.map(Bytes::from),
+        abort_after: r.abort_after_bytes,
     };
     Ok((kind, weight))
 }
@@ -352,6 +360,7 @@ expect_status = 404
 name = "refused"
 path = "/r"
 expect_body_contains = "[sluice:policy_denied"
+abort_after_bytes = 10
 "#;
 
     #[test]
@@ -376,6 +385,8 @@ expect_body_contains = "[sluice:policy_denied"
         assert!(chat.succeeded(StatusCode::CREATED, b""));
         assert!(!plan.kinds[2].succeeded(StatusCode::OK, b"{\"allowed\":true}"));
         assert!(plan.kinds[2].succeeded(StatusCode::OK, b"x [sluice:policy_denied y"));
+        assert_eq!(plan.kinds[2].abort_after, Some(10));
+        assert_eq!(plan.kinds[0].abort_after, None);
         let order: Vec<usize> = (0..10).map(|n| plan.pick(n)).collect();
         assert_eq!(order, [0, 1, 0, 2, 0, 0, 1, 0, 2, 0]);
     }

@@ -119,6 +119,14 @@ method = "GET"
 path = "/nowhere"
 baseline_path = "/v1/nowhere"
 expect_status = 404
+
+[[request]]
+name = "cancelled stream"
+path = "/chat/completions"
+baseline_path = "/v1/chat/completions"
+body = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+headers = { "x-mock-words" = "200", "x-mock-chunk-delay-ms" = "2" }
+abort_after_bytes = 100
 "#,
     )
     .unwrap();
@@ -150,6 +158,14 @@ expect_status = 404
         assert!(other > 0.0, "{report}");
         // Three chats to one 404 in the interleaved order.
         assert!((2.5..=3.5).contains(&(chat / other)), "{chat} vs {other}");
+    }
+    // The cancelled streams were hung up on: the mock saw them end early.
+    let stats = get_json(&format!("{}/mock/stats", mock.base())).await;
+    assert!(stats["aborted_streams"].as_u64().unwrap() > 0, "{stats}");
+    for side in ["target", "baseline"] {
+        let cancelled = &report[side]["by_request"][2];
+        assert_eq!(cancelled["name"], "cancelled stream");
+        assert!(cancelled["rps"].as_f64().unwrap() > 0.0, "{report}");
     }
     // The mock saw the generated prompt, exactly 2,000 bytes of it.
     let received: serde_json::Value = get_json(&format!("{}/mock/received", mock.base())).await;
