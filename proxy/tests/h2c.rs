@@ -165,3 +165,85 @@ fn without_h2c_an_http2_client_is_refused() {
         assert!(send.send_request(req).await.is_err());
     });
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn r06_http2_streams_are_capped_per_connection_and_a_reset_flood_leaves_others_served() {
+    let h = Harness::start_with("", true);
+    let addr = h.addr();
+    let before = open_fds();
+    let upstream_before = h
+        .mock
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (limit, sent, during) = h.rt.block_on(async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        // One whole request first: the server's settings have arrived by its answer.
+        let req = http::Request::get(format!("http://{addr}/v1/openai/models"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        let _ = response.await.unwrap();
+        let limit = client.current_max_send_streams();
+        // Rapid reset: each request cancelled as soon as its header is out.
+        let mut sent = 0u32;
+        for _ in 0..10_000 {
+            client = match client.clone().ready().await {
+                Ok(c) => c,
+                Err(_) => break,
+            };
+            let req = http::Request::post(format!("http://{addr}/v1/openai/chat/completions"))
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap();
+            match client.send_request(req, false) {
+                Ok((_response, mut body)) => {
+                    body.send_reset(h2::Reason::CANCEL);
+                    sent += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        // Meanwhile another client is served.
+        let during = post_json(
+            addr,
+            "/v1/openai/chat/completions",
+            &[],
+            &chat_body(false, false),
+        )
+        .await;
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        (limit, sent, during.status)
+    });
+    assert_eq!(limit, 100, "the concurrent streams a connection may open");
+    // The flooding connection is ended by the server long before the 10,000th reset.
+    assert!(sent < 10_000, "{sent} resets were taken");
+    assert_eq!(during, 200);
+    let upstream = h
+        .mock
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - upstream_before;
+    assert!(
+        upstream <= u64::from(sent),
+        "{upstream} upstream requests for {sent} streams"
+    );
+    let r = h.rt.block_on(post_json(
+        addr,
+        "/v1/openai/chat/completions",
+        &[],
+        &chat_body(false, false),
+    ));
+    assert_eq!(r.status, 200);
+    let grown = open_fds().saturating_sub(before);
+    assert!(grown < 64, "{grown} more descriptors after the flood");
+}
