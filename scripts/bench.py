@@ -124,6 +124,15 @@ def stop(procs, sig=signal.SIGTERM):
             p.kill()
 
 
+def rss(pid):
+    """A process's resident memory, bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def cpu_seconds(pids):
     total = 0
     for pid in pids:

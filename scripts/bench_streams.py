@@ -21,15 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, free_port, machine, stop, wait_port  # noqa: E402
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+from bench import CHAT, SLUICE, free_port, machine, rss, stop, wait_port  # noqa: E402
 
 
 def main():

@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, free_port, machine, start_mock, stop, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, free_port, machine, rss, start_mock, stop, wait_port  # noqa: E402
 
 POOL = 16  # upstream_pool_size for the soak: idle upstream connections the proxy may keep
 
@@ -66,14 +66,6 @@ expect_body_contains = "data: [DONE]"
 
 def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def chat_ok(port):

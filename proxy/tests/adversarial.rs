@@ -404,10 +404,6 @@ fn r28_the_clients_token_never_reaches_an_mcp_upstream() {
     assert_eq!(r.json()["result"]["tools"], serde_json::json!([]));
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 #[test]
 fn r18_aborts_and_a_429_storm_leak_no_descriptors_and_wedge_no_pool() {
     let h = Harness::start("");

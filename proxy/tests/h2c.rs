@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Harness, chat_body, post_json};
+use common::{Harness, chat_body, open_fds, post_json};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -164,10 +164,6 @@ fn without_h2c_an_http2_client_is_refused() {
             .unwrap();
         assert!(send.send_request(req).await.is_err());
     });
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 #[test]
