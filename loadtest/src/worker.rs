@@ -97,10 +97,12 @@ pub(crate) struct Outcome {
 impl Worker {
     pub(crate) async fn run(self, sender: Option<Sender>) -> Result<()> {
         let (warm_end, end) = self.window;
-        let mut sender = match sender {
+        // The first connection must open (a wrong address fails the run at once); later
+        // ones that cannot are counted as failed requests (status 0) and tried again.
+        let mut sender = Some(match sender {
             Some(s) => s,
             None => Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?,
-        };
+        });
         let mut next = Instant::now() + self.offset.unwrap_or_default();
         while Instant::now() < end {
             let mut late = false;
@@ -132,23 +134,40 @@ impl Worker {
                 req = req.header(k, v);
             }
             let req = req.body(Full::new(kind.body.clone()))?;
-            if !sender.ready().await {
-                sender = Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?;
+            if let Some(s) = sender.as_mut()
+                && !s.ready().await
+            {
+                sender = None;
             }
-            let outcome = send(&mut sender, req, kind).await;
+            let connection = match sender.take() {
+                Some(s) => Ok(s),
+                None => Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await,
+            };
+            let mut connection = match connection {
+                Ok(c) => c,
+                Err(e) => {
+                    self.done.fetch_add(1, Ordering::Relaxed);
+                    if intended >= warm_end {
+                        self.record(index, kind, intended, Instant::now(), late, Err(e));
+                    }
+                    // Not a busy loop against a server that refuses connections.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let outcome = send(&mut connection, req, kind).await;
             let finished = Instant::now();
             self.done.fetch_add(1, Ordering::Relaxed);
-            if intended < warm_end {
-                continue;
-            }
             // An HTTP/1.1 connection is closed by hanging up; an HTTP/2 stream was reset.
-            let failed = match &outcome {
-                Ok(o) => o.aborted && self.endpoint.protocol == Protocol::Http1,
-                Err(_) => true,
+            let keep = match &outcome {
+                Ok(o) => !(o.aborted && self.endpoint.protocol == Protocol::Http1),
+                Err(_) => false,
             };
-            self.record(index, kind, intended, finished, late, outcome);
-            if failed {
-                sender = Sender::connect(&self.endpoint.authority, self.endpoint.protocol).await?;
+            if keep {
+                sender = Some(connection);
+            }
+            if intended >= warm_end {
+                self.record(index, kind, intended, finished, late, outcome);
             }
         }
         Ok(())

@@ -265,3 +265,47 @@ async fn http2_multiplexes_the_requests_in_flight_over_the_connections_asked_for
     assert!(h2_requests.load(Ordering::SeqCst) as u64 >= report["requests"].as_u64().unwrap());
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_mid_run_is_counted_not_fatal() {
+    // One connection, one answer (`connection: close`), then nothing listens any more.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        drop(l);
+        let svc =
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                let mut resp = hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"{}"),
+                ));
+                resp.headers_mut().insert(
+                    "connection",
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    run(Args {
+        connections: 1,
+        warmup_secs: 0.0,
+        json: Some(json.clone()),
+        ..args(&format!("http://{addr}/v1/x"))
+    })
+    .await
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["requests"], 1, "{report}");
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["errors_by_status"]["0"], report["errors"],
+        "{report}"
+    );
+}
