@@ -10,6 +10,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sluice_loadtest::loadgen::{Args, run};
 use sluice_loadtest::mock::{MockConfig, serve};
 
+/// Runs `args` and returns the JSON report it wrote.
+async fn report_of(args: Args) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    run(Args {
+        json: Some(json.clone()),
+        ..args
+    })
+    .await
+    .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
 /// Short closed-loop runs with nothing else set.
 fn args(url: &str) -> Args {
     Args {
@@ -242,19 +255,13 @@ async fn http2_multiplexes_the_requests_in_flight_over_the_connections_asked_for
             );
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("r.json");
-    run(Args {
+    let report = report_of(Args {
         http2: true,
         h2_connections: 2,
         connections: 8,
-        json: Some(json.clone()),
         ..args(&format!("http://{addr}/v1/x"))
     })
-    .await
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    .await;
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(
@@ -290,18 +297,12 @@ async fn a_server_that_goes_away_mid_run_is_counted_not_fatal() {
             .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
             .await;
     });
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("r.json");
-    run(Args {
+    let report = report_of(Args {
         connections: 1,
         warmup_secs: 0.0,
-        json: Some(json.clone()),
         ..args(&format!("http://{addr}/v1/x"))
     })
-    .await
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    .await;
     assert_eq!(report["requests"], 1, "{report}");
     assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(
