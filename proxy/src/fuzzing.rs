@@ -289,8 +289,10 @@ pub fn toon(data: &[u8]) -> Result<(), String> {
     let cache = Cache::new(1 << 20);
     for provider in [Provider::Openai, Provider::Anthropic, Provider::Gemini] {
         let out = compress(provider, data, [(0, data.len())], 1 << 20, &cache);
+        // JSON syntax, as the body it replaces was read: a number beyond f64's range
+        // (`-85e555`) is valid JSON that `serde_json::Value` refuses, and is passed on as sent.
         if let Some((_, json)) = out.replacements.first()
-            && serde_json::from_str::<serde_json::Value>(json).is_err()
+            && serde_json::from_str::<&serde_json::value::RawValue>(json).is_err()
         {
             return Err(format!("a replacement that is not JSON: {json}"));
         }
