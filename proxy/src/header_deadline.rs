@@ -79,16 +79,21 @@ impl<A> HeaderDeadline<A> {
     }
 
     fn deadlines(&self) -> (Duration, Duration) {
-        let d = crate::config::Limits::default();
-        self.live
-            .current()
-            .map_or((d.client_header_timeout, d.client_keepalive_timeout), |c| {
-                (
-                    c.limits.client_header_timeout,
-                    c.limits.client_keepalive_timeout,
-                )
-            })
+        connection_deadlines(&self.live)
     }
+}
+
+/// The first request header's deadline and the kept-alive connection's, from the live
+/// config (the defaults before there is one).
+pub fn connection_deadlines(live: &LiveConfig) -> (Duration, Duration) {
+    let d = crate::config::Limits::default();
+    live.current()
+        .map_or((d.client_header_timeout, d.client_keepalive_timeout), |c| {
+            (
+                c.limits.client_header_timeout,
+                c.limits.client_keepalive_timeout,
+            )
+        })
 }
 
 #[async_trait]

@@ -255,7 +255,7 @@ fn h2c_enabled(get: impl Fn(&str) -> Option<String>) -> std::io::Result<bool> {
         Some("1" | "true") => Ok(true),
         Some(v) => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("SLUICE_H2C must be 1 or 0, not {v:?}"),
+            format!("SLUICE_H2C must be 1 (or true) or 0 (or false), not {v:?}"),
         )),
     }
 }
@@ -267,7 +267,6 @@ pub fn start(
     admin: Option<Listen>,
 ) -> std::io::Result<RunningProxy> {
     let read_buffer = listener_read_buffer(|k| std::env::var(k).ok())?;
-    let h2c = parts.h2c;
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_addrs = Vec::new();
     let proxy_addr = proxy.into().hand_over(&fds, &mut proxy_addrs)?;
@@ -319,19 +318,16 @@ pub fn start(
     let spend_for_metrics = spend.clone();
     // Each connection's handler runs under the request-header deadlines.
     let mut http = pingora::proxy::http_proxy(&conf, proxy);
-    if h2c {
+    if parts.h2c {
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2c = true;
         // An HTTP/2 connection with no stream open is closed like an idle HTTP/1.1 one.
-        options.h2_idle_timeout = Some(parts.live.current().map_or(
-            crate::config::Limits::default().client_keepalive_timeout,
-            |c| c.limits.client_keepalive_timeout,
-        ));
+        options.h2_idle_timeout = Some(crate::header_deadline::connection_deadlines(&parts.live).1);
         http.server_options = Some(options);
     }
     let mut proxy_svc = ListeningService::new(
         "sluice-proxy".into(),
-        crate::header_deadline::HeaderDeadline::new(http, parts.live.clone(), h2c),
+        crate::header_deadline::HeaderDeadline::new(http, parts.live.clone(), parts.h2c),
     );
     for a in &proxy_addrs {
         proxy_svc.add_listener(
@@ -403,7 +399,10 @@ mod tests {
         assert!(!h2c_enabled(env(Some("0"))).unwrap());
         assert!(h2c_enabled(env(Some("1"))).unwrap());
         let err = h2c_enabled(env(Some("yes"))).unwrap_err().to_string();
-        assert!(err.contains("SLUICE_H2C must be 1 or 0"), "{err}");
+        assert!(
+            err.contains("SLUICE_H2C must be 1 (or true) or 0 (or false)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -346,7 +346,7 @@ pub(super) fn forward(
     // servers also get it as a header), naming the gateway's span as the parent.
     let span = crate::trace::start_mcp(call.traceparent.as_deref());
     if let (Some(tp), Some(p)) = (
-        span.as_ref().and_then(crate::trace::traceparent_of),
+        span.as_ref().map(crate::trace::traceparent_of),
         params.as_object_mut(),
     ) {
         let meta = p.entry("_meta").or_insert_with(|| json!({}));

@@ -18,7 +18,7 @@ pub struct AccessSummary {
     input_tokens: u64,
     output_tokens: u64,
     tool_calls: usize,
-    trace_id: Option<String>,
+    trace_id: Option<crate::trace::TraceId>,
 }
 
 fn summary(ctx: &RequestCtx) -> AccessSummary {
@@ -159,7 +159,22 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
         tool_calls = s.tool_calls,
         refused = ctx.refused,
         duration_us,
-        trace_id = s.trace_id.as_deref().unwrap_or("-"),
+        trace_id = %s.trace_id.map_or(TraceIdOrDash::Dash, TraceIdOrDash::Id),
         error = ctx.error.as_ref().map(|e| e.classify().1).or(e.map(|_| "proxy")).unwrap_or("-"),
     );
+}
+
+/// The access line's trace id, or `-` for a request without a span.
+enum TraceIdOrDash {
+    Id(crate::trace::TraceId),
+    Dash,
+}
+
+impl std::fmt::Display for TraceIdOrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => id.fmt(f),
+            Self::Dash => f.write_str("-"),
+        }
+    }
 }

@@ -166,7 +166,7 @@ pub fn route_request(
     }
     ctx.request_facts.stream = r.url_stream;
     if crate::trace::enabled() && r.api.is_some() {
-        ctx.span = crate::trace::start_llm(header("traceparent"), r.provider);
+        ctx.span = crate::trace::start_llm(header("traceparent"));
     }
     ctx.route = Some(r);
     Ok(())

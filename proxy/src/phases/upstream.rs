@@ -141,7 +141,7 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
         req.insert_header(k.clone(), v.as_str())?;
     }
     // The provider sees Sluice's span as the parent (the client's trace continues).
-    if let Some(tp) = ctx.span.as_ref().and_then(crate::trace::traceparent_of) {
+    if let Some(tp) = ctx.span.as_ref().map(crate::trace::traceparent_of) {
         req.insert_header("traceparent", tp)?;
     }
     if ctx.api().is_some() {

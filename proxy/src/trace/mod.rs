@@ -23,7 +23,7 @@ pub use settings::{Protocol, Settings};
 pub use export::{DROPPED as SPANS_DROPPED, FAILED_EXPORTS};
 use otlp::{Head, Kind, Value};
 
-use crate::events::{Api, McpRecord, Provider, RequestRecord};
+use crate::events::{McpRecord, Provider, RequestRecord};
 
 /// What the request path needs of the installed tracer.
 struct Tracer {
@@ -229,23 +229,33 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The `traceparent` to send upstream for `span`.
-pub fn traceparent_of(span: &LiveSpan) -> Option<String> {
+pub fn traceparent_of(span: &LiveSpan) -> String {
     let mut v = String::with_capacity(55);
     v.push_str("00-");
     v.push_str(&hex(&span.trace_id));
     v.push('-');
     v.push_str(&hex(&span.span_id));
     v.push_str(if span.sampled { "-01" } else { "-00" });
-    Some(v)
+    v
 }
 
-/// The span's trace id, for the access line.
-pub fn trace_id_of(span: &LiveSpan) -> String {
-    hex(&span.trace_id)
+/// The span's trace id, for the access line: formatted only if the line is written.
+pub fn trace_id_of(span: &LiveSpan) -> TraceId {
+    TraceId(span.trace_id)
+}
+
+/// A trace id that prints as 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId([u8; 16]);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
 }
 
 /// Starts an LLM request's span (named once the model is known), when tracing is on.
-pub fn start_llm(traceparent: Option<&str>, _provider: Provider) -> Option<LiveSpan> {
+pub fn start_llm(traceparent: Option<&str>) -> Option<LiveSpan> {
     Some(start(TRACER.get()?, traceparent))
 }
 
@@ -255,7 +265,7 @@ pub fn start_mcp(traceparent: Option<&str>) -> Option<LiveSpan> {
     Some(start(TRACER.get()?, traceparent))
 }
 
-fn operation(provider: Provider, _api: Option<Api>) -> &'static str {
+fn operation(provider: Provider) -> &'static str {
     match provider {
         Provider::Gemini => "generate_content",
         _ => "chat",
@@ -320,7 +330,7 @@ pub fn finish_llm(span: LiveSpan, r: &RequestRecord, conversation: Option<&str>)
         return;
     };
     let end_ns = now_ns();
-    let op = operation(r.provider, r.api);
+    let op = operation(r.provider);
     let model = r.request.model.as_deref().or(r.response.model.as_deref());
     let failed = r.status >= 400 || r.response.error.is_some();
     let status_text;
