@@ -96,6 +96,17 @@ pub enum SluiceError {
         /// The configured cutoff.
         after: Duration,
     },
+    /// The client stopped reading the response: a write waited past the write timeout
+    /// (or ran below the minimum send rate). Only logged: the client is dropped.
+    #[error(
+        "the client took no response bytes for {}s (limits.client_write_timeout_ms, \
+         limits.min_response_bytes_per_sec); the connection was dropped",
+        .after.as_secs()
+    )]
+    ClientTooSlow {
+        /// The configured write timeout.
+        after: Duration,
+    },
     /// The upstream failed after the response began.
     #[error("the {provider} upstream failed mid-response: {detail}")]
     UpstreamBroken {
@@ -241,6 +252,9 @@ impl SluiceError {
             }
             SluiceError::BodyTooLarge { .. } => (413, "body_too_large", ErrorKind::TooLarge),
             SluiceError::BodyTooSlow { .. } => (408, "body_too_slow", ErrorKind::InvalidRequest),
+            SluiceError::ClientTooSlow { .. } => {
+                (408, "client_too_slow", ErrorKind::InvalidRequest)
+            }
             SluiceError::BadHeader(_) => (400, "bad_header", ErrorKind::InvalidRequest),
             SluiceError::MalformedRequest(_) => {
                 (400, "malformed_request", ErrorKind::InvalidRequest)

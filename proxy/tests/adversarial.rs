@@ -310,32 +310,20 @@ fn r19_a_client_that_reads_nothing_holds_up_its_upstream_not_memory() {
         s.write_all(req.as_bytes()).await.unwrap();
         s
     });
-    // The upstream streams 200 MB of small events as fast as it is allowed to.
-    let written = up_rt.block_on(async move {
-        let (mut s, _) = upstream.accept().await.unwrap();
-        read_upstream_request(&mut s).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await
-            .unwrap();
-        let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},\"finish_reason\":null}]}\n\n";
-        let payload = event.repeat(65536 / event.len());
-        let chunk = format!("{:x}\r\n{payload}\r\n", payload.len());
-        let mut written = 0usize;
-        while written < 200 << 20 {
-            // Backpressure shows as a write that cannot complete.
-            match tokio::time::timeout(Duration::from_secs(1), s.write_all(chunk.as_bytes())).await {
-                Ok(Ok(())) => written += chunk.len(),
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
-        written
-    });
+    // The upstream streams 200 MB of small events as fast as it is allowed to;
+    // backpressure shows as a write that cannot complete.
+    let (written, ended) = up_rt.block_on(endless_stream(
+        upstream,
+        200 << 20,
+        Some(Duration::from_secs(1)),
+    ));
+    assert_eq!(ended, Ended::Stalled);
     let grown = sluice_proxy::overload::resident_bytes()
         .unwrap()
         .saturating_sub(rss_before);
     drop(client);
     assert!(
-        written < 64 << 20,
+        written < BOUNDED,
         "the upstream wrote {} MiB to a client that reads nothing",
         written >> 20
     );
@@ -480,4 +468,70 @@ fn r18_aborts_and_a_429_storm_leak_no_descriptors_and_wedge_no_pool() {
         grown < 64,
         "{grown} more descriptors after 1,500 requests with 300 aborts"
     );
+}
+
+/// Past this, a proxy that never stopped reading its upstream has buffered without bound.
+const ENDLESS_CAP: u64 = 1 << 30;
+/// Kernel socket buffers on loopback (both sides of both hops) stay well under this.
+const BOUNDED: u64 = 64 << 20;
+
+#[test]
+fn a_client_that_stops_reading_pauses_the_upstream_and_is_dropped_at_the_write_timeout() {
+    let (up_rt, upstream, port) = serving_upstream();
+    let profile = format!(
+        "[limits]\nclient_write_timeout_ms = 1000\n\
+         [profiles.slow.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    );
+    let h = Harness::start(&profile);
+    let upstream = up_rt.spawn(endless_stream(upstream, ENDLESS_CAP, None));
+    let mut client = h.rt.block_on(async {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        let body = chat_body(true, false).to_string();
+        let req = format!(
+            "POST /v1/openai/slow/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // The response has begun; from here on the client reads nothing.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        let honest = post_json(h.addr(), "/v1/openai/chat/completions", &[], &chat_body(false, false)).await;
+        assert_eq!(honest.status, 200, "an honest client beside the stalled one");
+        s
+    });
+    // The upstream's writes stall once the buffers between are full, then fail when the
+    // proxy drops the client at its write timeout and lets go of the upstream.
+    let (written, ended) = up_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), upstream).await })
+        .expect("the proxy neither dropped the stalled client nor released the upstream")
+        .unwrap();
+    assert_eq!(
+        ended,
+        Ended::Cut,
+        "{written} bytes written: no backpressure, or never let go"
+    );
+    assert!(
+        written < BOUNDED,
+        "{written} bytes taken from the upstream for a client that read none"
+    );
+    // The client's connection is closed (after whatever was in flight).
+    let (_, _) = h.rt.block_on(until_closed(&mut client, Instant::now()));
+    // The honest client's record is the first, the stalled stream's the second.
+    let record = h.record(2);
+    assert_eq!(record.status, 200);
+    assert!(!record.response.completed);
+    // And after.
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/chat/completions",
+        &[],
+        &chat_body(false, false),
+    ));
+    assert_eq!(r.status, 200);
 }

@@ -243,3 +243,71 @@ fn r06_http2_streams_are_capped_per_connection_and_a_reset_flood_leaves_others_s
     let grown = open_fds().saturating_sub(before);
     assert!(grown < 64, "{grown} more descriptors after the flood");
 }
+
+#[test]
+fn r06_a_stream_whose_window_stays_zero_pauses_the_upstream_and_is_reset_at_the_write_timeout() {
+    let (up_rt, upstream, port) = common::serving_upstream();
+    let profile = format!(
+        "[limits]\nclient_write_timeout_ms = 1000\n\
+         [profiles.slow.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    );
+    let h = Harness::start_with(&profile, true);
+    let addr = h.addr();
+    let upstream = up_rt.spawn(common::endless_stream(upstream, 1 << 30, None));
+    let (mut body, conn) = h.rt.block_on(async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // Every stream's window starts at 0 and is never opened: no DATA may be sent.
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::post(format!("http://{addr}/v1/openai/slow/chat/completions"))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(req, false).unwrap();
+        send.send_data(Bytes::from(chat_body(true, false).to_string()), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        // Another connection is served meanwhile.
+        let other = post_json(
+            addr,
+            "/v1/openai/chat/completions",
+            &[],
+            &chat_body(false, false),
+        )
+        .await;
+        assert_eq!(other.status, 200);
+        (response.into_body(), conn)
+    });
+    let (written, ended) = up_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), upstream).await })
+        .expect("the proxy neither reset the stalled stream nor released the upstream")
+        .unwrap();
+    assert_eq!(
+        ended,
+        common::Ended::Cut,
+        "{written} bytes written: no backpressure, or never let go"
+    );
+    assert!(
+        written < 64 << 20,
+        "{written} bytes taken from the upstream for a stream that could take none"
+    );
+    h.rt.block_on(async {
+        // The stream ends in an error, not with the upstream's bytes.
+        let end = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("the stalled stream was never ended");
+        assert!(
+            !matches!(end, Some(Ok(_))),
+            "data arrived through a zero window"
+        );
+        conn.abort();
+    });
+    let record = h.record(2);
+    assert!(!record.response.completed);
+}

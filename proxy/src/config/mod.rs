@@ -92,6 +92,13 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     /// From a response to the next request header on a kept-alive connection. Default 60 s.
     pub client_keepalive_timeout: Duration,
+    /// Longest one write to the client may wait (a client that stopped reading; upstream
+    /// reads pause meanwhile), then the connection is dropped. Default 60 s.
+    pub client_write_timeout: Duration,
+    /// Slowest a client may take the response, bytes/s (0: off); HTTP/1.1 only. Each write
+    /// then has `max(len, rate) / rate` seconds, at least 1 s, instead of the timeout above.
+    /// Default 0.
+    pub min_response_bytes_per_sec: u64,
     /// Resident memory past which new requests get 503 (0: none). Default: 90% of the
     /// cgroup's `memory.max` when set, else none.
     pub memory_budget_bytes: u64,
@@ -137,6 +144,8 @@ impl Default for Limits {
             client_read_timeout: Duration::from_secs(10),
             client_header_timeout: Duration::from_secs(10),
             client_keepalive_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_secs(60),
+            min_response_bytes_per_sec: 0,
             min_request_body_bytes_per_sec: 1000,
             memory_budget_bytes: crate::overload::default_budget(),
             request_body_rate_grace: Duration::from_secs(10),
@@ -373,6 +382,14 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             d.client_keepalive_timeout,
             "limits.client_keepalive_timeout_ms",
         )?,
+        client_write_timeout: ms(
+            l.client_write_timeout_ms,
+            d.client_write_timeout,
+            "limits.client_write_timeout_ms",
+        )?,
+        min_response_bytes_per_sec: l
+            .min_response_bytes_per_sec
+            .unwrap_or(d.min_response_bytes_per_sec),
         min_request_body_bytes_per_sec: l
             .min_request_body_bytes_per_sec
             .unwrap_or(d.min_request_body_bytes_per_sec),

@@ -127,55 +127,87 @@ pub struct RawQuarantine {
     pub timeout_ms: Option<u64>,
 }
 
-/// Limits as written; every field optional, defaults in [`Limits::default`].
+/// Limits as written; every field optional, defaults in [`Limits::default`]. Unset fields
+/// are left out when a snapshot is written, so a proxy one release older (which refuses
+/// fields it does not know) still takes snapshots from a newer control plane unless an
+/// admin sets a limit it lacks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     /// Request body cap in bytes (413).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<usize>,
     /// Header bytes cap (431).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
     /// Header count cap (431).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_header_count: Option<usize>,
     /// Deadline for reading a request's headers and body from the client, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_read_timeout_ms: Option<u64>,
     /// Total time a new connection has to deliver its first request header, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_header_timeout_ms: Option<u64>,
     /// Total time a kept-alive connection has, after a response, to deliver the next
     /// request header; idle connections are closed then. In ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_keepalive_timeout_ms: Option<u64>,
+    /// Longest one write to the client may wait before the connection is dropped, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_write_timeout_ms: Option<u64>,
+    /// Slowest a client may take the response, in bytes per second (0: no minimum;
+    /// HTTP/1.1 clients only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_response_bytes_per_sec: Option<u64>,
     /// Resident memory past which new requests get 503 (0: none). Default: 90% of the
     /// container's memory limit when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_bytes: Option<u64>,
     /// Slowest request body accepted, in bytes per second (0: no minimum).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_request_body_bytes_per_sec: Option<u64>,
     /// How long a request body may take before the minimum rate applies, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_body_rate_grace_ms: Option<u64>,
     /// Upstream connect timeout, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_connect_timeout_ms: Option<u64>,
     /// Longest silence from the upstream (before the first byte or between two chunks), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_idle_timeout_ms: Option<u64>,
     /// Cap on one SSE event, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sse_event_bytes: Option<usize>,
     /// Cap on a non-streaming response body kept for inspection, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_inspected_response_bytes: Option<usize>,
     /// Idle upstream connections kept per worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_pool_size: Option<usize>,
     /// How long an admin's approval of a `require_approval` call lasts, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_ttl_secs: Option<u64>,
     /// Failed virtual-key attempts allowed per client address per minute (then 429).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_failed_auth_per_minute: Option<u32>,
     /// MCP sessions kept at once (the oldest idle one is ended past it).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_max_sessions: Option<usize>,
     /// How often an idle MCP server stream (GET) gets a keep-alive comment, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_keepalive_interval_ms: Option<u64>,
     /// How long a server's question to a stateless client waits for its retry, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_input_timeout_ms: Option<u64>,
     /// An MCP session unused this long is ended (the client then gets 404), in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_session_idle_timeout_secs: Option<u64>,
     /// Tool results larger than this stay JSON (TOON counts their tokens), in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub toon_max_result_bytes: Option<usize>,
     /// Memory for remembered TOON conversions, in bytes (read at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub toon_cache_bytes: Option<usize>,
 }
 

@@ -74,3 +74,19 @@ fn bad_values_are_reported_with_their_path() {
     let raw = parse_toml("[profiles.a.openai]\nbase_url = \"ftp://x\"").expect("toml");
     assert!(compile(raw, &env()).is_err());
 }
+
+#[test]
+fn unset_limits_are_left_out_of_a_written_snapshot() {
+    // A proxy a release older refuses fields it does not know (`deny_unknown_fields`): a
+    // newer control plane must not send the limits an admin never set.
+    let unset = serde_json::to_value(RawLimits::default()).unwrap();
+    assert_eq!(unset, serde_json::json!({}));
+    let one = RawLimits {
+        client_write_timeout_ms: Some(5000),
+        ..RawLimits::default()
+    };
+    assert_eq!(
+        serde_json::to_value(one).unwrap(),
+        serde_json::json!({"client_write_timeout_ms": 5000})
+    );
+}

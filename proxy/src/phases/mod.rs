@@ -236,6 +236,11 @@ impl ProxyHttp for SluiceProxy {
         ctx.error_shape = request::guess_provider(session);
         if let Some(cfg) = ctx.config.clone() {
             session.set_read_timeout(Some(cfg.limits.client_read_timeout));
+            // A client that stops reading: Pingora's upstream reads pause behind the
+            // bounded hand-over between its tasks; past this the connection is dropped.
+            session.set_write_timeout(Some(cfg.limits.client_write_timeout));
+            let rate = usize::try_from(cfg.limits.min_response_bytes_per_sec).unwrap_or(usize::MAX);
+            session.set_min_send_rate(Some(rate));
             if let Err(e) = request::check_header_limits(session, &cfg.limits) {
                 return Err(raise(ctx, e));
             }
@@ -282,7 +287,15 @@ impl ProxyHttp for SluiceProxy {
                 return Ok(true);
             }
             path if crate::mcp::transport::is_mcp_path(path) => {
-                crate::mcp::transport::serve(&self.mcp, session, ctx, &self.auth_failures).await?;
+                // Boxed: the MCP gateway's future is many KiB, and async-trait boxes this
+                // phase's whole future (copying it) on every request, LLM ones included.
+                Box::pin(crate::mcp::transport::serve(
+                    &self.mcp,
+                    session,
+                    ctx,
+                    &self.auth_failures,
+                ))
+                .await?;
                 return Ok(true);
             }
             _ => {}
@@ -374,7 +387,8 @@ impl ProxyHttp for SluiceProxy {
         let Some(pending) = pending else {
             return Ok(());
         };
-        let outcomes = self.sanitize_all(ctx, &pending).await;
+        // Boxed for the same reason as the MCP gateway's future in `request_filter`.
+        let outcomes = Box::pin(self.sanitize_all(ctx, &pending)).await;
         request_body::finish(
             body,
             ctx,
@@ -448,6 +462,8 @@ impl ProxyHttp for SluiceProxy {
                     .await
                     .unwrap_or(0);
             }
+        } else if downstream_gone(e) {
+            // Nothing more can reach this client; waiting to write would only hold the slot.
         } else if let Some(event) = response::terminal_event(ctx, &err) {
             // The header went out already: close the stream with an event the SDK raises.
             let _ = session.write_response_body(Some(event), true).await;
@@ -481,11 +497,15 @@ impl ProxyHttp for SluiceProxy {
     }
 }
 
+/// The client cannot be written to: it left, or stopped reading past the write timeout.
 fn downstream_gone(e: &Error) -> bool {
     *e.esource() == ErrorSource::Downstream
         && matches!(
             e.etype(),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            ErrorType::WriteError
+                | ErrorType::WriteTimedout
+                | ErrorType::ReadError
+                | ErrorType::ConnectionClosed
         )
 }
 
@@ -518,6 +538,12 @@ fn classify_pingora(e: &Error, ctx: &RequestCtx) -> SluiceError {
         (ErrorSource::Upstream, _) => SluiceError::UpstreamBroken {
             provider,
             detail: "the connection closed or failed before the response was complete".into(),
+        },
+        (ErrorSource::Downstream, ErrorType::WriteTimedout) => SluiceError::ClientTooSlow {
+            after: ctx
+                .config
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.limits.client_write_timeout),
         },
         (ErrorSource::Downstream, ErrorType::ReadTimedout) => {
             SluiceError::MalformedRequest("the client stopped sending the request body".into())

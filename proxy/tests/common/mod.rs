@@ -403,3 +403,50 @@ pub fn content_length(head: &str) -> usize {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// How an [`endless_stream`] upstream's writing ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A write failed: the proxy let go of the connection.
+    Cut,
+    /// A write could not complete within the stall time: the proxy stopped reading.
+    Stalled,
+    /// The cap was reached: whatever was written was taken without pause.
+    Cap,
+}
+
+/// An OpenAI-shaped SSE upstream that never ends: one connection, its request read, then
+/// 64 KiB chunks of small content events as fast as the socket takes them, until a write
+/// fails, a write waits longer than `stall` (when given), or `cap` bytes went out. A proxy
+/// that buffers without bound lets it reach the cap. Returns the bytes written and why it
+/// stopped.
+pub async fn endless_stream(
+    upstream: tokio::net::TcpListener,
+    cap: u64,
+    stall: Option<Duration>,
+) -> (u64, Ended) {
+    let (mut s, _) = upstream.accept().await.unwrap();
+    read_upstream_request(&mut s).await;
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},\"finish_reason\":null}]}\n\n";
+    let payload = event.repeat(65536 / event.len());
+    let chunk = format!("{:x}\r\n{payload}\r\n", payload.len()).into_bytes();
+    let mut written = 0u64;
+    while written < cap {
+        let write = s.write_all(&chunk);
+        let done = match stall {
+            Some(t) => match tokio::time::timeout(t, write).await {
+                Ok(r) => r,
+                Err(_) => return (written, Ended::Stalled),
+            },
+            None => write.await,
+        };
+        if done.is_err() {
+            return (written, Ended::Cut);
+        }
+        written += chunk.len() as u64;
+    }
+    (written, Ended::Cap)
+}
