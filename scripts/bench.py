@@ -183,6 +183,7 @@ def bye(*_):
     print(f"{posts[0]} {posts[1]}", flush=True)
     sys.exit(0)
 signal.signal(signal.SIGTERM, bye)
+signal.signal(signal.SIGINT, bye)
 print("ready", flush=True)
 s.serve_forever()
 """
@@ -205,16 +206,17 @@ def admin(api, method, path, body=None):
         return json.loads(r.read() or b"null")
 
 
-def start_full(procs, tmp, mock_port, metrics_port):
+def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"), binary=SLUICE):
     """Sluice as deployed with everything on: a control plane (SQLite) holding a profile, a
     virtual key and the 100 policies; a proxy fed by it (usage journal shipped back),
     Prometheus metrics, and tracing at sampling 1.0 to an OTLP/HTTP sink. The proxy on core
     0; the control plane and the sink, which run on other machines in a deployment, on core
-    1. Returns (port, the proxy's pid, virtual key)."""
+    1. The proxy's command line starts with `wrap` (a profiler, say); `binary` is the sluice
+    both run (another build, for an A/B). Returns (port, the proxy's pid, virtual key)."""
     env = dict(os.environ, SLUICE_LOG="error", SLUICE_MASTER_KEY="ab" * 32, SLUICE_ADMIN_KEY=ADMIN_KEY)
     for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT"):
         env.pop(k, None)
-    control = subprocess.Popen(["taskset", "-c", "1", SLUICE, "control"], stdout=subprocess.PIPE, text=True,
+    control = subprocess.Popen(["taskset", "-c", "1", binary, "control"], stdout=subprocess.PIPE, text=True,
                                env=dict(env, SLUICE_CONTROL_LISTEN="127.0.0.1:0",
                                         SLUICE_DATABASE_URL=f"sqlite://{os.path.join(tmp, 'control.db')}"))
     procs.append(control)
@@ -234,7 +236,7 @@ def start_full(procs, tmp, mock_port, metrics_port):
     procs.append(sink)
     assert sink.stdout.readline().strip() == "ready"
     proxy = subprocess.Popen(
-        ["taskset", "-c", "0", SLUICE, "proxy", "--control", f"http://{addr}", "--token", token,
+        [*wrap, binary, "proxy", "--control", f"http://{addr}", "--token", token,
          "--data-dir", os.path.join(tmp, "proxy-data"), "--listen", "127.0.0.1:0",
          "--metrics-listen", f"127.0.0.1:{metrics_port}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

@@ -124,7 +124,7 @@ impl ServeHttp for AdminApp {
             "/admin/v1/journal" => match &self.journal {
                 Some(j) => {
                     let body = serde_json::json!({"proxy_id": j.proxy_id(), "last_seq": j.last_seq(),
-                        "acked_seq": j.acked().unwrap_or(0), "failures": j.failures()});
+                        "acked_seq": j.acked(), "failures": j.failures()});
                     reply(200, "application/json", body.to_string().into_bytes())
                 }
                 None => reply(

@@ -226,6 +226,14 @@ pub async fn subscribe(
     }
 }
 
+/// Records in one usage batch at most.
+const SHIP_MAX_RECORDS: usize = 1000;
+/// After a batch that emptied the journal, the shipper waits this long before the next:
+/// under load a batch then carries this long's records (one round trip and one fsync of
+/// the acknowledgement for all of them); a lone record after a quiet spell still goes at
+/// once.
+const SHIP_LINGER: Duration = Duration::from_millis(50);
+
 /// Ships the journal until `shutdown`, oldest first, trimming after each acknowledgement.
 pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
@@ -235,14 +243,8 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
         if *shutdown.borrow() {
             return;
         }
-        let acked = match journal.acked() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "usage journal");
-                0
-            }
-        };
-        let (batch, next) = match journal.read_from(cursor, acked, 1000, 4 << 20) {
+        let acked = journal.acked();
+        let (batch, next) = match journal.read_from(cursor, acked, SHIP_MAX_RECORDS, 4 << 20) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "usage journal");
@@ -294,6 +296,14 @@ pub async fn ship(journal: Arc<Journal>, link: ControlLink, mut shutdown: watch:
                         Ok(()) => {
                             cursor = next;
                             backoff = Duration::from_millis(100);
+                            if batch.len() < SHIP_MAX_RECORDS {
+                                // Caught up: let the next batch gather for a moment
+                                // rather than pay a round trip and an fsync per few records.
+                                tokio::select! {
+                                    _ = tokio::time::sleep(SHIP_LINGER) => {}
+                                    _ = shutdown.changed() => return,
+                                }
+                            }
                             continue;
                         }
                         Err(e) => e.to_string(),

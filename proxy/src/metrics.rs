@@ -369,7 +369,7 @@ impl ProxyMetrics {
         self.snapshot_age
             .set(live.age().map_or(0.0, |d| d.as_secs_f64()));
         if let Some(j) = journal {
-            let backlog = j.last_seq().saturating_sub(j.acked().unwrap_or(0));
+            let backlog = j.last_seq().saturating_sub(j.acked());
             self.journal_backlog
                 .set(i64::try_from(backlog).unwrap_or(i64::MAX));
             self.journal_failures

@@ -64,6 +64,8 @@ pub struct Journal {
     writer: parking_lot::Mutex<Writer>,
     appended: tokio::sync::Notify,
     failures: std::sync::atomic::AtomicU64,
+    // The `acked` file's value, read once at open: this process is its only writer.
+    acked: std::sync::atomic::AtomicU64,
     // Held for the journal's life: two writers would interleave sequences.
     _lock: File,
 }
@@ -220,6 +222,7 @@ impl Journal {
             }),
             appended: tokio::sync::Notify::new(),
             failures: std::sync::atomic::AtomicU64::new(0),
+            acked: std::sync::atomic::AtomicU64::new(acked),
             _lock: lock,
         }))
     }
@@ -264,8 +267,8 @@ impl Journal {
     }
 
     /// The highest acknowledged sequence.
-    pub fn acked(&self) -> Result<u64, JournalError> {
-        read_acked(&self.dir)
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reads whole records after `after`, up to `max_records` / about `max_bytes`, from the
@@ -335,10 +338,12 @@ impl Journal {
 
     /// Records `seq` as acknowledged and removes segments wholly at or below it.
     pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
-        if seq <= self.acked()? {
+        if seq <= self.acked() {
             return Ok(());
         }
         write_atomic(&self.dir.join("acked"), seq.to_string().as_bytes())?;
+        self.acked
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
         let segs = segments(&self.dir)?;
         for (i, first) in segs.iter().enumerate() {
             // The last segment is the one being written: never removed.
@@ -472,9 +477,7 @@ mod tests {
         let first = j.read_after(0, 5, 1 << 20).expect("read");
         assert_eq!(first.len(), 5);
         j.ack(5).expect("ack");
-        let rest = j
-            .read_after(j.acked().expect("acked"), 100, 1 << 20)
-            .expect("read");
+        let rest = j.read_after(j.acked(), 100, 1 << 20).expect("read");
         assert_eq!(rest.first().map(|r| r.0), Some(6));
         assert_eq!(rest.len(), 15);
         // A cursor continues where the previous read stopped, across segments.

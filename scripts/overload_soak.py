@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""L4 at full length: a proxy held over its memory budget for a long time. One Sluice proxy
+with `limits.memory_budget_bytes` set low, in front of the mock, with more slow streams
+(each with a 64 KiB prompt) asked of it than the budget holds, and chat completions beside
+them. Expected: new requests past the budget get 503 (with `Retry-After`, tested in CI);
+nothing else fails; the streams it admitted run to their end; the proxy is alive at the
+end, its resident memory stayed near the budget, and once the load stops it answers again.
+Exits non-zero otherwise. Not in CI.
+
+Usage: python3 scripts/overload_soak.py [--seconds 1800] [--budget-mib 64] [--connections 1500]
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CHAT, SLUICE, free_port, machine, rss, start_mock, stop, wait_port  # noqa: E402
+from soak import chat_ok, fds  # noqa: E402
+
+SCENARIO = """
+[headers]
+content-type = "application/json"
+authorization = "Bearer sk-soak"
+
+[[request]]
+name = "stream, 64 KiB prompt, ~10 s"
+weight = 1
+path = "/v1/openai/chat/completions"
+body = '{stream}'
+prompt_bytes = 65536
+headers = {{ "x-mock-words" = "1000", "x-mock-chunk-delay-ms" = "10" }}
+expect_body_contains = "data: [DONE]"
+
+[[request]]
+name = "chat"
+weight = 1
+path = "/v1/openai/chat/completions"
+body = '{chat}'
+expect_body_contains = "chat.completion"
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=1800)
+    ap.add_argument("--budget-mib", type=int, default=64)
+    ap.add_argument("--connections", type=int, default=1500)
+    args = ap.parse_args()
+    budget = args.budget_mib << 20
+    procs = []
+    tmp = tempfile.mkdtemp(prefix="sluice-overload-")
+    try:
+        mock_port = start_mock(procs)
+        port = free_port()
+        conf = os.path.join(tmp, "sluice.toml")
+        with open(conf, "w") as f:
+            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[limits]\nmemory_budget_bytes = {budget}\n'
+                    '[profiles.default]\n')
+        env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
+        proxy = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proxy)
+        wait_port(port, proxy)
+        assert chat_ok(port)
+        rss_before = rss(proxy.pid)
+        scenario = os.path.join(tmp, "overload.toml")
+        stream = dict(CHAT, stream=True, messages=[{"role": "user", "content": "{{prompt}}"}])
+        with open(scenario, "w") as f:
+            f.write(SCENARIO.format(chat=json.dumps(CHAT), stream=json.dumps(stream)))
+        samples = []
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(1.0) and proxy.poll() is None:
+                samples.append((fds(proxy.pid), rss(proxy.pid)))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out = subprocess.run(["taskset", "-c", "1", SLUICE, "loadtest", "--scenario", scenario,
+                              "--url", f"http://127.0.0.1:{port}", "-c", str(args.connections),
+                              "-d", str(args.seconds), "--warmup-secs", "1", "--quiet"],
+                             capture_output=True, text=True, check=True).stdout
+        done.set()
+        sampler.join()
+        alive = proxy.poll() is None
+        report = json.loads(out.strip().splitlines()[-1])
+        # Once the load is gone, memory falls back under the budget and requests are served.
+        deadline = time.time() + 30
+        while alive and rss(proxy.pid) > budget and time.time() < deadline:
+            time.sleep(0.5)
+        answered = sum(chat_ok(port) for _ in range(20)) if alive else 0
+        by_status = {int(k): v for k, v in report["errors_by_status"].items()}
+        refused = by_status.get(503, 0)
+        other = {k: v for k, v in by_status.items() if k != 503}
+        peak = max(s[1] for s in samples)
+        lines = [
+            f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
+            f"Machine: {machine()}  ",
+            f"Command: `python3 scripts/overload_soak.py --seconds {args.seconds:g} --budget-mib {args.budget_mib}"
+            f" --connections {args.connections}`  ",
+            "Proxy on core 0 (1 thread), mock on core 0, `sluice loadtest` on core 1.",
+            "",
+            "| kind | answered | not answered |",
+            "|---|---:|---:|",
+        ]
+        for k in report["by_request"]:
+            lines.append(f"| {k['name']} | {k['requests']:,} | {k['errors']:,} |")
+        lines += [
+            f"| **all** | **{report['requests']:,}** | **{report['errors']:,}** |",
+            "",
+            f"- not answered: {refused:,} refused with 503 (over the budget), {sum(other.values())} otherwise {other or ''}",
+            "",
+            f"- proxy alive at the end: {'yes' if alive else 'NO'}",
+            f"- resident memory: {rss_before / 2**20:.1f} MiB before, at most {peak / 2**20:.1f} MiB during "
+            f"(budget {args.budget_mib} MiB); at each tenth of the run: "
+            + ", ".join(f"{samples[min(len(samples) - 1, i * len(samples) // 10)][1] / 2**20:.0f}" for i in range(1, 11))
+            + " MiB",
+            f"- open descriptors: at most {max(s[0] for s in samples)} during",
+            f"- after the load: {answered} of 20 requests answered 200",
+        ]
+        print("\n".join(lines))
+        ok = alive and refused > 0 and not other and answered == 20
+        return 0 if ok else 1
+    finally:
+        stop(procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
