@@ -13,15 +13,13 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, free_port, machine, rss, start_mock, stop, wait_port  # noqa: E402
-from soak import chat_ok, fds  # noqa: E402
+from bench import CHAT, machine, rss, start_mock, stop  # noqa: E402
+from soak import chat_ok, run_sampled, start_proxy  # noqa: E402
 
 SCENARIO = """
 [headers]
@@ -57,38 +55,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="sluice-overload-")
     try:
         mock_port = start_mock(procs)
-        port = free_port()
-        conf = os.path.join(tmp, "sluice.toml")
-        with open(conf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[limits]\nmemory_budget_bytes = {budget}\n'
-                    '[profiles.default]\n')
-        env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
-        proxy = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(proxy)
-        wait_port(port, proxy)
-        assert chat_ok(port)
+        proxy, port = start_proxy(procs, tmp, mock_port, f"memory_budget_bytes = {budget}")
         rss_before = rss(proxy.pid)
         scenario = os.path.join(tmp, "overload.toml")
         stream = dict(CHAT, stream=True, messages=[{"role": "user", "content": "{{prompt}}"}])
         with open(scenario, "w") as f:
             f.write(SCENARIO.format(chat=json.dumps(CHAT), stream=json.dumps(stream)))
-        samples = []
-        done = threading.Event()
-
-        def sample():
-            while not done.wait(1.0) and proxy.poll() is None:
-                samples.append((fds(proxy.pid), rss(proxy.pid)))
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out = subprocess.run(["taskset", "-c", "1", SLUICE, "loadtest", "--scenario", scenario,
-                              "--url", f"http://127.0.0.1:{port}", "-c", str(args.connections),
-                              "-d", str(args.seconds), "--warmup-secs", "1", "--quiet"],
-                             capture_output=True, text=True, check=True).stdout
-        done.set()
-        sampler.join()
+        report, samples = run_sampled(proxy, port, scenario, args.connections, args.seconds)
         alive = proxy.poll() is None
-        report = json.loads(out.strip().splitlines()[-1])
         # Once the load is gone, memory falls back under the budget and requests are served.
         deadline = time.time() + 30
         while alive and rss(proxy.pid) > budget and time.time() < deadline:

@@ -71,8 +71,49 @@ def fds(pid):
 def chat_ok(port):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/openai/chat/completions", data=json.dumps(CHAT).encode(),
                                  headers={"content-type": "application/json", "authorization": "Bearer sk-soak"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return r.status == 200
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def start_proxy(procs, tmp, mock_port, limits):
+    """One file-configured proxy (1 thread) on core 0 in front of the mock, with `limits`
+    (TOML lines for `[limits]`); returns (process, port) once it answers a chat completion."""
+    port = free_port()
+    conf = os.path.join(tmp, "sluice.toml")
+    with open(conf, "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[limits]\n{limits}\n[profiles.default]\n')
+    env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
+    proxy = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(proxy)
+    wait_port(port, proxy)
+    assert chat_ok(port)
+    return proxy, port
+
+
+def run_sampled(proxy, port, scenario, connections, seconds):
+    """Runs the scenario file through `sluice loadtest` on core 1 while sampling the proxy's
+    (descriptors, resident bytes) every second; returns (the loadtest's JSON report, samples)."""
+    samples = []
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(1.0) and proxy.poll() is None:
+            samples.append((fds(proxy.pid), rss(proxy.pid)))
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = subprocess.run(["taskset", "-c", "1", SLUICE, "loadtest", "--scenario", scenario,
+                              "--url", f"http://127.0.0.1:{port}", "-c", str(connections),
+                              "-d", str(seconds), "--warmup-secs", "1", "--quiet"],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        done.set()
+        sampler.join()
+    return json.loads(out.strip().splitlines()[-1]), samples
 
 
 def main():
@@ -85,36 +126,12 @@ def main():
     tmp = tempfile.mkdtemp(prefix="sluice-soak-")
     try:
         mock_port = start_mock(procs)
-        port = free_port()
-        conf = os.path.join(tmp, "sluice.toml")
-        with open(conf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[limits]\nupstream_pool_size = {POOL}\n'
-                    '[profiles.default]\n')
-        env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
-        proxy = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(proxy)
-        wait_port(port, proxy)
-        assert chat_ok(port)
+        proxy, port = start_proxy(procs, tmp, mock_port, f"upstream_pool_size = {POOL}")
         fds_before, rss_before = fds(proxy.pid), rss(proxy.pid)
         scenario = os.path.join(tmp, "soak.toml")
         with open(scenario, "w") as f:
             f.write(SCENARIO.format(chat=json.dumps(CHAT), stream=json.dumps(dict(CHAT, stream=True))))
-        samples = []
-        done = threading.Event()
-
-        def sample():
-            while not done.wait(1.0):
-                samples.append((fds(proxy.pid), rss(proxy.pid)))
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out = subprocess.run(["taskset", "-c", "1", SLUICE, "loadtest", "--scenario", scenario,
-                              "--url", f"http://127.0.0.1:{port}", "-c", str(args.connections),
-                              "-d", str(args.seconds), "--warmup-secs", "1", "--quiet"],
-                             capture_output=True, text=True, check=True).stdout
-        done.set()
-        sampler.join()
-        report = json.loads(out.strip().splitlines()[-1])
+        report, samples = run_sampled(proxy, port, scenario, args.connections, args.seconds)
         # The pool still answers, one request after another.
         sequential_ok = sum(chat_ok(port) for _ in range(20))
         # Closes of the hung-up streams' upstream connections finish within a moment; the
