@@ -4,7 +4,8 @@ with `limits.memory_budget_bytes` set low, in front of the mock, with more slow 
 (each with a 64 KiB prompt) asked of it than the budget holds, and chat completions beside
 them. Expected: new requests past the budget get 503 (with `Retry-After`, tested in CI);
 nothing else fails; the streams it admitted run to their end; the proxy is alive at the
-end, its resident memory stayed near the budget, and once the load stops it answers again.
+end, its heap in use (sampled from /metrics, beside resident memory) stayed near the budget,
+and once the load stops it answers again.
 Exits non-zero otherwise. Not in CI.
 
 Usage: python3 scripts/overload_soak.py [--seconds 1800] [--budget-mib 64] [--connections 1500]
@@ -18,8 +19,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, machine, rss, start_mock, stop  # noqa: E402
-from soak import chat_ok, run_sampled, start_proxy  # noqa: E402
+from bench import CHAT, free_port, machine, rss, start_mock, stop  # noqa: E402
+from soak import chat_ok, gauge, run_sampled, start_proxy  # noqa: E402
 
 SCENARIO = """
 [headers]
@@ -55,17 +56,19 @@ def main():
     tmp = tempfile.mkdtemp(prefix="sluice-overload-")
     try:
         mock_port = start_mock(procs)
-        proxy, port = start_proxy(procs, tmp, mock_port, f"memory_budget_bytes = {budget}")
+        metrics_port = free_port()
+        proxy, port = start_proxy(procs, tmp, mock_port, f"memory_budget_bytes = {budget}", metrics_port)
         rss_before = rss(proxy.pid)
+        heap_before = gauge(metrics_port, "sluice_memory_in_use_bytes") or 0
         scenario = os.path.join(tmp, "overload.toml")
         stream = dict(CHAT, stream=True, messages=[{"role": "user", "content": "{{prompt}}"}])
         with open(scenario, "w") as f:
             f.write(SCENARIO.format(chat=json.dumps(CHAT), stream=json.dumps(stream)))
-        report, samples = run_sampled(proxy, port, scenario, args.connections, args.seconds)
+        report, samples = run_sampled(proxy, port, scenario, args.connections, args.seconds, metrics_port)
         alive = proxy.poll() is None
-        # Once the load is gone, memory falls back under the budget and requests are served.
+        # Once the load is gone, the heap falls back under the budget and requests are served.
         deadline = time.time() + 30
-        while alive and rss(proxy.pid) > budget and time.time() < deadline:
+        while alive and (gauge(metrics_port, "sluice_memory_in_use_bytes") or 0) > budget and time.time() < deadline:
             time.sleep(0.5)
         answered = sum(chat_ok(port) for _ in range(20)) if alive else 0
         by_status = {int(k): v for k, v in report["errors_by_status"].items()}
@@ -93,6 +96,10 @@ def main():
             f"- resident memory: {rss_before / 2**20:.1f} MiB before, at most {peak / 2**20:.1f} MiB during "
             f"(budget {args.budget_mib} MiB); at each tenth of the run: "
             + ", ".join(f"{samples[min(len(samples) - 1, i * len(samples) // 10)][1] / 2**20:.0f}" for i in range(1, 11))
+            + " MiB",
+            f"- heap in use (what the budget reads): {heap_before / 2**20:.1f} MiB before, at most "
+            f"{max(s[2] or 0 for s in samples) / 2**20:.1f} MiB during; at each tenth of the run: "
+            + ", ".join(f"{(samples[min(len(samples) - 1, i * len(samples) // 10)][2] or 0) / 2**20:.0f}" for i in range(1, 11))
             + " MiB",
             f"- open descriptors: at most {max(s[0] for s in samples)} during",
             f"- after the load: {answered} of 20 requests answered 200",

@@ -78,14 +78,17 @@ def chat_ok(port):
         return False
 
 
-def start_proxy(procs, tmp, mock_port, limits):
+def start_proxy(procs, tmp, mock_port, limits, metrics_port=None):
     """One file-configured proxy (1 thread) on core 0 in front of the mock, with `limits`
-    (TOML lines for `[limits]`); returns (process, port) once it answers a chat completion."""
+    (TOML lines for `[limits]`) and, given a port, its Prometheus listener; returns
+    (process, port) once it answers a chat completion."""
     port = free_port()
     conf = os.path.join(tmp, "sluice.toml")
     with open(conf, "w") as f:
         f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[limits]\n{limits}\n[profiles.default]\n')
     env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
+    if metrics_port:
+        env["SLUICE_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
     proxy = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(proxy)
@@ -94,15 +97,29 @@ def start_proxy(procs, tmp, mock_port, limits):
     return proxy, port
 
 
-def run_sampled(proxy, port, scenario, connections, seconds):
+def gauge(metrics_port, name):
+    """One unlabelled sample from the proxy's /metrics (None when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def run_sampled(proxy, port, scenario, connections, seconds, metrics_port=None):
     """Runs the scenario file through `sluice loadtest` on core 1 while sampling the proxy's
-    (descriptors, resident bytes) every second; returns (the loadtest's JSON report, samples)."""
+    (descriptors, resident bytes, heap in use or None) every second; returns (the loadtest's
+    JSON report, samples)."""
     samples = []
     done = threading.Event()
 
     def sample():
         while not done.wait(1.0) and proxy.poll() is None:
-            samples.append((fds(proxy.pid), rss(proxy.pid)))
+            heap = gauge(metrics_port, "sluice_memory_in_use_bytes") if metrics_port else None
+            samples.append((fds(proxy.pid), rss(proxy.pid), heap))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:

@@ -15,6 +15,11 @@ unset SLUICE_OPENAI_BASE_URL SLUICE_ANTHROPIC_BASE_URL SLUICE_GEMINI_BASE_URL
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== unsafe only in sluice-alloc (the workspace denies it; alloc/ allows it on its GlobalAlloc impl)"
+if grep -rn --include='*.rs' 'allow(unsafe_code)' . --exclude-dir=target --exclude-dir=alloc --exclude-dir=.git; then
+  echo "unsafe_code allowed outside alloc/: keep unsafe to the allocator wrapper" >&2
+  exit 1
+fi
 echo "== cargo clippy"
 cargo clippy --locked --release --workspace --all-targets -- -D warnings
 echo "== cargo build (the sluice binary the SDK tests run, and the tests, with the same features)"

@@ -1,8 +1,10 @@
 //! `sluice`: one binary, several roles.
 
-// glibc malloc was ~10% of the proxy's CPU under load (perf, docs/benchmarks.md).
+// glibc malloc was ~10% of the proxy's CPU under load (perf, docs/benchmarks.md); the
+// counting wrapper gives the memory budget the heap in use (sluice-alloc's docs say why).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sluice_alloc::Counting<mimalloc::MiMalloc> =
+    sluice_alloc::Counting::new(mimalloc::MiMalloc);
 
 mod control;
 mod dev;

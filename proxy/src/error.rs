@@ -53,12 +53,12 @@ pub enum SluiceError {
     },
     /// The proxy is over its memory budget: new requests wait until streams finish.
     #[error(
-        "this Sluice proxy is over its memory budget ({resident_mib} MiB resident, budget \
+        "this Sluice proxy is at its memory budget ({in_use_mib} MiB in use, budget \
          {budget_mib} MiB, limits.memory_budget_bytes); retry shortly or on another replica"
     )]
     Overloaded {
-        /// Resident memory, MiB.
-        resident_mib: u64,
+        /// Memory in use (the counted heap, else resident), MiB.
+        in_use_mib: u64,
         /// The budget, MiB.
         budget_mib: u64,
     },

@@ -69,6 +69,9 @@ pub struct ProxyMetrics {
     rate_share: IntGaugeVec,
     journal_backlog: IntGauge,
     journal_failures: IntGauge,
+    memory_in_use: IntGauge,
+    memory_budget: IntGauge,
+    memory_reserved: IntGauge,
     spans_dropped: IntCounter,
     trace_export_failures: IntCounter,
     models: Bounded,
@@ -223,6 +226,20 @@ impl ProxyMetrics {
             "sluice_usage_journal_failures",
             "Usage records that could not be written to the journal.",
         )?;
+        let memory_in_use = IntGauge::new(
+            "sluice_memory_in_use_bytes",
+            "What the memory budget reads: the heap in use (resident memory where the \
+             allocator does not count it).",
+        )?;
+        let memory_budget = IntGauge::new(
+            "sluice_memory_budget_bytes",
+            "limits.memory_budget_bytes: past it new requests get 503 (0: no budget).",
+        )?;
+        let memory_reserved = IntGauge::new(
+            "sluice_memory_reserved_bytes",
+            "Memory held against the budget for admitted requests whose responses have not \
+             started.",
+        )?;
         let spans_dropped = IntCounter::new(
             "sluice_trace_spans_dropped_total",
             "Spans dropped because the exporter's queue was full (SLUICE_OTEL_MAX_QUEUE).",
@@ -254,6 +271,9 @@ impl ProxyMetrics {
             Box::new(rate_share.clone()),
             Box::new(journal_backlog.clone()),
             Box::new(journal_failures.clone()),
+            Box::new(memory_in_use.clone()),
+            Box::new(memory_budget.clone()),
+            Box::new(memory_reserved.clone()),
             Box::new(spans_dropped.clone()),
             Box::new(trace_export_failures.clone()),
         ] {
@@ -283,6 +303,9 @@ impl ProxyMetrics {
             rate_share,
             journal_backlog,
             journal_failures,
+            memory_in_use,
+            memory_budget,
+            memory_reserved,
             spans_dropped,
             trace_export_failures,
             models: Bounded::new(MAX_MODELS),
@@ -375,6 +398,12 @@ impl ProxyMetrics {
             self.journal_failures
                 .set(i64::try_from(j.failures()).unwrap_or(i64::MAX));
         }
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.memory_in_use.set(gauge(crate::overload::in_use_now()));
+        self.memory_reserved.set(gauge(crate::overload::reserved()));
+        self.memory_budget.set(gauge(
+            live.current().map_or(0, |c| c.limits.memory_budget_bytes),
+        ));
         // Counted by the exporter; brought up to date here (counters only go up).
         let catch_up = |counter: &IntCounter, total: &std::sync::atomic::AtomicU64| {
             let total = total.load(std::sync::atomic::Ordering::Relaxed);

@@ -13,6 +13,11 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+// As in the `sluice` binary: the memory budget reads the heap this wrapper counts.
+#[global_allocator]
+static GLOBAL: sluice_alloc::Counting<std::alloc::System> =
+    sluice_alloc::Counting::new(std::alloc::System);
+
 const TIGHT: &str = "[limits]\nclient_header_timeout_ms = 400\nclient_keepalive_timeout_ms = 800\n\
                      request_body_rate_grace_ms = 400\nmin_request_body_bytes_per_sec = 1000\n";
 
@@ -249,16 +254,35 @@ fn over_the_memory_budget_new_requests_get_503_and_running_streams_finish() {
             got.extend_from_slice(&buf[..n]);
         }
 
-        // Now the proxy is over budget (1 MiB: any process is).
         let env = Environment {
             openai_base_url: Some(h.mock.openai_base()),
             anthropic_base_url: Some(h.mock.base()),
             gemini_base_url: Some(h.mock.base()),
             ..Environment::default()
         };
-        let toml = format!("[limits]\nmemory_budget_bytes = 1048576\n[profiles.default]\n{profile}");
-        h.live.store(compile(parse_toml(&toml).unwrap(), &env).unwrap());
-        let r = post_json(h.addr(), "/v1/openai/chat/completions", &[], &chat_body(false, false)).await;
+        let set_budget = |bytes: u64| {
+            let toml = format!("[limits]\nmemory_budget_bytes = {bytes}\n[profiles.default]\n{profile}");
+            h.live.store(compile(parse_toml(&toml).unwrap(), &env).unwrap());
+        };
+        let body = chat_body(false, false);
+        let chat = || post_json(h.addr(), "/v1/openai/chat/completions", &[], &body);
+
+        // The budget is the heap in use (not resident memory, which the allocator keeps
+        // after a burst): memory taken puts the proxy over it while the stream runs, and
+        // once given back the proxy serves again, the stream still running.
+        let heap = sluice_alloc::heap_in_use().expect("the counting allocator is installed");
+        set_budget(heap + (256 << 20));
+        assert_eq!(chat().await.status, 200, "under the budget");
+        let ballast: Vec<u8> = std::hint::black_box(vec![0u8; 1 << 30]);
+        let r = chat().await;
+        assert_eq!(r.status, 503, "1 GiB taken: {}", r.text());
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("MiB in use"), "{}", r.text());
+        drop(ballast);
+        assert_eq!(chat().await.status, 200, "the 1 GiB given back");
+
+        // Now the proxy is over budget (1 MiB: any process is).
+        set_budget(1 << 20);
+        let r = chat().await;
         assert_eq!(r.status, 503, "{}", r.text());
         assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(r.json()["error"]["code"], "sluice_overloaded");

@@ -159,6 +159,11 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
     );
     assert_eq!(sample(&text, "sluice_snapshot_version", &[]), Some(0.0));
     assert!(sample(&text, "sluice_snapshot_age_seconds", &[]).unwrap() >= 0.0);
+    // What the memory budget reads (here resident memory: this test binary does not
+    // install the counting allocator) beside the budget.
+    assert!(sample(&text, "sluice_memory_in_use_bytes", &[]).unwrap() > 1_048_576.0);
+    assert!(sample(&text, "sluice_memory_budget_bytes", &[]).is_some());
+    assert!(sample(&text, "sluice_memory_reserved_bytes", &[]).is_some());
     // No key or request ids in any label.
     assert!(!text.contains("call_") && !text.contains("chatcmpl"));
 

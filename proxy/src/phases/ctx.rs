@@ -121,6 +121,8 @@ pub struct RequestCtx {
     pub connection: Option<crate::header_deadline::RequestOnConnection>,
     /// The upstream connection this request took, counted in use until the context drops.
     pub upstream_in_use: Option<crate::upstream_pool::InUse>,
+    /// Memory held for this request against the budget until its response starts.
+    pub memory_reservation: Option<crate::overload::Reservation>,
 }
 
 impl RequestCtx {
@@ -161,6 +163,7 @@ impl RequestCtx {
             in_flight: None,
             connection: None,
             upstream_in_use: None,
+            memory_reservation: None,
             provenance: None,
             conversation: None,
             sluice_ns: 0,

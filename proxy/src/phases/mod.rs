@@ -95,16 +95,35 @@ impl SluiceProxy {
 }
 
 impl SluiceProxy {
-    /// The memory budget's verdict for a new request (None: admitted).
-    fn over_budget(&self, ctx: &RequestCtx) -> Option<crate::error::SluiceError> {
-        let budget = ctx.config.as_ref()?.limits.memory_budget_bytes;
-        // Nothing else running: what is over the budget is memory the allocator kept after
-        // earlier requests, which refusing cannot give back. Serve rather than refuse for
-        // as long as the allocator holds on to it (it may never give it back).
-        if self.in_flight.count() <= 1 {
+    /// The memory budget's verdict for a new request (None: admitted, holding a
+    /// reservation in `ctx` until its response starts).
+    fn over_budget(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<crate::error::SluiceError> {
+        let limits = &ctx.config.as_ref()?.limits;
+        let budget = limits.memory_budget_bytes;
+        if budget == 0 {
             return None;
         }
-        self.memory.admit(budget).err()
+        // A longer body is refused with 413 once it passes the cap.
+        let body = request::declared_length(session.req_header())
+            .unwrap_or(0)
+            .min(limits.max_request_body_bytes as u64);
+        // Nothing else running: whatever is over the budget, refusing cannot bring it down
+        // (a budget set below what an idle proxy needs). Serve rather than refuse for ever.
+        if self.in_flight.count() <= 1 {
+            ctx.memory_reservation = Some(crate::overload::MemoryGauge::reserve(body));
+            return None;
+        }
+        match self.memory.admit(budget, body) {
+            Ok(reservation) => {
+                ctx.memory_reservation = reservation;
+                None
+            }
+            Err(e) => Some(e),
+        }
     }
 
     /// The requests running now (a graceful shutdown waits for them).
@@ -261,7 +280,7 @@ impl ProxyHttp for SluiceProxy {
     ) -> pingora::Result<bool> {
         let path = session.req_header().uri.path();
         if !matches!(path, "/healthz" | "/readyz")
-            && let Some(e) = self.over_budget(ctx)
+            && let Some(e) = self.over_budget(session, ctx)
         {
             // Over the memory budget: refuse new work, running requests go on.
             if crate::mcp::transport::is_mcp_path(path) {
@@ -417,6 +436,8 @@ impl ProxyHttp for SluiceProxy {
             .as_ref()
             .map_or(1024 * 1024, |c| c.limits.max_sse_event_bytes);
         response::on_header(upstream_response, ctx, max_event);
+        // The response has started: its memory shows in the count from here.
+        ctx.memory_reservation = None;
         Ok(())
     }
 

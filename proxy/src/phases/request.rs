@@ -122,12 +122,8 @@ pub fn route_request(
     let r = route::route_for_key(&config, &req.method, req.uri.path(), key_profile)?;
     super::auth::authorize(session, &config, auth_failures, &r, key.as_ref())?;
     ctx.key_id = key.map(|k| k.id.to_string());
-    if let Some(len) = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > config.limits.max_request_body_bytes
+    if let Some(len) = declared_length(req)
+        && len > config.limits.max_request_body_bytes as u64
     {
         return Err(SluiceError::BodyTooLarge {
             limit: config.limits.max_request_body_bytes,
@@ -146,11 +142,7 @@ pub fn route_request(
     if let Some(model) = &r.url_model {
         ctx.request_facts.model = Some(model.clone());
         if !config.optimisation_rules.is_empty() && r.provider == Provider::Gemini {
-            let length = req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+            let length = declared_length(req);
             let who = super::request_body::requester(&r, ctx.key_id.as_deref(), Some(model));
             if let Some((rule, path)) = crate::optimise::choose_for_gemini_url(
                 &config.optimisation_rules,
@@ -222,4 +214,13 @@ pub async fn write_simple(
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// The request's `Content-Length`, when it has one that parses (a duplicate is refused
+/// earlier, by `check_header_limits`).
+pub fn declared_length(req: &pingora::http::RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
