@@ -233,7 +233,8 @@ impl ProxyMetrics {
         )?;
         let memory_budget = IntGauge::new(
             "sluice_memory_budget_bytes",
-            "limits.memory_budget_bytes: past it new requests get 503 (0: no budget).",
+            "limits.memory_budget_bytes: from 95% of it (heap in use plus reservations) new \
+             requests get 503 (0: no budget).",
         )?;
         let memory_reserved = IntGauge::new(
             "sluice_memory_reserved_bytes",

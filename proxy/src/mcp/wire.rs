@@ -31,6 +31,9 @@ pub(super) async fn start_sse(session: &mut Session, ctx: &mut RequestCtx) -> pi
     session.write_response_header(Box::new(resp), false).await?;
     ctx.status = 200;
     ctx.response_started = true;
+    // A server stream or a listen stream can stay open for hours: its memory shows in the
+    // count from here, so it does not hold a reservation against the budget all that time.
+    ctx.memory_reservation = None;
     Ok(())
 }
 
