@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import CHAT, free_port, machine, rss, start_mock, stop  # noqa: E402
-from soak import chat_ok, gauge, run_sampled, start_proxy  # noqa: E402
+from soak import chat_ok, counts_table, gauge, run_sampled, start_proxy, tenths  # noqa: E402
 
 SCENARIO = """
 [headers]
@@ -82,25 +82,17 @@ def main():
             f" --connections {args.connections}`  ",
             "Proxy on core 0 (1 thread), mock on core 0, `sluice loadtest` on core 1.",
             "",
-            "| kind | answered | not answered |",
-            "|---|---:|---:|",
         ]
-        for k in report["by_request"]:
-            lines.append(f"| {k['name']} | {k['requests']:,} | {k['errors']:,} |")
+        lines += counts_table(report, unanswered="not answered")
         lines += [
-            f"| **all** | **{report['requests']:,}** | **{report['errors']:,}** |",
             "",
             f"- not answered: {refused:,} refused with 503 (over the budget), {sum(other.values())} otherwise {other or ''}",
             "",
             f"- proxy alive at the end: {'yes' if alive else 'NO'}",
             f"- resident memory: {rss_before / 2**20:.1f} MiB before, at most {peak / 2**20:.1f} MiB during "
-            f"(budget {args.budget_mib} MiB); at each tenth of the run: "
-            + ", ".join(f"{samples[min(len(samples) - 1, i * len(samples) // 10)][1] / 2**20:.0f}" for i in range(1, 11))
-            + " MiB",
+            f"(budget {args.budget_mib} MiB); at each tenth of the run: {tenths(samples, 1)} MiB",
             f"- heap in use (what the budget reads): {heap_before / 2**20:.1f} MiB before, at most "
-            f"{max(s[2] or 0 for s in samples) / 2**20:.1f} MiB during; at each tenth of the run: "
-            + ", ".join(f"{(samples[min(len(samples) - 1, i * len(samples) // 10)][2] or 0) / 2**20:.0f}" for i in range(1, 11))
-            + " MiB",
+            f"{max(s[2] or 0 for s in samples) / 2**20:.1f} MiB during; at each tenth of the run: {tenths(samples, 2)} MiB",
             f"- open descriptors: at most {max(s[0] for s in samples)} during",
             f"- after the load: {answered} of 20 requests answered 200",
         ]

@@ -133,6 +133,21 @@ def run_sampled(proxy, port, scenario, connections, seconds, metrics_port=None):
     return json.loads(out.strip().splitlines()[-1]), samples
 
 
+def counts_table(report, answered="answered", unanswered="errors"):
+    """The loadtest report's counts by kind of request, as Markdown table lines."""
+    lines = [f"| kind | {answered} | {unanswered} |", "|---|---:|---:|"]
+    for k in report["by_request"]:
+        lines.append(f"| {k['name']} | {k['requests']:,} | {k['errors']:,} |")
+    lines.append(f"| **all** | **{report['requests']:,}** | **{report['errors']:,}** |")
+    return lines
+
+
+def tenths(samples, column):
+    """The sampled column (bytes) at each tenth of the run, in MiB, comma-separated."""
+    picks = (samples[min(len(samples) - 1, i * len(samples) // 10)][column] or 0 for i in range(1, 11))
+    return ", ".join(f"{v / 2**20:.1f}" for v in picks)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=120)
@@ -157,27 +172,20 @@ def main():
         while fds(proxy.pid) > fds_before + POOL and time.time() < deadline:
             time.sleep(0.2)
         fds_after, rss_after = fds(proxy.pid), rss(proxy.pid)
-        total = report["requests"] + report["errors"]
         lines = [
             f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
             f"Machine: {machine()}  ",
             f"Command: `python3 scripts/soak.py --seconds {args.seconds:g} --connections {args.connections}`  ",
             f"Proxy on core 0 (1 thread, upstream pool {POOL}), mock on core 0, `sluice loadtest` on core 1.",
             "",
-            "| kind | requests | errors |",
-            "|---|---:|---:|",
         ]
-        for k in report["by_request"]:
-            lines.append(f"| {k['name']} | {k['requests']:,} | {k['errors']} |")
+        lines += counts_table(report)
         lines += [
-            f"| **all** | **{total:,}** | **{report['errors']}** |",
             "",
             f"- open descriptors: {fds_before} before, at most {max(s[0] for s in samples)} during, "
             f"{fds_after} after (allowed: {fds_before} + {POOL} idle upstream connections)",
             f"- resident memory: {rss_before / 2**20:.1f} MiB before, at most {max(s[1] for s in samples) / 2**20:.1f} MiB "
-            f"during, {rss_after / 2**20:.1f} MiB after; at each tenth of the run: "
-            + ", ".join(f"{samples[min(len(samples) - 1, i * len(samples) // 10)][1] / 2**20:.1f}" for i in range(1, 11))
-            + " MiB",
+            f"during, {rss_after / 2**20:.1f} MiB after; at each tenth of the run: {tenths(samples, 1)} MiB",
             f"- afterwards, 20 requests one after another: {sequential_ok} answered 200",
         ]
         text = "\n".join(lines) + "\n"

@@ -450,3 +450,26 @@ pub async fn endless_stream(
     }
     (written, Ended::Cap)
 }
+
+/// Waits for an `endless_stream` upstream to end and asserts the proxy let go of it (a write
+/// failed) after taking less than the socket buffers' worth: backpressure held, and the stalled
+/// client or stream was dropped rather than kept forever.
+pub fn assert_upstream_released(
+    up_rt: &tokio::runtime::Runtime,
+    upstream: tokio::task::JoinHandle<(u64, Ended)>,
+    what: &str,
+) {
+    let (written, ended) = up_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), upstream).await })
+        .unwrap_or_else(|_| panic!("the proxy neither dropped {what} nor released the upstream"))
+        .unwrap();
+    assert_eq!(
+        ended,
+        Ended::Cut,
+        "{written} bytes written: no backpressure, or never let go"
+    );
+    assert!(
+        written < 64 << 20,
+        "{written} bytes taken from the upstream for {what}"
+    );
+}
