@@ -1,7 +1,8 @@
 """An MCP server built with the official Python SDK's `MCPServer`, served over Streamable
 HTTP on 127.0.0.1 port 0 (stateless HTTP: no sessions; it prints `READY <url>` once
 listening) or, with `--stdio`, over stdio. Its `grow` tool adds a tool and announces the
-change on `subscriptions/listen`.
+change on `subscriptions/listen`; its `touch` tool changes its status resource
+(`note://http/status` or `note://stdio/status`) and announces the update to its subscribers.
 Usage: python stateless_server.py [--stdio]
 """
 import socket
@@ -12,6 +13,22 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("py-stateless")
+STATUS_URI = f"note://{'stdio' if '--stdio' in sys.argv else 'http'}/status"
+STATUS = {"text": "quiet"}
+
+
+@server.resource(STATUS_URI)
+def status() -> str:
+    """The server's status line."""
+    return STATUS["text"]
+
+
+@server.tool()
+async def touch(ctx: Context) -> str:
+    """Changes the status resource and tells its subscribers."""
+    STATUS["text"] = "busy"
+    await ctx.notify_resource_updated(STATUS_URI)
+    return "touched"
 
 
 @server.tool()

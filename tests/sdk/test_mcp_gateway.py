@@ -15,6 +15,8 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.parse
+from http.client import HTTPConnection
 
 import pytest
 from cluster import Cluster, Process, http
@@ -298,6 +300,110 @@ def test_a_stateless_servers_list_change_reaches_listeners_through_the_gateway(p
 
     for server in names:
         asyncio.run(flow(server))
+
+
+class LegacySession:
+    """A 2025-11-25 session spoken by hand, for what the SDK cannot order: its GET stream is
+    open (the priming event read) before anything that could be announced on it happens."""
+
+    def __init__(self, url):
+        self.url = urllib.parse.urlsplit(url)
+        self.next_id = 0
+        self.sid = None
+        init = self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                           "clientInfo": {"name": "sluice-tests", "version": "1"}})
+        assert init["protocolVersion"] == "2025-11-25", init
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.stream = HTTPConnection(self.url.hostname, self.url.port, timeout=30)
+        self.stream.request("GET", self.url.path, headers=self.headers())
+        self.events = self.stream.getresponse()
+        assert self.events.status == 200, self.events.status
+        assert self.next_event() is None  # the priming event: the stream is registered
+
+    def headers(self):
+        h = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25",
+             "content-type": "application/json"}
+        if self.sid:
+            h["mcp-session-id"] = self.sid
+        return h
+
+    def post(self, msg):
+        conn = HTTPConnection(self.url.hostname, self.url.port, timeout=30)
+        conn.request("POST", self.url.path, body=json.dumps(msg), headers=self.headers())
+        r = conn.getresponse()
+        self.sid = self.sid or r.getheader("mcp-session-id")
+        text = r.read().decode()
+        conn.close()
+        assert r.status in (200, 202), (r.status, text)
+        if r.getheader("content-type", "").startswith("text/event-stream"):
+            datas = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+            return [json.loads(d) for d in datas if d]
+        return [json.loads(text)] if text else []
+
+    def request(self, method, params):
+        self.next_id += 1
+        answers = [m for m in self.post({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+                   if m.get("id") == self.next_id]
+        assert len(answers) == 1 and "result" in answers[0], answers
+        return answers[0]["result"]
+
+    def next_event(self):
+        """The next event's message on the GET stream (`None` for one without data)."""
+        data = []
+        while True:
+            line = self.events.readline().decode()
+            assert line, "the GET stream ended"
+            line = line.rstrip("\r\n")
+            if line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and data:
+                text = "".join(data)
+                return json.loads(text) if text else None
+            elif not line and not data:
+                continue
+
+    def close(self):
+        self.stream.close()
+        conn = HTTPConnection(self.url.hostname, self.url.port, timeout=30)
+        conn.request("DELETE", self.url.path, headers=self.headers())
+        conn.getresponse().read()
+        conn.close()
+
+
+def test_resource_subscriptions_reach_clients_of_either_era_through_stateless_servers(python_servers):
+    """A stateless server has no `resources/subscribe`: the gateway carries its clients'
+    subscriptions in its own `subscriptions/listen` filter. A stateless client's listen
+    (the official SDK) and legacy sessions' subscriptions both get the server's update; a
+    session that unsubscribes does not end another's. Both transports."""
+    import anyio
+
+    url, names = python_servers
+    for server, uri in zip(names, ["note://http/status", "note://stdio/status"]):
+        async def flow():
+            async with Client(url, mode="auto") as client:
+                async with client.listen(resource_subscriptions=[uri]) as sub:
+                    assert list(sub.honored.resource_subscriptions or []) == [uri], sub.honored
+                    touched = await client.call_tool(f"{server}__touch", {})
+                    assert touched.content[0].text == "touched", touched
+                    with anyio.fail_after(20):
+                        return await sub.__anext__()
+
+        event = asyncio.run(flow())
+        assert type(event).__name__ == "ResourceUpdated" and event.uri == uri, event
+
+        first, second = LegacySession(url), LegacySession(url)
+        try:
+            assert first.request("resources/subscribe", {"uri": uri}) == {}
+            assert second.request("resources/subscribe", {"uri": uri}) == {}
+            assert first.request("resources/unsubscribe", {"uri": uri}) == {}
+            touched = second.request("tools/call", {"name": f"{server}__touch", "arguments": {}})
+            assert touched["content"][0]["text"] == "touched", touched
+            event = second.next_event()
+            assert event["method"] == "notifications/resources/updated", event
+            assert event["params"]["uri"] == uri, event
+        finally:
+            first.close()
+            second.close()
 
 
 def test_stateless_listen_stream_carries_a_servers_list_change(gateway):

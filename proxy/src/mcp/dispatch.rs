@@ -54,8 +54,8 @@ pub enum Reply {
     /// A request forwarded to a server: its messages about it, then its answer.
     Forwarded(Forwarded),
     /// A stateless client's `subscriptions/listen`: a stream of the changes it opted in to
-    /// (the honoured filter).
-    Listen(Value),
+    /// (the honoured filter, and the resource subscriptions held while it is open).
+    Listen(Value, Vec<super::upstream::ResourceHold>),
 }
 
 /// A request in flight at a server.
@@ -184,11 +184,12 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
             merged_list(call, id.clone(), method).await
         }
         "tools/call" => super::tools_call::tools_call(call, id, params, started).await,
-        "prompts/get"
-        | "completion/complete"
-        | "resources/read"
-        | "resources/subscribe"
-        | "resources/unsubscribe" => routed(call, id, method, params, started).await,
+        "prompts/get" | "completion/complete" | "resources/read" => {
+            routed(call, id, method, params, started).await
+        }
+        "resources/subscribe" | "resources/unsubscribe" => {
+            super::subscribe::subscription(call, id, method, params, started).await
+        }
         "logging/setLevel" => {
             let level = jsonrpc::param_str(params.as_ref(), "level").map(str::to_owned);
             call.session.state.lock().log_level = level;
@@ -206,7 +207,8 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
         }
         // Legacy clients have the session's GET stream instead.
         "subscriptions/listen" if call.stateless => {
-            Reply::Listen(super::listen::honour(call, params.as_ref()).await)
+            let (honoured, holds) = super::listen::honour(call, params.as_ref()).await;
+            Reply::Listen(honoured, holds)
         }
         _ => Reply::Now(jsonrpc::error(
             id,
@@ -312,18 +314,6 @@ async fn routed(
             "no MCP server of this profile serves that name",
         ));
     };
-    if let Some(uri) = p.get("uri").and_then(Value::as_str) {
-        let mut st = call.session.state.lock();
-        match method {
-            "resources/subscribe" => {
-                st.subscriptions.insert(uri.to_owned());
-            }
-            "resources/unsubscribe" => {
-                st.subscriptions.remove(uri);
-            }
-            _ => {}
-        }
-    }
     let rec = record(call, &server.name, method, None);
     forward(call, id, &server, method, p, rec, started, None)
 }

@@ -5,9 +5,9 @@
 //! it carries the listen request's id in `_meta["io.modelcontextprotocol/subscriptionId"]`.
 //! What reaches a stream is what the profile's servers send outside requests (list
 //! changes, updates of subscribed resources), as legacy sessions' GET streams get them;
-//! resource URIs are subscribed at their servers when the stream opens. Idle streams get
-//! keep-alive comments; the stream ends when the client goes away, or gracefully (a result)
-//! when the gateway drops behind or the proxy starts draining.
+//! resource URIs are subscribed at their servers when the stream opens and let go when it
+//! ends. Idle streams get keep-alive comments; the stream ends when the client goes away,
+//! or gracefully (a result) when the gateway drops behind or the proxy starts draining.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::dispatch::Call;
+use super::upstream::ResourceHold;
 use super::wire::{sse_event, start_sse};
 use crate::phases::ctx::RequestCtx;
 
@@ -33,8 +34,9 @@ const LISTS: [(&str, &str); 3] = [
 ];
 
 /// The part of a client's filter the gateway honours: every list change, and the resource
-/// URIs one of the profile's servers accepted a subscription for.
-pub async fn honour(call: &Call, params: Option<&Value>) -> Value {
+/// URIs one of the profile's servers accepted a subscription for, with their holds (kept
+/// while the stream is open).
+pub async fn honour(call: &Call, params: Option<&Value>) -> (Value, Vec<ResourceHold>) {
     let asked = params
         .and_then(|p| p.get("notifications"))
         .cloned()
@@ -45,28 +47,44 @@ pub async fn honour(call: &Call, params: Option<&Value>) -> Value {
             honoured.insert(key.into(), Value::Bool(true));
         }
     }
-    let uris: Vec<&str> = asked
+    let uris: Vec<String> = asked
         .get("resourceSubscriptions")
         .and_then(Value::as_array)
-        .map(|l| l.iter().filter_map(Value::as_str).take(100).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(Value::as_str)
+                .take(100)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
-    let mut subscribed = Vec::new();
+    let mut owned = Vec::new();
     for uri in uris {
         let mut p = json!({ "uri": uri });
-        let Some(server) = super::dispatch::owner(call, "resources/subscribe", &mut p).await else {
-            continue;
-        };
-        let conn = call.gw.connection(&server);
-        if let Ok(answer) = conn.request("resources/subscribe", Some(p), None).await
-            && answer.get("result").is_some()
-        {
-            subscribed.push(Value::String(uri.to_owned()));
+        if let Some(server) = super::dispatch::owner(call, "resources/subscribe", &mut p).await {
+            owned.push((call.gw.connection(&server), uri));
         }
     }
+    // On a task of its own: a client going away mid-way leaves no half-made subscription.
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for (conn, uri) in owned {
+            if let Ok(hold) = conn.hold_resource(&uri).await {
+                held.push((uri, hold));
+            }
+        }
+        held
+    })
+    .await
+    .unwrap_or_default();
+    let (subscribed, holds): (Vec<_>, Vec<_>) = held
+        .into_iter()
+        .map(|(uri, hold)| (Value::String(uri), hold))
+        .unzip();
     if !subscribed.is_empty() {
         honoured.insert("resourceSubscriptions".into(), Value::Array(subscribed));
     }
-    Value::Object(honoured)
+    (Value::Object(honoured), holds)
 }
 
 /// Whether `msg` from `server` belongs on a stream of `call`'s profile with `honoured`.
@@ -108,6 +126,8 @@ pub async fn serve(
     call: &Call,
     id: Value,
     honoured: Value,
+    // Held while the stream is open; dropped (let go) when it ends.
+    _holds: Vec<ResourceHold>,
 ) -> pingora::Result<()> {
     // Subscribed before the acknowledgement: nothing sent after it can be missed.
     let mut changes = call.gw.changes.subscribe();

@@ -9,6 +9,8 @@
 //! - [`upstream`]: connections to servers over Streamable HTTP (either era) or stdio.
 //! - [`aggregate`]: exposed names, pins, injection flags.
 //! - [`session`]: client sessions with their taint.
+//! - `subscribe`, [`listen`]: resource subscriptions (legacy sessions) and change streams
+//!   (stateless clients), shared at each server by [`upstream::ResourceHold`].
 
 pub mod aggregate;
 pub mod dispatch;
@@ -18,6 +20,7 @@ pub mod listen;
 mod modern;
 pub mod mrtr;
 pub mod session;
+mod subscribe;
 mod tools_call;
 pub mod transport;
 pub mod upstream;
@@ -189,7 +192,7 @@ impl McpGateway {
                 .unwrap_or("");
             for s in self.sessions.all() {
                 let mut st = s.state.lock();
-                if st.subscriptions.contains(uri) {
+                if st.subscriptions.contains_key(uri) {
                     st.push_event(msg.clone());
                 }
             }

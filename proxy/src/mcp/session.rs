@@ -2,7 +2,7 @@
 //! conversations named by `X-Sluice-Session-Id`. Each carries its conversation's taint and
 //! the texts of its tool results (for provenance), bounded, and ends when idle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,8 @@ pub struct SessionState {
     results_bytes: usize,
     /// Lowest log level the client asked for (`logging/setLevel`).
     pub log_level: Option<String>,
-    /// Resource URIs it subscribed to.
-    pub subscriptions: HashSet<String>,
+    /// Resource URIs it subscribed to, each held at the server that owns it.
+    pub subscriptions: HashMap<String, super::upstream::ResourceHold>,
     /// Requests a server made that were relayed to this client: our id → (server, its id).
     pub server_requests: HashMap<String, (Arc<str>, Value)>,
     /// This client's requests in flight: its id (JSON text) → (server, our id upstream).

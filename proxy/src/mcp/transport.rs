@@ -370,8 +370,8 @@ async fn one_message(
                 }
                 Reply::Accepted => simple(session, ctx, 202, "").await,
                 Reply::Forwarded(f) => stream_answer(session, ctx, call, id, f).await,
-                Reply::Listen(honoured) => {
-                    super::listen::serve(session, ctx, call, id, honoured).await
+                Reply::Listen(honoured, holds) => {
+                    super::listen::serve(session, ctx, call, id, honoured, holds).await
                 }
             }
         }
@@ -402,7 +402,7 @@ async fn batch(
                     Reply::Now(v) => answers.push(v),
                     Reply::Accepted => {}
                     // Batches are legacy-only, where listen is not offered.
-                    Reply::Listen(_) => answers.push(jsonrpc::error(
+                    Reply::Listen(..) => answers.push(jsonrpc::error(
                         id.clone(),
                         jsonrpc::INVALID_REQUEST,
                         "subscriptions/listen cannot be batched",

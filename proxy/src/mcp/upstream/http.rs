@@ -413,6 +413,7 @@ impl HttpConn {
         if est.session_id.is_some() {
             self.listen(conn.clone(), est.clone());
         }
+        conn.resubscribe(&est);
         Ok(est)
     }
 

@@ -6,6 +6,9 @@
 
 mod http;
 mod stdio;
+mod subscriptions;
+
+pub use subscriptions::ResourceHold;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +91,7 @@ pub struct Connection {
     /// Notifications and requests the server sent outside any request (list changes,
     /// resource updates).
     pub unsolicited: broadcast::Sender<Value>,
+    subscriptions: subscriptions::Subscriptions,
 }
 
 #[allow(clippy::large_enum_variant, reason = "one per server, never moved")]
@@ -120,6 +124,7 @@ impl Connection {
             kind,
             next_id: AtomicU64::new(1),
             unsolicited,
+            subscriptions: subscriptions::Subscriptions::default(),
         })
     }
 
@@ -245,6 +250,13 @@ impl Connection {
 
     /// A message that arrived outside any request.
     fn unsolicited(&self, msg: Value) {
+        // The acknowledgement of the gateway's own listen request is the gateway's.
+        if msg.get("method").and_then(Value::as_str)
+            == Some("notifications/subscriptions/acknowledged")
+        {
+            self.acknowledged(&msg);
+            return;
+        }
         let _ = self.unsolicited.send(msg);
     }
 }
@@ -255,27 +267,6 @@ enum Retry {
     SessionGone,
     /// Give up.
     Failed(UpstreamError),
-}
-
-/// What a stateless server is asked to announce on `subscriptions/listen`: the list changes
-/// its capabilities say it sends (`None`: nothing to listen for).
-fn listen_filter(est: &Established) -> Option<Value> {
-    let mut filter = serde_json::Map::new();
-    for (capability, key) in [
-        ("tools", "toolsListChanged"),
-        ("prompts", "promptsListChanged"),
-        ("resources", "resourcesListChanged"),
-    ] {
-        let announces = est
-            .capabilities
-            .get(capability)
-            .and_then(|c| c.get("listChanged"))
-            .and_then(Value::as_bool);
-        if announces == Some(true) {
-            filter.insert(key.into(), Value::Bool(true));
-        }
-    }
-    (!filter.is_empty()).then_some(Value::Object(filter))
 }
 
 /// The gateway's own `subscriptions/listen` request to a stateless server.

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::subscriptions::listen_id;
 use super::{Connection, Established, Kind, Retry, STATELESS_VERSION, UpstreamError};
 use crate::config::McpEra;
 use crate::mcp::jsonrpc;
@@ -25,6 +26,19 @@ struct Waiting {
 }
 
 type Pending = Arc<parking_lot::Mutex<HashMap<String, Waiting>>>;
+
+/// Removes a request from the pending ones when its exchange ends, however it ends.
+struct Forget<'a>(&'a Pending, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(self.1);
+    }
+}
+
+/// How often a stateless server's listener with nothing to listen for checks that its
+/// process is still the current one.
+const IDLE_LISTEN_CHECK: Duration = Duration::from_secs(30);
 
 struct Running {
     est: Established,
@@ -82,6 +96,9 @@ impl StdioConn {
         self.pending
             .lock()
             .insert(id.clone(), Waiting { answer: tx, events });
+        // A request given up (timed out, or a listen re-opened) is forgotten, not left
+        // waiting for an answer that may never come.
+        let _forget = Forget(&self.pending, &id);
         let stdin = {
             let state = self.state.lock().await;
             match state.as_ref() {
@@ -90,11 +107,9 @@ impl StdioConn {
             }
         };
         let Some(stdin) = stdin else {
-            self.pending.lock().remove(&id);
             return Err(Retry::SessionGone);
         };
         if stdin.send(msg).await.is_err() {
-            self.pending.lock().remove(&id);
             return Err(Retry::SessionGone);
         }
         match rx.await {
@@ -143,28 +158,49 @@ impl StdioConn {
         *state = Some(running);
         if est.stateless {
             Self::subscribe(conn.clone(), est.clone());
+        } else {
+            conn.resubscribe(&est);
         }
         Ok(est)
     }
 
-    /// A stateless server's list changes come only on a `subscriptions/listen` request
-    /// left open: one per process, re-sent if the server ends it while the process lives.
+    /// Whether the process of handshake `generation` is still the current one.
+    fn current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Relaxed) == generation
+            && self.stale.load(Ordering::Relaxed) < generation
+    }
+
+    /// A stateless server's changes come only on a `subscriptions/listen` request left
+    /// open: one per process, re-sent if the server ends it while the process lives, and
+    /// re-opened (the old one cancelled) when the resources subscribed change.
     fn subscribe(conn: Arc<Connection>, est: Established) {
-        let Some(filter) = super::listen_filter(&est) else {
-            return;
-        };
         tokio::spawn(async move {
             let Kind::Stdio(me) = &conn.kind else {
                 return;
             };
-            for round in 0..100u32 {
-                let id = format!("sluice-listen-{}-{round}", est.generation);
-                let msg = super::listen_request(&est, &filter, id);
-                match me.exchange(&conn, &est, msg, None).await {
-                    // Ended gracefully with the process still running: listen again.
-                    Ok(answer) if answer.get("result").is_some() => {}
-                    // Refused, or the process is gone (the next handshake listens anew).
-                    Ok(_) | Err(_) => return,
+            let mut round = 0u32;
+            while round < 100 && me.current(est.generation) {
+                let (version, filter) = conn.listen_filter(&est);
+                let Some(filter) = filter else {
+                    // Nothing to listen for yet; look again when a subscription comes (or
+                    // a while later, to notice a replaced process).
+                    let _ =
+                        tokio::time::timeout(IDLE_LISTEN_CHECK, conn.filter_changed(version)).await;
+                    continue;
+                };
+                let id = listen_id(version, &format!("{}-{round}", est.generation));
+                let msg = super::listen_request(&est, &filter, id.clone());
+                tokio::select! {
+                    answer = me.exchange(&conn, &est, msg, None) => match answer {
+                        // Ended gracefully with the process still running: listen again.
+                        Ok(answer) if answer.get("result").is_some() => round += 1,
+                        // Refused, or the process is gone (the next handshake listens anew).
+                        Ok(_) | Err(_) => return,
+                    },
+                    () = conn.filter_changed(version) => {
+                        let params = json!({"requestId": id, "reason": "listening with a new filter"});
+                        conn.notify("notifications/cancelled", Some(params)).await;
+                    }
                 }
             }
         });

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::super::subscriptions::listen_id;
 use super::super::{Connection, Established, Kind, Retry};
 use super::HttpConn;
 
@@ -18,11 +19,10 @@ impl HttpConn {
     }
 
     /// The stateless era's counterpart of the GET stream: a `subscriptions/listen` request
-    /// whose answer stays open, asking for the list changes the server says it announces.
+    /// whose answer stays open, asking for the list changes the server says it announces
+    /// and the resources the gateway's clients subscribed to.
     pub(super) fn subscribe(&self, conn: Arc<Connection>, est: Established) {
-        if let Some(filter) = super::super::listen_filter(&est) {
-            Self::follow(conn, est, Standing::Listen(filter));
-        }
+        Self::follow(conn, est, Standing::Listen);
     }
 
     /// Keeps a standing stream open while this handshake is current: what arrives on it
@@ -34,7 +34,8 @@ impl HttpConn {
                 return;
             };
             let mut delay = Duration::from_millis(500);
-            for _ in 0..100 {
+            let mut rounds = 0u32;
+            while rounds < 100 {
                 if me.stale.load(Ordering::Relaxed) >= est.generation
                     || me.generation.load(Ordering::Relaxed) != est.generation
                 {
@@ -42,13 +43,15 @@ impl HttpConn {
                 }
                 let next = match &standing {
                     Standing::Get => me.get_stream(&conn, &est).await,
-                    Standing::Listen(filter) => me.listen_stream(&conn, &est, filter).await,
+                    Standing::Listen => me.listen_stream(&conn, &est).await,
                 };
                 match next {
+                    Next::Now => continue,
                     Next::Again => delay = Duration::from_millis(500),
                     Next::Later => delay = (delay * 2).min(Duration::from_secs(30)),
                     Next::Stop => return,
                 }
+                rounds += 1;
                 tokio::time::sleep(delay).await;
             }
         });
@@ -71,9 +74,21 @@ impl HttpConn {
         }
     }
 
-    async fn listen_stream(&self, conn: &Connection, est: &Established, filter: &Value) -> Next {
-        let msg = super::super::listen_request(est, filter, "sluice-listen".into());
-        match self.exchange(conn, est, msg, None).await {
+    async fn listen_stream(&self, conn: &Connection, est: &Established) -> Next {
+        let (version, filter) = conn.listen_filter(est);
+        let Some(filter) = filter else {
+            // Nothing to listen for yet; look again when a subscription comes (or a while
+            // later, to notice a replaced session).
+            let _ = tokio::time::timeout(IDLE_LISTEN_CHECK, conn.filter_changed(version)).await;
+            return Next::Now;
+        };
+        let msg = super::super::listen_request(est, &filter, listen_id(version, "http"));
+        let answer = tokio::select! {
+            answer = self.exchange(conn, est, msg, None) => answer,
+            // Closing the stream cancels the old listen at the server.
+            () = conn.filter_changed(version) => return Next::Now,
+        };
+        match answer {
             // A graceful end (the server drained or dropped us): listen again.
             Ok(answer) if answer.get("result").is_some() => Next::Again,
             // The server does not offer it after all.
@@ -90,16 +105,22 @@ impl HttpConn {
     }
 }
 
+/// How often a stateless server's listener with nothing to listen for checks that its
+/// session is still the current one.
+const IDLE_LISTEN_CHECK: Duration = Duration::from_secs(30);
+
 /// A stream the gateway keeps open to a server for what it sends outside requests.
 enum Standing {
     /// The legacy session's GET stream.
     Get,
-    /// A stateless `subscriptions/listen`, with its filter.
-    Listen(Value),
+    /// A stateless `subscriptions/listen` (its filter changes with the subscriptions).
+    Listen,
 }
 
 /// What to do once a standing stream ended.
 enum Next {
+    /// Open it again at once (its filter changed).
+    Now,
     /// Open it again now (it ended gracefully).
     Again,
     /// Open it again after a backoff (it failed).
