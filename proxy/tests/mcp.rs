@@ -633,3 +633,44 @@ fn r30_an_idle_server_stream_gets_keep_alives_and_stays_open() {
         "no JSON-RPC message on an idle GET stream"
     );
 }
+
+/// An MCP server stream can stay open for hours: the memory it was admitted with (a
+/// reservation held until a response starts) is given back when the stream starts, or the
+/// budget would fill with streams that hold nothing. The only test in this binary with a
+/// budget, so the process-wide reservation total is this test's own.
+#[test]
+fn an_open_mcp_server_stream_holds_no_memory_reservation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("[limits]\nmcp_keepalive_interval_ms = 100\nmemory_budget_bytes = 1073741824\n");
+    let l = Legacy::open(&s);
+    let addr = s.h.addr();
+    let sid = l.sid.clone();
+    s.h.rt.block_on(async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /v1/mcp/tools HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        wait_for(&mut c, &mut seen, b"id: 0").await;
+        // The session's POSTs give theirs back when their contexts are dropped, just after
+        // their answers went out: wait for the total to reach zero, the stream open.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sluice_proxy::overload::reserved() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} bytes still reserved with only the stream open",
+                sluice_proxy::overload::reserved()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Still open: keep-alives keep coming.
+        let mut buf = [0u8; 256];
+        let mut got = String::new();
+        while !got.contains(": keep-alive") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+}
