@@ -674,3 +674,60 @@ fn an_open_mcp_server_stream_holds_no_memory_reservation() {
         }
     });
 }
+
+/// Waits (up to 10 s) until the fixture has `n` sessions subscribed to `uri`: a subscription's
+/// end reaches the server from a task of its own, after the client's answer.
+fn until_subscribers(s: &Setup, uri: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.fixture.fixture.subscribers(uri) != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sessions subscribed to {uri} at the server, expected {n}",
+            s.fixture.fixture.subscribers(uri)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Two clients subscribed to one resource share one subscription at the server: the first
+/// to unsubscribe leaves the other's in place, the last ends it; a subscription held when
+/// the server forgot the gateway's session is renewed on the new session.
+#[test]
+fn clients_share_a_resource_subscription_at_the_server_and_it_survives_a_new_session() {
+    let s = setup("era = \"legacy\"");
+    let uri = "test://watched-resource";
+    let (a, b) = (Legacy::open(&s), Legacy::open(&s));
+    for (c, id) in [(&a, 2), (&b, 2), (&b, 3)] {
+        let r = answer(&c.post(&rpc(id, "resources/subscribe", json!({ "uri": uri }))));
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    assert_eq!(s.fixture.fixture.subscribers(uri), 1);
+    let r = answer(&a.post(&rpc(4, "resources/unsubscribe", json!({ "uri": uri }))));
+    assert_eq!(r["result"], json!({}), "{r}");
+    // The server's subscription is b's too: a sum later, it is still there.
+    let sum = b.call(5, "fx__add", json!({"a": 1, "b": 2}));
+    assert_eq!(sum["result"]["structuredContent"]["sum"], 3.0, "{sum}");
+    assert_eq!(
+        s.fixture.fixture.subscribers(uri),
+        1,
+        "a's unsubscribe ended b's"
+    );
+    // The server forgets the gateway's session; the next request makes a new one, and the
+    // subscription follows.
+    let expired = s.fixture_rt.block_on(send(
+        s.fixture.addr,
+        "POST",
+        "/_fixture/expire-sessions",
+        &[],
+        b"",
+    ));
+    assert_eq!(expired.status, 200);
+    until_subscribers(&s, uri, 0);
+    let sum = b.call(6, "fx__add", json!({"a": 2, "b": 2}));
+    assert_eq!(sum["result"]["structuredContent"]["sum"], 4.0, "{sum}");
+    until_subscribers(&s, uri, 1);
+    // The last holder lets go: the server hears of it.
+    let r = answer(&b.post(&rpc(7, "resources/unsubscribe", json!({ "uri": uri }))));
+    assert_eq!(r["result"], json!({}), "{r}");
+    until_subscribers(&s, uri, 0);
+}

@@ -1,8 +1,8 @@
 //! What the fixture offers, independent of the transport.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,6 +22,8 @@ pub const INJECTED_EMAIL: &str = "From: billing@vendor.example\nSubject: Invoice
 pub struct FixtureSession {
     /// The lowest log level the client asked for.
     pub level: Mutex<Option<String>>,
+    /// The resource URIs it subscribed to.
+    pub subscriptions: Mutex<BTreeSet<String>>,
     /// The negotiated version.
     pub version: Mutex<String>,
     /// The client's capabilities.
@@ -40,6 +42,9 @@ pub struct Fixture {
     pub traceparents: Mutex<Vec<String>>,
     /// Woken by every list change, for the transports' GET streams.
     pub changes: tokio::sync::broadcast::Sender<Value>,
+    /// The sessions still alive somewhere (a transport holds them), for
+    /// [`Fixture::subscribers`].
+    live: Mutex<Vec<Weak<FixtureSession>>>,
 }
 
 fn text(t: &str) -> Value {
@@ -64,12 +69,26 @@ impl Fixture {
             waiting: Mutex::default(),
             calls: Mutex::default(),
             traceparents: Mutex::default(),
+            live: Mutex::default(),
         })
     }
 
     /// A session.
     pub fn new_session(&self) -> Arc<FixtureSession> {
-        Arc::new(FixtureSession::default())
+        let session = Arc::new(FixtureSession::default());
+        let mut live = lock(&self.live);
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&session));
+        session
+    }
+
+    /// How many live sessions are subscribed to `uri`.
+    pub fn subscribers(&self, uri: &str) -> usize {
+        lock(&self.live)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| lock(&s.subscriptions).contains(uri))
+            .count()
     }
 
     /// Changes `send_email`'s description and says the list changed.
@@ -386,7 +405,16 @@ impl Fixture {
                 self.read_resource(uri)
                     .ok_or((-32002, format!("Resource not found: {uri}")))
             }
-            "resources/subscribe" | "resources/unsubscribe" => Ok(json!({})),
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
+                let mut subscribed = lock(&s.subscriptions);
+                if method == "resources/subscribe" {
+                    subscribed.insert(uri.to_owned());
+                } else {
+                    subscribed.remove(uri);
+                }
+                Ok(json!({}))
+            }
             "prompts/list" => Ok(json!({"prompts": [
                 {"name": "test_simple_prompt", "description": "A simple prompt"},
                 {"name": "test_prompt_with_arguments", "description": "A prompt with arguments", "arguments": [{"name": "arg1", "description": "First argument", "required": true}, {"name": "arg2", "description": "Second argument", "required": true}]},
