@@ -289,14 +289,7 @@ fn progress_and_logs_stream_back_and_the_upstream_session_is_renewed() {
     );
     assert_eq!(msgs.last().unwrap()["id"], 2);
     // The fixture forgets every session (a restart): the gateway re-initializes by itself.
-    let expired = s.fixture_rt.block_on(send(
-        s.fixture.addr,
-        "POST",
-        "/_fixture/expire-sessions",
-        &[],
-        b"",
-    ));
-    assert_eq!(expired.status, 200);
+    expire_fixture_sessions(&s);
     let sum = c.call(3, "fx__add", json!({"a": 20, "b": 22}));
     assert_eq!(sum["result"]["structuredContent"]["sum"], 42.0, "{sum}");
 }
@@ -675,6 +668,18 @@ fn an_open_mcp_server_stream_holds_no_memory_reservation() {
     });
 }
 
+/// The fixture forgets every session (as a server restart does).
+fn expire_fixture_sessions(s: &Setup) {
+    let expired = s.fixture_rt.block_on(send(
+        s.fixture.addr,
+        "POST",
+        "/_fixture/expire-sessions",
+        &[],
+        b"",
+    ));
+    assert_eq!(expired.status, 200);
+}
+
 /// Waits (up to 10 s) until the fixture has `n` sessions subscribed to `uri`: a subscription's
 /// end reaches the server from a task of its own, after the client's answer.
 fn until_subscribers(s: &Setup, uri: &str, n: usize) {
@@ -714,14 +719,7 @@ fn clients_share_a_resource_subscription_at_the_server_and_it_survives_a_new_ses
     );
     // The server forgets the gateway's session; the next request makes a new one, and the
     // subscription follows.
-    let expired = s.fixture_rt.block_on(send(
-        s.fixture.addr,
-        "POST",
-        "/_fixture/expire-sessions",
-        &[],
-        b"",
-    ));
-    assert_eq!(expired.status, 200);
+    expire_fixture_sessions(&s);
     until_subscribers(&s, uri, 0);
     let sum = b.call(6, "fx__add", json!({"a": 2, "b": 2}));
     assert_eq!(sum["result"]["structuredContent"]["sum"], 4.0, "{sum}");
