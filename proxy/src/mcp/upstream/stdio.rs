@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::subscriptions::listen_id;
+use super::subscriptions::{IDLE_LISTEN_CHECK, listen_id};
 use super::{Connection, Established, Kind, Retry, STATELESS_VERSION, UpstreamError};
 use crate::config::McpEra;
 use crate::mcp::jsonrpc;
@@ -35,10 +35,6 @@ impl Drop for Forget<'_> {
         self.0.lock().remove(self.1);
     }
 }
-
-/// How often a stateless server's listener with nothing to listen for checks that its
-/// process is still the current one.
-const IDLE_LISTEN_CHECK: Duration = Duration::from_secs(30);
 
 struct Running {
     est: Established,

@@ -17,6 +17,10 @@ use tokio::sync::watch;
 use super::{Answer, Connection, Established, UpstreamError};
 use crate::mcp::jsonrpc::{self, INTERNAL_ERROR, METHOD_NOT_FOUND};
 
+/// How often a stateless server's listener with nothing to listen for checks that its
+/// handshake (session or process) is still the current one.
+pub(super) const IDLE_LISTEN_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the gateway's listen requests are named: the prefix, then the filter's version.
 const LISTEN_ID_PREFIX: &str = "sluice-listen-";
 

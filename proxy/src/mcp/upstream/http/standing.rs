@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::super::subscriptions::listen_id;
+use super::super::subscriptions::{IDLE_LISTEN_CHECK, listen_id};
 use super::super::{Connection, Established, Kind, Retry};
 use super::HttpConn;
 
@@ -104,10 +104,6 @@ impl HttpConn {
         }
     }
 }
-
-/// How often a stateless server's listener with nothing to listen for checks that its
-/// session is still the current one.
-const IDLE_LISTEN_CHECK: Duration = Duration::from_secs(30);
 
 /// A stream the gateway keeps open to a server for what it sends outside requests.
 enum Standing {
