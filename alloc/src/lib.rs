@@ -56,6 +56,7 @@ pub fn heap_in_use() -> Option<u64> {
     Some(u64::try_from(IN_USE.load(Ordering::Relaxed)).unwrap_or(0))
 }
 
+#[inline]
 fn note(bytes: i64) {
     // A load of a line every core keeps shared: the store happens once.
     if !COUNTING.load(Ordering::Relaxed) {
@@ -76,6 +77,7 @@ fn note(bytes: i64) {
     }
 }
 
+#[cold]
 fn flush(bytes: i64) {
     IN_USE.fetch_add(bytes, Ordering::Relaxed);
 }

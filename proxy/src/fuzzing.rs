@@ -122,7 +122,7 @@ fn respond(config: &Config, path: &str, input: &[u8], cuts: &[usize]) -> Result<
     let mut resp = ResponseHeader::build(200, None).map_err(|e| e.to_string())?;
     resp.insert_header("content-type", "text/event-stream")
         .map_err(|e| e.to_string())?;
-    response::on_header(&mut resp, &mut ctx, MAX_EVENT);
+    response::on_header(&mut resp, &mut ctx, MAX_EVENT, true).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut start = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {

@@ -201,7 +201,7 @@ pub fn llm_tool(profile: &Profile, name: &str) -> ToolId {
 /// are joined.
 pub fn normalise_content(raw: &[u8]) -> Value {
     let text_or_json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s));
-    match serde_json::from_slice::<Value>(raw) {
+    match crate::llm::parse_json::<Value>(raw) {
         Ok(Value::String(s)) => text_or_json(s),
         Ok(Value::Array(parts))
             if parts

@@ -28,7 +28,7 @@ fn pipeline(path: &str, input: &[u8], cuts: &[usize]) -> (Vec<u8>, ResponseFacts
     let mut resp = ResponseHeader::build(200, None).unwrap();
     resp.insert_header("content-type", "text/event-stream")
         .unwrap();
-    response::on_header(&mut resp, &mut ctx, 1 << 20);
+    response::on_header(&mut resp, &mut ctx, 1 << 20, true).unwrap();
     let mut out = Vec::new();
     let mut start = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
@@ -154,7 +154,7 @@ fn invalid_utf8_is_a_stream_error_not_a_substitution() {
     let mut resp = ResponseHeader::build(200, None).unwrap();
     resp.insert_header("content-type", "text/event-stream")
         .unwrap();
-    response::on_header(&mut resp, &mut ctx, 1 << 20);
+    response::on_header(&mut resp, &mut ctx, 1 << 20, true).unwrap();
     let mut body = Some(Bytes::from(stream));
     let err = response::on_chunk(&mut body, false, &mut ctx, 1 << 20).expect_err("invalid utf-8");
     assert!(err.to_string().contains("UTF-8"), "{err}");

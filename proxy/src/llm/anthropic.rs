@@ -56,7 +56,7 @@ struct Block<'a> {
 
 /// Reads a Messages request.
 pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
-    let req: MessagesRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let req: MessagesRequest<'_> = crate::llm::parse_json(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
         model: req.model.map(|m| m.into_owned()),
         stream: req.stream,
@@ -173,7 +173,7 @@ struct MessageObject<'a> {
 
 /// Reads a non-streaming message.
 pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
-    let Ok(m) = serde_json::from_slice::<MessageObject<'_>>(body) else {
+    let Ok(m) = crate::llm::parse_json::<MessageObject<'_>>(body) else {
         facts.error = Some("unparseable message body".into());
         return;
     };

@@ -87,7 +87,7 @@ struct Tool<'a> {
 
 /// Reads a generateContent request body.
 pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
-    let req: GenerateRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let req: GenerateRequest<'_> = crate::llm::parse_json(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
         tools_declared: names(
             req.tools
@@ -211,10 +211,10 @@ fn read_response(r: GenerateResponse<'_>, next_index: &mut u32, facts: &mut Resp
 /// Reads a non-streaming response, or a non-SSE `streamGenerateContent` JSON array.
 pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
     let mut index = 0;
-    if let Ok(r) = serde_json::from_slice::<GenerateResponse<'_>>(body) {
+    if let Ok(r) = crate::llm::parse_json::<GenerateResponse<'_>>(body) {
         read_response(r, &mut index, facts);
         facts.completed = true;
-    } else if let Ok(list) = serde_json::from_slice::<Vec<GenerateResponse<'_>>>(body) {
+    } else if let Ok(list) = crate::llm::parse_json::<Vec<GenerateResponse<'_>>>(body) {
         for r in list {
             read_response(r, &mut index, facts);
         }

@@ -427,7 +427,7 @@ impl ProxyHttp for SluiceProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -435,7 +435,8 @@ impl ProxyHttp for SluiceProxy {
             .config
             .as_ref()
             .map_or(1024 * 1024, |c| c.limits.max_sse_event_bytes);
-        response::on_header(upstream_response, ctx, max_event);
+        let chunked_ok = session.req_header().version != http::Version::HTTP_10;
+        response::on_header(upstream_response, ctx, max_event, chunked_ok)?;
         // The response has started: its memory shows in the count from here.
         ctx.memory_reservation = None;
         Ok(())

@@ -16,15 +16,22 @@ use crate::llm::{ResponseInspector, stream_error_event};
 use crate::sse::{Framed, SseFramer, parse_event};
 
 /// Reads the response header and picks the body mode.
-pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usize) {
+///
+/// `chunked_ok`: the client can take chunked framing (HTTP/1.1 or later).
+pub fn on_header(
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    max_event: usize,
+    chunked_ok: bool,
+) -> pingora::Result<()> {
     ctx.status = resp.status.as_u16();
     ctx.response_started = true;
     ctx.ttfb_us = Some(u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX));
     let Some(api) = ctx.api() else {
-        return;
+        return Ok(());
     };
     if !resp.status.is_success() {
-        return;
+        return Ok(());
     }
     let is_sse = resp
         .headers
@@ -38,7 +45,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
     if is_sse {
         // Events may be dropped (injected usage) or appended (terminal errors): the length
         // is no longer the upstream's.
-        resp.remove_header(&http::header::CONTENT_LENGTH);
+        unset_length(resp, chunked_ok)?;
         ctx.body_mode = BodyMode::Sse(SseFramer::new(max_event));
     } else {
         // The body is held whole. Its length changes only if a refused call is rewritten,
@@ -53,7 +60,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
             None
         };
         if ctx.json_fixed_length.is_none() {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
+            unset_length(resp, chunked_ok)?;
         }
         ctx.body_mode = BodyMode::Json {
             chunks: Vec::new(),
@@ -61,6 +68,23 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut RequestCtx, max_event: usi
             overflowed: false,
         };
     }
+    Ok(())
+}
+
+/// Drops the upstream's Content-Length and frames the body in chunks. Pingora turns a
+/// response that has neither header into chunks itself, but before `response_filter`:
+/// a length removed here would leave the body delimited by the connection's close, and the
+/// client would lose its connection after every response (a new TCP handshake and a new
+/// connection task each request).
+fn unset_length(resp: &mut ResponseHeader, chunked_ok: bool) -> pingora::Result<()> {
+    if resp.remove_header(&http::header::CONTENT_LENGTH).is_none() {
+        return Ok(());
+    }
+    let no_body = matches!(resp.status.as_u16(), 204 | 304);
+    if chunked_ok && !no_body && resp.headers.get(http::header::TRANSFER_ENCODING).is_none() {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
 }
 
 /// Reads one response body chunk and sets `body` to what goes downstream now.

@@ -58,7 +58,7 @@ struct ChatChoiceMessage<'a> {
 
 /// Reads a non-streaming chat completion.
 pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
-    let Ok(c) = serde_json::from_slice::<ChatCompletion<'_>>(body) else {
+    let Ok(c) = crate::llm::parse_json::<ChatCompletion<'_>>(body) else {
         facts.error = Some("unparseable chat completion body".into());
         return;
     };

@@ -55,7 +55,7 @@ struct NamedTool<'a> {
 
 /// Reads a chat request; turns `stream_options.include_usage` on for streams that lack it.
 pub fn inspect_chat_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
-    let req: ChatRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let req: ChatRequest<'_> = crate::llm::parse_json(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
         model: req.model.map(|m| m.into_owned()),
         stream: req.stream,
@@ -127,7 +127,7 @@ fn with_include_usage(body: &[u8], options_absent: bool) -> Result<Bytes, Sluice
         out.extend_from_slice(&body[open + 1..]);
         return Ok(Bytes::from(out));
     }
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let mut value: serde_json::Value = crate::llm::parse_json(body).map_err(|e| malformed(&e))?;
     let Some(obj) = value.as_object_mut() else {
         return Err(SluiceError::MalformedRequest(
             "the request body must be a JSON object".into(),
@@ -180,7 +180,7 @@ struct ResponsesItem<'a> {
 
 /// Reads a Responses API request.
 pub fn inspect_responses_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
-    let req: ResponsesRequest<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let req: ResponsesRequest<'_> = crate::llm::parse_json(body).map_err(|e| malformed(&e))?;
     let mut facts = RequestFacts {
         model: req.model.map(|m| m.into_owned()),
         stream: req.stream,

@@ -81,7 +81,7 @@ fn read_response_object(r: ResponseObject<'_>, facts: &mut ResponseFacts, with_c
 
 /// Reads a non-streaming Responses API body.
 pub fn read_responses_json(body: &[u8], facts: &mut ResponseFacts) {
-    match serde_json::from_slice::<ResponseObject<'_>>(body) {
+    match crate::llm::parse_json::<ResponseObject<'_>>(body) {
         Ok(r) => {
             read_response_object(r, facts, true);
             facts.completed = true;
