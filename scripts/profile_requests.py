@@ -5,11 +5,15 @@ request (inclusive and self). Instruction counts do not depend on what else the 
 doing, so two builds or two configurations compare exactly. Start-up is left out: counting
 is zeroed after a warm-up and dumped after the measured requests.
 
+Scenarios: `json`, `sse`, `tools` (chat completions through the mock provider) and `mcp`
+(`tools/call` through the MCP gateway to the fixture MCP server, as scripts/bench_mcp.py;
+targets `defaults` and `passthrough` only).
+
 Targets: `full` (control-plane-fed, as scripts/bench.py's "full inspection": virtual key,
 100 policies, usage journal, metrics, tracing at 1.0), `defaults` (a file config with one
 profile, as bench.py's "sluice"), `passthrough` (the bare Pingora proxy: the floor).
 
-Usage: python3 scripts/profile_requests.py [--target full|defaults|passthrough ...] [--scenario json|sse|tools]
+Usage: python3 scripts/profile_requests.py [--target full|defaults|passthrough ...] [--scenario json|sse|tools|mcp]
                                   [--seconds 20] [--top 40] [--keep DIR]
 Needs: valgrind (Debian package), a release build of `sluice`.
 """
@@ -28,15 +32,29 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (CHAT, SLUICE, TOOLS_CHAT, free_port, loadgen, machine, ready_line, start_full,  # noqa: E402
                    start_mock, stop, wait_port)
+import bench_mcp  # noqa: E402
 
 CALLGRIND = ("valgrind", "--tool=callgrind", "--collect-atstart=yes", "--dump-instr=no")
 
 
-def start_defaults(procs, tmp, mock_port, out):
+def start_fixture(procs):
+    """The fixture MCP server; its URL."""
+    p = subprocess.Popen([SLUICE, "mock-mcp", "--listen", "127.0.0.1:0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    procs.append(p)
+    url = ready_line(p, "SLUICE_MOCK_MCP_READY")["url"]
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+    return url
+
+
+def start_defaults(procs, tmp, mock_port, out, fixture_url=None):
     port = free_port()
     conf = os.path.join(tmp, "sluice.toml")
     with open(conf, "w") as f:
-        f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
+        if fixture_url:
+            f.write(f"threads = 1\n{bench_mcp.config(fixture_url, port, 'auto')}")
+        else:
+            f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
     env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
     p = subprocess.Popen([*CALLGRIND, f"--callgrind-out-file={out}", SLUICE, "proxy", "--config", conf],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -111,15 +129,19 @@ def short(name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", action="append", choices=("full", "defaults", "passthrough"))
-    ap.add_argument("--scenario", default="json", choices=("json", "sse", "tools"))
+    ap.add_argument("--scenario", default="json", choices=("json", "sse", "tools", "mcp"))
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--keep", help="copy the callgrind files here (for kcachegrind or callgrind_annotate)")
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
-    body = {"json": CHAT, "sse": dict(CHAT, stream=True), "tools": TOOLS_CHAT}[args.scenario]
-    hdr = ["content-type: application/json"] + (["x-mock-words: 110"] if args.scenario == "json" else [])
+    mcp = args.scenario == "mcp"
+    if mcp and "full" in (args.target or ["full"]):
+        ap.error("--scenario mcp takes --target defaults and/or passthrough")
+    body = {"json": CHAT, "sse": dict(CHAT, stream=True), "tools": TOOLS_CHAT, "mcp": bench_mcp.CALL}[args.scenario]
+    hdr = (bench_mcp.HEADERS if mcp else ["content-type: application/json"]
+           + (["x-mock-words: 110"] if args.scenario == "json" else []))
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     print(f"Machine: {machine()}  ")
     print(f"Command: `python3 scripts/profile_requests.py {' '.join(sys.argv[1:])}`  ")
@@ -129,16 +151,21 @@ def main():
         tmp = tempfile.mkdtemp(prefix="sluice-profile-")
         try:
             mock_port = start_mock(procs, "--words", "40")
+            fixture_url = start_fixture(procs) if mcp else None
+            upstream_port = int(fixture_url.rsplit(":", 1)[1].split("/", 1)[0]) if mcp else mock_port
             out = os.path.join(tmp, "callgrind.out")
             if target == "full":
                 port, pids, key = start_full(procs, tmp, mock_port, free_port(),
                                              wrap=(*CALLGRIND, f"--callgrind-out-file={out}"))
                 pid = pids[0]
             elif target == "defaults":
-                port, pid, key = start_defaults(procs, tmp, mock_port, out)
+                port, pid, key = start_defaults(procs, tmp, mock_port, out, fixture_url)
             else:
-                port, pid, key = start_passthrough(procs, mock_port, out)
-            route = "/v1/chat/completions" if target == "passthrough" else "/v1/openai/chat/completions"
+                port, pid, key = start_passthrough(procs, upstream_port, out)
+            if mcp:
+                route = "/mcp" if target == "passthrough" else "/v1/mcp/default"
+            else:
+                route = "/v1/chat/completions" if target == "passthrough" else "/v1/openai/chat/completions"
             url = f"http://127.0.0.1:{port}{route}"
             auth = [f"authorization: Bearer {key}"]
             # Warm-up (connections, pools, caches), then count only the measured requests.

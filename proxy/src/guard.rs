@@ -200,10 +200,18 @@ pub fn llm_tool(profile: &Profile, name: &str) -> ToolId {
 /// A result's content as policies see it: JSON strings that hold JSON are parsed, text parts
 /// are joined.
 pub fn normalise_content(raw: &[u8]) -> Value {
-    let text_or_json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s));
     match crate::llm::parse_json::<Value>(raw) {
-        Ok(Value::String(s)) => text_or_json(s),
-        Ok(Value::Array(parts))
+        Ok(v) => normalise_parsed(v),
+        Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
+    }
+}
+
+/// [`normalise_content`] of content already parsed.
+pub fn normalise_parsed(content: Value) -> Value {
+    let text_or_json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s));
+    match content {
+        Value::String(s) => text_or_json(s),
+        Value::Array(parts)
             if parts
                 .iter()
                 .all(|p| p.get("text").is_some_and(Value::is_string)) =>
@@ -215,8 +223,7 @@ pub fn normalise_content(raw: &[u8]) -> Value {
                 .join("\n");
             text_or_json(joined)
         }
-        Ok(v) => v,
-        Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
+        v => v,
     }
 }
 

@@ -344,7 +344,7 @@ pub(super) fn forward(
             m.insert("traceparent".into(), Value::String(tp));
         }
     }
-    let progress = params.pointer("/_meta/progressToken").cloned();
+    let progress = jsonrpc::at(&params, &["_meta", "progressToken"]).cloned();
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let (tx, rx) = oneshot::channel();
     let (c2, method, call2) = (conn.clone(), method.to_owned(), call.clone());
@@ -356,9 +356,9 @@ pub(super) fn forward(
     );
     let cancel_id = upstream_id.clone();
     tokio::spawn(async move {
-        let answer = c2
-            .request_as(upstream_id, &method, Some(params), Some(ev_tx))
-            .await;
+        // Boxed: the exchange's future is kilobytes, and the task's own future is copied
+        // whole on spawn and again as the task ends.
+        let answer = Box::pin(c2.request_as(upstream_id, &method, Some(params), Some(ev_tx))).await;
         call2.session.state.lock().inflight.remove(&client_id);
         let msg = match answer {
             Ok(mut a) => {

@@ -102,6 +102,13 @@ impl Message {
 }
 
 /// A success response.
+/// The value under `keys`, one object key per step. `Value::pointer` does the same from a
+/// JSON Pointer but unescapes each step into two new strings: a few thousand instructions
+/// on every request of the gateway's hot path.
+pub fn at<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(value, |v, k| v.get(*k))
+}
+
 pub fn result(id: Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }

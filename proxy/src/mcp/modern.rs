@@ -12,9 +12,11 @@ use super::wire::header;
 /// The 2026-07-28 header rules: version supported, `Mcp-Method` (and `Mcp-Name`) equal
 /// to the body's.
 pub(super) fn check_modern_headers(session: &Session, value: &Value) -> Result<(), (i64, String)> {
-    let body_version = value
-        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
-        .and_then(Value::as_str);
+    let body_version = super::jsonrpc::at(
+        value,
+        &["params", "_meta", "io.modelcontextprotocol/protocolVersion"],
+    )
+    .and_then(Value::as_str);
     let header_version = header(session, "mcp-protocol-version");
     let version = header_version.or(body_version).unwrap_or("");
     if version != STATELESS_VERSION {
@@ -47,8 +49,8 @@ pub(super) fn check_modern_headers(session: &Session, value: &Value) -> Result<(
             None => return Err((HEADER_MISMATCH, "the Mcp-Method header is required".into())),
         }
         let name = match m {
-            "tools/call" | "prompts/get" => value.pointer("/params/name"),
-            "resources/read" => value.pointer("/params/uri"),
+            "tools/call" | "prompts/get" => super::jsonrpc::at(value, &["params", "name"]),
+            "resources/read" => super::jsonrpc::at(value, &["params", "uri"]),
             _ => None,
         }
         .and_then(Value::as_str);

@@ -138,8 +138,12 @@ impl Sessions {
 
     /// A session kept for one request only (a stateless client without a conversation id).
     pub fn detached(profile: Arc<str>) -> Arc<Session> {
+        // Never recorded, never looked up (not in the map): unique is enough, and random
+        // bytes cost a system call per request.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Arc::new(Session {
-            id: format!("once:{}", new_id()).into(),
+            id: format!("once:{n}").into(),
             profile,
             version: super::upstream::STATELESS_VERSION.into(),
             key_id: None,
@@ -226,5 +230,11 @@ pub fn new_id() -> Arc<str> {
 }
 
 fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(b.len() * 2);
+    for x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 0x0f)]));
+    }
+    out
 }

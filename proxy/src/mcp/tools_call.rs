@@ -170,12 +170,12 @@ pub(super) fn judge_result(
     result: &mut Value,
 ) -> (Vec<Decision>, bool) {
     use sluice_policies::ResultVerdict;
-    let raw = result
+    let content = result
         .get("structuredContent")
         .or_else(|| result.get("content"))
-        .map(Value::to_string)
-        .unwrap_or_default();
-    let content = crate::guard::normalise_content(raw.as_bytes());
+        .map_or(Value::String(String::new()), |c| {
+            crate::guard::normalise_parsed(c.clone())
+        });
     let labels = crate::guard::labels_of(&call.profile);
     let ctx = eval_context(call, &labels, true, None);
     let d = call.config.policies.evaluate_result(tool, &content, &ctx);

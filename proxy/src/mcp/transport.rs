@@ -214,9 +214,11 @@ async fn post(
     let modern = !is_initialize
         && legacy_session.is_none()
         && (version_header.as_deref() == Some(STATELESS_VERSION)
-            || value
-                .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
-                .is_some());
+            || jsonrpc::at(
+                &value,
+                &["params", "_meta", "io.modelcontextprotocol/protocolVersion"],
+            )
+            .is_some());
     if is_initialize {
         return initialize(gw, session, ctx, config, profile, value).await;
     }
@@ -241,9 +243,14 @@ async fn post(
             None => super::session::Sessions::detached(profile.name.clone()),
         };
         let mut c = call(s, true);
-        if let Some(caps) =
-            value.pointer("/params/_meta/io.modelcontextprotocol~1clientCapabilities")
-        {
+        if let Some(caps) = jsonrpc::at(
+            &value,
+            &[
+                "params",
+                "_meta",
+                "io.modelcontextprotocol/clientCapabilities",
+            ],
+        ) {
             c.capabilities = caps.clone();
         }
         return one_message(session, ctx, &c, value).await;

@@ -50,7 +50,8 @@ pub fn on_header(
     } else {
         // The body is held whole. Its length changes only if a refused call is rewritten,
         // which is impossible when every declared tool is an unconditional allow: then the
-        // upstream's Content-Length is kept (chunked framing costs ~30 µs per response here).
+        // upstream's Content-Length is kept. (The ~30 µs per response this once saved was
+        // mostly a closed connection: see `unset_length`.)
         ctx.json_fixed_length = if gate::all_declared_unconditional(ctx) {
             resp.headers
                 .get(http::header::CONTENT_LENGTH)

@@ -286,8 +286,7 @@ impl HttpConn {
     fn session_headers(est: &Established, msg: &Value) -> Vec<(&'static str, String)> {
         let mut h = vec![("mcp-protocol-version", est.version.clone())];
         // The gateway's span, for servers that read trace context from HTTP headers.
-        if let Some(tp) = msg
-            .pointer("/params/_meta/traceparent")
+        if let Some(tp) = crate::mcp::jsonrpc::at(msg, &["params", "_meta", "traceparent"])
             .and_then(Value::as_str)
         {
             h.push(("traceparent", header_safe(tp)));
@@ -301,8 +300,8 @@ impl HttpConn {
                 h.push(("mcp-method", header_safe(method)));
             }
             let name = match method {
-                "tools/call" | "prompts/get" => msg.pointer("/params/name"),
-                "resources/read" => msg.pointer("/params/uri"),
+                "tools/call" | "prompts/get" => crate::mcp::jsonrpc::at(msg, &["params", "name"]),
+                "resources/read" => crate::mcp::jsonrpc::at(msg, &["params", "uri"]),
                 _ => None,
             };
             if let Some(n) = name.and_then(Value::as_str) {
