@@ -46,6 +46,8 @@ pub struct RequestCtx {
     pub request_chunks: Vec<Bytes>,
     /// Request body bytes seen.
     pub request_len: usize,
+    /// The body was read whole before the upstream was connected (`body_first.rs`).
+    pub body_read_first: bool,
     /// What the request said.
     pub request_facts: RequestFacts,
     /// Response reader, for inspected 2xx responses.
@@ -135,6 +137,7 @@ impl RequestCtx {
             route: None,
             request_chunks: Vec::new(),
             request_len: 0,
+            body_read_first: false,
             request_facts: RequestFacts::default(),
             inspector: None,
             body_mode: BodyMode::Passthrough,

@@ -3,6 +3,7 @@
 //! ```text
 //! early_request_filter   snapshot load, header limits            (request.rs)
 //! request_filter         health, routing, key-in-query, 413      (request.rs)
+//!                        small bodies read before connecting     (body_first.rs)
 //! upstream_peer          profile's upstream, timeouts, TLS       (upstream.rs)
 //! upstream_request_filter path, Host, credentials, framing       (upstream.rs)
 //! request_body_filter    cap; hold, inspect, rewrite             (request_body.rs)
@@ -13,6 +14,7 @@
 //! ```
 
 pub mod auth;
+pub mod body_first;
 pub mod ctx;
 pub mod gate;
 pub mod logging;
@@ -330,6 +332,11 @@ impl ProxyHttp for SluiceProxy {
         ctx.sluice_ns += elapsed_ns(t);
         if let Err(e) = routed {
             return Err(raise(ctx, e));
+        }
+        match body_first::read_small_body(session, ctx).await {
+            Ok(read) => ctx.body_read_first = read,
+            Err(body_first::ReadFirstError::Io(e)) => return Err(e),
+            Err(body_first::ReadFirstError::Refused(e)) => return Err(raise(ctx, e)),
         }
         Ok(false)
     }

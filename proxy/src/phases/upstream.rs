@@ -126,6 +126,10 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     })?;
     req.set_uri(uri);
     req.insert_header(http::header::HOST, up.authority())?;
+    if ctx.body_read_first {
+        // Sluice answered the client's `Expect: 100-continue` and holds the body already.
+        req.remove_header(&http::header::EXPECT);
+    }
     if let Some(key) = &up.api_key {
         for h in CREDENTIAL_HEADERS {
             req.remove_header(*h);
