@@ -148,8 +148,10 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
         && let Some(state) = p.get("requestState").and_then(Value::as_str)
         && super::mrtr::is_ours(state)
     {
-        return super::mrtr::resume(call, id, state, p).await;
+        return Box::pin(super::mrtr::resume(call, id, state, p)).await;
     }
+    // Every arm but `tools/call` is boxed: an async fn's future is as large as its largest
+    // awaited future, and the per-call path would otherwise carry (and copy) theirs.
     match method {
         "ping" => answer(json!({})),
         "server/discover" => answer(json!({
@@ -164,7 +166,7 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
             "the session is already initialized",
         )),
         "tools/list" => {
-            let (tools, failed) = call.gw.tools(&call.config, &call.profile).await;
+            let (tools, failed) = Box::pin(call.gw.tools(&call.config, &call.profile)).await;
             let mut rec = record(call, "", method, None);
             if !failed.is_empty() {
                 rec.status = "error";
@@ -181,33 +183,25 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
             answer(json!({ "tools": list }))
         }
         "prompts/list" | "resources/list" | "resources/templates/list" => {
-            merged_list(call, id.clone(), method).await
+            Box::pin(merged_list(call, id.clone(), method)).await
         }
         "tools/call" => super::tools_call::tools_call(call, id, params, started).await,
         "prompts/get" | "completion/complete" | "resources/read" => {
-            routed(call, id, method, params, started).await
+            Box::pin(routed(call, id, method, params, started)).await
         }
         "resources/subscribe" | "resources/unsubscribe" => {
-            super::subscribe::subscription(call, id, method, params, started).await
+            Box::pin(super::subscribe::subscription(
+                call, id, method, params, started,
+            ))
+            .await
         }
         "logging/setLevel" => {
-            let level = jsonrpc::param_str(params.as_ref(), "level").map(str::to_owned);
-            call.session.state.lock().log_level = level;
-            for s in McpGateway::servers_of(&call.config, &call.profile) {
-                let conn = call.gw.connection(&s);
-                let has_logging = conn
-                    .establish()
-                    .await
-                    .is_ok_and(|e| e.capabilities.get("logging").is_some());
-                if has_logging {
-                    let _ = conn.request(method, params.clone(), None).await;
-                }
-            }
+            Box::pin(set_level(call, method, params)).await;
             answer(json!({}))
         }
         // Legacy clients have the session's GET stream instead.
         "subscriptions/listen" if call.stateless => {
-            let (honoured, holds) = super::listen::honour(call, params.as_ref()).await;
+            let (honoured, holds) = Box::pin(super::listen::honour(call, params.as_ref())).await;
             Reply::Listen(honoured, holds)
         }
         _ => Reply::Now(jsonrpc::error(
@@ -215,6 +209,22 @@ pub async fn request(call: &Call, id: Value, method: &str, params: Option<Value>
             METHOD_NOT_FOUND,
             &format!("method '{}' is not supported", truncate(method)),
         )),
+    }
+}
+
+/// `logging/setLevel`: the session's level, passed on to the servers that log.
+async fn set_level(call: &Call, method: &str, params: Option<Value>) {
+    let level = jsonrpc::param_str(params.as_ref(), "level").map(str::to_owned);
+    call.session.state.lock().log_level = level;
+    for s in McpGateway::servers_of(&call.config, &call.profile) {
+        let conn = call.gw.connection(&s);
+        let has_logging = conn
+            .establish()
+            .await
+            .is_ok_and(|e| e.capabilities.get("logging").is_some());
+        if has_logging {
+            let _ = conn.request(method, params.clone(), None).await;
+        }
     }
 }
 
@@ -355,9 +365,9 @@ pub(super) fn forward(
         (server.name.clone(), upstream_id.clone()),
     );
     let cancel_id = upstream_id.clone();
-    tokio::spawn(async move {
-        // Boxed: the exchange's future is kilobytes, and the task's own future is copied
-        // whole on spawn and again as the task ends.
+    // The task's future is boxed, and so is the exchange's inside it: tokio copies a task's
+    // future whole into its cell on spawn and writes the whole stage again as it ends.
+    tokio::spawn(Box::pin(async move {
         let answer = Box::pin(c2.request_as(upstream_id, &method, Some(params), Some(ev_tx))).await;
         call2.session.state.lock().inflight.remove(&client_id);
         let msg = match answer {
@@ -386,7 +396,7 @@ pub(super) fn forward(
         }
         finish_span(&call2, rec, started, span);
         let _ = tx.send(msg);
-    });
+    }));
     Reply::Forwarded(Forwarded {
         events: ev_rx,
         answer: rx,

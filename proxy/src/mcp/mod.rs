@@ -212,6 +212,18 @@ impl McpGateway {
         {
             return Ok(l.items.clone());
         }
+        // Boxed: the fetch's future is many KiB, and every `tools/call` awaits this
+        // function (almost always answered from the cache above).
+        Box::pin(self.fetch_list(conn, server, kind)).await
+    }
+
+    /// Asks the server for a whole list (every page) and caches it.
+    async fn fetch_list(
+        self: &Arc<Self>,
+        conn: Arc<Connection>,
+        server: &Arc<McpServer>,
+        kind: &'static str,
+    ) -> Result<Arc<Vec<Value>>, UpstreamError> {
         let stateless = conn.establish().await?.stateless;
         let mut ttl: Option<u64> = None;
         let method = match kind {

@@ -131,7 +131,7 @@ pub async fn serve(
         "GET" => match legacy_session {
             Some(Some(s)) => {
                 let c = call(s, false);
-                get_stream(session, ctx, &c).await
+                Box::pin(get_stream(session, ctx, &c)).await
             }
             Some(None) => session_not_found(session, ctx, Value::Null).await,
             None => simple(
@@ -220,7 +220,7 @@ async fn post(
             )
             .is_some());
     if is_initialize {
-        return initialize(gw, session, ctx, config, profile, value).await;
+        return Box::pin(initialize(gw, session, ctx, config, profile, value)).await;
     }
     if modern {
         if let Err((code, msg)) = check_modern_headers(session, &value) {
@@ -253,7 +253,7 @@ async fn post(
         ) {
             c.capabilities = caps.clone();
         }
-        return one_message(session, ctx, &c, value).await;
+        return Box::pin(one_message(session, ctx, &c, value)).await;
     }
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let s = match legacy_session {
@@ -308,9 +308,9 @@ async fn post(
             )
             .await;
         }
-        return batch(session, ctx, &c, items).await;
+        return Box::pin(batch(session, ctx, &c, items)).await;
     }
-    one_message(session, ctx, &c, value).await
+    Box::pin(one_message(session, ctx, &c, value)).await
 }
 
 async fn initialize(
@@ -370,25 +370,28 @@ async fn one_message(
     };
     match msg {
         Message::Request { id, method, params } => {
-            match dispatch::request(call, id.clone(), &method, params).await {
+            match Box::pin(dispatch::request(call, id.clone(), &method, params)).await {
                 Reply::Now(v) => {
                     let v = dispatch::shape_for(call, v);
                     write_json(session, ctx, 200, &v, None).await
                 }
                 Reply::Accepted => simple(session, ctx, 202, "").await,
-                Reply::Forwarded(f) => stream_answer(session, ctx, call, id, f).await,
+                Reply::Forwarded(f) => Box::pin(stream_answer(session, ctx, call, id, f)).await,
                 Reply::Listen(honoured, holds) => {
-                    super::listen::serve(session, ctx, call, id, honoured, holds).await
+                    Box::pin(super::listen::serve(
+                        session, ctx, call, id, honoured, holds,
+                    ))
+                    .await
                 }
             }
         }
         Message::Notification { method, params } => {
             let body = jsonrpc::notification(&method, params);
-            dispatch::one_way(call, Some(&method), body).await;
+            Box::pin(dispatch::one_way(call, Some(&method), body)).await;
             simple(session, ctx, 202, "").await
         }
         Message::Response { body, .. } => {
-            dispatch::one_way(call, None, body).await;
+            Box::pin(dispatch::one_way(call, None, body)).await;
             simple(session, ctx, 202, "").await
         }
     }
@@ -496,16 +499,17 @@ async fn stream_answer(
                 }
             }
         }
-        let Some(out) = dispatch::relay(call, &conn, &f, ev).await else {
+        // The rest of the loop is for answers that stream: boxed, so the common case (one
+        // answer, no events) does not carry these futures.
+        let Some(out) = Box::pin(dispatch::relay(call, &conn, &f, ev)).await else {
             continue;
         };
         if !streaming {
-            start_sse(session, ctx).await?;
+            Box::pin(start_sse(session, ctx)).await?;
             streaming = true;
         }
         event_no += 1;
-        if session
-            .write_response_body(Some(sse_event(event_no, &out)), false)
+        if Box::pin(session.write_response_body(Some(sse_event(event_no, &out)), false))
             .await
             .is_err()
         {
@@ -513,7 +517,7 @@ async fn stream_answer(
             if call.stateless {
                 let params =
                     json!({"requestId": f.cancel.1, "reason": "the client closed the stream"});
-                conn.notify("notifications/cancelled", Some(params)).await;
+                Box::pin(conn.notify("notifications/cancelled", Some(params))).await;
             }
             return Ok(());
         }

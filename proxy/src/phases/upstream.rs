@@ -41,6 +41,17 @@ pub async fn resolve(up: &Upstream) -> Result<SocketAddr, SluiceError> {
     {
         return Ok(addr);
     }
+    // Boxed: the lookup's future is large, and every request awaits this function (almost
+    // always answered above).
+    Box::pin(look_up(up, key, cached)).await
+}
+
+/// Asks the system resolver; a failed lookup falls back to the stale address, if any.
+async fn look_up(
+    up: &Upstream,
+    key: (std::sync::Arc<str>, u16),
+    cached: Option<(SocketAddr, std::time::Instant)>,
+) -> Result<SocketAddr, SluiceError> {
     let looked_up = tokio::net::lookup_host((&*up.host, up.port))
         .await
         .map_err(|e| format!("cannot resolve {}: {}", up.host, e.kind()))

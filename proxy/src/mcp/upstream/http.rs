@@ -120,9 +120,8 @@ impl HttpConn {
             .map_err(|e| conn.unreachable(e.to_string()))?;
         let peer = crate::phases::upstream::peer(&self.up, addr, &Self::limits());
         for attempt in 0..2 {
-            let (session, reused) = self
-                .connector
-                .get_http_session(peer.as_ref())
+            // Boxed: Pingora's connector future (with its TLS handshake) is kilobytes.
+            let (session, reused) = Box::pin(self.connector.get_http_session(peer.as_ref()))
                 .await
                 .map_err(|e| conn.unreachable(format!("{:?}", e.etype())))?;
             let in_use = self
@@ -170,8 +169,9 @@ impl HttpConn {
                 HttpSession::H1(h1) => send_h1(h1, &req, body.as_ref(), peer.as_ref())
                     .await
                     .map(HttpSession::H1),
+                // HTTP/2: boxed, as this future is large and most MCP servers speak HTTP/1.1.
                 mut other => {
-                    async {
+                    Box::pin(async {
                         other.write_request_header(Box::new(req)).await?;
                         if let Some(b) = body.clone() {
                             other.write_request_body(b, true).await?;
@@ -179,7 +179,7 @@ impl HttpConn {
                         other.finish_request_body().await?;
                         other.read_response_header().await?;
                         Ok(other)
-                    }
+                    })
                     .await
                 }
             };
@@ -329,10 +329,8 @@ impl HttpConn {
             return Err(Retry::SessionGone);
         }
         if r.sse {
-            return match self
-                .read_stream(conn, r, id.as_ref(), events.as_ref())
-                .await
-            {
+            // Boxed: most answers are JSON, and this future is large.
+            return match Box::pin(self.read_stream(conn, r, id.as_ref(), events.as_ref())).await {
                 Ok(Some(answer)) => Ok(answer),
                 Ok(None) => Err(Retry::Failed(
                     conn.protocol("the stream ended before the answer"),
@@ -378,42 +376,49 @@ impl HttpConn {
         {
             return Ok(est.clone());
         }
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let era = conn.server.era;
-        let mut stateless = None;
-        if matches!(era, McpEra::Auto | McpEra::Stateless) {
-            match self.discover(conn, generation).await {
-                // A server that speaks both eras gets a legacy session under `auto`: only
-                // a session carries the server's own requests (sampling, elicitation, roots)
-                // that the gateway relays to its clients.
-                Ok((est, offers_legacy)) if era == McpEra::Auto && offers_legacy => {
-                    stateless = Some(est);
+        // Boxed: a new session's handshake is a large future, and every request awaits
+        // this function (almost always answered above).
+        Box::pin(async {
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            let era = conn.server.era;
+            let mut stateless = None;
+            if matches!(era, McpEra::Auto | McpEra::Stateless) {
+                match self.discover(conn, generation).await {
+                    // A server that speaks both eras gets a legacy session under `auto`: only
+                    // a session carries the server's own requests (sampling, elicitation, roots)
+                    // that the gateway relays to its clients.
+                    Ok((est, offers_legacy)) if era == McpEra::Auto && offers_legacy => {
+                        stateless = Some(est);
+                    }
+                    Ok((est, _)) => {
+                        *state = Some(est.clone());
+                        self.subscribe(conn.clone(), est.clone());
+                        return Ok(est);
+                    }
+                    Err(e) if era == McpEra::Stateless => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "server/discover failed; trying initialize")
+                    }
                 }
-                Ok((est, _)) => {
+            }
+            let est = match (self.initialize(conn, generation).await, stateless) {
+                (Ok(est), _) => est,
+                (Err(e), Some(est)) => {
+                    tracing::debug!(error = %e, "initialize failed; using the stateless era");
                     *state = Some(est.clone());
                     self.subscribe(conn.clone(), est.clone());
                     return Ok(est);
                 }
-                Err(e) if era == McpEra::Stateless => return Err(e),
-                Err(e) => tracing::debug!(error = %e, "server/discover failed; trying initialize"),
+                (Err(e), None) => return Err(e),
+            };
+            *state = Some(est.clone());
+            if est.session_id.is_some() {
+                self.listen(conn.clone(), est.clone());
             }
-        }
-        let est = match (self.initialize(conn, generation).await, stateless) {
-            (Ok(est), _) => est,
-            (Err(e), Some(est)) => {
-                tracing::debug!(error = %e, "initialize failed; using the stateless era");
-                *state = Some(est.clone());
-                self.subscribe(conn.clone(), est.clone());
-                return Ok(est);
-            }
-            (Err(e), None) => return Err(e),
-        };
-        *state = Some(est.clone());
-        if est.session_id.is_some() {
-            self.listen(conn.clone(), est.clone());
-        }
-        conn.resubscribe(&est);
-        Ok(est)
+            conn.resubscribe(&est);
+            Ok(est)
+        })
+        .await
     }
 
     async fn discover(

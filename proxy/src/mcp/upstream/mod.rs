@@ -163,9 +163,11 @@ impl Connection {
                 let mut params = with_meta(params.clone(), &est);
                 tag_progress(&mut params, &id);
                 let msg = jsonrpc::request(id.clone(), method, params);
+                // Boxed: awaited in place, each exchange's future (kilobytes) would be held
+                // twice in this one, and this one is copied whole into its box by the caller.
                 let sent = match &self.kind {
-                    Kind::Http(h) => h.exchange(self, &est, msg, events.clone()).await,
-                    Kind::Stdio(s) => s.exchange(self, &est, msg, events.clone()).await,
+                    Kind::Http(h) => Box::pin(h.exchange(self, &est, msg, events.clone())).await,
+                    Kind::Stdio(s) => Box::pin(s.exchange(self, &est, msg, events.clone())).await,
                 };
                 match sent {
                     Err(Retry::SessionGone) if attempt == 0 => {

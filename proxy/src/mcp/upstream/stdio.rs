@@ -128,36 +128,41 @@ impl StdioConn {
         {
             return Ok(r.est.clone());
         }
-        *state = None;
-        let wait = {
-            let b = self.backoff.lock();
-            b.0.map(|at| at.saturating_duration_since(Instant::now()))
-        };
-        if let Some(w) = wait
-            && !w.is_zero()
-        {
-            tokio::time::sleep(w).await;
-        }
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let running = self.start(conn, generation).await;
-        {
-            let mut b = self.backoff.lock();
-            b.0 = Some(Instant::now() + b.1);
-            b.1 = if running.is_ok() {
-                Duration::from_millis(250)
-            } else {
-                (b.1 * 2).min(Duration::from_secs(30))
+        // Boxed: starting the server is a large future, and every request awaits this
+        // function (almost always answered above).
+        Box::pin(async {
+            *state = None;
+            let wait = {
+                let b = self.backoff.lock();
+                b.0.map(|at| at.saturating_duration_since(Instant::now()))
             };
-        }
-        let running = running?;
-        let est = running.est.clone();
-        *state = Some(running);
-        if est.stateless {
-            Self::subscribe(conn.clone(), est.clone());
-        } else {
-            conn.resubscribe(&est);
-        }
-        Ok(est)
+            if let Some(w) = wait
+                && !w.is_zero()
+            {
+                tokio::time::sleep(w).await;
+            }
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            let running = self.start(conn, generation).await;
+            {
+                let mut b = self.backoff.lock();
+                b.0 = Some(Instant::now() + b.1);
+                b.1 = if running.is_ok() {
+                    Duration::from_millis(250)
+                } else {
+                    (b.1 * 2).min(Duration::from_secs(30))
+                };
+            }
+            let running = running?;
+            let est = running.est.clone();
+            *state = Some(running);
+            if est.stateless {
+                Self::subscribe(conn.clone(), est.clone());
+            } else {
+                conn.resubscribe(&est);
+            }
+            Ok(est)
+        })
+        .await
     }
 
     /// Whether the process of handshake `generation` is still the current one.
