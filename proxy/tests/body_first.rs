@@ -249,3 +249,26 @@ fn dechunk_request(raw: &str) -> String {
         rest = &after[size + 2..];
     }
 }
+
+#[test]
+fn a_request_refused_by_its_limits_takes_no_upstream_connection() {
+    let (upstream, port) = upstream_listener();
+    let limits = "[[rate_limits]]\nid = \"rl_tokens\"\nname = \"small tokens\"\nscope = \"profile\"\n\
+                  target = \"small\"\ntokens_per_minute = 100\n\n";
+    let h = Harness::start(&profile(port, limits));
+    // 1,500 tokens asked for against 100 a minute: refused once read.
+    let body = serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 1500,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/small/chat/completions",
+        &[],
+        &body,
+    ));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "sluice_rate_limit_exceeded");
+    assert!(
+        !connected_upstream(&upstream),
+        "a refused request took an upstream connection"
+    );
+}

@@ -7,6 +7,11 @@
 //! therefore read here; larger and chunked bodies take Pingora's path (connect, then read —
 //! Sluice still holds an inspected body until it is complete, so nothing reaches the
 //! upstream early either way).
+//!
+//! A body read here is also inspected here (limits, policies, the quarantine), so a
+//! request Sluice refuses never takes an upstream connection: before, each took one (a
+//! pooled one, or a new TCP and TLS handshake) and the refusal discarded it, mid-request.
+//! `request_body_filter` then hands Pingora the body prepared here.
 
 use pingora::proxy::Session;
 
@@ -18,21 +23,21 @@ use crate::error::SluiceError;
 pub const MAX_READ_FIRST_BYTES: u64 = 64 * 1024;
 
 /// Reads the body of a routed request whose declared length is at most
-/// [`MAX_READ_FIRST_BYTES`] into Pingora's retry buffer. Returns `Ok(true)` when it did (the
-/// upstream request then goes without `Expect`: its body is already here).
+/// [`MAX_READ_FIRST_BYTES`] (into Pingora's retry buffer, and returned whole). `None` when
+/// the body is left to Pingora's path.
 pub async fn read_small_body(
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> Result<bool, ReadFirstError> {
+) -> Result<Option<bytes::Bytes>, ReadFirstError> {
     let Some(cfg) = ctx.config.clone() else {
-        return Ok(false);
+        return Ok(None);
     };
     let req = session.req_header();
     let declared = super::request::declared_length(req);
     let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
     match declared {
         Some(len) if len > 0 && len <= MAX_READ_FIRST_BYTES && !chunked => {}
-        _ => return Ok(false),
+        _ => return Ok(None),
     }
     let expects_continue = req
         .headers
@@ -50,12 +55,14 @@ pub async fn read_small_body(
     }
     session.enable_retry_buffering();
     let mut received = 0usize;
+    let mut chunks = Vec::new();
     while let Some(chunk) = session
         .read_request_body()
         .await
         .map_err(ReadFirstError::Io)?
     {
         received = received.saturating_add(chunk.len());
+        chunks.push(chunk);
         if !session.is_body_done() {
             super::request::check_body_rate(ctx.started.elapsed(), received, &cfg.limits)
                 .map_err(ReadFirstError::Refused)?;
@@ -66,7 +73,7 @@ pub async fn read_small_body(
         // gone and must not be sent short.
         return Err(ReadFirstError::Refused(SluiceError::Internal));
     }
-    Ok(true)
+    Ok(Some(super::join_chunks(chunks, received)))
 }
 
 /// Why a body could not be read first.

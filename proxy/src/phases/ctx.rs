@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub request_len: usize,
     /// The body was read whole before the upstream was connected (`body_first.rs`).
     pub body_read_first: bool,
+    /// What goes upstream for a body read and inspected in `request_filter`.
+    pub prepared_body: Option<Bytes>,
     /// What the request said.
     pub request_facts: RequestFacts,
     /// Response reader, for inspected 2xx responses.
@@ -138,6 +140,7 @@ impl RequestCtx {
             request_chunks: Vec::new(),
             request_len: 0,
             body_read_first: false,
+            prepared_body: None,
             request_facts: RequestFacts::default(),
             inspector: None,
             body_mode: BodyMode::Passthrough,

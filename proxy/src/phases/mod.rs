@@ -170,38 +170,6 @@ impl SluiceProxy {
         }
         logging::record(ctx, self.sink.as_ref());
     }
-
-    /// Runs every pending result through the quarantine, in order; one outcome per job.
-    async fn sanitize_all(
-        &self,
-        ctx: &RequestCtx,
-        pending: &request_body::Pending,
-    ) -> Vec<Result<String, String>> {
-        let n = pending.jobs().len();
-        let Some(cfg) = ctx.config.as_ref() else {
-            return vec![Err("no configuration".into()); n];
-        };
-        let Some(q) = cfg.quarantine.as_ref() else {
-            return vec![Err("the quarantine is not configured".into()); n];
-        };
-        let Some(up) = cfg
-            .profiles
-            .get(q.profile.as_str())
-            .and_then(|p| p.upstreams.get(&crate::events::Provider::Openai))
-        else {
-            return vec![Err("the quarantine profile has no OpenAI upstream".into()); n];
-        };
-        let user = pending.user_request(ctx);
-        let mut out = Vec::with_capacity(n);
-        for job in pending.jobs() {
-            out.push(
-                self.quarantine
-                    .sanitize(q, cfg.policies.version, up, &cfg.limits, &user, &job.text)
-                    .await,
-            );
-        }
-        out
-    }
 }
 
 /// Stores a Sluice error in the context and returns the Pingora error that carries it to
@@ -334,7 +302,13 @@ impl ProxyHttp for SluiceProxy {
             return Err(raise(ctx, e));
         }
         match body_first::read_small_body(session, ctx).await {
-            Ok(read) => ctx.body_read_first = read,
+            Ok(Some(whole)) => {
+                ctx.body_read_first = true;
+                let mut body = Some(whole);
+                self.inspect_body(&mut body, true, ctx).await?;
+                ctx.prepared_body = Some(body.unwrap_or_default());
+            }
+            Ok(None) => {}
             Err(body_first::ReadFirstError::Io(e)) => return Err(e),
             Err(body_first::ReadFirstError::Refused(e)) => return Err(raise(ctx, e)),
         }
@@ -393,43 +367,19 @@ impl ProxyHttp for SluiceProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let max = ctx
-            .config
-            .as_ref()
-            .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
+        if let Some(prepared) = &ctx.prepared_body {
+            // Read and inspected in request_filter (`body_first.rs`); Pingora hands over its
+            // copy, once (again only if it retries on a new connection).
+            *body = Some(prepared.clone());
+            return Ok(());
+        }
         if let (Some(c), Some(chunk), false) = (&ctx.config, body.as_ref(), end_of_stream) {
             let received = ctx.request_len.saturating_add(chunk.len());
             if let Err(e) = request::check_body_rate(ctx.started.elapsed(), received, &c.limits) {
                 return Err(raise(ctx, e));
             }
         }
-        let t = std::time::Instant::now();
-        let conversations = &self.mcp.conversations;
-        let pending = request_body::on_chunk(
-            body,
-            end_of_stream,
-            ctx,
-            max,
-            (&self.verdicts, &self.toon),
-            conversations,
-            (self.spend.as_ref(), self.rates.as_ref()),
-        );
-        ctx.sluice_ns += elapsed_ns(t);
-        let pending = pending.map_err(|e| raise(ctx, e))?;
-        let Some(pending) = pending else {
-            return Ok(());
-        };
-        // Boxed for the same reason as the MCP gateway's future in `request_filter`.
-        let outcomes = Box::pin(self.sanitize_all(ctx, &pending)).await;
-        request_body::finish(
-            body,
-            ctx,
-            pending,
-            outcomes,
-            &self.mcp.conversations,
-            &self.toon,
-        )
-        .map_err(|e| raise(ctx, e))
+        self.inspect_body(body, end_of_stream, ctx).await
     }
 
     async fn response_filter(

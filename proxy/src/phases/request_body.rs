@@ -262,3 +262,78 @@ pub fn finish(
     *body = Some(out);
     Ok(())
 }
+
+impl super::SluiceProxy {
+    /// The request body's inspection: the cap, held chunks, limits, policies and the
+    /// quarantine; `body` becomes what goes upstream now.
+    pub(super) async fn inspect_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let max = ctx
+            .config
+            .as_ref()
+            .map_or(usize::MAX, |c| c.limits.max_request_body_bytes);
+        let t = std::time::Instant::now();
+        let conversations = &self.mcp.conversations;
+        let pending = on_chunk(
+            body,
+            end_of_stream,
+            ctx,
+            max,
+            (&self.verdicts, &self.toon),
+            conversations,
+            (self.spend.as_ref(), self.rates.as_ref()),
+        );
+        ctx.sluice_ns += super::elapsed_ns(t);
+        let pending = pending.map_err(|e| super::raise(ctx, e))?;
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        // Boxed for the same reason as the MCP gateway's future in `request_filter`.
+        let outcomes = Box::pin(self.sanitize_all(ctx, &pending)).await;
+        finish(
+            body,
+            ctx,
+            pending,
+            outcomes,
+            &self.mcp.conversations,
+            &self.toon,
+        )
+        .map_err(|e| super::raise(ctx, e))
+    }
+
+    /// Runs every pending result through the quarantine, in order; one outcome per job.
+    async fn sanitize_all(
+        &self,
+        ctx: &RequestCtx,
+        pending: &Pending,
+    ) -> Vec<Result<String, String>> {
+        let n = pending.jobs().len();
+        let Some(cfg) = ctx.config.as_ref() else {
+            return vec![Err("no configuration".into()); n];
+        };
+        let Some(q) = cfg.quarantine.as_ref() else {
+            return vec![Err("the quarantine is not configured".into()); n];
+        };
+        let Some(up) = cfg
+            .profiles
+            .get(q.profile.as_str())
+            .and_then(|p| p.upstreams.get(&crate::events::Provider::Openai))
+        else {
+            return vec![Err("the quarantine profile has no OpenAI upstream".into()); n];
+        };
+        let user = pending.user_request(ctx);
+        let mut out = Vec::with_capacity(n);
+        for job in pending.jobs() {
+            out.push(
+                self.quarantine
+                    .sanitize(q, cfg.policies.version, up, &cfg.limits, &user, &job.text)
+                    .await,
+            );
+        }
+        out
+    }
+}
