@@ -132,29 +132,7 @@ fn r03_slow_post_is_refused_by_the_minimum_rate_not_an_idle_timer() {
         s.write_all(b"POST /v1/openai/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 33554432\r\n\r\n")
             .await
             .unwrap();
-        // 10 bytes every 20 ms (500 B/s): every read is prompt, the rate is not.
-        let (mut rd, mut wr) = s.split();
-        let writer = async {
-            while wr.write_all(b"{\"a\":\"xxx\"").await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            std::future::pending::<()>().await;
-        };
-        let reader = async {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = rd.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        };
-        let got = tokio::select! {
-            g = reader => g,
-            () = writer => unreachable!(),
-        };
+        let got = trickle_body_until_answered(&mut s).await;
         (parse_response(&got), started.elapsed())
     });
     assert_eq!(r.status, 408, "{}", r.text());

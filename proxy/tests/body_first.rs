@@ -168,30 +168,8 @@ fn a_slow_small_body_is_refused_at_the_minimum_rate_without_an_upstream_connecti
         s.write_all(b"POST /v1/openai/small/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4096\r\n\r\n")
             .await
             .unwrap();
-        // 10 bytes every 20 ms (500 B/s), below the 1,000 B/s minimum.
-        let (mut rd, mut wr) = s.split();
-        let writer = async {
-            while wr.write_all(b"{\"a\":\"xxx\"").await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            std::future::pending::<()>().await;
-        };
-        let reader = async {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = rd.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        };
-        let got = tokio::select! {
-            g = reader => g,
-            () = writer => unreachable!(),
-        };
-        parse_response(&got)
+        // 500 B/s, below the 1,000 B/s minimum.
+        parse_response(&trickle_body_until_answered(&mut s).await)
     });
     assert_eq!(r.status, 408, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "sluice_body_too_slow");

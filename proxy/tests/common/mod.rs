@@ -185,6 +185,33 @@ pub async fn post_json(
     send(addr, "POST", path, &h, body.to_string().as_bytes()).await
 }
 
+/// Sends a body 10 bytes every 20 ms (500 B/s: every read prompt, the rate not) until the
+/// proxy answers and closes; returns what it answered.
+pub async fn trickle_body_until_answered(s: &mut TcpStream) -> Vec<u8> {
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        while wr.write_all(b"{\"a\":\"xxx\"").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    };
+    tokio::select! {
+        g = reader => g,
+        () = writer => unreachable!(),
+    }
+}
+
 /// Reads a response until the server closes or the body ends.
 pub async fn read_response(s: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
