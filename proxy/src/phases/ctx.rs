@@ -46,9 +46,8 @@ pub struct RequestCtx {
     pub request_chunks: Vec<Bytes>,
     /// Request body bytes seen.
     pub request_len: usize,
-    /// The body was read whole before the upstream was connected (`body_first.rs`).
-    pub body_read_first: bool,
-    /// What goes upstream for a body read and inspected in `request_filter`.
+    /// What goes upstream for a body read whole and inspected in `request_filter`, before
+    /// the upstream was connected (`body_first.rs`).
     pub prepared_body: Option<Bytes>,
     /// What the request said.
     pub request_facts: RequestFacts,
@@ -139,7 +138,6 @@ impl RequestCtx {
             route: None,
             request_chunks: Vec::new(),
             request_len: 0,
-            body_read_first: false,
             prepared_body: None,
             request_facts: RequestFacts::default(),
             inspector: None,

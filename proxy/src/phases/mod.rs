@@ -303,7 +303,6 @@ impl ProxyHttp for SluiceProxy {
         }
         match body_first::read_small_body(session, ctx).await {
             Ok(Some(whole)) => {
-                ctx.body_read_first = true;
                 let mut body = Some(whole);
                 self.inspect_body(&mut body, true, ctx).await?;
                 ctx.prepared_body = Some(body.unwrap_or_default());

@@ -137,7 +137,7 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     })?;
     req.set_uri(uri);
     req.insert_header(http::header::HOST, up.authority())?;
-    if ctx.body_read_first {
+    if ctx.prepared_body.is_some() {
         // Sluice answered the client's `Expect: 100-continue` and holds the body already.
         req.remove_header(&http::header::EXPECT);
     }
