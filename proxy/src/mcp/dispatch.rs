@@ -359,7 +359,7 @@ pub(super) fn forward(
     let (tx, rx) = oneshot::channel();
     let (c2, method, call2) = (conn.clone(), method.to_owned(), call.clone());
     let upstream_id = conn.new_id();
-    let client_id = id.to_string();
+    let client_id = jsonrpc::to_text(&id);
     call.session.state.lock().inflight.insert(
         client_id.clone(),
         (server.name.clone(), upstream_id.clone()),
@@ -526,7 +526,7 @@ pub async fn one_way(call: &Call, method: Option<&str>, msg: Value) {
                 .state
                 .lock()
                 .inflight
-                .get(&rid.to_string())
+                .get(&jsonrpc::to_text(rid))
                 .cloned();
             if let Some((server, upstream_id)) = target
                 && let Some(s) = call.config.mcp_servers.get(&server)

@@ -101,7 +101,18 @@ impl Message {
     }
 }
 
-/// A success response.
+/// A value as JSON text. `Value`'s `Display` writes through `fmt::Write` one piece at a time;
+/// serialising into a buffer costs about half the instructions (measured per `tools/call`).
+pub fn to_text(value: &Value) -> String {
+    // A `Value` always serialises: its keys are strings and its numbers finite.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A value as JSON bytes, ready to send.
+pub fn to_bytes(value: &Value) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
 /// The value under `keys`, one object key per step. `Value::pointer` does the same from a
 /// JSON Pointer but unescapes each step into two new strings: a few thousand instructions
 /// on every request of the gateway's hot path.
@@ -109,6 +120,7 @@ pub fn at<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().try_fold(value, |v, k| v.get(*k))
 }
 
+/// A success response.
 pub fn result(id: Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }

@@ -38,9 +38,10 @@ pub(super) async fn tools_call(
         "tools/call",
         Some(tool.original.clone()),
     );
-    let args = p.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    let no_arguments = Value::Object(serde_json::Map::new());
+    let args = p.get("arguments").unwrap_or(&no_arguments);
     if call.profile.capture_content {
-        rec.arguments = Some(args.to_string());
+        rec.arguments = Some(jsonrpc::to_text(args));
     }
     let tool_id = ToolId::new(format!("mcp:{}", tool.server), tool.original.as_str());
     if let Some(why) = &tool.withheld {
@@ -52,7 +53,7 @@ pub(super) async fn tools_call(
             refusal(call, &text, "tool_withheld", None),
         ));
     }
-    let (decision, refused) = judge_call(call, &tool_id, &name, &id, &args);
+    let (decision, refused) = judge_call(call, &tool_id, &name, &id, args);
     rec.decisions.push(decision.clone());
     if let Some(text) = refused {
         rec.status = "refused";
@@ -147,7 +148,7 @@ pub(super) fn judge_call(
     let ctx = eval_context(call, &labels, trusted, provenance.as_ref());
     let call_id = match id {
         Value::String(s) => s.clone(),
-        other => other.to_string(),
+        other => jsonrpc::to_text(other),
     };
     crate::guard::judge_one(
         policies,
@@ -156,7 +157,7 @@ pub(super) fn judge_call(
         tool,
         shown,
         &call_id,
-        &args.to_string(),
+        &jsonrpc::to_text(args),
         None,
     )
 }
@@ -193,8 +194,9 @@ pub(super) fn judge_result(
     };
     let mut text = String::new();
     crate::guard::text_of(&content, &mut text);
+    let tool_text = tool.to_string();
     let mut st = call.session.state.lock();
-    st.remember_result(verdict == "trusted", text, tool.to_string());
+    st.remember_result(verdict == "trusted", text, tool_text.clone());
     if verdict != "trusted" && !st.untrusted {
         st.untrusted = true;
         st.boundary = Some(format!("the result of {tool} was {verdict}"));
@@ -207,7 +209,7 @@ pub(super) fn judge_result(
     }
     let decision = Decision {
         kind: "result",
-        tool: tool.to_string(),
+        tool: tool_text,
         call_id: String::new(),
         verdict,
         policy: d.policy.as_deref().map(str::to_owned),

@@ -80,7 +80,7 @@ pub(super) async fn write_json(
     body: &Value,
     session_id: Option<&str>,
 ) -> pingora::Result<()> {
-    let body = Bytes::from(body.to_string());
+    let body = jsonrpc::to_bytes(body);
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -139,7 +139,7 @@ pub(super) async fn sluice_error(
 ) -> pingora::Result<()> {
     let (status, _, _) = e.classify();
     let body = jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, &e.to_string());
-    let out = Bytes::from(body.to_string());
+    let out = jsonrpc::to_bytes(&body);
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", out.len().to_string())?;

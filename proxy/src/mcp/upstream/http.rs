@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::{HttpSession as Http1Session, http_req_header_to_wire};
-use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Connection, Established, Retry, STATELESS_VERSION, UpstreamError};
@@ -20,6 +16,7 @@ use crate::config::{Limits, McpEra, Upstream};
 use crate::mcp::{LEGACY_VERSIONS, jsonrpc};
 use crate::sse::{Framed, SseFramer, parse_event};
 
+mod request;
 mod standing;
 
 /// Largest message read from a server.
@@ -33,41 +30,6 @@ pub(super) struct HttpConn {
     /// The generation whose session was reported gone, so the next `establish` replaces it.
     stale: AtomicU64,
     counted: Option<Arc<crate::upstream_pool::UpstreamConnections>>,
-}
-
-/// Sends an HTTP/1 request's header and body in one write (Pingora's client flushes
-/// them separately: two sends, and a server on the same core woken twice per call),
-/// then reads the response header.
-async fn send_h1(
-    h1: Http1Session,
-    req: &RequestHeader,
-    body: Option<&Bytes>,
-    peer: &HttpPeer,
-) -> pingora::Result<Http1Session> {
-    let Some(mut wire) = http_req_header_to_wire(req) else {
-        return pingora::Error::e_explain(
-            pingora::ErrorType::InvalidHTTPHeader,
-            "the request line is not valid",
-        );
-    };
-    if let Some(b) = body {
-        wire.extend_from_slice(b);
-    }
-    let mut stream = h1.into_inner();
-    let write = async {
-        stream.write_all(&wire).await?;
-        stream.flush().await
-    };
-    let written = match peer.options.write_timeout {
-        Some(t) => tokio::time::timeout(t, write)
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-        None => write.await,
-    };
-    written.map_err(|e| pingora::Error::because(pingora::ErrorType::WriteError, "sending", e))?;
-    let mut h1 = Http1Session::new_with_options(stream, peer);
-    h1.read_response().await?;
-    Ok(h1)
 }
 
 /// A response being read.
@@ -119,6 +81,41 @@ impl HttpConn {
             .await
             .map_err(|e| conn.unreachable(e.to_string()))?;
         let peer = crate::phases::upstream::peer(&self.up, addr, &Self::limits());
+        let path = if self.up.path_prefix.is_empty() {
+            "/".to_owned()
+        } else if self.up.query.is_empty() {
+            self.up.path_prefix.to_string()
+        } else {
+            format!("{}?{}", self.up.path_prefix, self.up.query)
+        };
+        let authority = self.up.authority();
+        let length = body.as_ref().map(|b| b.len().to_string());
+        let bearer = self
+            .up
+            .api_key
+            .as_ref()
+            .map(|k| format!("Bearer {}", k.expose()));
+        let mut head = request::Head {
+            method,
+            path: &path,
+            headers: Vec::with_capacity(5 + self.up.headers.len() + headers.len()),
+        };
+        head.headers.push(("host", &authority));
+        head.headers
+            .push(("accept", "application/json, text/event-stream"));
+        if let Some(len) = &length {
+            head.headers.push(("content-type", "application/json"));
+            head.headers.push(("content-length", len));
+        }
+        if let Some(b) = &bearer {
+            head.headers.push(("authorization", b));
+        }
+        for (k, v) in self.up.headers.iter() {
+            head.headers.push((k, v));
+        }
+        for (k, v) in headers {
+            head.headers.push((k, v));
+        }
         for attempt in 0..2 {
             // Boxed: Pingora's connector future (with its TLS handshake) is kilobytes.
             let (session, reused) = Box::pin(self.connector.get_http_session(peer.as_ref()))
@@ -128,49 +125,16 @@ impl HttpConn {
                 .counted
                 .as_ref()
                 .map(|c| c.taken(crate::upstream_pool::UpstreamKind::Mcp, reused));
-            let mut req = RequestHeader::build(method, self.up.path_prefix.as_bytes(), None)
-                .map_err(|_| conn.protocol("the server's URL is not a valid path"))?;
-            let path = if self.up.path_prefix.is_empty() {
-                "/".to_owned()
-            } else if self.up.query.is_empty() {
-                self.up.path_prefix.to_string()
-            } else {
-                format!("{}?{}", self.up.path_prefix, self.up.query)
-            };
-            req.set_uri(
-                http::Uri::try_from(path)
-                    .map_err(|_| conn.protocol("the server's URL is not a valid path"))?,
-            );
-            let mut all: Vec<(String, String)> = vec![
-                ("host".into(), self.up.authority()),
-                (
-                    "accept".into(),
-                    "application/json, text/event-stream".into(),
-                ),
-            ];
-            if let Some(b) = &body {
-                all.push(("content-type".into(), "application/json".into()));
-                all.push(("content-length".into(), b.len().to_string()));
-            }
-            if let Some(k) = &self.up.api_key {
-                all.push(("authorization".into(), format!("Bearer {}", k.expose())));
-            }
-            for (k, v) in self.up.headers.iter() {
-                all.push((k.clone(), v.clone()));
-            }
-            for (k, v) in headers {
-                all.push(((*k).to_owned(), v.clone()));
-            }
-            for (k, v) in all {
-                req.insert_header(k, v)
-                    .map_err(|_| conn.protocol("a header for the server is not valid"))?;
-            }
             let sent = match session {
-                HttpSession::H1(h1) => send_h1(h1, &req, body.as_ref(), peer.as_ref())
-                    .await
-                    .map(HttpSession::H1),
+                HttpSession::H1(h1) => {
+                    let wire = head.to_h1(body.as_ref()).map_err(|e| conn.protocol(e))?;
+                    request::send_h1(h1, &wire, peer.as_ref())
+                        .await
+                        .map(HttpSession::H1)
+                }
                 // HTTP/2: boxed, as this future is large and most MCP servers speak HTTP/1.1.
                 mut other => {
+                    let req = head.to_h2().map_err(|e| conn.protocol(e))?;
                     Box::pin(async {
                         other.write_request_header(Box::new(req)).await?;
                         if let Some(b) = body.clone() {
@@ -320,7 +284,7 @@ impl HttpConn {
     ) -> Result<Value, Retry> {
         let headers = Self::session_headers(est, &msg);
         let id = msg.get("id").cloned();
-        let body = Bytes::from(msg.to_string());
+        let body = crate::mcp::jsonrpc::to_bytes(&msg);
         let r = self
             .open(conn, "POST", &headers, Some(body))
             .await

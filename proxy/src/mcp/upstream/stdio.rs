@@ -236,7 +236,7 @@ impl StdioConn {
         let (tx, mut rx) = mpsc::channel::<Value>(256);
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                let mut line = msg.to_string();
+                let mut line = crate::mcp::jsonrpc::to_text(&msg);
                 line.push('\n');
                 if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
                     break;
