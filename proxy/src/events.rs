@@ -233,10 +233,11 @@ pub struct McpRecord {
 
 /// Where finished records go. The control plane's usage journal implements this.
 pub trait EventSink: Send + Sync {
-    /// Called once per inspected request, at the end, off the byte path.
-    fn record(&self, record: RequestRecord);
+    /// Called once per inspected request, at the end, off the byte path. By reference: a
+    /// sink that keeps the record clones it, the others only read it.
+    fn record(&self, record: &RequestRecord);
     /// Called once per MCP request the gateway handled.
-    fn record_mcp(&self, _record: McpRecord) {}
+    fn record_mcp(&self, _record: &McpRecord) {}
 }
 
 /// Keeps the last `capacity` records in memory, for the admin API and tests.
@@ -297,7 +298,7 @@ impl RecentRecords {
 }
 
 impl EventSink for RecentRecords {
-    fn record(&self, record: RequestRecord) {
+    fn record(&self, record: &RequestRecord) {
         if self.capacity == 0 {
             return;
         }
@@ -305,7 +306,7 @@ impl EventSink for RecentRecords {
         if guard.records.len() == self.capacity {
             guard.records.pop_front();
         }
-        guard.records.push_back(record);
+        guard.records.push_back(record.clone());
         guard.total += 1;
         drop(guard);
         self.grew.notify_all();

@@ -419,7 +419,7 @@ impl ProxyMetrics {
 }
 
 impl EventSink for ProxyMetrics {
-    fn record(&self, r: RequestRecord) {
+    fn record(&self, r: &RequestRecord) {
         let provider = r.provider.as_str();
         let model_text = r
             .response
@@ -486,7 +486,7 @@ impl EventSink for ProxyMetrics {
         }
     }
 
-    fn record_mcp(&self, r: crate::events::McpRecord) {
+    fn record_mcp(&self, r: &crate::events::McpRecord) {
         for d in &r.decisions {
             self.decisions.with_label_values(&[d.kind, d.verdict]).inc();
         }

@@ -241,7 +241,12 @@ impl Journal {
     pub fn append(&self, mut record: UsageRecord) -> Result<u64, JournalError> {
         let mut w = self.writer.lock();
         record.seq = w.next_seq;
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        // Sized for a typical record (about 600 bytes): `to_vec` starts at 128 and grows
+        // three times.
+        let mut line = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut line, &record).is_err() {
+            line.clear();
+        }
         line.push(b'\n');
         if w.segment_bytes > 0 && w.segment_bytes + line.len() as u64 > self.segment_max_bytes {
             let path = self.dir.join(segment_name(record.seq));
@@ -382,12 +387,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
 }
 
 impl EventSink for Journal {
-    fn record_mcp(&self, record: crate::events::McpRecord) {
-        self.append_logged(UsageRecord::from_mcp(&record));
+    fn record_mcp(&self, record: &crate::events::McpRecord) {
+        self.append_logged(UsageRecord::from_mcp(record));
     }
 
-    fn record(&self, record: RequestRecord) {
-        self.append_logged(UsageRecord::from_record(&record));
+    fn record(&self, record: &RequestRecord) {
+        self.append_logged(UsageRecord::from_record(record));
     }
 }
 
@@ -409,21 +414,15 @@ impl Journal {
 pub struct Tee(pub Vec<Arc<dyn EventSink>>);
 
 impl EventSink for Tee {
-    fn record(&self, record: RequestRecord) {
-        if let Some((last, rest)) = self.0.split_last() {
-            for s in rest {
-                s.record(record.clone());
-            }
-            last.record(record);
+    fn record(&self, record: &RequestRecord) {
+        for s in &self.0 {
+            s.record(record);
         }
     }
 
-    fn record_mcp(&self, record: crate::events::McpRecord) {
-        if let Some((last, rest)) = self.0.split_last() {
-            for s in rest {
-                s.record_mcp(record.clone());
-            }
-            last.record_mcp(record);
+    fn record_mcp(&self, record: &crate::events::McpRecord) {
+        for s in &self.0 {
+            s.record_mcp(record);
         }
     }
 }

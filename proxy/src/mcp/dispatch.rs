@@ -99,7 +99,7 @@ fn finish_span(
 ) {
     r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     crate::trace::mcp(&r, call.traceparent.as_deref(), span);
-    call.gw.sink.record_mcp(r);
+    call.gw.sink.record_mcp(&r);
 }
 
 /// What the gateway itself offers: everything it can relay.

@@ -353,7 +353,7 @@ async fn initialize(
         result: None,
     };
     crate::trace::mcp(&record, header(session, "traceparent"), None);
-    gw.sink.record_mcp(record);
+    gw.sink.record_mcp(&record);
     let body = jsonrpc::result(id, dispatch::initialize_result(version));
     write_json(session, ctx, 200, &body, Some(&s.id)).await
 }

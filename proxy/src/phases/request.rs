@@ -2,6 +2,7 @@
 //! writing Sluice's own error responses.
 
 use bytes::Bytes;
+use http::HeaderName;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -11,6 +12,12 @@ use crate::error::SluiceError;
 use crate::events::Provider;
 use crate::llm::render_error;
 use crate::route;
+
+static CONTEXT_UNTRUSTED: HeaderName = HeaderName::from_static("x-sluice-context-untrusted");
+static AGENT_ID: HeaderName = HeaderName::from_static("x-sluice-agent-id");
+static SESSION_ID: HeaderName = HeaderName::from_static("x-sluice-session-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Query parameters that carry provider keys; a key there ends up in access logs.
 const KEY_QUERY_PARAMS: &[&str] = &["key", "api_key", "api-key", "apikey", "access_token"];
@@ -130,14 +137,15 @@ pub fn route_request(
         });
     }
     ctx.error_shape = r.provider;
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    if header("x-sluice-context-untrusted").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    // By `HeaderName`: a `&str` is parsed into one (checked, lowercased, hashed) per lookup.
+    let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if header(&CONTEXT_UNTRUSTED).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         ctx.started_untrusted = Some("the request carries X-Sluice-Context-Untrusted: true");
     }
-    ctx.agent = header("x-sluice-agent-id").map(|v| v.chars().take(128).collect());
-    ctx.conversation = header("x-sluice-session-id")
-        .map(|v| v.chars().take(crate::conversations::MAX_ID_CHARS).collect());
-    ctx.request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
+    ctx.agent = header(&AGENT_ID).map(|v| v.chars().take(128).collect());
+    ctx.conversation =
+        header(&SESSION_ID).map(|v| v.chars().take(crate::conversations::MAX_ID_CHARS).collect());
+    ctx.request_id = header(&REQUEST_ID).map(|v| v.chars().take(128).collect());
     let mut r = r;
     if let Some(model) = &r.url_model {
         ctx.request_facts.model = Some(model.clone());
@@ -158,7 +166,7 @@ pub fn route_request(
     }
     ctx.request_facts.stream = r.url_stream;
     if crate::trace::enabled() && r.api.is_some() {
-        ctx.span = crate::trace::start_llm(header("traceparent"));
+        ctx.span = crate::trace::start_llm(header(&TRACEPARENT));
     }
     ctx.route = Some(r);
     Ok(())

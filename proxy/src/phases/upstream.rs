@@ -11,7 +11,12 @@ use crate::error::SluiceError;
 use crate::events::Provider;
 
 /// Headers that carry a client's provider key, in every provider's form.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+static CREDENTIAL_HEADERS: [http::HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    http::HeaderName::from_static("x-api-key"),
+    http::HeaderName::from_static("x-goog-api-key"),
+    http::HeaderName::from_static("api-key"),
+];
 
 /// How long a resolved name is used before it is looked up again.
 const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -139,11 +144,11 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     req.insert_header(http::header::HOST, up.authority())?;
     if ctx.prepared_body.is_some() {
         // Sluice answered the client's `Expect: 100-continue` and holds the body already.
-        req.remove_header(&http::header::EXPECT);
+        remove_if_present(req, &http::header::EXPECT);
     }
     if let Some(key) = &up.api_key {
-        for h in CREDENTIAL_HEADERS {
-            req.remove_header(*h);
+        for h in &CREDENTIAL_HEADERS {
+            remove_if_present(req, h);
         }
         let value = if &*up.auth_header == "authorization" {
             format!("Bearer {}", key.expose())
@@ -162,11 +167,20 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     if ctx.api().is_some() {
         // The body is held and may be rewritten, so it goes upstream chunked; and the
         // response must come back uncompressed to be read inline.
-        req.remove_header(&http::header::CONTENT_LENGTH);
-        req.remove_header(&http::header::ACCEPT_ENCODING);
+        remove_if_present(req, &http::header::CONTENT_LENGTH);
+        remove_if_present(req, &http::header::ACCEPT_ENCODING);
         if route.provider == Provider::Anthropic || route.provider == Provider::Openai {
-            req.remove_header(&http::header::EXPECT);
+            remove_if_present(req, &http::header::EXPECT);
         }
     }
     Ok(())
+}
+
+/// Removes a header if the request has it. Looking first costs one hash lookup; removing an
+/// absent header costs two (Pingora's case map, then the header map), and most requests
+/// carry few of the headers removed here.
+fn remove_if_present(req: &mut RequestHeader, name: &http::HeaderName) {
+    if req.headers.contains_key(name) {
+        req.remove_header(name);
+    }
 }
