@@ -15,6 +15,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod guard;
 pub mod header_deadline;
+pub mod header_names;
 pub mod journal;
 pub mod keys;
 pub mod lease;

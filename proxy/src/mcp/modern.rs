@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::jsonrpc::{HEADER_MISMATCH, UNSUPPORTED_VERSION};
 use super::upstream::STATELESS_VERSION;
 use super::wire::header;
+use crate::header_names::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 
 /// The 2026-07-28 header rules: version supported, `Mcp-Method` (and `Mcp-Name`) equal
 /// to the body's.
@@ -17,7 +18,7 @@ pub(super) fn check_modern_headers(session: &Session, value: &Value) -> Result<(
         &["params", "_meta", "io.modelcontextprotocol/protocolVersion"],
     )
     .and_then(Value::as_str);
-    let header_version = header(session, "mcp-protocol-version");
+    let header_version = header(session, &MCP_PROTOCOL_VERSION);
     let version = header_version.or(body_version).unwrap_or("");
     if version != STATELESS_VERSION {
         return Err((
@@ -38,7 +39,7 @@ pub(super) fn check_modern_headers(session: &Session, value: &Value) -> Result<(
     }
     let method = value.get("method").and_then(Value::as_str);
     if let Some(m) = method {
-        match header(session, "mcp-method") {
+        match header(session, &MCP_METHOD) {
             Some(h) if decode_header(h) == m => {}
             Some(_) => {
                 return Err((
@@ -55,7 +56,7 @@ pub(super) fn check_modern_headers(session: &Session, value: &Value) -> Result<(
         }
         .and_then(Value::as_str);
         if let Some(n) = name {
-            match header(session, "mcp-name") {
+            match header(session, &MCP_NAME) {
                 Some(h) if decode_header(h) == n => {}
                 Some(_) => {
                     return Err((HEADER_MISMATCH, "Mcp-Name does not match the body".into()));

@@ -27,6 +27,9 @@ use super::wire::{
 };
 use super::{LEGACY_VERSIONS, McpGateway};
 use crate::config::Config;
+use crate::header_names::{
+    AGENT_ID, LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, SESSION_ID, TRACEPARENT,
+};
 use crate::keys::FailedAuthLimiter;
 use crate::phases::ctx::RequestCtx;
 
@@ -54,7 +57,7 @@ pub async fn serve(
         .await;
     };
     // DNS rebinding: a browser page on another origin must not reach local servers.
-    if let Some(origin) = header(session, "origin")
+    if let Some(origin) = header(session, &http::header::ORIGIN)
         && !origin_allowed(origin, &config)
     {
         return rpc_error(
@@ -100,19 +103,19 @@ pub async fn serve(
     }
     ctx.key_id = key.map(|k| k.id.to_string());
     let method = session.req_header().method.clone();
-    let sid = header(session, "mcp-session-id").map(str::to_owned);
+    let sid = header(session, &MCP_SESSION_ID).map(str::to_owned);
     let idle = config.limits.mcp_session_idle_timeout;
     let legacy_session = sid
         .as_deref()
         .map(|id| gw.sessions.get(id, &profile.name, idle));
     let (key_id, agent): (Option<String>, Option<String>) = (
         ctx.key_id.clone(),
-        header(session, "x-sluice-agent-id").map(|a| a.chars().take(128).collect()),
+        header(session, &AGENT_ID).map(|a| a.chars().take(128).collect()),
     );
-    let conversation: Option<String> = header(session, "x-sluice-session-id")
+    let conversation: Option<String> = header(session, &SESSION_ID)
         .map(|c| c.chars().take(crate::conversations::MAX_ID_CHARS).collect());
     let traceparent: Option<String> = crate::trace::enabled()
-        .then(|| header(session, "traceparent").map(str::to_owned))
+        .then(|| header(session, &TRACEPARENT).map(str::to_owned))
         .flatten();
     let (gw2, config2, profile2) = (gw.clone(), config.clone(), profile.clone());
     let call = move |s: Arc<super::session::Session>, stateless: bool| Call {
@@ -210,7 +213,7 @@ async fn post(
     call: &(dyn Fn(Arc<super::session::Session>, bool) -> Call + Send + Sync),
 ) -> pingora::Result<()> {
     let is_initialize = value.get("method").and_then(Value::as_str) == Some("initialize");
-    let version_header = header(session, "mcp-protocol-version").map(str::to_owned);
+    let version_header = header(session, &MCP_PROTOCOL_VERSION).map(str::to_owned);
     let modern = !is_initialize
         && legacy_session.is_none()
         && (version_header.as_deref() == Some(STATELESS_VERSION)
@@ -233,7 +236,7 @@ async fn post(
             };
             return write_json(session, ctx, 400, &body, None).await;
         }
-        let s = match header(session, "x-sluice-session-id") {
+        let s = match header(session, &SESSION_ID) {
             Some(conv) => gw.sessions.conversation(
                 &conv.chars().take(128).collect::<String>(),
                 &profile.name,
@@ -352,7 +355,7 @@ async fn initialize(
         arguments: None,
         result: None,
     };
-    crate::trace::mcp(&record, header(session, "traceparent"), None);
+    crate::trace::mcp(&record, header(session, &TRACEPARENT), None);
     gw.sink.record_mcp(&record);
     let body = jsonrpc::result(id, dispatch::initialize_result(version));
     write_json(session, ctx, 200, &body, Some(&s.id)).await
@@ -557,7 +560,8 @@ async fn get_stream(
     ctx: &mut RequestCtx,
     call: &Call,
 ) -> pingora::Result<()> {
-    let accepts = header(session, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    let accepts =
+        header(session, &http::header::ACCEPT).is_some_and(|a| a.contains("text/event-stream"));
     if !accepts {
         return simple(
             session,
@@ -567,7 +571,7 @@ async fn get_stream(
         )
         .await;
     }
-    let last: Option<u64> = header(session, "last-event-id").and_then(|v| v.parse().ok());
+    let last: Option<u64> = header(session, &LAST_EVENT_ID).and_then(|v| v.parse().ok());
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let replay: Vec<(u64, Value)> = {
         let mut st = call.session.state.lock();

@@ -10,7 +10,7 @@ use super::jsonrpc;
 use crate::config::Config;
 use crate::phases::ctx::RequestCtx;
 
-pub(super) fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(session: &'a Session, name: &http::HeaderName) -> Option<&'a str> {
     session
         .req_header()
         .headers

@@ -10,14 +10,9 @@ use super::ctx::RequestCtx;
 use crate::config::Limits;
 use crate::error::SluiceError;
 use crate::events::Provider;
+use crate::header_names::{AGENT_ID, CONTEXT_UNTRUSTED, REQUEST_ID, SESSION_ID, TRACEPARENT};
 use crate::llm::render_error;
 use crate::route;
-
-static CONTEXT_UNTRUSTED: HeaderName = HeaderName::from_static("x-sluice-context-untrusted");
-static AGENT_ID: HeaderName = HeaderName::from_static("x-sluice-agent-id");
-static SESSION_ID: HeaderName = HeaderName::from_static("x-sluice-session-id");
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Query parameters that carry provider keys; a key there ends up in access logs.
 const KEY_QUERY_PARAMS: &[&str] = &["key", "api_key", "api-key", "apikey", "access_token"];
@@ -137,7 +132,6 @@ pub fn route_request(
         });
     }
     ctx.error_shape = r.provider;
-    // By `HeaderName`: a `&str` is parsed into one (checked, lowercased, hashed) per lookup.
     let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
     if header(&CONTEXT_UNTRUSTED).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         ctx.started_untrusted = Some("the request carries X-Sluice-Context-Untrusted: true");
