@@ -233,9 +233,10 @@ pub struct McpRecord {
 
 /// Where finished records go. The control plane's usage journal implements this.
 pub trait EventSink: Send + Sync {
-    /// Called once per inspected request, at the end, off the byte path. By reference: a
-    /// sink that keeps the record clones it, the others only read it.
-    fn record(&self, record: &RequestRecord);
+    /// Called once per inspected request, at the end, off the byte path. Shared: a sink
+    /// that keeps the record keeps the `Arc` (a record with its decisions and tool calls is
+    /// a few thousand instructions to clone), the others only read it.
+    fn record(&self, record: &Arc<RequestRecord>);
     /// Called once per MCP request the gateway handled.
     fn record_mcp(&self, _record: &McpRecord) {}
 }
@@ -250,7 +251,7 @@ pub struct RecentRecords {
 
 #[derive(Debug, Default)]
 struct Ring {
-    records: VecDeque<RequestRecord>,
+    records: VecDeque<Arc<RequestRecord>>,
     total: u64,
 }
 
@@ -275,7 +276,12 @@ impl RecentRecords {
     pub fn latest(&self, limit: usize) -> Vec<RequestRecord> {
         let guard = self.lock();
         let skip = guard.records.len().saturating_sub(limit);
-        guard.records.iter().skip(skip).cloned().collect()
+        guard
+            .records
+            .iter()
+            .skip(skip)
+            .map(|r| RequestRecord::clone(r))
+            .collect()
     }
 
     /// How many records were ever recorded.
@@ -298,7 +304,7 @@ impl RecentRecords {
 }
 
 impl EventSink for RecentRecords {
-    fn record(&self, record: &RequestRecord) {
+    fn record(&self, record: &Arc<RequestRecord>) {
         if self.capacity == 0 {
             return;
         }
@@ -306,7 +312,7 @@ impl EventSink for RecentRecords {
         if guard.records.len() == self.capacity {
             guard.records.pop_front();
         }
-        guard.records.push_back(record.clone());
+        guard.records.push_back(Arc::clone(record));
         guard.total += 1;
         drop(guard);
         self.grew.notify_all();

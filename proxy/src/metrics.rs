@@ -419,7 +419,7 @@ impl ProxyMetrics {
 }
 
 impl EventSink for ProxyMetrics {
-    fn record(&self, r: &RequestRecord) {
+    fn record(&self, r: &Arc<RequestRecord>) {
         let provider = r.provider.as_str();
         let model_text = r
             .response

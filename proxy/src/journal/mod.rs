@@ -391,7 +391,7 @@ impl EventSink for Journal {
         self.append_logged(UsageRecord::from_mcp(record));
     }
 
-    fn record(&self, record: &RequestRecord) {
+    fn record(&self, record: &Arc<RequestRecord>) {
         self.append_logged(UsageRecord::from_record(record));
     }
 }
@@ -414,7 +414,7 @@ impl Journal {
 pub struct Tee(pub Vec<Arc<dyn EventSink>>);
 
 impl EventSink for Tee {
-    fn record(&self, record: &RequestRecord) {
+    fn record(&self, record: &Arc<RequestRecord>) {
         for s in &self.0 {
             s.record(record);
         }

@@ -132,7 +132,7 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
     if let Some(span) = ctx.span.take() {
         crate::trace::finish_llm(span, &record, ctx.conversation.as_deref());
     }
-    sink.record(&record);
+    sink.record(&std::sync::Arc::new(record));
 }
 
 /// The logging phase: the record if not emitted yet, and the access line.
