@@ -15,7 +15,9 @@ pub(super) const BAD_PATH: &str = "the server's URL is not a valid path";
 /// The same, for a header.
 pub(super) const BAD_HEADER: &str = "a header for the server is not valid";
 
-/// A request's method, path and headers.
+/// A request's method, path and headers. A header named again later replaces the earlier
+/// one (the server's configured headers override Sluice's defaults, as with Pingora's
+/// `insert_header`), so no name is sent twice.
 pub(super) struct Head<'a> {
     pub method: &'a str,
     pub path: &'a str,
@@ -42,9 +44,15 @@ impl Head<'_> {
         out.put_u8(b' ');
         out.put_slice(self.path.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &self.headers {
+        for (i, (name, value)) in self.headers.iter().enumerate() {
             if !is_token(name) || !is_field_value(value) {
                 return Err(BAD_HEADER);
+            }
+            let replaced = self.headers[i + 1..]
+                .iter()
+                .any(|(later, _)| later.eq_ignore_ascii_case(name));
+            if replaced {
+                continue;
             }
             out.put_slice(name.as_bytes());
             out.put_slice(b": ");
@@ -161,6 +169,22 @@ mod tests {
         let req = h.to_h2().unwrap();
         assert_eq!(req.uri.path(), "/mcp");
         assert_eq!(req.headers["accept"], "application/json");
+    }
+
+    #[test]
+    fn a_header_named_again_replaces_the_earlier_one() {
+        let h = head(
+            "/",
+            vec![("host", "a"), ("accept", "x"), ("Host", "virtual.example")],
+        );
+        let wire = h.to_h1(None).unwrap();
+        assert_eq!(
+            &wire[..],
+            b"POST / HTTP/1.1\r\naccept: x\r\nHost: virtual.example\r\n\r\n"
+        );
+        let req = h.to_h2().unwrap();
+        assert_eq!(req.headers.get_all("host").iter().count(), 1);
+        assert_eq!(req.headers["host"], "virtual.example");
     }
 
     #[test]
