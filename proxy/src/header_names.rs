@@ -3,6 +3,14 @@
 
 use http::HeaderName;
 
+/// Headers that carry a client's key (a provider key, or a Sluice virtual key), in every
+/// provider's form: `Authorization` first, then the others SDKs use.
+pub static CREDENTIALS: [HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("api-key"),
+];
 /// `X-Sluice-Context-Untrusted: true`: the conversation starts untrusted.
 pub static CONTEXT_UNTRUSTED: HeaderName = HeaderName::from_static("x-sluice-context-untrusted");
 /// The calling agent's id.

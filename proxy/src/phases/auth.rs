@@ -15,10 +15,8 @@ use crate::route::Route;
 /// The credential the client sent, in any SDK's header.
 fn presented_key(session: &Session) -> Option<&str> {
     let h = &session.req_header().headers;
-    if let Some(v) = h
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    let [authorization, others @ ..] = &crate::header_names::CREDENTIALS;
+    if let Some(v) = h.get(authorization).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         return Some(
             v.strip_prefix("Bearer ")
@@ -27,9 +25,9 @@ fn presented_key(session: &Session) -> Option<&str> {
                 .trim(),
         );
     }
-    ["x-api-key", "x-goog-api-key", "api-key"]
+    others
         .iter()
-        .find_map(|name| h.get(*name).and_then(|v| v.to_str().ok()))
+        .find_map(|name| h.get(name).and_then(|v| v.to_str().ok()))
         .map(str::trim)
 }
 

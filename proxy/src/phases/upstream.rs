@@ -10,14 +10,6 @@ use crate::config::{Limits, Upstream};
 use crate::error::SluiceError;
 use crate::events::Provider;
 
-/// Headers that carry a client's provider key, in every provider's form.
-static CREDENTIAL_HEADERS: [http::HeaderName; 4] = [
-    http::header::AUTHORIZATION,
-    http::HeaderName::from_static("x-api-key"),
-    http::HeaderName::from_static("x-goog-api-key"),
-    http::HeaderName::from_static("api-key"),
-];
-
 /// How long a resolved name is used before it is looked up again.
 const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Names kept at most (a config names a handful; the bound is for safety).
@@ -147,7 +139,7 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
         remove_if_present(req, &http::header::EXPECT);
     }
     if let Some(key) = &up.api_key {
-        for h in &CREDENTIAL_HEADERS {
+        for h in &crate::header_names::CREDENTIALS {
             remove_if_present(req, h);
         }
         let value = if &*up.auth_header == "authorization" {
