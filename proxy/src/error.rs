@@ -96,6 +96,19 @@ pub enum SluiceError {
         /// The configured cutoff.
         after: Duration,
     },
+    /// The upstream took none of the request for longer than the write timeout, and then
+    /// did not answer.
+    #[error(
+        "the {provider} upstream took no request bytes for {}s \
+         (limits.upstream_write_timeout_ms) and then sent no complete response",
+        .after.as_secs()
+    )]
+    UpstreamWriteStalled {
+        /// Provider name.
+        provider: &'static str,
+        /// The configured write timeout.
+        after: Duration,
+    },
     /// The client stopped reading the response: a write waited past the write timeout
     /// (or ran below the minimum send rate). Only logged: the client is dropped.
     #[error(
@@ -261,6 +274,9 @@ impl SluiceError {
             }
             SluiceError::UpstreamConnect { .. } => (502, "upstream_connect", ErrorKind::Upstream),
             SluiceError::UpstreamIdle { .. } => (504, "upstream_idle", ErrorKind::Upstream),
+            SluiceError::UpstreamWriteStalled { .. } => {
+                (504, "upstream_write_stalled", ErrorKind::Upstream)
+            }
             SluiceError::UpstreamBroken { .. } => (502, "upstream_broken", ErrorKind::Upstream),
             SluiceError::UpstreamProtocol { .. } => (502, "upstream_protocol", ErrorKind::Upstream),
             SluiceError::VirtualKeyRequired(_) => {

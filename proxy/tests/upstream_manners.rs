@@ -2,11 +2,12 @@
 //! before it has read the request body (and one that never reads it); R39, small events
 //! must not wait for Nagle on Sluice's sockets.
 //!
-//! R38 is partly open. An upstream that answers first and drains the body afterwards gets
-//! every stream whole. One that never reads the body is reproduced by an ignored test (run
-//! it with `cargo test --release -p sluice-proxy --test upstream_manners -- --ignored`):
-//! Pingora's upstream task writes a request body chunk inside its `select!` arm, so while a
-//! large body write is blocked the response is not read, and streams are cut mid-way.
+//! An upstream that answers first and drains the body afterwards gets every stream whole
+//! at once. One that never reads the body gets it whole after the upstream write timeout:
+//! Pingora's upstream task writes a request body chunk inside its `select!` arm and reads
+//! no response while that write is blocked; when the write times out it stops sending the
+//! body and reads the answer. Before the write timeout had its own (short) limit, such
+//! streams waited for the 300-second idle cutoff, and clients gave up on them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -16,6 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const EVENTS: usize = 40;
+/// The upstream write timeout the R38 tests configure (the default is 30 s). A stream held
+/// back until the idle cutoff (300 s) would miss the clients' 20-second deadline.
+const WRITE_TIMEOUT_MS: u64 = 1000;
 
 /// An upstream connection read through a buffer: what one read returns past a request's
 /// end (the next request's head, written as soon as the pooled connection was reused) is
@@ -134,7 +138,8 @@ fn large_body() -> String {
 fn streams_arrive_whole(drains: bool) {
     let (up_rt, upstream, port) = serving_upstream();
     let h = Harness::start(&format!(
-        "[profiles.early.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+        "[limits]\nupstream_write_timeout_ms = {WRITE_TIMEOUT_MS}\n\
+         [profiles.early.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
     ));
     const CLIENTS: usize = 12;
     // Each connection: the header read, the whole stream written at once; then the body
@@ -233,9 +238,56 @@ fn r38_an_upstream_that_answers_before_reading_the_body_streams_whole() {
 }
 
 #[test]
-#[ignore = "R38 is open (docs/hardening.md): streams are cut while a body write blocks"]
 fn r38_an_upstream_that_never_reads_the_body_still_streams_whole() {
     streams_arrive_whole(false);
+}
+
+#[test]
+fn an_upstream_that_takes_no_body_and_never_answers_gets_504_after_the_write_timeout() {
+    let (up_rt, upstream, port) = serving_upstream();
+    let h = Harness::start(&format!(
+        "[limits]\nupstream_write_timeout_ms = 300\nupstream_idle_timeout_ms = 600\n\
+         [profiles.early.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    ));
+    // Reads the request's header, then neither reads the body nor answers.
+    let upstream_side = up_rt.spawn(async move {
+        let (s, _) = upstream.accept().await.unwrap();
+        let mut c = UpstreamConn { s, buf: Vec::new() };
+        assert!(c.read_head().await);
+        std::future::pending::<()>().await;
+    });
+    let body = large_body();
+    let got = h.rt.block_on(async {
+        let s = TcpStream::connect(h.addr()).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let head = format!(
+            "POST /v1/openai/early/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // The upload goes on beside the read: Sluice stops taking it once it gives up.
+        let upload = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(body.as_bytes()).await;
+            wr
+        });
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            rd.read_to_end(&mut got),
+        )
+        .await;
+        upload.abort();
+        got
+    });
+    upstream_side.abort();
+    let r = parse_response(&got);
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&got));
+    assert_eq!(r.header("x-sluice-error"), Some("upstream_write_stalled"));
+    assert!(
+        r.text().contains("limits.upstream_write_timeout_ms"),
+        "{}",
+        r.text()
+    );
 }
 
 /// `TCP_NODELAY` on each TCP socket of this process whose addresses match `wanted`

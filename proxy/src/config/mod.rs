@@ -110,6 +110,10 @@ pub struct Limits {
     pub upstream_connect_timeout: Duration,
     /// Upstream silence cutoff. Default 300 s; there is no total cap on a producing stream.
     pub upstream_idle_timeout: Duration,
+    /// Longest one write to the upstream may wait (the request head, a piece of the body,
+    /// or the whole body when Sluice held it for inspection) before Sluice stops sending
+    /// the body and reads only the answer. Default 30 s.
+    pub upstream_write_timeout: Duration,
     /// Cap on one SSE event. Default 1 MiB.
     pub max_sse_event_bytes: usize,
     /// Cap on a non-streaming response kept for inspection. Default 32 MiB.
@@ -151,6 +155,7 @@ impl Default for Limits {
             request_body_rate_grace: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(300),
+            upstream_write_timeout: Duration::from_secs(30),
             max_sse_event_bytes: 1024 * 1024,
             max_inspected_response_bytes: 32 * 1024 * 1024,
             upstream_pool_size: 1024,
@@ -408,6 +413,11 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             l.upstream_idle_timeout_ms,
             d.upstream_idle_timeout,
             "limits.upstream_idle_timeout_ms",
+        )?,
+        upstream_write_timeout: ms(
+            l.upstream_write_timeout_ms,
+            d.upstream_write_timeout,
+            "limits.upstream_write_timeout_ms",
         )?,
         max_sse_event_bytes: positive(
             l.max_sse_event_bytes,

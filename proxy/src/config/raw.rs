@@ -176,6 +176,10 @@ pub struct RawLimits {
     /// Longest silence from the upstream (before the first byte or between two chunks), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_idle_timeout_ms: Option<u64>,
+    /// Longest one write to the upstream may wait before Sluice stops sending the request
+    /// body and reads only the answer, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_write_timeout_ms: Option<u64>,
     /// Cap on one SSE event, in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sse_event_bytes: Option<usize>,

@@ -90,3 +90,16 @@ fn unset_limits_are_left_out_of_a_written_snapshot() {
         serde_json::json!({"client_write_timeout_ms": 5000})
     );
 }
+
+#[test]
+fn the_upstream_write_timeout_is_its_own_limit() {
+    let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+    assert_eq!(c.limits.upstream_write_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.upstream_idle_timeout, Duration::from_secs(300));
+    let raw = parse_toml("[limits]\nupstream_write_timeout_ms = 2500").expect("toml");
+    let c = compile(raw, &env()).expect("valid");
+    assert_eq!(c.limits.upstream_write_timeout, Duration::from_millis(2500));
+    let raw = parse_toml("[limits]\nupstream_write_timeout_ms = 0").expect("toml");
+    let err = compile(raw, &env()).expect_err("zero");
+    assert!(err.to_string().contains("limits.upstream_write_timeout_ms"));
+}

@@ -519,6 +519,13 @@ fn classify_pingora(e: &Error, ctx: &RequestCtx) -> SluiceError {
             provider,
             after: idle,
         },
+        (ErrorSource::Upstream, ErrorType::WriteTimedout) => SluiceError::UpstreamWriteStalled {
+            provider,
+            after: ctx
+                .config
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.limits.upstream_write_timeout),
+        },
         (ErrorSource::Upstream, _) => SluiceError::UpstreamBroken {
             provider,
             detail: "the connection closed or failed before the response was complete".into(),

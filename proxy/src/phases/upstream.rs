@@ -78,14 +78,17 @@ async fn look_up(
 
 /// Builds the peer: TLS with certificate verification for https, pooled, with the
 /// configured timeouts. The read timeout is the idle cutoff: a stream that keeps producing
-/// is never cut.
+/// is never cut. The write timeout is shorter: Pingora reads no answer while a body write
+/// blocks, so an upstream that answers without reading a large body would otherwise hold
+/// its answer back until the idle cutoff; when a write times out, Pingora stops sending the
+/// body, reads the answer whole and does not reuse the connection.
 pub fn peer(up: &Upstream, addr: SocketAddr, limits: &Limits) -> Box<HttpPeer> {
     let mut peer = HttpPeer::new(addr, up.tls, up.host.to_string());
     let o = &mut peer.options;
     o.connection_timeout = Some(limits.upstream_connect_timeout);
     o.total_connection_timeout = Some(limits.upstream_connect_timeout);
     o.read_timeout = Some(limits.upstream_idle_timeout);
-    o.write_timeout = Some(limits.upstream_idle_timeout);
+    o.write_timeout = Some(limits.upstream_write_timeout);
     o.idle_timeout = Some(std::time::Duration::from_secs(60));
     o.verify_cert = true;
     o.verify_hostname = true;

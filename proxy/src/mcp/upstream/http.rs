@@ -64,6 +64,9 @@ impl HttpConn {
     fn limits() -> Limits {
         Limits {
             upstream_idle_timeout: Duration::from_secs(300),
+            // The whole request is written before the answer is read (no R38 wait to
+            // cut short), and this timeout covers the whole write, not one piece of it.
+            upstream_write_timeout: Duration::from_secs(300),
             ..Limits::default()
         }
     }
