@@ -6,7 +6,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use sluice_proxy::journal::{Journal, UsageRecord};
+use sluice_proxy::journal::{Decisions, Journal, UsageRecord};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
@@ -26,10 +26,10 @@ fn bench(c: &mut Criterion) {
         duration_us: 2_400,
         ttfb_us: Some(900),
         tool_calls: vec!["send_email".into()],
-        decisions: json!([
+        decisions: Decisions::of(&json!([
             {"kind": "result", "tool": "profile:payments/fetch_url", "call_id": "c1", "verdict": "untrusted", "policy": "web", "reason": "policy 'web' marks fetch_url output as untrusted"},
             {"kind": "call", "tool": "profile:payments/send_email", "call_id": "c2", "verdict": "blocked", "policy": "no-email", "reason": "email cannot be sent after untrusted content"}
-        ]),
+        ])),
         ..UsageRecord::default()
     };
     c.bench_function("journal/append one record", |b| {

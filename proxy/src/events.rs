@@ -44,6 +44,18 @@ pub enum Api {
     GenerateContent,
 }
 
+impl Api {
+    /// The name records carry, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat_completions",
+            Api::Responses => "responses",
+            Api::Messages => "messages",
+            Api::GenerateContent => "generate_content",
+        }
+    }
+}
+
 /// Token usage as the provider reported it (or as the stream accumulated it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
@@ -316,5 +328,25 @@ impl EventSink for RecentRecords {
         guard.total += 1;
         drop(guard);
         self.grew.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Api;
+
+    #[test]
+    fn an_api_name_is_its_serialised_name() {
+        for api in [
+            Api::ChatCompletions,
+            Api::Responses,
+            Api::Messages,
+            Api::GenerateContent,
+        ] {
+            assert_eq!(
+                serde_json::to_value(api).unwrap_or_default(),
+                serde_json::Value::from(api.as_str())
+            );
+        }
     }
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::events::{EventSink, RequestRecord};
 
 mod record;
-pub use record::{McpUsage, UsageRecord, session_digest};
+pub use record::{Decisions, McpUsage, UsageRecord, session_digest};
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]

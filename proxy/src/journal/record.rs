@@ -58,7 +58,7 @@ pub struct UsageRecord {
     /// Names of the tools the response called.
     pub tool_calls: Vec<String>,
     /// Policy decisions, as the proxy records them.
-    pub decisions: serde_json::Value,
+    pub decisions: Decisions,
     /// The request body, only where the profile turns content capture on.
     pub request_body: Option<String>,
     /// The response body, only where the profile turns content capture on.
@@ -93,6 +93,37 @@ pub struct UsageRecord {
     pub toon_savings_micros: Option<i64>,
 }
 
+/// Policy decisions as JSON text, written once when the record is made and copied as is
+/// into the journal line and the control plane's row (a `Value` tree cost a build, a
+/// serialisation and a free of a map per decision on every request).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Decisions(#[schemars(with = "serde_json::Value")] Box<serde_json::value::RawValue>);
+
+impl Decisions {
+    /// The decisions serialised; `null` if they cannot be.
+    pub fn of<T: Serialize + ?Sized>(decisions: &T) -> Self {
+        Self(serde_json::value::to_raw_value(decisions).unwrap_or_default())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Decisions {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Display for Decisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The MCP part of a usage record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct McpUsage {
@@ -125,7 +156,7 @@ impl UsageRecord {
             refused: r.status == "refused",
             trusted: true,
             tool_calls: r.tool.iter().cloned().collect(),
-            decisions: serde_json::to_value(&r.decisions).unwrap_or_default(),
+            decisions: Decisions::of(&r.decisions),
             request_body: r.arguments.clone(),
             response_body: r.result.clone(),
             mcp: Some(McpUsage {
@@ -164,11 +195,7 @@ impl UsageRecord {
             profile: r.profile.clone(),
             key_id: r.key_id.clone(),
             provider: r.provider.as_str().into(),
-            api: r.api.and_then(|a| {
-                serde_json::to_value(a)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            }),
+            api: r.api.map(|a| a.as_str().to_owned()),
             model: r.response.model.clone().or_else(|| r.request.model.clone()),
             status: r.status,
             input_tokens: usage.input_tokens,
@@ -189,7 +216,7 @@ impl UsageRecord {
                 .iter()
                 .map(|c| c.name.clone())
                 .collect(),
-            decisions: serde_json::to_value(&r.decisions).unwrap_or_default(),
+            decisions: Decisions::of(&r.decisions),
             request_body: r
                 .captured_request
                 .as_ref()
@@ -212,5 +239,34 @@ impl UsageRecord {
                 .map(|(_, a)| i64::try_from(a).unwrap_or(i64::MAX)),
             toon_savings_micros: r.toon_savings_micros,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_written_as_json_and_read_back_the_same() {
+        let decisions = serde_json::json!([
+            {"kind": "call", "tool": "profile:p/send_email", "verdict": "blocked", "reason": "a \"quoted\" reason"}
+        ]);
+        let record = UsageRecord {
+            profile: "p".into(),
+            decisions: Decisions::of(&decisions),
+            ..UsageRecord::default()
+        };
+        let line = serde_json::to_string(&record).expect("serialise");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["decisions"], decisions);
+        let back: UsageRecord = serde_json::from_str(&line).expect("deserialise");
+        assert_eq!(back, record);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&back.decisions.to_string()).expect("json"),
+            decisions
+        );
+        // A record made without decisions says null, as before.
+        let none = serde_json::to_value(UsageRecord::default()).expect("serialise");
+        assert_eq!(none["decisions"], serde_json::Value::Null);
     }
 }
