@@ -96,11 +96,11 @@ pub enum SluiceError {
         /// The configured cutoff.
         after: Duration,
     },
-    /// The upstream took none of the request for longer than the write timeout, and then
-    /// did not answer.
+    /// A write of the request to the upstream waited past the write timeout, and the
+    /// upstream then sent no complete response.
     #[error(
-        "the {provider} upstream took no request bytes for {}s \
-         (limits.upstream_write_timeout_ms) and then sent no complete response",
+        "the {provider} upstream did not take the request within {}s \
+         (limits.upstream_write_timeout_ms) and sent no complete response",
         .after.as_secs()
     )]
     UpstreamWriteStalled {
