@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""One setting's cost, A/B: the same Sluice binary (metrics and tracing off) with an
-environment variable set (`--env NAME=VALUE`) and without it, in front of the same mock,
-closed loop, 32 connections, JSON chat completions, interleaved in a rotated order.
-Servers on core 0, load generator on core 1. For example:
+"""One setting's or one build's cost, A/B: Sluice with an environment variable set
+(`--env NAME=VALUE`) and without it, or another build (`--binary PATH`) against this
+tree's, in front of the same mock, closed loop, 32 connections, JSON chat completions,
+interleaved in a rotated order. Both run as scripts/bench.py's "sluice" (a file config,
+metrics and tracing off) or, with `--full`, as its "full inspection" (each fed by a control
+plane of its own: virtual key, 100 policies, usage journal, metrics, tracing at 1.0).
+Servers on core 0, load generator (and the control planes) on core 1. For example:
   python3 scripts/bench_env.py --env SLUICE_ALLOW_THP=1              # transparent huge pages
   python3 scripts/bench_env.py --env SLUICE_LISTENER_READ_BUFFER_BYTES=65536
-Usage: python3 scripts/bench_env.py --env NAME=VALUE [--base NAME=VALUE] [--seconds 4] [--reps 7]
+  python3 scripts/bench_env.py --binary /tmp/sluice-before --full    # a change, before/after
+Usage: python3 scripts/bench_env.py (--env NAME=VALUE [--base NAME=VALUE] | --binary PATH)
+                                    [--full] [--seconds 4] [--reps 7]
 """
 import argparse
 import datetime
@@ -14,44 +19,87 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, start_mock, stop, wait_port  # noqa: E402
+from bench import (CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, start_full, start_mock,  # noqa: E402
+                   stop, wait_port)
+
+
+def start_file_config(procs, tmp, mock_port, binary, env_extra, unset):
+    """A proxy from a file config (one profile); its URL and pid."""
+    port = free_port()
+    conf = os.path.join(tmp, f"{port}.toml")
+    with open(conf, "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
+    env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1", **env_extra)
+    for k in unset:
+        env.pop(k, None)
+    p = subprocess.Popen(["taskset", "-c", "0", binary, "proxy", "--config", conf], env=env, stderr=subprocess.DEVNULL)
+    procs.append(p)
+    wait_port(port, p)
+    return f"http://127.0.0.1:{port}/v1/openai/chat/completions", p.pid, "sk-bench"
+
+
+def wait_ok(url, key, seconds=30):
+    """Waits for the first 200: a control-fed proxy is ready before its first snapshot."""
+    deadline = time.monotonic() + seconds
+    while True:
+        req = urllib.request.Request(url, data=json.dumps(CHAT).encode(), method="POST",
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never answered 200")
+        time.sleep(0.1)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--env", required=True, help="NAME=VALUE set in the variant")
+    ap.add_argument("--env", help="NAME=VALUE set in the variant")
     ap.add_argument("--base", help="NAME=VALUE set in the baseline instead of leaving NAME unset")
+    ap.add_argument("--binary", help="the variant is this sluice binary (the baseline: this tree's build)")
+    ap.add_argument("--full", action="store_true", help="both as bench.py's full inspection")
     args = ap.parse_args()
-    name_, value = args.env.split("=", 1)
-    base = dict([args.base.split("=", 1)]) if args.base else {}
+    if bool(args.env) == bool(args.binary):
+        ap.error("give --env NAME=VALUE or --binary PATH")
+    if args.env and args.full:
+        ap.error("--env applies to the file-configured proxy only")
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-env-")
     try:
         mock_port = start_mock(procs, "--words", "40")
+        if args.binary:
+            variants = ((f"`{args.binary}`", args.binary, {}, ()), ("this tree", SLUICE, {}, ()))
+        else:
+            name_, value = args.env.split("=", 1)
+            base = dict([args.base.split("=", 1)]) if args.base else {}
+            base_label = f"`{args.base}`" if args.base else "default"
+            variants = ((f"`{name_}={value}`", SLUICE, {name_: value}, ()),
+                        (base_label, SLUICE, base, () if base else (name_,)))
         targets = {}
-        base_label = f"`{args.base}`" if args.base else "default"
-        for name, extra in ((f"`{name_}={value}`", {name_: value}), (base_label, base)):
-            port = free_port()
-            conf = os.path.join(tmp, f"{port}.toml")
-            with open(conf, "w") as f:
-                f.write(f'listen = "127.0.0.1:{port}"\nthreads = 1\n[profiles.default]\n')
-            env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1", **extra)
-            if not extra:
-                env.pop(name_, None)
-            p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "proxy", "--config", conf], env=env, stderr=subprocess.DEVNULL)
-            procs.append(p)
-            wait_port(port, p)
-            targets[name] = (f"http://127.0.0.1:{port}/v1/openai/chat/completions", p.pid)
-        hdr = ["content-type: application/json", "authorization: Bearer sk-bench", "x-mock-words: 110"]
+        for name, binary, extra, unset in variants:
+            if args.full:
+                sub = tempfile.mkdtemp(dir=tmp)
+                port, pids, key = start_full(procs, sub, mock_port, free_port(), binary=binary)
+                targets[name] = (f"http://127.0.0.1:{port}/v1/openai/chat/completions", pids[0], key)
+                wait_ok(*targets[name][::2])
+            else:
+                targets[name] = start_file_config(procs, tmp, mock_port, binary, extra, unset)
         results = {}
         for rep in range(args.reps):
             names = list(targets)
             for name in names[rep % 2:] + names[:rep % 2]:
-                url, pid = targets[name]
+                url, pid, key = targets[name]
+                hdr = ["content-type: application/json", f"authorization: Bearer {key}", "x-mock-words: 110"]
                 c0 = cpu_seconds([pid])
                 r = loadgen(url, json.dumps(CHAT), hdr, 32, args.seconds, label=name)
                 cpu = (cpu_seconds([pid]) - c0) * 1e6 / max(r["requests"], 1)
@@ -59,8 +107,9 @@ def main():
                 print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
         print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
         print(f"Machine: {machine()}  ")
-        print(f"Command: `python3 scripts/bench_env.py --env {args.env}"
-              + (f" --base {args.base}" if args.base else "") + f" --seconds {args.seconds:g} --reps {args.reps}`\n")
+        what = f"--env {args.env}" + (f" --base {args.base}" if args.base else "") if args.env else f"--binary {args.binary}"
+        print(f"Command: `python3 scripts/bench_env.py {what}" + (" --full" if args.full else "")
+              + f" --seconds {args.seconds:g} --reps {args.reps}`\n")
         print("| target | req/s (median) | Sluice CPU µs/req (median) |\n|---|---:|---:|")
         for name, rows in results.items():
             rps = sorted(x[0] for x in rows)[len(rows) // 2]

@@ -2,9 +2,10 @@
 //! every provider. The policy engine consumes these; here they are recorded.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 /// Which wire format a request speaks.
@@ -277,11 +278,8 @@ impl RecentRecords {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Ring> {
+        self.inner.lock()
     }
 
     /// The newest `limit` records, newest last.
@@ -304,14 +302,10 @@ impl RecentRecords {
     /// Blocks until at least `total` records were ever recorded, or `timeout` passes;
     /// returns whether the count was reached.
     pub fn wait_for_total(&self, total: u64, timeout: Duration) -> bool {
-        let guard = self.lock();
-        match self
-            .grew
-            .wait_timeout_while(guard, timeout, |r| r.total < total)
-        {
-            Ok((g, _)) => g.total >= total,
-            Err(p) => p.into_inner().0.total >= total,
-        }
+        let mut guard = self.lock();
+        self.grew
+            .wait_while_for(&mut guard, |r| r.total < total, timeout);
+        guard.total >= total
     }
 }
 
@@ -327,6 +321,9 @@ impl EventSink for RecentRecords {
         guard.records.push_back(Arc::clone(record));
         guard.total += 1;
         drop(guard);
+        // parking_lot's, not std's: std's `notify_all` makes a futex call on every record
+        // whether or not anyone waits (one system call per request); this one returns at
+        // once when no admin call is waiting.
         self.grew.notify_all();
     }
 }

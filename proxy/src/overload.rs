@@ -130,12 +130,18 @@ pub fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// 80% of the cgroup v2 memory limit of this process's container, if it has one.
+/// 80% of the cgroup v2 memory limit of this process's container, if it has one. Read
+/// once per process: every `Limits::default()` asks (per MCP call and per accepted
+/// connection, among others), and reading the file each time cost a system call or three
+/// on the request path.
 pub fn default_budget() -> u64 {
-    std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map_or(0, |max| max / 10 * 8)
+    static BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(0, |max| max / 10 * 8)
+    })
 }
 
 #[cfg(test)]

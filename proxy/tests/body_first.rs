@@ -72,9 +72,8 @@ fn serve_completions(mut up: std::net::TcpStream, requests: usize) -> Vec<String
     let mut pending = Vec::new();
     let mut buf = [0u8; 4096];
     while seen.len() < requests {
-        // Inspected bodies go upstream chunked: a request ends with its last chunk.
-        while let Some(end) = pending.windows(5).position(|w| w == b"0\r\n\r\n") {
-            let one: Vec<u8> = pending.drain(..end + 5).collect();
+        while let Some(end) = whole_request_len(&pending) {
+            let one: Vec<u8> = pending.drain(..end).collect();
             seen.push(String::from_utf8_lossy(&one).into_owned());
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
@@ -205,27 +204,17 @@ fn a_body_longer_than_the_read_first_size_still_goes_through_whole() {
     });
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = served.join().unwrap();
-    let got = dechunk_request(&seen[0]);
+    let (chunked, _) = request_framing(seen[0].as_bytes());
+    assert!(
+        chunked,
+        "a body longer than the read-first size goes chunked"
+    );
+    let got = request_body(seen[0].as_bytes());
     assert_eq!(
         got.len(),
         body.len(),
         "the upstream got a body of another length"
     );
-}
-
-/// The body of a chunked request as Sluice sent it.
-fn dechunk_request(raw: &str) -> String {
-    let (_, mut rest) = raw.split_once("\r\n\r\n").unwrap();
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
 }
 
 #[test]
@@ -249,4 +238,36 @@ fn a_request_refused_by_its_limits_takes_no_upstream_connection() {
         !connected_upstream(&upstream),
         "a refused request took an upstream connection"
     );
+}
+
+#[test]
+fn a_body_read_first_goes_upstream_with_the_length_of_what_sluice_sends() {
+    let (upstream, port) = upstream_listener();
+    let h = Harness::start(&profile(port, ""));
+    // A streamed chat: Sluice asks the upstream for usage (`stream_options`), so the body
+    // it sends is longer than the client's.
+    let body = chat_body(true, false).to_string();
+    let served = std::thread::spawn(move || {
+        upstream.set_nonblocking(false).unwrap();
+        let (up, _) = upstream.accept().unwrap();
+        serve_completions(up, 1)
+    });
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/small/chat/completions",
+        &[],
+        &serde_json::from_str(&body).unwrap(),
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = served.join().unwrap();
+    let (chunked, length) = request_framing(seen[0].as_bytes());
+    let sent = request_body(seen[0].as_bytes());
+    assert!(
+        !chunked,
+        "a body Sluice holds whole went chunked: {}",
+        seen[0]
+    );
+    assert_eq!(length, Some(sent.len()), "{}", seen[0]);
+    let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
 }

@@ -35,7 +35,7 @@ async fn sse_with_length(listener: tokio::net::TcpListener) {
             loop {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !seen.ends_with(b"0\r\n\r\n") {
+                while whole_request_len(&seen).is_none() {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => seen.extend_from_slice(&buf[..n]),

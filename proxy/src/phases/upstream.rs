@@ -159,10 +159,19 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     if let Some(tp) = ctx.span.as_ref().map(crate::trace::traceparent_of) {
         req.insert_header("traceparent", tp)?;
     }
-    if ctx.api().is_some() {
-        // The body is held and may be rewritten, so it goes upstream chunked; and the
-        // response must come back uncompressed to be read inline.
+    if let Some(body) = &ctx.prepared_body {
+        // Read whole before connecting and already rewritten (`body_first.rs`): its final
+        // length is known, so it goes with a Content-Length. Chunked, Pingora's client
+        // sends the last chunk on its own: a third send per request, and a third wake-up
+        // of the upstream.
+        req.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    } else if ctx.api().is_some() {
+        // The body is held and may be rewritten, and its final length is not known before
+        // it is complete, so it goes upstream chunked.
         remove_if_present(req, &http::header::CONTENT_LENGTH);
+    }
+    if ctx.api().is_some() {
+        // The response must come back uncompressed to be read inline.
         remove_if_present(req, &http::header::ACCEPT_ENCODING);
         if route.provider == Provider::Anthropic || route.provider == Provider::Openai {
             remove_if_present(req, &http::header::EXPECT);

@@ -352,11 +352,12 @@ fn listening_on(
     (rt, listener, port)
 }
 
-/// Reads one request Sluice sent upstream (inspected bodies go chunked) up to its last chunk.
+/// Reads one request Sluice sent upstream, head and whole body (framed by its
+/// Content-Length, or chunked up to the last chunk).
 pub async fn read_upstream_request(up: &mut TcpStream) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    while !seen.ends_with(b"0\r\n\r\n") {
+    while whole_request_len(&seen).is_none() {
         let n = up.read(&mut buf).await.unwrap();
         assert!(
             n > 0,
@@ -365,6 +366,56 @@ pub async fn read_upstream_request(up: &mut TcpStream) -> Vec<u8> {
         seen.extend_from_slice(&buf[..n]);
     }
     seen
+}
+
+/// The length of the first whole request in `buf` (its head and a body framed by
+/// Content-Length or chunked, without trailers), or `None` while it is incomplete.
+pub fn whole_request_len(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let (chunked, length) = request_framing(&buf[..head_end]);
+    if chunked {
+        let mut at = head_end;
+        loop {
+            let line_end = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+            let size_text = std::str::from_utf8(&buf[at..at + line_end]).unwrap();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+            at += line_end + 2;
+            if size == 0 {
+                return (buf.len() >= at + 2).then_some(at + 2);
+            }
+            at += size + 2;
+            if buf.len() < at {
+                return None;
+            }
+        }
+    }
+    let end = head_end + length.unwrap_or(0);
+    (buf.len() >= end).then_some(end)
+}
+
+/// The body of a whole request as read by [`read_upstream_request`] (de-chunked).
+pub fn request_body(raw: &[u8]) -> Vec<u8> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let rest = &raw[head_end..];
+    match request_framing(&raw[..head_end]) {
+        (true, _) => dechunk(rest).0,
+        (false, length) => rest[..length.unwrap_or(0)].to_vec(),
+    }
+}
+
+/// Whether a request head declares a chunked body, and its Content-Length.
+pub fn request_framing(head: &[u8]) -> (bool, Option<usize>) {
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let value = |name: &str| {
+        head.split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let chunked = value("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length = value("content-length").map(|v| v.parse().unwrap());
+    (chunked, length)
 }
 
 /// The value of the first sample of `name` whose line holds every one of `labels`.
