@@ -339,7 +339,11 @@ fn run_mock(listen: &str, latency_ms: u64, chunk_delay_ms: u64, words: usize) ->
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let l = tokio::net::TcpListener::bind(listen).await?;
+        let addr = tokio::net::lookup_host(listen)
+            .await?
+            .next()
+            .with_context(|| format!("{listen} names no address"))?;
+        let l = sluice_loadtest::mock::listener(addr)?;
         let cfg = sluice_loadtest::mock::MockConfig {
             latency_ms,
             chunk_delay_ms,

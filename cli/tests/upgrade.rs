@@ -130,7 +130,8 @@ fn an_upgrade_under_load_refuses_nothing_and_cuts_no_stream() {
         .unwrap();
     // Each stream lasts about 3 s: 30 words, 100 ms apart.
     let mock = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A backlog for 1,000 connections opened at once (tokio's default, 1,024, overflowed).
+        let l = sluice_loadtest::mock::listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let cfg = sluice_loadtest::mock::MockConfig {
             chunk_delay_ms: 100,
             words: 30,

@@ -200,6 +200,22 @@ impl RunningMock {
     }
 }
 
+/// A listening socket for a mock that takes connections in bursts. tokio's `bind` listens
+/// with a backlog of 1,024: a proxy opening a thousand upstream connections at once
+/// overflowed it while the mock was busy, and the kernel reset connections whose SYN
+/// cookies then failed (the upgrade test's streams got 502s before any upgrade).
+pub fn listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // The kernel caps it at net.core.somaxconn.
+    socket.listen(65_535)
+}
+
 /// Serves the mock on `listener` in the current runtime.
 pub async fn serve(
     listener: tokio::net::TcpListener,
