@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One setting's or one build's cost, A/B: Sluice with an environment variable set
 (`--env NAME=VALUE`) and without it, or another build (`--binary PATH`) against this
-tree's, in front of the same mock, closed loop, 32 connections, JSON chat completions,
+tree's, in front of the same mock, closed loop, 32 connections, JSON chat completions
+(`--scenario tools`: bench.py's tools turn, a tool result in and a tool call out),
 interleaved in a rotated order. Both run as scripts/bench.py's "sluice" (a file config,
 metrics and tracing off) or, with `--full`, as its "full inspection" (each fed by a control
 plane of its own: virtual key, 100 policies, usage journal, metrics, tracing at 1.0).
@@ -10,7 +11,7 @@ Servers on core 0, load generator (and the control planes) on core 1. For exampl
   python3 scripts/bench_env.py --env SLUICE_LISTENER_READ_BUFFER_BYTES=65536
   python3 scripts/bench_env.py --binary /tmp/sluice-before --full    # a change, before/after
 Usage: python3 scripts/bench_env.py (--env NAME=VALUE [--base NAME=VALUE] | --binary PATH)
-                                    [--full] [--seconds 4] [--reps 7]
+                                    [--full] [--scenario json|tools] [--seconds 4] [--reps 7]
 """
 import argparse
 import datetime
@@ -24,7 +25,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import (CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, start_full, start_mock,  # noqa: E402
+from bench import (CHAT, SLUICE, TOOLS_CHAT, cpu_seconds, free_port, loadgen, machine, start_full, start_mock,  # noqa: E402
                    stop, wait_port)
 
 
@@ -68,6 +69,7 @@ def main():
     ap.add_argument("--base", help="NAME=VALUE set in the baseline instead of leaving NAME unset")
     ap.add_argument("--binary", help="the variant is this sluice binary (the baseline: this tree's build)")
     ap.add_argument("--full", action="store_true", help="both as bench.py's full inspection")
+    ap.add_argument("--scenario", default="json", choices=("json", "tools"))
     args = ap.parse_args()
     if bool(args.env) == bool(args.binary):
         ap.error("give --env NAME=VALUE or --binary PATH")
@@ -99,9 +101,12 @@ def main():
             names = list(targets)
             for name in names[rep % 2:] + names[:rep % 2]:
                 url, pid, key = targets[name]
-                hdr = ["content-type: application/json", f"authorization: Bearer {key}", "x-mock-words: 110"]
+                hdr = ["content-type: application/json", f"authorization: Bearer {key}"]
+                body = TOOLS_CHAT if args.scenario == "tools" else CHAT
+                if args.scenario == "json":
+                    hdr.append("x-mock-words: 110")
                 c0 = cpu_seconds([pid])
-                r = loadgen(url, json.dumps(CHAT), hdr, 32, args.seconds, label=name)
+                r = loadgen(url, json.dumps(body), hdr, 32, args.seconds, label=name)
                 cpu = (cpu_seconds([pid]) - c0) * 1e6 / max(r["requests"], 1)
                 results.setdefault(name, []).append((r["rps"], cpu))
                 print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
@@ -109,6 +114,7 @@ def main():
         print(f"Machine: {machine()}  ")
         what = f"--env {args.env}" + (f" --base {args.base}" if args.base else "") if args.env else f"--binary {args.binary}"
         print(f"Command: `python3 scripts/bench_env.py {what}" + (" --full" if args.full else "")
+              + (f" --scenario {args.scenario}" if args.scenario != "json" else "")
               + f" --seconds {args.seconds:g} --reps {args.reps}`\n")
         print("| target | req/s (median) | Sluice CPU µs/req (median) |\n|---|---:|---:|")
         for name, rows in results.items():

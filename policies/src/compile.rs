@@ -1,13 +1,11 @@
 //! Compiling a [`PolicySet`] once per snapshot: conditions built, tools indexed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use regex::RegexSet;
-
-use crate::ToolId;
 use crate::condition::{CompiledCondition, ConditionError};
 use crate::model::{Defaults, InvocationAction, PolicySet, ResultAction, ToolSelector};
+use crate::tool_index::ToolIndex;
 
 /// A policy set that does not compile; the whole set is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,66 +49,6 @@ impl<A> Compiled<A> {
     pub fn is_default(&self) -> bool {
         self.conditions.is_empty()
     }
-}
-
-/// Policies indexed by tool: exact identities in a map, globs in one `RegexSet`.
-#[derive(Debug, Clone, Default)]
-pub struct ToolIndex {
-    exact: HashMap<ToolId, Vec<u32>>,
-    patterns: Option<RegexSet>,
-    pattern_policy: Vec<u32>,
-}
-
-impl ToolIndex {
-    fn build(selectors: &[&ToolSelector]) -> Self {
-        let mut exact: HashMap<ToolId, Vec<u32>> = HashMap::new();
-        let mut patterns = Vec::new();
-        let mut pattern_policy = Vec::new();
-        for (i, s) in selectors.iter().enumerate() {
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
-            if s.source.contains('*') || s.name.contains('*') {
-                patterns.push(format!("^{}\u{0}{}$", glob(&s.source), glob(&s.name)));
-                pattern_policy.push(i);
-            } else {
-                exact
-                    .entry(ToolId::new(s.source.as_str(), s.name.as_str()))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        // Globs are escaped literals and `.*`: the set always builds.
-        let patterns = (!patterns.is_empty())
-            .then(|| RegexSet::new(&patterns).ok())
-            .flatten();
-        Self {
-            exact,
-            patterns,
-            pattern_policy,
-        }
-    }
-
-    /// Indices of the policies that bind to `tool`, in declaration order.
-    pub fn lookup(&self, tool: &ToolId, out: &mut Vec<u32>) {
-        out.clear();
-        if let Some(v) = self.exact.get(tool) {
-            out.extend_from_slice(v);
-        }
-        if let Some(set) = &self.patterns {
-            let key = format!("{}\u{0}{}", tool.source, tool.name);
-            let before = out.len();
-            out.extend(set.matches(&key).iter().map(|m| self.pattern_policy[m]));
-            if before > 0 && out.len() > before {
-                out.sort_unstable();
-            }
-        }
-    }
-}
-
-fn glob(s: &str) -> String {
-    s.split('*')
-        .map(regex::escape)
-        .collect::<Vec<_>>()
-        .join(".*")
 }
 
 /// The compiled form every evaluation reads.

@@ -20,6 +20,7 @@ pub mod model;
 pub mod path;
 pub mod provenance;
 pub mod taint;
+pub mod tool_index;
 
 pub use compile::{CompileError, CompiledPolicies, check_defaults};
 pub use eval::{CallDecision, CallVerdict, EvalContext, ResultDecision, ResultVerdict};

@@ -17,6 +17,20 @@ use crate::ToolId;
 use crate::compile::CompiledPolicies;
 use crate::eval::{EvalContext, ResultDecision, ResultVerdict};
 
+/// A tool result's content as result policies read it: parsed JSON where it is JSON, else a
+/// string. A trait so a caller can parse the content only when a policy must read it: a
+/// verdict found in the [`VerdictCache`] (keyed by the raw bytes) needs no parse.
+pub trait ResultContent: std::fmt::Debug {
+    /// The content.
+    fn value(&self) -> &Value;
+}
+
+impl ResultContent for Value {
+    fn value(&self) -> &Value {
+        self
+    }
+}
+
 /// One tool result of the conversation, in order.
 #[derive(Debug, Clone, Copy)]
 pub struct ResultInput<'a> {
@@ -24,8 +38,8 @@ pub struct ResultInput<'a> {
     pub call_id: &'a str,
     /// The tool that produced it.
     pub tool: &'a ToolId,
-    /// Its content (parsed JSON, or a string).
-    pub content: &'a Value,
+    /// Its content (parsed JSON, or a string), read only on a cache miss.
+    pub content: &'a dyn ResultContent,
     /// Its raw bytes, hashed for the cache.
     pub raw: &'a [u8],
 }
@@ -162,7 +176,9 @@ impl CompiledPolicies {
                 ..*base
             };
             let key = cache.key(self.version, r, &ctx);
-            let d = cache.get_or(key, || self.evaluate_result(r.tool, r.content, &ctx));
+            let d = cache.get_or(key, || {
+                self.evaluate_result(r.tool, r.content.value(), &ctx)
+            });
             if boundary.is_none()
                 && matches!(d.verdict, ResultVerdict::Untrusted | ResultVerdict::Block)
             {

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use serde_json::Value;
-use sluice_policies::taint::{ResultInput, TaintBoundary, VerdictCache};
+use sluice_policies::taint::{ResultContent, ResultInput, TaintBoundary, VerdictCache};
 use sluice_policies::{CallVerdict, CompiledPolicies, EvalContext, ResultVerdict, ToolId};
 
 use crate::approvals::{ApprovalStore, approval_id};
@@ -81,7 +81,7 @@ pub(crate) fn text_of(v: &Value, out: &mut String) {
 fn index_provenance(
     body: &Bytes,
     facts: &RequestFacts,
-    contents: &[Value],
+    contents: &[LazyContent<'_>],
     verdicts: &[&'static str],
     cache: &VerdictCache,
 ) -> (
@@ -102,7 +102,7 @@ fn index_provenance(
     for (i, r) in facts.tool_results.iter().enumerate() {
         let mut t = String::new();
         if let Some(c) = contents.get(i) {
-            text_of(c, &mut t);
+            text_of(c.value(), &mut t);
         }
         let origin = if verdicts.get(i) == Some(&"trusted") {
             Origin::TrustedResult
@@ -206,6 +206,29 @@ pub fn normalise_content(raw: &[u8]) -> Value {
     }
 }
 
+/// A tool result's content, normalised on first read: a verdict found in the cache needs no
+/// parse, and every turn of a conversation repeats its earlier results.
+#[derive(Debug)]
+struct LazyContent<'b> {
+    raw: &'b [u8],
+    parsed: std::cell::OnceCell<Value>,
+}
+
+impl<'b> LazyContent<'b> {
+    fn new(raw: &'b [u8]) -> Self {
+        Self {
+            raw,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl ResultContent for LazyContent<'_> {
+    fn value(&self) -> &Value {
+        self.parsed.get_or_init(|| normalise_content(self.raw))
+    }
+}
+
 /// [`normalise_content`] of content already parsed.
 pub fn normalise_parsed(content: Value) -> Value {
     let text_or_json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s));
@@ -256,7 +279,7 @@ pub fn judge_request(
         .iter()
         .map(|r| r.span.map_or(&b""[..], |(s, e)| &body[s..e]))
         .collect();
-    let contents: Vec<Value> = raws.iter().map(|r| normalise_content(r)).collect();
+    let contents: Vec<LazyContent<'_>> = raws.iter().map(|r| LazyContent::new(r)).collect();
     let inputs: Vec<ResultInput<'_>> = facts
         .tool_results
         .iter()
@@ -307,7 +330,7 @@ pub fn judge_request(
         if verdict == "sanitizing"
             && let Some(span) = r.span
         {
-            let text = match &contents[i] {
+            let text = match contents[i].value() {
                 Value::String(t) => t.clone(),
                 other => other.to_string(),
             };

@@ -7,6 +7,7 @@ pub mod catalogue;
 pub mod config;
 pub mod control_client;
 pub mod conversations;
+pub mod cork;
 pub mod cost;
 pub mod drain;
 pub mod error;

@@ -290,38 +290,12 @@ fn an_upstream_that_takes_no_body_and_never_answers_gets_504_after_the_write_tim
     );
 }
 
-/// `TCP_NODELAY` on each TCP socket of this process whose addresses match `wanted`
-/// (local port, peer port). The sockets are Sluice's own (it runs in this process); each is
-/// reached through a duplicate of its descriptor (`pidfd_getfd`, no `unsafe`).
+/// `TCP_NODELAY` on each of Sluice's TCP sockets whose addresses match `wanted`.
 fn nodelay_of(wanted: impl Fn(u16, u16) -> bool) -> Vec<bool> {
-    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
-    let me = pidfd_open(getpid(), PidfdFlags::empty()).expect("pidfd_open");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
-        let entry = entry.unwrap();
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
-        let Some(n) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !is_socket {
-            continue;
-        }
-        let Ok(fd) = pidfd_getfd(&me, n, PidfdGetfdFlags::empty()) else {
-            continue;
-        };
-        let s = std::net::TcpStream::from(fd);
-        if let (Ok(local), Ok(peer)) = (s.local_addr(), s.peer_addr())
-            && wanted(local.port(), peer.port())
-        {
-            found.push(s.nodelay().unwrap());
-        }
-    }
-    found
+    sockets_of(wanted)
+        .iter()
+        .map(|s| s.nodelay().unwrap())
+        .collect()
 }
 
 #[test]

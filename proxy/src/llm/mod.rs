@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+mod jstr;
 pub mod openai;
 
 use bytes::Bytes;
@@ -200,8 +201,7 @@ pub(crate) fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-/// A borrowed JSON string that may need unescaping.
-pub(crate) type JStr<'a> = std::borrow::Cow<'a, str>;
+pub(crate) use jstr::JStr;
 
 /// Any JSON value, kept raw (not parsed beyond its extent).
 pub(crate) type Raw<'a> = &'a RawValue;
@@ -217,13 +217,13 @@ pub(crate) struct Named<'a> {
 pub(crate) fn names(items: Vec<Named<'_>>) -> Vec<String> {
     items
         .into_iter()
-        .filter_map(|t| t.name.map(std::borrow::Cow::into_owned))
+        .filter_map(|t| t.name.map(JStr::into_owned))
         .collect()
 }
 
 /// An optional borrowed string, owned (empty when absent).
 pub(crate) fn owned(s: Option<JStr<'_>>) -> String {
-    s.map(std::borrow::Cow::into_owned).unwrap_or_default()
+    s.map(JStr::into_owned).unwrap_or_default()
 }
 
 /// Content that may be a string or an array of parts: only its size is needed.

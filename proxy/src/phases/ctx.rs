@@ -99,6 +99,8 @@ pub struct RequestCtx {
     pub refused: bool,
     /// The upstream's Content-Length, kept for a JSON body that cannot be rewritten.
     pub json_fixed_length: Option<usize>,
+    /// True while the client's socket is corked for a response held whole (`cork.rs`).
+    pub corked: bool,
     /// Approvals granted for `require_approval` calls.
     pub approvals: Arc<crate::approvals::ApprovalStore>,
     /// The client's `X-Request-Id`.
@@ -157,6 +159,7 @@ impl RequestCtx {
             gate: super::gate::CallGate::default(),
             refused: false,
             json_fixed_length: None,
+            corked: false,
             approvals: no_approvals(),
             request_id: None,
             key_id: None,

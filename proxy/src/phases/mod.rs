@@ -37,7 +37,7 @@ use crate::error::SluiceError;
 use crate::events::EventSink;
 use crate::live::LiveConfig;
 use crate::upstream_pool::UpstreamKind;
-use ctx::RequestCtx;
+use ctx::{BodyMode, RequestCtx};
 
 /// The Sluice data plane.
 pub struct SluiceProxy {
@@ -393,6 +393,10 @@ impl ProxyHttp for SluiceProxy {
             .map_or(1024 * 1024, |c| c.limits.max_sse_event_bytes);
         let chunked_ok = session.req_header().version != http::Version::HTTP_10;
         response::on_header(upstream_response, ctx, max_event, chunked_ok)?;
+        if matches!(ctx.body_mode, BodyMode::Json { .. }) && ctx.json_fixed_length.is_none() {
+            // Held whole and sent chunked: header, body and last chunk in one packet.
+            ctx.corked = crate::cork::set(session, true);
+        }
         // The response has started: its memory shows in the count from here.
         ctx.memory_reservation = None;
         Ok(())
@@ -475,7 +479,11 @@ impl ProxyHttp for SluiceProxy {
         ctx.error.is_some()
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.corked {
+            // Pingora has written the whole response: let it go as one packet.
+            ctx.corked = !crate::cork::set(session, false);
+        }
         self.emit_record(ctx);
         logging::finish(ctx, e, self.sink.as_ref());
     }

@@ -553,3 +553,43 @@ pub fn assert_upstream_released(
         "{written} bytes taken from the upstream for {what}"
     );
 }
+
+/// Each TCP socket of this process whose addresses match `wanted` (local port, peer port),
+/// as a duplicate of its descriptor (`pidfd_getfd`, no `unsafe`): the proxy runs in the
+/// test's process, so its sockets' options can be read. A socket is listed once however
+/// many descriptors it has (another test's check may hold a duplicate at that moment).
+pub fn sockets_of(wanted: impl Fn(u16, u16) -> bool) -> Vec<std::net::TcpStream> {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+    let me = pidfd_open(getpid(), PidfdFlags::empty()).expect("pidfd_open");
+    let mut seen = std::collections::HashSet::new();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        // `socket:[<inode>]`: the inode names the socket.
+        let Some(inode) = std::fs::read_link(entry.path()).ok().and_then(|l| {
+            l.to_str()
+                .and_then(|l| l.strip_prefix("socket:"))
+                .map(str::to_owned)
+        }) else {
+            continue;
+        };
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fd) = pidfd_getfd(&me, n, PidfdGetfdFlags::empty()) else {
+            continue;
+        };
+        let s = std::net::TcpStream::from(fd);
+        if let (Ok(local), Ok(peer)) = (s.local_addr(), s.peer_addr())
+            && wanted(local.port(), peer.port())
+            && seen.insert(inode)
+        {
+            found.push(s);
+        }
+    }
+    found
+}

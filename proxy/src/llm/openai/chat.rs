@@ -227,7 +227,7 @@ impl ChatStream {
                 if let Some(id) = d.id {
                     if call.id.is_empty() {
                         call.id = id.into_owned();
-                    } else if call.id != id {
+                    } else if *call.id != *id {
                         // Two calls on one index (or a new call without one): the arguments
                         // cannot be told apart, so the call is refused.
                         call.malformed =
