@@ -15,8 +15,9 @@
 //! Counted: the sizes asked for (not the allocator's size classes or its own metadata), so
 //! resident memory runs somewhat above the count; the budget's default leaves room for it.
 //!
-//! This is the workspace's only `unsafe`: implementing [`GlobalAlloc`] is unsafe by
-//! definition. Each method passes its arguments unchanged to the wrapped allocator.
+//! Implementing [`GlobalAlloc`] is unsafe by definition (the workspace allows `unsafe` here
+//! and in one descriptor borrow in `proxy/src/cork.rs`, nowhere else). Each method passes
+//! its arguments unchanged to the wrapped allocator.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;

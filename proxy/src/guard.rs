@@ -2,6 +2,8 @@
 //! request are judged (and replaced when blocked) before anything goes upstream; tool calls
 //! in the response are judged when their arguments are complete.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use serde_json::Value;
@@ -194,7 +196,7 @@ pub fn llm_tool(profile: &Profile, name: &str) -> ToolId {
     {
         return ToolId::new(format!("mcp:{server}"), tool);
     }
-    ToolId::new(format!("profile:{}", profile.name), name)
+    ToolId::new(Arc::clone(&profile.tool_source), name)
 }
 
 /// A result's content as policies see it: JSON strings that hold JSON are parsed, text parts

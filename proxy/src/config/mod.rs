@@ -232,6 +232,9 @@ impl Upstream {
 pub struct Profile {
     /// Its name.
     pub name: Arc<str>,
+    /// `profile:<name>`: the source of its tools as policies select them (made once, not
+    /// per tool call).
+    pub tool_source: Arc<str>,
     /// Upstreams by provider.
     pub upstreams: HashMap<Provider, Arc<Upstream>>,
     /// Owning team, for policy conditions.
@@ -507,6 +510,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
         profiles.insert(
             name.clone(),
             Arc::new(Profile {
+                tool_source: format!("profile:{name}").into(),
                 name,
                 upstreams,
                 team: p.team.map(Into::into),
