@@ -15,9 +15,14 @@ unset SLUICE_OPENAI_BASE_URL SLUICE_ANTHROPIC_BASE_URL SLUICE_GEMINI_BASE_URL
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== unsafe only in sluice-alloc (the workspace denies it; alloc/ allows it on its GlobalAlloc impl)"
-if grep -rn --include='*.rs' 'allow(unsafe_code)' . --exclude-dir=target --exclude-dir=alloc --exclude-dir=.git; then
-  echo "unsafe_code allowed outside alloc/: keep unsafe to the allocator wrapper" >&2
+echo "== unsafe only where allowed (the workspace denies it; alloc/ allows it on its GlobalAlloc impl, proxy/src/cork.rs on one descriptor borrow)"
+if grep -rn --include='*.rs' 'allow(unsafe_code)' . --exclude-dir=target --exclude-dir=alloc --exclude-dir=.git \
+  | grep -v '^\./proxy/src/cork\.rs:'; then
+  echo "unsafe_code allowed outside alloc/ and proxy/src/cork.rs: keep unsafe to those two" >&2
+  exit 1
+fi
+if [ "$(grep -c 'allow(unsafe_code)' proxy/src/cork.rs)" != 1 ]; then
+  echo "proxy/src/cork.rs may allow unsafe_code once (its descriptor borrow)" >&2
   exit 1
 fi
 echo "== cargo clippy"
