@@ -18,6 +18,23 @@ conditions = [{ path = "to", op = "endsWith", value = "@rival.com" }]
 action = "block"
 "#;
 
+/// A chat completion request as raw HTTP/1.1, with one extra header.
+fn chat_request(stream: bool, header: &str) -> String {
+    let body = chat_body(stream, true).to_string();
+    format!(
+        "POST /v1/openai/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{header}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// `TCP_CORK` on Sluice's side of the connection from `client_port`.
+fn corked(proxy_port: u16, client_port: u16) -> Vec<bool> {
+    sockets_of(|local, peer| local == proxy_port && peer == client_port)
+        .iter()
+        .map(|s| rustix::net::sockopt::tcp_cork(s).unwrap())
+        .collect()
+}
+
 /// Pingora flushes a chunked response's header at once, then the chunk, then the last
 /// chunk; the client's socket is corked meanwhile, so all three arrive together (one read
 /// returns the whole response), and uncorked once the response is written, so the next
@@ -26,11 +43,7 @@ action = "block"
 fn a_response_held_whole_arrives_in_one_packet_and_the_socket_is_uncorked_after() {
     let h = Harness::start(POLICED);
     let proxy_port = h.addr().port();
-    let body = chat_body(false, true).to_string();
-    let request = format!(
-        "POST /v1/openai/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-mock-tools: send_email\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = chat_request(false, "x-mock-tools: send_email");
     let (client, first_reads) = h.rt.block_on(async {
         let mut s = TcpStream::connect(h.addr()).await.unwrap();
         let mut first_reads = Vec::new();
@@ -62,25 +75,17 @@ fn a_response_held_whole_arrives_in_one_packet_and_the_socket_is_uncorked_after(
             "one read holds header, body and last chunk: {text}"
         );
     }
-    let corked: Vec<bool> = sockets_of(|local, peer| local == proxy_port && peer == client_port)
-        .iter()
-        .map(|s| rustix::net::sockopt::tcp_cork(s).unwrap())
-        .collect();
+    let after = corked(proxy_port, client_port);
     drop(client);
-    assert_eq!(corked, vec![false], "uncorked after the response");
+    assert_eq!(after, vec![false], "uncorked after the response");
 }
 
-/// A response Sluice passes with the upstream's length is written in one send already and
-/// is never corked: a streamed one must not wait either.
+/// A streamed response is never corked: its events leave as they come.
 #[test]
 fn a_streamed_response_is_not_corked() {
     let h = Harness::start(POLICED);
     let proxy_port = h.addr().port();
-    let body = chat_body(true, true).to_string();
-    let request = format!(
-        "POST /v1/openai/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-mock-chunk-delay-ms: 50000\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = chat_request(true, "x-mock-chunk-delay-ms: 50000");
     let (client, client_port) = h.rt.block_on(async {
         let mut s = TcpStream::connect(h.addr()).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
@@ -95,10 +100,7 @@ fn a_streamed_response_is_not_corked() {
         let port = s.local_addr().unwrap().port();
         (s, port)
     });
-    let corked: Vec<bool> = sockets_of(|local, peer| local == proxy_port && peer == client_port)
-        .iter()
-        .map(|s| rustix::net::sockopt::tcp_cork(s).unwrap())
-        .collect();
+    let during = corked(proxy_port, client_port);
     drop(client);
-    assert_eq!(corked, vec![false]);
+    assert_eq!(during, vec![false]);
 }
