@@ -126,7 +126,8 @@ class Cluster:
     def add_proxy(self, token, extra_env=None):
         data = os.path.join(self.dir, f"proxy-{len(self.proxies)}")
         env = dict(self.base_env, SLUICE_MASTER_KEY=self.master, SLUICE_OPENAI_BASE_URL=self.mock_url + "/v1",
-                   SLUICE_ANTHROPIC_BASE_URL=self.mock_url, SLUICE_GEMINI_BASE_URL=self.mock_url, **(extra_env or {}))
+                   SLUICE_ANTHROPIC_BASE_URL=self.mock_url, SLUICE_GEMINI_BASE_URL=self.mock_url)
+        env.update(extra_env or {})
         p = Process(["proxy", "--control", "http://" + self.control_addr, "--token", token, "--data-dir", data,
                      "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], env, "SLUICE_PROXY_READY", self.dir)
         p.data_dir = data

@@ -101,6 +101,8 @@ pub struct RequestCtx {
     pub json_fixed_length: Option<usize>,
     /// True while the client's socket is corked for a response held whole (`cork.rs`).
     pub corked: bool,
+    /// The upstream socket, corked until the prepared body is written (`cork.rs`).
+    pub upstream_cork: Option<crate::cork::UpstreamCork>,
     /// Approvals granted for `require_approval` calls.
     pub approvals: Arc<crate::approvals::ApprovalStore>,
     /// The client's `X-Request-Id`.
@@ -160,6 +162,7 @@ impl RequestCtx {
             refused: false,
             json_fixed_length: None,
             corked: false,
+            upstream_cork: None,
             approvals: no_approvals(),
             request_id: None,
             key_id: None,

@@ -338,7 +338,7 @@ impl ProxyHttp for SluiceProxy {
         _session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
@@ -346,6 +346,16 @@ impl ProxyHttp for SluiceProxy {
         if let (Some(c), Some(r)) = (&self.upstream_conns, &ctx.route) {
             // A retry's new connection replaces (and so releases) the one before.
             ctx.upstream_in_use = Some(c.taken(UpstreamKind::Llm(r.provider), reused));
+        }
+        let http1 = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.profile.upstreams.get(&r.provider))
+            .is_some_and(|up| !up.http2);
+        if ctx.prepared_body.is_some() && http1 {
+            // Header and body leave as one segment (`cork.rs`); a retry's new connection
+            // replaces (and so uncorks) the one before.
+            ctx.upstream_cork = crate::cork::UpstreamCork::new(fd);
         }
         Ok(())
     }
@@ -370,6 +380,9 @@ impl ProxyHttp for SluiceProxy {
             // Read and inspected in request_filter (`body_first.rs`); Pingora hands over its
             // copy, once (again only if it retries on a new connection).
             *body = Some(prepared.clone());
+            if let Some(c) = ctx.upstream_cork.take() {
+                c.release_soon();
+            }
             return Ok(());
         }
         if let (Some(c), Some(chunk), false) = (&ctx.config, body.as_ref(), end_of_stream) {
