@@ -9,9 +9,11 @@ plane of its own: virtual key, 100 policies, usage journal, metrics, tracing at 
 Servers on core 0, load generator (and the control planes) on core 1. For example:
   python3 scripts/bench_env.py --env SLUICE_ALLOW_THP=1              # transparent huge pages
   python3 scripts/bench_env.py --env SLUICE_LISTENER_READ_BUFFER_BYTES=65536
+  python3 scripts/bench_env.py --env SLUICE_LISTENER_WRITE_BUFFER_BYTES=1460 --words 500
   python3 scripts/bench_env.py --binary /tmp/sluice-before --full    # a change, before/after
 Usage: python3 scripts/bench_env.py (--env NAME=VALUE [--base NAME=VALUE] | --binary PATH)
-                                    [--full] [--scenario json|tools] [--seconds 4] [--reps 7]
+                                    [--full] [--scenario json|tools] [--words 110]
+                                    [--seconds 4] [--reps 7]
 """
 import argparse
 import datetime
@@ -70,6 +72,8 @@ def main():
     ap.add_argument("--binary", help="the variant is this sluice binary (the baseline: this tree's build)")
     ap.add_argument("--full", action="store_true", help="both as bench.py's full inspection")
     ap.add_argument("--scenario", default="json", choices=("json", "tools"))
+    ap.add_argument("--words", type=int, default=110,
+                    help="words in each JSON answer (110: bench.py's 1 KB response; 500: ~3.5 KB)")
     args = ap.parse_args()
     if bool(args.env) == bool(args.binary):
         ap.error("give --env NAME=VALUE or --binary PATH")
@@ -104,7 +108,7 @@ def main():
                 hdr = ["content-type: application/json", f"authorization: Bearer {key}"]
                 body = TOOLS_CHAT if args.scenario == "tools" else CHAT
                 if args.scenario == "json":
-                    hdr.append("x-mock-words: 110")
+                    hdr.append(f"x-mock-words: {args.words}")
                 c0 = cpu_seconds([pid])
                 r = loadgen(url, json.dumps(body), hdr, 32, args.seconds, label=name)
                 cpu = (cpu_seconds([pid]) - c0) * 1e6 / max(r["requests"], 1)
@@ -115,6 +119,7 @@ def main():
         what = f"--env {args.env}" + (f" --base {args.base}" if args.base else "") if args.env else f"--binary {args.binary}"
         print(f"Command: `python3 scripts/bench_env.py {what}" + (" --full" if args.full else "")
               + (f" --scenario {args.scenario}" if args.scenario != "json" else "")
+              + (f" --words {args.words}" if args.words != 110 else "")
               + f" --seconds {args.seconds:g} --reps {args.reps}`\n")
         print("| target | req/s (median) | Sluice CPU µs/req (median) |\n|---|---:|---:|")
         for name, rows in results.items():

@@ -225,9 +225,27 @@ fn spawn_runtime(
 /// quarter of the proxy's memory per stream; with none at all, a request takes more reads
 /// (11% fewer requests/s). 4 KiB holds a typical request in one read (docs/benchmarks.md).
 fn listener_read_buffer(get: impl Fn(&str) -> Option<String>) -> std::io::Result<usize> {
-    const NAME: &str = "SLUICE_LISTENER_READ_BUFFER_BYTES";
-    match get(NAME) {
-        None => Ok(4096),
+    listener_buffer("SLUICE_LISTENER_READ_BUFFER_BYTES", 4096, get)
+}
+
+/// The write buffer Pingora puts in front of each accepted client connection:
+/// `SLUICE_LISTENER_WRITE_BUFFER_BYTES`, 16 KiB by default. Pingora's own default is 1,460
+/// bytes (one Ethernet segment), and a write that does not fit beside what is buffered
+/// first sends that on its own: a response header went out alone before any body over ~1 KB,
+/// and a held tool-call response as header, body and last chunk. Up to the buffer's size,
+/// header and body now leave in one write. It is filled only as far as a response's writes
+/// reach (not zeroed up front), so idle and streaming connections cost little more.
+fn listener_write_buffer(get: impl Fn(&str) -> Option<String>) -> std::io::Result<usize> {
+    listener_buffer("SLUICE_LISTENER_WRITE_BUFFER_BYTES", 16 * 1024, get)
+}
+
+fn listener_buffer(
+    name: &str,
+    default: usize,
+    get: impl Fn(&str) -> Option<String>,
+) -> std::io::Result<usize> {
+    match get(name) {
+        None => Ok(default),
         Some(v) => v
             .trim()
             .parse::<usize>()
@@ -236,7 +254,7 @@ fn listener_read_buffer(get: impl Fn(&str) -> Option<String>) -> std::io::Result
             .ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("{NAME} must be a number of bytes from 0 to 1048576, not {v:?}"),
+                    format!("{name} must be a number of bytes from 0 to 1048576, not {v:?}"),
                 )
             }),
     }
@@ -267,6 +285,7 @@ pub fn start(
     admin: Option<Listen>,
 ) -> std::io::Result<RunningProxy> {
     let read_buffer = listener_read_buffer(|k| std::env::var(k).ok())?;
+    let write_buffer = listener_write_buffer(|k| std::env::var(k).ok())?;
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_addrs = Vec::new();
     let proxy_addr = proxy.into().hand_over(&fds, &mut proxy_addrs)?;
@@ -332,7 +351,7 @@ pub fn start(
     for a in &proxy_addrs {
         proxy_svc.add_listener(
             ListenerConfig::tcp(a.as_str())
-                .l4_buffer(L4BufferSettings::default().read(read_buffer)),
+                .l4_buffer(L4BufferSettings::new(read_buffer, write_buffer)),
         );
     }
     let mut services: Vec<BoxedService> = vec![Box::new(proxy_svc)];
@@ -402,6 +421,18 @@ mod tests {
         assert!(
             err.contains("SLUICE_H2C must be 1 (or true) or 0 (or false)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_listener_write_buffer_is_16_kib_unless_set_and_bounded() {
+        let env = |v: Option<&'static str>| move |_: &str| v.map(str::to_owned);
+        assert_eq!(listener_write_buffer(env(None)).unwrap(), 16 * 1024);
+        assert_eq!(listener_write_buffer(env(Some("1460"))).unwrap(), 1460);
+        let e = listener_write_buffer(env(Some("2000000"))).unwrap_err();
+        assert!(
+            e.to_string().contains("SLUICE_LISTENER_WRITE_BUFFER_BYTES"),
+            "{e}"
         );
     }
 

@@ -1,10 +1,17 @@
-"""A request Sluice has read whole reaches the provider as one TCP segment (proxy/src/cork.rs).
+"""What the sockets on either side of Sluice see: a request and a response each leave as one
+TCP segment where Pingora alone would send two.
 
-Pingora's HTTP/1 client sends a request's header and then its body: two segments, two
-wake-ups of the provider. Sluice holds small bodies whole before it connects, so it corks the
-upstream socket until the body is written. The provider here is a plain socket server that
-counts, through the kernel's TCP_INFO, the data segments each request arrived in; the client
-is the official OpenAI SDK, through a proxy fed by the control plane."""
+Upstream: Pingora's HTTP/1 client sends a request's header and then its body, two segments
+and two wake-ups of the provider. Sluice holds small bodies whole before it connects, so it
+corks the upstream socket until the body is written (proxy/src/cork.rs).
+
+Client side: Pingora flushes a response header on its own when the body would not fit beside
+it in the connection's write buffer (1,460 bytes by default); Sluice's 16 KiB buffer
+(`SLUICE_LISTENER_WRITE_BUFFER_BYTES`) sends a JSON response of a few KB in one write.
+
+The provider is a plain socket server; both ends count, through the kernel's TCP_INFO, the
+data segments each message arrived in."""
+import http.client
 import json
 import socket
 import struct
@@ -17,12 +24,15 @@ from cluster import Cluster
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in, data segments received, since Linux 4.6.
 TCPI_DATA_SEGS_IN = 152
 
-CHAT = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o",
-    "choices": [{"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": "hello"}}],
-    "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
-}
+
+
+def chat(content):
+    return {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
+    }
 
 
 def data_segments_in(conn):
@@ -31,10 +41,12 @@ def data_segments_in(conn):
 
 
 class SegmentCountingProvider:
-    """Answers every HTTP/1.1 request with one chat completion, keeping the connection open,
-    and records (request line, body, data segments the request arrived in)."""
+    """Answers every HTTP/1.1 request with one chat completion whose content is `content`,
+    keeping the connection open, and records (request line, body, data segments the request
+    arrived in)."""
 
-    def __init__(self):
+    def __init__(self, content="hello"):
+        self.content = content
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = "http://127.0.0.1:%d/v1" % self.listener.getsockname()[1]
         self.requests = []
@@ -71,7 +83,7 @@ class SegmentCountingProvider:
                 now = data_segments_in(conn)
                 self.requests.append((lines[0], body, now - counted))
                 counted = now
-                answer = json.dumps(CHAT).encode()
+                answer = json.dumps(chat(self.content)).encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
 
@@ -79,13 +91,18 @@ class SegmentCountingProvider:
         self.listener.close()
 
 
+def start(provider):
+    c = Cluster()
+    c.create("/profiles", {"name": "packets", "require_virtual_key": False, "openai": {}})
+    p = c.add_proxy(c.proxy_token(), {"SLUICE_OPENAI_BASE_URL": provider.url})
+    c.wait_version(p, c.latest_version())
+    return c, p
+
+
 def test_a_request_read_whole_reaches_the_provider_in_one_segment():
     provider = SegmentCountingProvider()
-    c = Cluster()
+    c, p = start(provider)
     try:
-        c.create("/profiles", {"name": "packets", "require_virtual_key": False, "openai": {}})
-        p = c.add_proxy(c.proxy_token(), {"SLUICE_OPENAI_BASE_URL": provider.url})
-        c.wait_version(p, c.latest_version())
         client = openai.OpenAI(base_url=f"http://{p.info['proxy']}/v1/openai/packets", api_key="sk-test",
                                max_retries=0)
         for i in range(3):
@@ -98,6 +115,32 @@ def test_a_request_read_whole_reaches_the_provider_in_one_segment():
             assert json.loads(body)["messages"][0]["content"].startswith(f"question {i} ")
             # Header and body together: two segments when the header goes first on its own.
             assert segments == 1, (i, segments)
+    finally:
+        c.stop()
+        provider.close()
+
+
+def test_a_json_response_of_a_few_kb_reaches_the_client_in_one_segment():
+    answer = "".join(f"word{i} " for i in range(600))  # ~4.7 KB: three times Pingora's buffer
+    provider = SegmentCountingProvider(answer)
+    c, p = start(provider)
+    try:
+        host, port = p.info["proxy"].rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        counted = 0
+        for i in range(3):
+            conn.request("POST", "/v1/openai/packets/chat/completions", body,
+                         {"content-type": "application/json"})
+            r = conn.getresponse()
+            got = json.loads(r.read())
+            assert r.status == 200 and got["choices"][0]["message"]["content"] == answer
+            assert r.getheader("content-length") is not None  # not chunked: one write
+            now = data_segments_in(conn.sock)
+            # Header and body together: two segments when the header goes first on its own.
+            assert now - counted == 1, (i, now - counted)
+            counted = now
+        conn.close()
     finally:
         c.stop()
         provider.close()
