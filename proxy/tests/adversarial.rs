@@ -224,13 +224,8 @@ fn over_the_memory_budget_new_requests_get_503_and_running_streams_finish() {
             body.len()
         );
         stream.write_all(req.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
+        let mut got = read_until(&mut stream, "before").await;
         let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("before") {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
 
         let env = Environment {
             openai_base_url: Some(h.mock.openai_base()),

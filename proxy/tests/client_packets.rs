@@ -90,13 +90,7 @@ fn a_streamed_response_is_not_corked() {
         let mut s = TcpStream::connect(h.addr()).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         // The header arrives while the stream is still open.
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before the header");
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut s, "\r\n\r\n").await;
         let port = s.local_addr().unwrap().port();
         (s, port)
     });

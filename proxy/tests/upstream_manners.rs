@@ -330,13 +330,7 @@ fn r39_sluice_sets_tcp_nodelay_on_its_client_and_upstream_sockets() {
         );
         s.write_all(req.as_bytes()).await.unwrap();
         // The first event has passed through: both of Sluice's sockets exist.
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("\"hi\"") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before the first event");
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut s, "\"hi\"").await;
         s
     });
     let client_port = client.local_addr().unwrap().port();

@@ -212,6 +212,19 @@ pub async fn trickle_body_until_answered(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// Reads from `s` until what arrived contains `marker` (a connection still open: a header,
+/// an event); panics if the server closes first.
+pub async fn read_until(s: &mut TcpStream, marker: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(marker) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before {marker:?} arrived");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// Reads a response until the server closes or the body ends.
 pub async fn read_response(s: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
