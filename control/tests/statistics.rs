@@ -1,5 +1,6 @@
 //! `GET /usage/statistics`: sums by group and time bucket over shipped usage, on SQLite and
-//! PostgreSQL, scoped like the call logs.
+//! PostgreSQL, scoped like the call logs; and batches larger than one insert statement
+//! store each record once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -108,5 +109,69 @@ async fn statistics_sum_by_group_and_bucket() {
             let (s, e) = api.get(&format!("/usage/statistics?{bad}")).await;
             assert_eq!(s, 400, "{engine} {bad}: {e}");
         }
+    }
+}
+
+#[tokio::test]
+async fn batches_across_insert_statements_store_each_record_once() {
+    for (engine, url, _dir) in stores().await {
+        let c = control(&url).await;
+        let api = Api::new(c.addr, Some(ADMIN_KEY));
+        api.create("/profiles", json!({"name": "pay"})).await;
+        let t0 = 1_795_600_000_000;
+        let batch = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Value> {
+            seqs.map(|s| {
+                let mut r = rec(s, t0 + s as i64, "pay", "gpt-4o", 10, 1);
+                if s == 130 {
+                    r["tool_calls"] = json!(["found_in_traffic"]);
+                }
+                r
+            })
+            .collect()
+        };
+        // 150 records (three statements' worth), one of them twice: the first copy counts.
+        let mut first = batch(1..=150);
+        first.insert(100, rec(70, t0, "pay", "gpt-4o", 999_999, 1));
+        let (s, ack) = api
+            .post(
+                "/usage/batches",
+                json!({"proxy_id": "px", "records": first}),
+            )
+            .await;
+        assert_eq!(s, 200, "{engine}: {ack}");
+        assert_eq!(
+            (ack["acked_seq"].as_u64(), ack["inserted"].as_u64()),
+            (Some(150), Some(150)),
+            "{engine}"
+        );
+        // A resend overlapping the stored half: only the new 70 are inserted.
+        let (_, ack) = api
+            .post(
+                "/usage/batches",
+                json!({"proxy_id": "px", "records": batch(81..=220)}),
+            )
+            .await;
+        assert_eq!(
+            (ack["acked_seq"].as_u64(), ack["inserted"].as_u64()),
+            (Some(220), Some(70)),
+            "{engine}"
+        );
+        let (_, all) = api.get("/usage/statistics").await;
+        assert_eq!(
+            (
+                all["rows"][0]["requests"].clone(),
+                all["rows"][0]["input_tokens"].clone()
+            ),
+            (json!(220), json!(2200)),
+            "{engine}"
+        );
+        let (_, tools) = api.get("/tools?limit=500").await;
+        let found = tools["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] == "found_in_traffic")
+            .count();
+        assert_eq!(found, 1, "{engine}: {tools}");
     }
 }
