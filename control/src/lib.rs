@@ -23,4 +23,5 @@ pub mod state;
 pub mod statistics;
 pub mod store;
 pub mod usage;
+mod usage_llm;
 pub mod usage_mcp;
