@@ -9,9 +9,9 @@ use crate::store::Engine;
 use crate::usage::i;
 
 /// Rows per multi-row `INSERT` into `llm_calls`: 64 × 33 binds stays far below SQLite's
-/// (32,766) and PostgreSQL's (65,535) limits. A statement per record cost 17.7 µs of
+/// (32,766) and PostgreSQL's (65,535) limits. A statement per record cost 17.2 µs of
 /// control-plane CPU per record (a hand-off to sqlx's SQLite thread and back each); 64 per
-/// statement, 6.7 µs (`scripts/bench_ingest.py`, docs/benchmarks.md).
+/// statement, 5.9 µs (`scripts/bench_ingest.py`, docs/benchmarks.md).
 pub(crate) const LLM_ROWS_PER_INSERT: usize = 64;
 
 const LLM_COLUMNS: [&str; 33] = [
