@@ -206,13 +206,14 @@ def admin(api, method, path, body=None):
         return json.loads(r.read() or b"null")
 
 
-def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"), binary=SLUICE):
+def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"), binary=SLUICE, setup=None):
     """Sluice as deployed with everything on: a control plane (SQLite) holding a profile, a
     virtual key and the 100 policies; a proxy fed by it (usage journal shipped back),
     Prometheus metrics, and tracing at sampling 1.0 to an OTLP/HTTP sink. The proxy on core
     0; the control plane and the sink, which run on other machines in a deployment, on core
     1. The proxy's command line starts with `wrap` (a profiler, say); `binary` is the sluice
-    both run (another build, for an A/B). Returns (port, the proxy's pid, virtual key)."""
+    both run (another build, for an A/B); `setup(admin_api_url, profile)` adds to the
+    configuration before the proxy starts. Returns (port, the proxy's pid, virtual key)."""
     env = dict(os.environ, SLUICE_LOG="error", SLUICE_MASTER_KEY="ab" * 32, SLUICE_ADMIN_KEY=ADMIN_KEY)
     for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT"):
         env.pop(k, None)
@@ -227,6 +228,8 @@ def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"),
     key = admin(api, "POST", "/virtual-keys", {"name": "bench", "profile_id": prof["id"]})["key"]
     for kind, pol in hundred_policies_list():
         admin(api, "POST", f"/policies/{kind}", pol)
+    if setup:
+        setup(api, prof)
     role = next(r["id"] for r in admin(api, "GET", "/roles")["items"] if r["name"] == "proxy")
     member = admin(api, "POST", "/members", {"name": "proxy", "email": "proxy@example.com", "role_id": role})
     token = admin(api, "POST", "/admin-keys", {"member_id": member["id"], "name": "proxy"})["key"]

@@ -4,9 +4,12 @@ full inspection (scripts/bench.py's "full inspection": control-plane-fed, 100 po
 usage journal, metrics, tracing) serves 1 KB JSON chat completions at a fixed rate and
 ships its journal. Two builds side by side, interleaved: `--binary` (say, the build before
 a change) and this tree's release build, each with a control plane (SQLite) of its own.
+With `--limit`, the profile also has a spend limit (a day's window, a cap never reached), so
+every record is counted against it at the control plane (and the proxies take leases).
 Proxies and the mock on core 0, load generator and control planes on core 1. For example:
   python3 scripts/bench_ingest.py --binary /tmp/sluice-before
-Usage: python3 scripts/bench_ingest.py --binary PATH [--rate 11500] [--seconds 5] [--reps 3]
+Usage: python3 scripts/bench_ingest.py --binary PATH [--limit] [--rate 11500] [--seconds 5]
+                                       [--reps 3]
 """
 import argparse
 import datetime
@@ -20,7 +23,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, loadgen, machine, start_full, start_mock, stop  # noqa: E402
+from bench import (CHAT, SLUICE, admin, cpu_seconds, free_port, loadgen, machine, start_full, start_mock,  # noqa: E402
+                   stop)
 
 
 def settled(pids, step=0.25, limit=15.0):
@@ -36,9 +40,16 @@ def settled(pids, step=0.25, limit=15.0):
     return last
 
 
+def spend_limit(api, profile):
+    """A day's spend limit on `profile` that the run never reaches."""
+    admin(api, "POST", "/limits", {"name": "bench", "window": "day", "max_cost_usd": 1e9,
+                                   "scope": "profile", "target": profile["id"]})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True, help="the other build (before a change)")
+    ap.add_argument("--limit", action="store_true", help="a spend limit on the profile")
     ap.add_argument("--rate", type=float, default=11500)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--reps", type=int, default=3)
@@ -51,7 +62,8 @@ def main():
         for name, binary in builds.items():
             os.makedirs(os.path.join(tmp, str(len(targets))))
             before = len(procs)
-            port, _, key = start_full(procs, os.path.join(tmp, str(len(targets))), mock, free_port(), binary=binary)
+            port, _, key = start_full(procs, os.path.join(tmp, str(len(targets))), mock, free_port(), binary=binary,
+                                      setup=spend_limit if args.limit else None)
             control = next(p.pid for p in procs[before:] if "control" in p.args)
             url = f"http://127.0.0.1:{port}/v1/openai/chat/completions"
             targets[name] = (url, [f"authorization: Bearer {key}"], control)

@@ -80,45 +80,71 @@ async fn all_terms(state: &AppState) -> Result<HashMap<String, Terms>, ApiError>
         .collect())
 }
 
-/// At ingestion: adds a record's cost to the limits it was counted in (once per record:
-/// the caller calls this only when the record's row was new).
-pub(crate) async fn count(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    limits: &HashMap<String, (String, Window)>,
-    proxy_id: &str,
-    r: &UsageRecord,
-) -> Result<(), ApiError> {
-    let cost = r.cost_micros.unwrap_or(0).max(0);
-    let tokens = i(r
-        .input_tokens
-        .saturating_add(r.output_tokens)
-        .saturating_add(r.cache_read_tokens)
-        .saturating_add(r.cache_write_tokens));
-    let holder = r.holder.as_deref().unwrap_or(proxy_id);
-    for id in &r.limits {
-        let Some((key, window)) = limits.get(id) else {
-            continue;
-        };
-        sqlx::query(
-            "INSERT INTO limit_usage (limit_id, window_key, holder, bucket_start, cost_micros, tokens) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (limit_id, window_key, holder, bucket_start) DO UPDATE SET \
-             cost_micros = limit_usage.cost_micros + excluded.cost_micros, \
-             tokens = limit_usage.tokens + excluded.tokens",
-        )
-        .bind(id)
-        .bind(key)
-        .bind(holder)
-        .bind(window.bucket_start(r.ts_ms))
-        .bind(cost)
-        .bind(tokens)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+/// At ingestion: the spend of a batch's new records, summed per (limit, window, holder,
+/// bucket), so that the batch costs one upsert per sum rather than one per record and
+/// limit; written in key order, so that racing batches take their row locks in one order.
+#[derive(Default)]
+pub(crate) struct Tally<'a> {
+    sums: std::collections::BTreeMap<(&'a str, &'a str, &'a str, i64), (i64, i64)>,
 }
 
-/// The limits' windows, for [`count`].
+impl<'a> Tally<'a> {
+    /// Adds a record's cost to the limits it was counted in (once per record: the caller
+    /// adds only records whose row was new).
+    pub(crate) fn add(
+        &mut self,
+        limits: &'a HashMap<String, (String, Window)>,
+        proxy_id: &'a str,
+        r: &'a UsageRecord,
+    ) {
+        let cost = r.cost_micros.unwrap_or(0).max(0);
+        let tokens = i(r
+            .input_tokens
+            .saturating_add(r.output_tokens)
+            .saturating_add(r.cache_read_tokens)
+            .saturating_add(r.cache_write_tokens));
+        let holder = r.holder.as_deref().unwrap_or(proxy_id);
+        for id in &r.limits {
+            let Some((id, (key, window))) = limits.get_key_value(id) else {
+                continue;
+            };
+            let bucket = window.bucket_start(r.ts_ms);
+            let sum = self
+                .sums
+                .entry((id.as_str(), key.as_str(), holder, bucket))
+                .or_default();
+            sum.0 = sum.0.saturating_add(cost);
+            sum.1 = sum.1.saturating_add(tokens);
+        }
+    }
+
+    /// Adds the sums to `limit_usage`.
+    pub(crate) async fn write(
+        self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), ApiError> {
+        for ((id, key, holder, bucket), (cost, tokens)) in self.sums {
+            sqlx::query(
+                "INSERT INTO limit_usage (limit_id, window_key, holder, bucket_start, cost_micros, tokens) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (limit_id, window_key, holder, bucket_start) DO UPDATE SET \
+                 cost_micros = limit_usage.cost_micros + excluded.cost_micros, \
+                 tokens = limit_usage.tokens + excluded.tokens",
+            )
+            .bind(id)
+            .bind(key)
+            .bind(holder)
+            .bind(bucket)
+            .bind(cost)
+            .bind(tokens)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The limits' windows, for [`Tally`].
 pub(crate) async fn windows(
     state: &AppState,
 ) -> Result<HashMap<String, (String, Window)>, ApiError> {

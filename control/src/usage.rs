@@ -103,6 +103,7 @@ pub async fn ingest(
     // Tools seen in traffic join the catalogue as discovered: once per name and batch (the
     // insert is idempotent, so a resent batch adds nothing).
     let mut discovered = std::collections::BTreeSet::new();
+    let mut spend = crate::leases::Tally::default();
     for rows in llm.chunks(LLM_ROWS_PER_INSERT) {
         // Only records counted against limits need to know which of them were new.
         let limited = rows.iter().any(|r| !r.limits.is_empty());
@@ -120,7 +121,7 @@ pub async fn ingest(
             .iter()
             .filter(|r| !r.limits.is_empty() && new_seqs.contains(&r.seq))
         {
-            crate::leases::count(&mut tx, &windows, &batch.proxy_id, r).await?;
+            spend.add(&windows, &batch.proxy_id, r);
         }
         for r in rows {
             if let Some(org) = profile_orgs.get(&r.profile) {
@@ -130,6 +131,7 @@ pub async fn ingest(
             }
         }
     }
+    spend.write(&mut tx).await?;
     for (org, profile, name) in discovered {
         let body = serde_json::json!({"source": format!("profile:{profile}"),
             "name": name, "origin": "discovered"});

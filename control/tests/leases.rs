@@ -1,6 +1,6 @@
 //! Spend limits across replicas, at the control plane, on SQLite and PostgreSQL: the
 //! authoritative spend added up from journals (once per record, in the period the record
-//! belongs to, however the batches race) and the leases granted against it (never more,
+//! belongs to, however the batches race or however many records one batch holds) and the leases granted against it (never more,
 //! together, than the cap).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -96,6 +96,71 @@ async fn a_rollover_under_fifty_racing_batches_loses_nothing_and_counts_nothing_
         let (prev_start, prev_end) = berlin.period(midnight - 1).unwrap();
         assert_eq!(prev_end, midnight);
         assert_eq!(period_sum(&c, &id, prev_start).await, before, "{engine}");
+        c.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_summed_per_period_and_holder_and_a_resent_overlap_counts_nothing() {
+    for (engine, url, _dir) in stores().await {
+        let c = control(&url).await;
+        let api = Api::new(c.addr, Some(ADMIN_KEY));
+        let id = profile_limit(
+            &api,
+            json!({"window": "day", "time_zone": "Europe/Berlin", "max_cost_usd": 100.0}),
+        )
+        .await;
+        let (_, standing) = api.get(&format!("/limits/{id}/standing")).await;
+        let midnight = standing["window_start"].as_i64().unwrap();
+        // Odd records settle before midnight, even ones after; every third is another holder's.
+        let ts = |i: u64| {
+            if i % 2 == 0 {
+                midnight + i as i64
+            } else {
+                midnight - i as i64
+            }
+        };
+        let batch = |seqs: std::ops::RangeInclusive<u64>| -> Value {
+            let records: Vec<Value> = seqs
+                .map(|i| {
+                    let holder = if i % 3 == 0 { "holder-b" } else { "holder-a" };
+                    rec(i, ts(i), holder, &id, 1000 + i as i64)
+                })
+                .collect();
+            json!({"proxy_id": "px", "records": records})
+        };
+        let (s, ack) = api.post("/usage/batches", batch(1..=150)).await;
+        assert_eq!(
+            (s, ack["inserted"].as_u64()),
+            (200, Some(150)),
+            "{engine}: {ack}"
+        );
+        let (_, ack) = api.post("/usage/batches", batch(101..=200)).await;
+        assert_eq!(ack["inserted"].as_u64(), Some(50), "{engine}: {ack}");
+        let sum = |after: bool| -> i64 {
+            (1..=200i64)
+                .filter(|i| (i % 2 == 0) == after)
+                .map(|i| 1000 + i)
+                .sum()
+        };
+        assert_eq!(period_sum(&c, &id, midnight).await, sum(true), "{engine}");
+        let berlin = sluice_policies::limits::Window::parse("day", Some("Europe/Berlin")).unwrap();
+        let (prev_start, _) = berlin.period(midnight - 1).unwrap();
+        assert_eq!(
+            period_sum(&c, &id, prev_start).await,
+            sum(false),
+            "{engine}"
+        );
+        let holders: i64 = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM limit_usage WHERE limit_id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&c.state.db.pool)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+        assert_eq!(holders, 4, "{engine}: two periods × two holders");
         c.task.abort();
     }
 }
