@@ -114,7 +114,7 @@ async fn a_batch_is_summed_per_period_and_holder_and_a_resent_overlap_counts_not
         let midnight = standing["window_start"].as_i64().unwrap();
         // Odd records settle before midnight, even ones after; every third is another holder's.
         let ts = |i: u64| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 midnight + i as i64
             } else {
                 midnight - i as i64
@@ -123,7 +123,11 @@ async fn a_batch_is_summed_per_period_and_holder_and_a_resent_overlap_counts_not
         let batch = |seqs: std::ops::RangeInclusive<u64>| -> Value {
             let records: Vec<Value> = seqs
                 .map(|i| {
-                    let holder = if i % 3 == 0 { "holder-b" } else { "holder-a" };
+                    let holder = if i.is_multiple_of(3) {
+                        "holder-b"
+                    } else {
+                        "holder-a"
+                    };
                     rec(i, ts(i), holder, &id, 1000 + i as i64)
                 })
                 .collect();
