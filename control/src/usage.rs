@@ -1,6 +1,8 @@
 //! Usage and audit: the proxies' journals arrive here in batches and are inserted once per
 //! (proxy id, sequence); admins search them as call logs and sum them.
 
+use std::collections::HashSet;
+
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
@@ -80,25 +82,21 @@ pub async fn ingest(
         acked = acked.max(r.seq);
     }
     // A resent batch, or a record twice in one batch, inserts once: the first copy wins.
-    let mut seen = std::collections::HashSet::with_capacity(batch.records.len());
-    let llm: Vec<&UsageRecord> = batch
-        .records
-        .iter()
-        .filter(|r| r.mcp.is_none() && seen.insert(r.seq))
-        .collect();
+    let (mut seen_llm, mut seen_mcp) = (HashSet::new(), HashSet::new());
+    let (mut llm, mut mcp) = (Vec::new(), Vec::new());
+    for r in &batch.records {
+        match &r.mcp {
+            None if seen_llm.insert(r.seq) => llm.push(r),
+            Some(m) if seen_mcp.insert(r.seq) => mcp.push((r, m)),
+            _ => {}
+        }
+    }
     let mut tx = state.db.pool.begin().await?;
     let mut inserted = 0u64;
-    for r in &batch.records {
-        if let Some(m) = &r.mcp {
-            inserted += crate::usage_mcp::insert(
-                &mut tx,
-                &batch.proxy_id,
-                r,
-                m,
-                profile_orgs.get(&r.profile),
-            )
-            .await?;
-        }
+    for rows in mcp.chunks(LLM_ROWS_PER_INSERT) {
+        let engine = state.db.engine;
+        inserted +=
+            crate::usage_mcp::insert(engine, &mut tx, &batch.proxy_id, rows, &profile_orgs).await?;
     }
     // Tools seen in traffic join the catalogue as discovered: once per name and batch (the
     // insert is idempotent, so a resent batch adds nothing).

@@ -1,5 +1,6 @@
 //! Shipped LLM records into `llm_calls`, many rows per statement: once per (proxy id,
-//! sequence), the new rows' sequences returned when the caller must know them.
+//! sequence), the new rows' sequences returned when the caller must know them. The
+//! statement's text is shared with `mcp_calls`.
 
 use sluice_proxy::journal::UsageRecord;
 use sqlx::Row;
@@ -8,7 +9,7 @@ use crate::error::ApiError;
 use crate::store::Engine;
 use crate::usage::i;
 
-/// Rows per multi-row `INSERT` into `llm_calls`: 64 × 33 binds stays far below SQLite's
+/// Rows per multi-row `INSERT` into `llm_calls` (and `mcp_calls`): 64 × 33 binds stays far below SQLite's
 /// (32,766) and PostgreSQL's (65,535) limits. A statement per record cost 17.2 µs of
 /// control-plane CPU per record (a hand-off to sqlx's SQLite thread and back each); 64 per
 /// statement, 5.9 µs (`scripts/bench_ingest.py`, docs/benchmarks.md).
@@ -50,13 +51,20 @@ const LLM_COLUMNS: [&str; 33] = [
     "toon_savings_micros",
 ];
 
-/// The statement inserting `rows` rows (each new one returning its `seq` if `returning`).
-/// SQLite gets anonymous `?` parameters: it looks a numbered one's name up in a list, once
-/// per bind, which made 2,112 of them cost 70 µs of CPU per record.
-fn llm_insert_sql(engine: Engine, rows: usize, returning: bool) -> String {
+/// An `INSERT` of `rows` rows of `columns` into `table`, once per (proxy id, sequence), each
+/// new row returning its `seq` if `returning`. SQLite gets anonymous `?` parameters: it
+/// looks a numbered one's name up in a list, once per bind, which made 2,112 of them cost
+/// 70 µs of CPU per record.
+pub(crate) fn multi_row_insert(
+    engine: Engine,
+    table: &str,
+    columns: &[&str],
+    rows: usize,
+    returning: bool,
+) -> String {
     use std::fmt::Write;
-    let n = LLM_COLUMNS.len();
-    let mut sql = format!("INSERT INTO llm_calls ({}) VALUES ", LLM_COLUMNS.join(", "));
+    let n = columns.len();
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for col in 0..n {
@@ -87,11 +95,8 @@ pub(crate) async fn insert_llm_calls<'r>(
     profile_orgs: &'r std::collections::HashMap<String, String>,
     returning: bool,
 ) -> Result<(u64, std::collections::HashSet<u64>), ApiError> {
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(llm_insert_sql(
-        engine,
-        rows.len(),
-        returning,
-    )));
+    let sql = multi_row_insert(engine, "llm_calls", &LLM_COLUMNS, rows.len(), returning);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in rows {
         q = q
             .bind(proxy_id)

@@ -2,6 +2,8 @@
 //! every other method) in `mcp_calls`, searched by admins within their organisation and
 //! teams like the LLM call logs.
 
+use std::collections::HashMap;
+
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
@@ -15,41 +17,60 @@ use crate::documents::Page;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::state::AppState;
+use crate::store::Engine;
 use crate::usage::{Arg, bind_all, i, page_bounds, scope_to_profiles, visible_profiles};
+use crate::usage_llm::multi_row_insert;
 
-/// Inserts one MCP record once per (proxy, sequence); returns the rows written (0 or 1).
-pub(crate) async fn insert(
+const MCP_COLUMNS: [&str; 16] = [
+    "proxy_id",
+    "seq",
+    "request_id",
+    "ts",
+    "server",
+    "method",
+    "tool",
+    "status",
+    "duration_us",
+    "decisions",
+    "profile",
+    "org_id",
+    "key_id",
+    "session_id",
+    "arguments",
+    "result",
+];
+
+/// Inserts MCP records (distinct sequences, as many as `llm_calls` takes per statement) in one
+/// statement, each once per (proxy, sequence); returns the rows written.
+pub(crate) async fn insert<'r>(
+    engine: Engine,
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    proxy_id: &str,
-    r: &UsageRecord,
-    m: &McpUsage,
-    org: Option<&String>,
+    proxy_id: &'r str,
+    rows: &[(&'r UsageRecord, &'r McpUsage)],
+    profile_orgs: &'r HashMap<String, String>,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO mcp_calls (proxy_id, seq, request_id, ts, server, method, tool, status, duration_us, \
-         decisions, profile, org_id, key_id, session_id, arguments, result) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-         ON CONFLICT (proxy_id, seq) DO NOTHING",
-    )
-    .bind(proxy_id)
-    .bind(i(r.seq))
-    .bind(r.request_id.clone().unwrap_or_default())
-    .bind(r.ts_ms)
-    .bind(&m.server)
-    .bind(&m.method)
-    .bind(m.tool.clone())
-    .bind(&m.status)
-    .bind(i(r.duration_us))
-    .bind(r.decisions.to_string())
-    .bind(&r.profile)
-    .bind(org.cloned())
-    .bind(r.key_id.clone())
-    .bind(m.session.clone())
-    .bind(r.request_body.clone())
-    .bind(r.response_body.clone())
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected())
+    let sql = multi_row_insert(engine, "mcp_calls", &MCP_COLUMNS, rows.len(), false);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (r, m) in rows {
+        q = q
+            .bind(proxy_id)
+            .bind(i(r.seq))
+            .bind(r.request_id.as_deref().unwrap_or(""))
+            .bind(r.ts_ms)
+            .bind(&m.server)
+            .bind(&m.method)
+            .bind(m.tool.as_deref())
+            .bind(&m.status)
+            .bind(i(r.duration_us))
+            .bind(r.decisions.to_string())
+            .bind(&r.profile)
+            .bind(profile_orgs.get(&r.profile).map(String::as_str))
+            .bind(r.key_id.as_deref())
+            .bind(m.session.as_deref())
+            .bind(r.request_body.as_deref())
+            .bind(r.response_body.as_deref());
+    }
+    Ok(q.execute(&mut **tx).await?.rows_affected())
 }
 
 /// One logged MCP call.

@@ -1,6 +1,6 @@
 //! `GET /usage/statistics`: sums by group and time bucket over shipped usage, on SQLite and
 //! PostgreSQL, scoped like the call logs; and batches larger than one insert statement
-//! store each record once.
+//! (LLM and MCP records) store each record once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -164,6 +164,39 @@ async fn batches_across_insert_statements_store_each_record_once() {
             ),
             (json!(220), json!(2200)),
             "{engine}"
+        );
+        // MCP records, 70 of them with one twice, among LLM ones in one batch: their own table.
+        let mcp = |seq: u64| {
+            let mut r = rec(seq, t0 + seq as i64, "pay", "gpt-4o", 0, 0);
+            r["mcp"] = json!({"server": "mail", "method": "tools/call", "tool": "send",
+                "status": "ok", "session": null});
+            r
+        };
+        let mut mixed: Vec<Value> = (1001..=1070).map(mcp).collect();
+        mixed.insert(35, mcp(1010));
+        mixed.push(rec(1071, t0 + 1071, "pay", "gpt-4o", 10, 1));
+        let (s, ack) = api
+            .post(
+                "/usage/batches",
+                json!({"proxy_id": "px", "records": mixed}),
+            )
+            .await;
+        assert_eq!(s, 200, "{engine}: {ack}");
+        assert_eq!(ack["inserted"].as_u64(), Some(71), "{engine}: {ack}");
+        let resend: Vec<Value> = (1061..=1080).map(mcp).collect();
+        let (_, ack) = api
+            .post(
+                "/usage/batches",
+                json!({"proxy_id": "px", "records": resend}),
+            )
+            .await;
+        assert_eq!(ack["inserted"].as_u64(), Some(10), "{engine}: {ack}");
+        let (_, calls) = api.get("/logs/mcp?limit=500").await;
+        assert_eq!(calls["items"].as_array().unwrap().len(), 80, "{engine}");
+        let (_, all) = api.get("/usage/statistics").await;
+        assert_eq!(
+            all["rows"][0]["requests"], 221,
+            "{engine}: MCP calls are not LLM requests"
         );
         let (_, tools) = api.get("/tools?limit=500").await;
         let found = tools["items"]
