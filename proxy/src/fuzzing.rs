@@ -160,6 +160,8 @@ pub fn request_inspector(data: &[u8]) -> Result<(), String> {
         Api::Messages,
         Api::GenerateContent,
     ][usize::from(pick) % 4];
+    // A refusal edited in place is the one the tree writes, whatever the body.
+    crate::llm::agrees_with_tree(api, body, "refused by policy")?;
     if let Ok(req) = crate::llm::inspect_request(api, body) {
         // What was read is what the body holds: a refusal text can always be put in place.
         let _ = crate::llm::refuse_json(api, body, "refused by policy");

@@ -1,6 +1,7 @@
 //! Upstreams with bad manners (docs/hardening.md): R38, an upstream that answers a stream
 //! before it has read the request body (and one that never reads it); R39, small events
-//! must not wait for Nagle on Sluice's sockets.
+//! must not wait for Nagle on Sluice's sockets; a refused call in a body Sluice cannot
+//! rewrite is not forwarded.
 //!
 //! An upstream that answers first and drains the body afterwards gets every stream whole
 //! at once. One that never reads the body gets it whole after the upstream write timeout:
@@ -345,4 +346,51 @@ fn r39_sluice_sets_tcp_nodelay_on_its_client_and_upstream_sockets() {
     assert_eq!(own, vec![false], "the check reads the option");
     assert_eq!(downstream, vec![true], "Sluice's client-side socket");
     assert_eq!(upstream_conn, vec![true], "Sluice's upstream socket");
+}
+
+/// A chat completion that calls `send_email` in an untrusted context (refused), with a byte
+/// that is not UTF-8 in a field Sluice does not read: the call is read, but the body cannot
+/// be rewritten as a refusal. It must not reach the client as it came.
+#[test]
+fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
+    let (up_rt, upstream, port) = raw_upstream();
+    let h = Harness::start(&format!(
+        "[profiles.small.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
+    ));
+    let upstream_side = std::thread::spawn(move || {
+        up_rt.block_on(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            read_upstream_request(&mut s).await;
+            let mut body = br#"{"id":"c","object":"chat.completion","created":1,"model":"m","system_fingerprint":"fp_"#.to_vec();
+            body.push(0xff);
+            body.extend_from_slice(br#"","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"send_email","arguments":"{\"to\":\"attacker@evil.example\"}"}}]},"finish_reason":"tool_calls"}]}"#);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+        });
+    });
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/small/chat/completions",
+        &[("x-sluice-context-untrusted", "true")],
+        &chat_body(false, true),
+    ));
+    let text = r.text();
+    assert!(
+        !text.contains("attacker@evil.example"),
+        "the refused call leaked: {text}"
+    );
+    assert!(
+        !text.contains("tool_calls"),
+        "the refused call leaked: {text}"
+    );
+    assert!(
+        text.contains("could not be rewritten as a refusal"),
+        "the client is told why: {text}"
+    );
+    assert!(h.record(1).refused);
+    upstream_side.join().unwrap();
 }

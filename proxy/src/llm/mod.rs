@@ -5,6 +5,9 @@ pub mod anthropic;
 pub mod gemini;
 mod jstr;
 pub mod openai;
+mod splice;
+
+pub(crate) use splice::agrees_with_tree;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -118,7 +121,19 @@ impl ResponseInspector {
 }
 
 /// Rewrites a non-streaming response so the refused calls become an assistant message.
+/// Usual shapes are edited in place (`splice`); anything else goes through a parsed tree.
+/// `None` when the body cannot be read as JSON at all.
 pub fn refuse_json(api: Api, body: &[u8], text: &str) -> Option<Bytes> {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|b| splice::refuse(api, b, text))
+        .map(Bytes::from)
+        .or_else(|| refuse_json_tree(api, body, text))
+}
+
+/// The refusal through a `serde_json::Value`: for any shape, and the reference the edits
+/// are tested against.
+fn refuse_json_tree(api: Api, body: &[u8], text: &str) -> Option<Bytes> {
     let mut v: serde_json::Value = parse_json(body).ok()?;
     match api {
         Api::ChatCompletions => openai::refuse_chat(&mut v, text),
@@ -198,7 +213,7 @@ pub(crate) fn absent_or_null(data: &str, needle: &Needle) -> bool {
 
 /// JSON-escapes a string (for the small bodies Sluice writes itself).
 pub(crate) fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 pub(crate) use jstr::JStr;

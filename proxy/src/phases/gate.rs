@@ -13,6 +13,7 @@
 use bytes::Bytes;
 
 use super::ctx::RequestCtx;
+use crate::error::SluiceError;
 use crate::events::Api;
 use crate::guard::{judge_calls, llm_tool};
 use crate::llm::{EventVerdict, refuse_json};
@@ -168,12 +169,27 @@ pub fn on_event(
     }
 }
 
-/// Judges a complete non-streaming body; returns the rewritten body when refused.
-pub fn on_json_body(ctx: &mut RequestCtx, api: Api, body: &[u8]) -> Option<Bytes> {
-    let text = judge_new_calls(ctx)?;
+/// Judges a complete non-streaming body; returns the rewritten body when refused. A refused
+/// body that cannot be rewritten is an error: it must not go out with its calls.
+pub fn on_json_body(
+    ctx: &mut RequestCtx,
+    api: Api,
+    body: &[u8],
+) -> Result<Option<Bytes>, SluiceError> {
+    let Some(text) = judge_new_calls(ctx) else {
+        return Ok(None);
+    };
     ctx.refused = true;
-    let full = refuse_json(api, body, &text)?;
-    match ctx.json_fixed_length {
+    let Some(full) = refuse_json(api, body, &text) else {
+        return Err(SluiceError::UpstreamProtocol {
+            provider: ctx
+                .route
+                .as_ref()
+                .map_or("upstream", |r| r.provider.as_str()),
+            detail: "the response calls a refused tool and could not be rewritten as a refusal (it is not JSON Sluice can edit); it was not forwarded".into(),
+        });
+    };
+    Ok(match ctx.json_fixed_length {
         // Under a kept Content-Length, fall back to the shortest refusal that keeps the
         // stable marker when the full one does not fit.
         Some(n) if full.len() > n => {
@@ -189,7 +205,7 @@ pub fn on_json_body(ctx: &mut RequestCtx, api: Api, body: &[u8]) -> Option<Bytes
             refuse_json(api, body, &format!("Refused by Sluice. [{marker}]"))
         }
         _ => Some(full),
-    }
+    })
 }
 
 /// Whether anything is being held (a stream that ends now ends inside a tool call).

@@ -139,18 +139,16 @@ pub fn on_chunk(
                         "the response is larger than limits.max_inspected_response_bytes ({max_json} bytes) and could not be checked"
                     ),
                 };
-                ctx.response_facts.error = Some(err.to_string());
-                if ctx.json_fixed_length.is_some() {
-                    // The error body cannot fit the announced length: fail the response.
-                    return Err(err);
-                }
-                *body = Some(crate::llm::render_error(ctx.error_shape, &err).2);
-                return Ok(());
+                return fail_json(body, ctx, err);
             }
             if let Some(inspector) = ctx.inspector.as_mut() {
                 inspector.on_json(&whole, &mut ctx.response_facts);
             }
-            let out = match gate::on_json_body(ctx, api, &whole) {
+            let judged = match gate::on_json_body(ctx, api, &whole) {
+                Ok(judged) => judged,
+                Err(err) => return fail_json(body, ctx, err),
+            };
+            let out = match judged {
                 None => whole,
                 Some(rewritten) => match ctx.json_fixed_length {
                     None => rewritten,
@@ -174,6 +172,21 @@ pub fn on_chunk(
         }
         BodyMode::Sse(_) => return on_sse_chunk(body, end_of_stream, ctx),
     }
+    Ok(())
+}
+
+/// A held JSON body that must not go out: the error in the provider's shape in its place,
+/// or, under a kept Content-Length it cannot fit, the response failed.
+fn fail_json(
+    body: &mut Option<Bytes>,
+    ctx: &mut RequestCtx,
+    err: SluiceError,
+) -> Result<(), SluiceError> {
+    ctx.response_facts.error = Some(err.to_string());
+    if ctx.json_fixed_length.is_some() {
+        return Err(err);
+    }
+    *body = Some(crate::llm::render_error(ctx.error_shape, &err).2);
     Ok(())
 }
 
