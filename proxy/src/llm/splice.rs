@@ -14,7 +14,9 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::value::RawValue;
 
 use super::{JStr, json_string};
@@ -41,6 +43,12 @@ pub(crate) fn agrees_with_tree(api: Api, body: &[u8], text: &str) -> Result<bool
     else {
         return Ok(false);
     };
+    if serde_json::from_slice::<IgnoredAny>(body).is_ok()
+        && serde_json::from_slice::<serde_json::Value>(body).is_err()
+    {
+        // JSON a tree cannot hold (a number beyond `f64`): only the edits refuse it.
+        return Ok(true);
+    }
     let edited: serde_json::Value = serde_json::from_slice(&edited).map_err(|e| {
         format!(
             "{api:?}: the edited refusal is not JSON ({e}): {}",
@@ -261,7 +269,10 @@ impl<'a> Edits<'a> {
 
     /// Where `part`, a slice of the body, lies in it.
     fn span(&self, part: &str) -> Option<(usize, usize)> {
-        let start = part.as_ptr().addr().checked_sub(self.body.as_ptr().addr())?;
+        let start = part
+            .as_ptr()
+            .addr()
+            .checked_sub(self.body.as_ptr().addr())?;
         let end = start.checked_add(part.len())?;
         (end <= self.body.len()).then_some((start, end))
     }
@@ -456,6 +467,17 @@ mod tests {
     }
 
     #[test]
+    fn json_a_tree_cannot_hold_is_still_refused() {
+        let body = br#"{"choices":[{"message":{"tool_calls":[{"id":"c"}]}}],"x":1e400}"#;
+        assert!(super::super::refuse_json_tree(Api::ChatCompletions, body, "no").is_none());
+        let out = super::super::refuse_json(Api::ChatCompletions, body, "no").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"choices":[{"message":{"role":"assistant","content":"no","refusal":null},"finish_reason":"stop"}],"x":1e400}"#
+        );
+    }
+
+    #[test]
     fn repeated_keys_and_unusual_shapes_are_left_to_the_tree() {
         for (api, body) in [
             // A reader takes the last `message`; a refusal must replace both.
@@ -470,8 +492,14 @@ mod tests {
             (Api::ChatCompletions, r#"{"choices":{"0":{"message":{}}}}"#),
             (Api::ChatCompletions, r#"[{"choices":[{"message":{}}]}]"#),
             (Api::Responses, r#"{"output":{"type":"function_call"}}"#),
-            (Api::Responses, r#"{"output":[{"type":"message","type":"function_call"}]}"#),
-            (Api::GenerateContent, r#"{"candidates":[{"content":{"parts":[{"functionCall":{},"functionCall":{}}]}}]}"#),
+            (
+                Api::Responses,
+                r#"{"output":[{"type":"message","type":"function_call"}]}"#,
+            ),
+            (
+                Api::GenerateContent,
+                r#"{"candidates":[{"content":{"parts":[{"functionCall":{},"functionCall":{}}]}}]}"#,
+            ),
             (
                 Api::Messages,
                 r#"{"content":"text","stop_reason":"tool_use"}"#,
