@@ -169,8 +169,12 @@ pub fn request_inspector(data: &[u8]) -> Result<(), String> {
     }
     let mut facts = ResponseFacts::default();
     match api {
-        Api::Messages => crate::llm::anthropic::read_json(body, &mut facts),
-        Api::GenerateContent => crate::llm::gemini::read_json(body, &mut facts),
+        Api::Messages => {
+            crate::llm::anthropic::read_json(body, &mut facts);
+        }
+        Api::GenerateContent => {
+            crate::llm::gemini::read_json(body, &mut facts);
+        }
         Api::ChatCompletions | Api::Responses => {}
     }
     Ok(())

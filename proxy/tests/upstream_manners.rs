@@ -348,11 +348,9 @@ fn r39_sluice_sets_tcp_nodelay_on_its_client_and_upstream_sockets() {
     assert_eq!(upstream_conn, vec![true], "Sluice's upstream socket");
 }
 
-/// A chat completion that calls `send_email` in an untrusted context (refused), with a byte
-/// that is not UTF-8 in a field Sluice does not read: the call is read, but the body cannot
-/// be rewritten as a refusal. It must not reach the client as it came.
-#[test]
-fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
+/// One chat completion through the proxy from an upstream that answers `body` (with its
+/// Content-Length) in an untrusted context, where a `send_email` call is refused.
+fn answered_with(body: Vec<u8>) -> (RawResponse, bool) {
     let (up_rt, upstream, port) = raw_upstream();
     let h = Harness::start(&format!(
         "[profiles.small.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
@@ -361,9 +359,6 @@ fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
         up_rt.block_on(async move {
             let (mut s, _) = upstream.accept().await.unwrap();
             read_upstream_request(&mut s).await;
-            let mut body = br#"{"id":"c","object":"chat.completion","created":1,"model":"m","system_fingerprint":"fp_"#.to_vec();
-            body.push(0xff);
-            body.extend_from_slice(br#"","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"send_email","arguments":"{\"to\":\"attacker@evil.example\"}"}}]},"finish_reason":"tool_calls"}]}"#);
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                 body.len()
@@ -378,6 +373,22 @@ fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
         &[("x-sluice-context-untrusted", "true")],
         &chat_body(false, true),
     ));
+    let refused = h.record(1).refused;
+    upstream_side.join().unwrap();
+    (r, refused)
+}
+
+const CALL: &str = r#""choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"send_email","arguments":"{\"to\":\"attacker@evil.example\"}"}}]},"finish_reason":"tool_calls"}]"#;
+
+/// A refused `send_email` call with a byte that is not UTF-8 in a field Sluice does not
+/// read: the call is read, but the body cannot be rewritten as a refusal. It must not reach
+/// the client as it came.
+#[test]
+fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
+    let mut body = br#"{"id":"c","object":"chat.completion","created":1,"model":"m","system_fingerprint":"fp_"#.to_vec();
+    body.push(0xff);
+    body.extend_from_slice(format!("\",{CALL}}}").as_bytes());
+    let (r, refused) = answered_with(body);
     let text = r.text();
     assert!(
         !text.contains("attacker@evil.example"),
@@ -391,6 +402,29 @@ fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
         text.contains("could not be rewritten as a refusal"),
         "the client is told why: {text}"
     );
-    assert!(h.record(1).refused);
-    upstream_side.join().unwrap();
+    assert!(refused);
+}
+
+/// A member of a type Sluice's reader does not take (negative token counts) makes the body
+/// unreadable to it, while a client's reader takes the call: it must not go out unjudged.
+/// The same body without a call still goes through.
+#[test]
+fn a_call_in_a_body_sluice_cannot_read_is_not_forwarded_unjudged() {
+    let usage = r#""usage":{"prompt_tokens":-1,"completion_tokens":-1}"#;
+    let (r, _) = answered_with(format!(r#"{{"id":"c","model":"m",{CALL},{usage}}}"#).into_bytes());
+    let text = r.text();
+    assert!(
+        !text.contains("attacker@evil.example"),
+        "the unjudged call leaked: {text}"
+    );
+    assert!(
+        text.contains("could not be read to judge them"),
+        "the client is told why: {text}"
+    );
+    let plain = format!(
+        r#"{{"id":"c","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"say \"tool_calls\""}},"finish_reason":"stop"}}],{usage}}}"#
+    );
+    let (r, refused) = answered_with(plain.clone().into_bytes());
+    assert_eq!(r.text(), plain);
+    assert!(!refused);
 }

@@ -171,11 +171,11 @@ struct MessageObject<'a> {
     usage: Option<AnthropicUsage>,
 }
 
-/// Reads a non-streaming message.
-pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
+/// Reads a non-streaming message; false when it cannot be read.
+pub fn read_json(body: &[u8], facts: &mut ResponseFacts) -> bool {
     let Ok(m) = crate::llm::parse_json::<MessageObject<'_>>(body) else {
         facts.error = Some("unparseable message body".into());
-        return;
+        return false;
     };
     facts.model = m.model.map(|s| s.into_owned());
     facts.finish_reason = m.stop_reason.map(|s| s.into_owned());
@@ -196,6 +196,7 @@ pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
         }
     }
     facts.completed = true;
+    true
 }
 
 #[derive(Deserialize)]

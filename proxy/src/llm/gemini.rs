@@ -208,8 +208,9 @@ fn read_response(r: GenerateResponse<'_>, next_index: &mut u32, facts: &mut Resp
     }
 }
 
-/// Reads a non-streaming response, or a non-SSE `streamGenerateContent` JSON array.
-pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
+/// Reads a non-streaming response, or a non-SSE `streamGenerateContent` JSON array; false
+/// when it cannot be read.
+pub fn read_json(body: &[u8], facts: &mut ResponseFacts) -> bool {
     let mut index = 0;
     if let Ok(r) = crate::llm::parse_json::<GenerateResponse<'_>>(body) {
         read_response(r, &mut index, facts);
@@ -220,7 +221,9 @@ pub fn read_json(body: &[u8], facts: &mut ResponseFacts) {
         }
     } else {
         facts.error = Some("unparseable generateContent body".into());
+        return false;
     }
+    true
 }
 
 /// Reads `alt=sse` events: each is a whole `GenerateContentResponse`; calls arrive complete.

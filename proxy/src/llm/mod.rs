@@ -89,8 +89,8 @@ impl ResponseInspector {
         }
     }
 
-    /// Reads a whole (non-streaming) JSON response body.
-    pub fn on_json(&mut self, body: &[u8], facts: &mut ResponseFacts) {
+    /// Reads a whole (non-streaming) JSON response body; false when it cannot be read.
+    pub fn on_json(&mut self, body: &[u8], facts: &mut ResponseFacts) -> bool {
         match self {
             Self::Chat(_) => openai::read_chat_json(body, facts),
             Self::Responses(_) => openai::read_responses_json(body, facts),
@@ -129,6 +129,23 @@ pub fn refuse_json(api: Api, body: &[u8], text: &str) -> Option<Bytes> {
         .and_then(|b| splice::refuse(api, b, text))
         .map(Bytes::from)
         .or_else(|| refuse_json_tree(api, body, text))
+}
+
+/// Whether a body its reader could not read may still call tools: it is JSON (a client's
+/// reader takes it) and names the API's tool calls as a key. Such a body must not go out
+/// unjudged.
+pub fn may_call_tools(api: Api, body: &[u8]) -> bool {
+    static CHAT: Needle = Needle::new("\"tool_calls\"");
+    static RESPONSES: Needle = Needle::new("\"function_call\"");
+    static MESSAGES: Needle = Needle::new("\"tool_use\"");
+    static GEMINI: Needle = Needle::new("\"functionCall\"");
+    let needle = match api {
+        Api::ChatCompletions => &CHAT,
+        Api::Responses => &RESPONSES,
+        Api::Messages => &MESSAGES,
+        Api::GenerateContent => &GEMINI,
+    };
+    needle.find_bytes(body).is_some() && parse_json::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// The refusal through a `serde_json::Value`: for any shape, and the reference the edits
@@ -190,9 +207,13 @@ impl Needle {
     }
 
     fn find(&self, data: &str) -> Option<usize> {
+        self.find_bytes(data.as_bytes())
+    }
+
+    fn find_bytes(&self, data: &[u8]) -> Option<usize> {
         self.finder
             .get_or_init(|| memchr::memmem::Finder::new(self.text))
-            .find(data.as_bytes())
+            .find(data)
     }
 }
 
@@ -306,6 +327,40 @@ mod tests {
         assert!(!contains(
             r#"{"content":"say \"tool_calls\""}"#,
             &TOOL_CALLS
+        ));
+    }
+
+    #[test]
+    fn a_body_may_call_tools_when_it_is_json_naming_the_apis_calls_as_a_key() {
+        assert!(may_call_tools(
+            Api::ChatCompletions,
+            br#"{"choices":[{"message":{"tool_calls":[]}}],"usage":{"prompt_tokens":-1}}"#
+        ));
+        // Quoted in a text, the name's quotes are escaped.
+        assert!(!may_call_tools(
+            Api::ChatCompletions,
+            br#"{"content":"say \"tool_calls\""}"#
+        ));
+        // Not JSON: no client reads calls from it.
+        assert!(!may_call_tools(
+            Api::ChatCompletions,
+            br#"{"tool_calls":[ "#
+        ));
+        assert!(may_call_tools(
+            Api::Messages,
+            br#"{"content":[{"type":"tool_use"}]}"#
+        ));
+        assert!(may_call_tools(
+            Api::GenerateContent,
+            br#"[{"functionCall":1}]"#
+        ));
+        assert!(may_call_tools(
+            Api::Responses,
+            br#"{"output":[{"type":"function_call"}]}"#
+        ));
+        assert!(!may_call_tools(
+            Api::Responses,
+            br#"{"output":[{"type":"function_call_output"}]}"#
         ));
     }
 

@@ -142,7 +142,19 @@ pub fn on_chunk(
                 return fail_json(body, ctx, err);
             }
             if let Some(inspector) = ctx.inspector.as_mut() {
-                inspector.on_json(&whole, &mut ctx.response_facts);
+                let read = inspector.on_json(&whole, &mut ctx.response_facts);
+                // Unreadable to Sluice (a member of an unexpected type) but JSON a client
+                // reads, with tool calls in it: they were never judged.
+                if !read && crate::llm::may_call_tools(api, &whole) {
+                    let err = SluiceError::UpstreamProtocol {
+                        provider: ctx
+                            .route
+                            .as_ref()
+                            .map_or("upstream", |r| r.provider.as_str()),
+                        detail: "the response calls tools but could not be read to judge them (a member of an unexpected type); it was not forwarded".into(),
+                    };
+                    return fail_json(body, ctx, err);
+                }
             }
             let judged = match gate::on_json_body(ctx, api, &whole) {
                 Ok(judged) => judged,

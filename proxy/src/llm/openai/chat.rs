@@ -56,11 +56,11 @@ struct ChatChoiceMessage<'a> {
     tool_calls: Option<Vec<FullToolCall<'a>>>,
 }
 
-/// Reads a non-streaming chat completion.
-pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
+/// Reads a non-streaming chat completion; false when it cannot be read.
+pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) -> bool {
     let Ok(c) = crate::llm::parse_json::<ChatCompletion<'_>>(body) else {
         facts.error = Some("unparseable chat completion body".into());
-        return;
+        return false;
     };
     facts.model = c.model.map(|m| m.into_owned());
     facts.usage = c.usage.map(|u| u.to_usage());
@@ -83,6 +83,7 @@ pub fn read_chat_json(body: &[u8], facts: &mut ResponseFacts) {
         }
     }
     facts.completed = true;
+    true
 }
 
 #[derive(Deserialize)]

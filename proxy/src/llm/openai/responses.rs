@@ -79,14 +79,18 @@ fn read_response_object(r: ResponseObject<'_>, facts: &mut ResponseFacts, with_c
     }
 }
 
-/// Reads a non-streaming Responses API body.
-pub fn read_responses_json(body: &[u8], facts: &mut ResponseFacts) {
+/// Reads a non-streaming Responses API body; false when it cannot be read.
+pub fn read_responses_json(body: &[u8], facts: &mut ResponseFacts) -> bool {
     match crate::llm::parse_json::<ResponseObject<'_>>(body) {
         Ok(r) => {
             read_response_object(r, facts, true);
             facts.completed = true;
+            true
         }
-        Err(_) => facts.error = Some("unparseable response body".into()),
+        Err(_) => {
+            facts.error = Some("unparseable response body".into());
+            false
+        }
     }
 }
 
