@@ -405,13 +405,13 @@ fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
     assert!(refused);
 }
 
-/// A member of a type Sluice's reader does not take (negative token counts) makes the body
+/// A member of a type Sluice's reader does not take (a number for `model`) makes the body
 /// unreadable to it, while a client's reader takes the call: it must not go out unjudged.
-/// The same body without a call still goes through.
+/// The same body without a call still goes through; odd token counts (negative, `null`,
+/// strings) are read as absent, and a call beside them is judged as usual.
 #[test]
 fn a_call_in_a_body_sluice_cannot_read_is_not_forwarded_unjudged() {
-    let usage = r#""usage":{"prompt_tokens":-1,"completion_tokens":-1}"#;
-    let (r, _) = answered_with(format!(r#"{{"id":"c","model":"m",{CALL},{usage}}}"#).into_bytes());
+    let (r, _) = answered_with(format!(r#"{{"id":"c","model":5,{CALL}}}"#).into_bytes());
     let text = r.text();
     assert!(
         !text.contains("attacker@evil.example"),
@@ -421,10 +421,21 @@ fn a_call_in_a_body_sluice_cannot_read_is_not_forwarded_unjudged() {
         text.contains("could not be read to judge them"),
         "the client is told why: {text}"
     );
-    let plain = format!(
-        r#"{{"id":"c","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"say \"tool_calls\""}},"finish_reason":"stop"}}],{usage}}}"#
-    );
-    let (r, refused) = answered_with(plain.clone().into_bytes());
+    let plain = r#"{"id":"c","model":5,"choices":[{"index":0,"message":{"role":"assistant","content":"say \"tool_calls\""},"finish_reason":"stop"}]}"#;
+    let (r, refused) = answered_with(plain.as_bytes().to_vec());
     assert_eq!(r.text(), plain);
     assert!(!refused);
+    let usage = r#""usage":{"prompt_tokens":-1,"completion_tokens":null,"prompt_tokens_details":{"cached_tokens":"3"}}"#;
+    let (r, refused) =
+        answered_with(format!(r#"{{"id":"c","model":"m",{CALL},{usage}}}"#).into_bytes());
+    let text = r.text();
+    assert!(refused);
+    assert!(
+        text.contains("sluice:policy_denied"),
+        "refused as usual: {text}"
+    );
+    assert!(
+        !text.contains("attacker@evil.example"),
+        "the refused call leaked: {text}"
+    );
 }

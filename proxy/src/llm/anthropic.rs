@@ -130,13 +130,13 @@ pub fn inspect_request(body: &[u8]) -> Result<InspectedRequest, SluiceError> {
 
 #[derive(Deserialize, Default)]
 struct AnthropicUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::optional_count")]
     input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::optional_count")]
     output_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::optional_count")]
     cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::optional_count")]
     cache_read_input_tokens: Option<u64>,
 }
 

@@ -158,13 +158,13 @@ struct Candidate<'a> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct UsageMetadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     prompt_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     candidates_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     cached_content_token_count: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     thoughts_token_count: u64,
 }
 

@@ -6,6 +6,7 @@ pub mod gemini;
 mod jstr;
 pub mod openai;
 mod splice;
+mod tokens;
 
 pub(crate) use splice::agrees_with_tree;
 

@@ -11,9 +11,9 @@ use crate::sse::EventFields;
 
 #[derive(Deserialize, Default)]
 struct ChatUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,

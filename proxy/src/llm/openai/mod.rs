@@ -34,13 +34,13 @@ pub(super) struct FunctionCall<'a> {
 
 #[derive(Deserialize, Default)]
 pub(super) struct PromptDetails {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::optional_count")]
     pub(super) cached_tokens: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
 pub(super) struct CompletionDetails {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::optional_count")]
     pub(super) reasoning_tokens: Option<u64>,
 }
 

@@ -9,9 +9,9 @@ use crate::sse::EventFields;
 
 #[derive(Deserialize, Default)]
 struct ResponsesUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     input_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::llm::tokens::count")]
     output_tokens: u64,
     #[serde(default)]
     input_tokens_details: Option<PromptDetails>,
