@@ -202,7 +202,9 @@ pub fn on_json_body(
             let marker = policy.map_or("sluice:policy_denied".to_owned(), |p| {
                 format!("sluice:policy_denied policy={p}")
             });
-            refuse_json(api, body, &format!("Refused by Sluice. [{marker}]"))
+            // The same body took the full text, so it takes this one; the full one stands
+            // in regardless (too long for the length, it fails the response: never the calls).
+            refuse_json(api, body, &format!("Refused by Sluice. [{marker}]")).or(Some(full))
         }
         _ => Some(full),
     })
