@@ -1,7 +1,7 @@
 //! Upstreams with bad manners (docs/hardening.md): R38, an upstream that answers a stream
 //! before it has read the request body (and one that never reads it); R39, small events
 //! must not wait for Nagle on Sluice's sockets; a refused call in a body Sluice cannot
-//! rewrite is not forwarded.
+//! rewrite, and a call in a body or an event Sluice cannot read, is not forwarded.
 //!
 //! An upstream that answers first and drains the body afterwards gets every stream whole
 //! at once. One that never reads the body gets it whole after the upstream write timeout:
@@ -351,6 +351,14 @@ fn r39_sluice_sets_tcp_nodelay_on_its_client_and_upstream_sockets() {
 /// One chat completion through the proxy from an upstream that answers `body` (with its
 /// Content-Length) in an untrusted context, where a `send_email` call is refused.
 fn answered_with(body: Vec<u8>) -> (RawResponse, bool) {
+    answered_as("application/json", body)
+}
+
+/// [`answered_with`], the upstream's answer of `content_type` (a stream is asked for when
+/// it is `text/event-stream`).
+fn answered_as(content_type: &str, body: Vec<u8>) -> (RawResponse, bool) {
+    let stream = content_type == "text/event-stream";
+    let content_type = content_type.to_owned();
     let (up_rt, upstream, port) = raw_upstream();
     let h = Harness::start(&format!(
         "[profiles.small.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
@@ -360,7 +368,7 @@ fn answered_with(body: Vec<u8>) -> (RawResponse, bool) {
             let (mut s, _) = upstream.accept().await.unwrap();
             read_upstream_request(&mut s).await;
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
                 body.len()
             );
             s.write_all(head.as_bytes()).await.unwrap();
@@ -371,7 +379,7 @@ fn answered_with(body: Vec<u8>) -> (RawResponse, bool) {
         h.addr(),
         "/v1/openai/small/chat/completions",
         &[("x-sluice-context-untrusted", "true")],
-        &chat_body(false, true),
+        &chat_body(stream, true),
     ));
     let refused = h.record(1).refused;
     upstream_side.join().unwrap();
@@ -437,5 +445,39 @@ fn a_call_in_a_body_sluice_cannot_read_is_not_forwarded_unjudged() {
     assert!(
         !text.contains("attacker@evil.example"),
         "the refused call leaked: {text}"
+    );
+}
+
+/// The streamed form: a tool-call chunk with a member Sluice's reader does not take (a
+/// string for `created`) ends the stream with an error event instead of going out unjudged;
+/// the text before it has gone out.
+#[test]
+fn a_call_in_an_event_sluice_cannot_read_ends_the_stream() {
+    let chunk = |created: &str, delta: &str, finish: &str| {
+        format!(
+            r#"data: {{"id":"c","object":"chat.completion.chunk","created":{created},"model":"m","choices":[{{"index":0,"delta":{delta},"finish_reason":{finish}}}]}}"#
+        ) + "\n\n"
+    };
+    let call = r#"{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"send_email","arguments":"{\"to\":\"attacker@evil.example\"}"}}]}"#;
+    let events = [
+        chunk("1", r#"{"role":"assistant","content":"hi"}"#, "null"),
+        chunk(r#""soon""#, call, "null"),
+        chunk("1", "{}", r#""tool_calls""#),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let (r, _) = answered_as("text/event-stream", events.into_bytes());
+    let text = r.text();
+    assert!(
+        text.contains(r#""content":"hi""#),
+        "the text before it went out: {text}"
+    );
+    assert!(
+        !text.contains("attacker@evil.example"),
+        "the unjudged call leaked: {text}"
+    );
+    assert!(
+        text.contains("could not be read to judge them"),
+        "the client is told why: {text}"
     );
 }

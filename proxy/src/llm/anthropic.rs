@@ -269,7 +269,7 @@ impl MessagesStream {
             _ => {}
         }
         let Ok(e) = serde_json::from_str::<StreamEvent<'_>>(&ev.data) else {
-            return EventVerdict::Forward;
+            return EventVerdict::Unreadable;
         };
         let mut verdict = EventVerdict::Forward;
         match e.kind.as_ref() {

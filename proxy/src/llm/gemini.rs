@@ -238,14 +238,16 @@ impl GeminiStream {
         ev: &EventFields<'_>,
         facts: &mut ResponseFacts,
     ) -> EventVerdict {
-        if ev.has_data
-            && let Ok(r) = serde_json::from_str::<GenerateResponse<'_>>(&ev.data)
-        {
-            let before = facts.tool_calls.len();
-            read_response(r, &mut self.next_index, facts);
-            if facts.tool_calls.len() > before {
-                return EventVerdict::WholeBatch;
-            }
+        if !ev.has_data {
+            return EventVerdict::Forward;
+        }
+        let Ok(r) = serde_json::from_str::<GenerateResponse<'_>>(&ev.data) else {
+            return EventVerdict::Unreadable;
+        };
+        let before = facts.tool_calls.len();
+        read_response(r, &mut self.next_index, facts);
+        if facts.tool_calls.len() > before {
+            return EventVerdict::WholeBatch;
         }
         EventVerdict::Forward
     }

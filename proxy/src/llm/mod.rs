@@ -53,6 +53,9 @@ pub enum EventVerdict {
     BatchEnd,
     /// An event that is a whole batch of complete calls by itself (Gemini).
     WholeBatch,
+    /// An event whose data could not be read: forwarded as is, unless it names tool calls
+    /// or comes while calls are held (then the stream is ended: they cannot be judged).
+    Unreadable,
 }
 
 /// Per-response state of a provider's stream reader.
@@ -136,6 +139,12 @@ pub fn refuse_json(api: Api, body: &[u8], text: &str) -> Option<Bytes> {
 /// reader takes it) and names the API's tool calls as a key. Such a body must not go out
 /// unjudged.
 pub fn may_call_tools(api: Api, body: &[u8]) -> bool {
+    names_tool_calls(api, body) && parse_json::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+/// Whether `data` names the API's tool calls as a key (unescaped: a text that quotes the
+/// name does not count).
+pub fn names_tool_calls(api: Api, data: &[u8]) -> bool {
     static CHAT: Needle = Needle::new("\"tool_calls\"");
     static RESPONSES: Needle = Needle::new("\"function_call\"");
     static MESSAGES: Needle = Needle::new("\"tool_use\"");
@@ -146,7 +155,7 @@ pub fn may_call_tools(api: Api, body: &[u8]) -> bool {
         Api::Messages => &MESSAGES,
         Api::GenerateContent => &GEMINI,
     };
-    needle.find_bytes(body).is_some() && parse_json::<serde::de::IgnoredAny>(body).is_ok()
+    needle.find_bytes(data).is_some()
 }
 
 /// The refusal through a `serde_json::Value`: for any shape, and the reference the edits
@@ -363,6 +372,30 @@ mod tests {
             Api::Responses,
             br#"{"output":[{"type":"function_call_output"}]}"#
         ));
+    }
+
+    #[test]
+    fn an_event_no_reader_can_read_is_unreadable_for_every_provider() {
+        for (api, event) in [
+            (
+                Api::ChatCompletions,
+                &b"data: {\"model\":5,\"choices\":[{\"delta\":{\"tool_calls\":[]}}]}\n\n"[..],
+            ),
+            (
+                Api::Responses,
+                b"event: response.output_item.added\ndata: {\"type\":7}\n\n",
+            ),
+            (
+                Api::Messages,
+                b"event: content_block_start\ndata: {\"type\":[]}\n\n",
+            ),
+            (Api::GenerateContent, b"data: {\"candidates\":3}\n\n"),
+        ] {
+            let fields = crate::sse::parse_event(event).unwrap();
+            let mut facts = ResponseFacts::default();
+            let verdict = ResponseInspector::new(api, false).on_event(&fields, &mut facts);
+            assert_eq!(verdict, EventVerdict::Unreadable, "{api:?}");
+        }
     }
 
     /// A refusal rewrites whatever JSON the upstream sent without panicking; found by the

@@ -112,7 +112,7 @@ pub fn on_event(
     out: &mut Vec<Bytes>,
 ) -> bool {
     match verdict {
-        EventVerdict::Forward => {
+        EventVerdict::Forward | EventVerdict::Unreadable => {
             out.push(ev);
             true
         }

@@ -12,7 +12,7 @@ use pingora::http::ResponseHeader;
 use super::ctx::{BodyMode, RequestCtx};
 use super::gate;
 use crate::error::SluiceError;
-use crate::llm::{ResponseInspector, stream_error_event};
+use crate::llm::{EventVerdict, ResponseInspector, stream_error_event};
 use crate::sse::{Framed, SseFramer, parse_event};
 
 /// Reads the response header and picks the body mode.
@@ -254,6 +254,21 @@ fn on_sse_chunk(
                 }
             }
         };
+        if verdict == EventVerdict::Unreadable
+            && (gate::is_holding(ctx)
+                || ctx
+                    .api()
+                    .is_some_and(|api| crate::llm::names_tool_calls(api, &ev)))
+        {
+            // A client's reader may take calls from it that were never judged.
+            fault = Some(SluiceError::UpstreamProtocol {
+                provider,
+                detail:
+                    "an event calls tools but could not be read to judge them; the stream was ended"
+                        .into(),
+            });
+            break;
+        }
         if !gate::on_event(ctx, ev, verdict, &mut keep) {
             dropped = true;
         }

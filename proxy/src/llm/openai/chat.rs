@@ -196,7 +196,7 @@ impl ChatStream {
             return EventVerdict::Forward;
         }
         let Ok(chunk) = serde_json::from_str::<ChatChunk<'_>>(&ev.data) else {
-            return EventVerdict::Forward;
+            return EventVerdict::Unreadable;
         };
         if chunk.error.is_some() {
             facts.error = Some("upstream reported an error inside the stream".into());

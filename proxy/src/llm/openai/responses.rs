@@ -143,7 +143,7 @@ impl ResponsesStream {
             Some(_) => return EventVerdict::Forward,
         }
         let Ok(e) = serde_json::from_str::<ResponsesEvent<'_>>(&ev.data) else {
-            return EventVerdict::Forward;
+            return EventVerdict::Unreadable;
         };
         match e.kind.as_ref() {
             "response.output_item.added" => {
