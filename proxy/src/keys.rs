@@ -57,10 +57,10 @@ pub struct VirtualKey {
     pub id: Arc<str>,
     /// The profile it serves.
     pub profile: Arc<str>,
-    /// Salt, hex.
-    pub salt: String,
+    /// Salt, hex. (Shared: a key checked is copied into its request.)
+    pub salt: Arc<str>,
     /// Digest, hex.
-    pub digest: String,
+    pub digest: Arc<str>,
     /// Expiry (ms since the epoch), if any.
     pub expires_at_ms: Option<i64>,
 }
@@ -307,8 +307,8 @@ mod tests {
         let k = VirtualKey {
             id: "0123456789abcdef".into(),
             profile: "p".into(),
-            salt,
-            digest,
+            salt: salt.into(),
+            digest: digest.into(),
             expires_at_ms: expires,
         };
         HashMap::from([(k.id.clone(), k)])

@@ -202,19 +202,18 @@ impl Quarantine {
         let fail = |what: &str| format!("{what} failed");
         let mut req = RequestHeader::build("POST", path.as_bytes(), None)
             .map_err(|_| fail("building the request"))?;
-        let set = |req: &mut RequestHeader, k: String, v: String| {
+        let set = |req: &mut RequestHeader, k: http::HeaderName, v: http::HeaderValue| {
             req.insert_header(k, v).map_err(|_| fail("a header"))
         };
-        set(&mut req, "host".into(), up.authority())?;
-        set(&mut req, "content-type".into(), "application/json".into())?;
-        set(&mut req, "content-length".into(), body.len().to_string())?;
-        if let Some(key) = &up.api_key {
-            let value = if &*up.auth_header == "authorization" {
-                format!("Bearer {}", key.expose())
-            } else {
-                key.expose().to_owned()
-            };
-            set(&mut req, up.auth_header.to_string(), value)?;
+        set(&mut req, http::header::HOST, up.wire.host.clone())?;
+        set(
+            &mut req,
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )?;
+        set(&mut req, http::header::CONTENT_LENGTH, body.len().into())?;
+        if let Some((name, value)) = &up.wire.credential {
+            set(&mut req, name.clone(), value.clone())?;
         }
         let addr = resolve(up).await.map_err(|e| e.to_string())?;
         let p = peer(up, addr, limits);

@@ -213,17 +213,36 @@ pub struct Upstream {
     pub query: Arc<str>,
     /// HTTP/2 to the upstream.
     pub http2: bool,
+    /// The headers above as every LLM request carries them, built once here.
+    pub wire: WireHeaders,
+}
+
+/// An upstream's headers in the form they are sent: checked and converted when the config
+/// is, not parsed again on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireHeaders {
+    /// `Host`: the authority.
+    pub host: http::HeaderValue,
+    /// The credential header and its value (`Bearer <key>` under `authorization`), marked
+    /// sensitive; `None` without a key.
+    pub credential: Option<(http::HeaderName, http::HeaderValue)>,
+    /// The extra headers.
+    pub extra: Arc<[(http::HeaderName, http::HeaderValue)]>,
 }
 
 impl Upstream {
     /// `host` or `host:port` for the `Host` header.
     pub fn authority(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        if self.port == default_port {
-            self.host.to_string()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        authority(&self.host, self.port, self.tls)
+    }
+}
+
+fn authority(host: &str, port: u16, tls: bool) -> String {
+    let default_port = if tls { 443 } else { 80 };
+    if port == default_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -588,8 +607,8 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             crate::keys::VirtualKey {
                 id,
                 profile: name.clone(),
-                salt: k.salt,
-                digest: k.digest,
+                salt: k.salt.into(),
+                digest: k.digest.into(),
                 expires_at_ms: k.expires_at_ms,
             },
         );

@@ -67,6 +67,73 @@ query = { "api-version" = "2024-10-21" }
 }
 
 #[test]
+fn an_upstreams_headers_are_built_once_as_they_are_sent() {
+    let raw = parse_toml(
+        r#"[profiles.a.openai]
+base_url = "http://127.0.0.1:8081/v1"
+api_key = "sk-test-1"
+headers = { "OpenAI-Organization" = "org-1" }
+
+[profiles.a.anthropic]
+base_url = "https://api.anthropic.com"
+api_key = "sk-ant-2"
+"#,
+    )
+    .expect("toml");
+    let c = compile(raw, &env()).expect("valid");
+    let openai = &c.profiles["a"].upstreams[&Provider::Openai].wire;
+    assert_eq!(openai.host, "127.0.0.1:8081");
+    let (name, value) = openai.credential.as_ref().expect("a key");
+    assert_eq!(
+        (name.as_str(), value.to_str().ok()),
+        ("authorization", Some("Bearer sk-test-1"))
+    );
+    assert!(value.is_sensitive());
+    assert_eq!(
+        openai
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().ok()))
+            .collect::<Vec<_>>(),
+        [("openai-organization", Some("org-1"))]
+    );
+    let anthropic = &c.profiles["a"].upstreams[&Provider::Anthropic].wire;
+    assert_eq!(anthropic.host, "api.anthropic.com");
+    let (name, value) = anthropic.credential.as_ref().expect("a key");
+    assert_eq!(
+        (name.as_str(), value.to_str().ok()),
+        ("x-api-key", Some("sk-ant-2"))
+    );
+    let debug = format!("{:?}", c.profiles["a"].upstreams[&Provider::Anthropic]);
+    assert!(!debug.contains("sk-ant-2"), "{debug}");
+    assert!(
+        c.profiles["a"].upstreams[&Provider::Gemini]
+            .wire
+            .credential
+            .is_none()
+    );
+}
+
+#[test]
+fn a_key_no_header_can_carry_is_refused_without_repeating_it() {
+    let raw = parse_toml("[profiles.a.openai]\napi_key = \"sk-line\\nbreak\"\n").expect("toml");
+    let err = compile(raw, &env())
+        .expect_err("a newline in a key")
+        .to_string();
+    assert!(
+        err.contains("profiles.a.openai") && err.contains("api key"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-line"), "{err}");
+    let raw =
+        parse_toml("[profiles.a.openai]\nheaders = { \"bad name\" = \"v\" }\n").expect("toml");
+    let err = compile(raw, &env())
+        .expect_err("a space in a name")
+        .to_string();
+    assert!(err.contains("invalid header 'bad name'"), "{err}");
+}
+
+#[test]
 fn bad_values_are_reported_with_their_path() {
     let raw = parse_toml("[limits]\nmax_request_body_bytes = 0").expect("toml");
     let err = compile(raw, &env()).expect_err("zero");

@@ -1,6 +1,8 @@
 //! Checking one upstream entry: base URL, credentials, headers, query, address.
 
-use super::{ConfigError, Environment, RawUpstream, Secret, Upstream};
+use http::{HeaderName, HeaderValue};
+
+use super::{ConfigError, Environment, RawUpstream, Secret, Upstream, WireHeaders};
 use crate::events::Provider;
 
 pub(super) fn compile_upstream(
@@ -74,17 +76,6 @@ pub(super) fn compile_upstream(
         }
         .to_owned()
     });
-    for (k, v) in up
-        .headers
-        .iter()
-        .chain(std::iter::once((&auth_header, &String::new())))
-    {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
-            || http::HeaderValue::from_str(v).is_err()
-        {
-            return Err(ConfigError::Invalid(format!("{ctx}: invalid header '{k}'")));
-        }
-    }
     let query = up
         .query
         .iter()
@@ -101,6 +92,17 @@ pub(super) fn compile_upstream(
         .parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| std::net::SocketAddr::new(ip, port));
+    let auth_header = auth_header.to_ascii_lowercase();
+    let headers: Vec<(String, String)> = up.headers.into_iter().collect();
+    let wire = wire_headers(
+        &ctx,
+        &host,
+        port,
+        tls,
+        &auth_header,
+        api_key.as_ref(),
+        &headers,
+    )?;
     Ok(Upstream {
         provider,
         tls,
@@ -109,10 +111,58 @@ pub(super) fn compile_upstream(
         path_prefix: path.into(),
         addr,
         api_key,
-        auth_header: auth_header.to_ascii_lowercase().into(),
-        headers: up.headers.into_iter().collect::<Vec<_>>().into(),
+        auth_header: auth_header.into(),
+        headers: headers.into(),
         query: query.into(),
         http2: up.http2.unwrap_or(false),
+        wire,
+    })
+}
+
+/// The headers of an upstream's requests as sent (names and values checked above).
+fn wire_headers(
+    ctx: &str,
+    host: &str,
+    port: u16,
+    tls: bool,
+    auth_header: &str,
+    api_key: Option<&Secret>,
+    headers: &[(String, String)],
+) -> Result<WireHeaders, ConfigError> {
+    let invalid = |what: &str| ConfigError::Invalid(format!("{ctx}: {what}"));
+    let host = HeaderValue::from_str(&super::authority(host, port, tls))
+        .map_err(|_| invalid("the host is not a valid Host header"))?;
+    let name = HeaderName::from_bytes(auth_header.as_bytes())
+        .map_err(|_| invalid(&format!("invalid header '{auth_header}'")))?;
+    let credential = match api_key {
+        None => None,
+        Some(key) => {
+            let value = if auth_header == "authorization" {
+                format!("Bearer {}", key.expose())
+            } else {
+                key.expose().to_owned()
+            };
+            // The message never repeats the key.
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| invalid("the api key has characters an HTTP header cannot carry"))?;
+            value.set_sensitive(true);
+            Some((name, value))
+        }
+    };
+    let extra = headers
+        .iter()
+        .map(|(k, v)| {
+            Ok((
+                HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| invalid(&format!("invalid header '{k}'")))?,
+                HeaderValue::from_str(v).map_err(|_| invalid(&format!("invalid header '{k}'")))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(WireHeaders {
+        host,
+        credential,
+        extra: extra.into(),
     })
 }
 

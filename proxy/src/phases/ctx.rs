@@ -99,8 +99,6 @@ pub struct RequestCtx {
     pub refused: bool,
     /// The upstream's Content-Length, kept for a JSON body that cannot be rewritten.
     pub json_fixed_length: Option<usize>,
-    /// True while the client's socket is corked for a response held whole (`cork.rs`).
-    pub corked: bool,
     /// The upstream socket, corked until the prepared body is written (`cork.rs`).
     pub upstream_cork: Option<crate::cork::UpstreamCork>,
     /// Approvals granted for `require_approval` calls.
@@ -161,7 +159,6 @@ impl RequestCtx {
             gate: super::gate::CallGate::default(),
             refused: false,
             json_fixed_length: None,
-            corked: false,
             upstream_cork: None,
             approvals: no_approvals(),
             request_id: None,
@@ -190,11 +187,11 @@ impl RequestCtx {
         self.route.as_ref().and_then(|r| r.api)
     }
 
-    /// Provider name for messages.
+    /// The routed provider's name for messages; "upstream" before a request is routed.
     pub fn provider_name(&self) -> &'static str {
         self.route
             .as_ref()
-            .map_or(self.error_shape.as_str(), |r| r.provider.as_str())
+            .map_or("upstream", |r| r.provider.as_str())
     }
 }
 

@@ -182,10 +182,7 @@ pub fn on_json_body(
     ctx.refused = true;
     let Some(full) = refuse_json(api, body, &text) else {
         return Err(SluiceError::UpstreamProtocol {
-            provider: ctx
-                .route
-                .as_ref()
-                .map_or("upstream", |r| r.provider.as_str()),
+            provider: ctx.provider_name(),
             detail: "the response calls a refused tool and could not be rewritten as a refusal (it is not JSON Sluice can edit); it was not forwarded".into(),
         });
     };

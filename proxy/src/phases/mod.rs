@@ -17,6 +17,7 @@ pub mod auth;
 pub mod body_first;
 pub mod ctx;
 pub mod gate;
+pub mod held_response;
 pub mod logging;
 pub mod request;
 pub mod request_body;
@@ -214,6 +215,13 @@ pub(crate) fn join_chunks(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
 impl ProxyHttp for SluiceProxy {
     type CTX = RequestCtx;
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's default: response compression, present and off.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(held_response::HeldResponseBuilder));
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new();
         ctx.approvals = self.approvals.clone();
@@ -407,8 +415,9 @@ impl ProxyHttp for SluiceProxy {
         let chunked_ok = session.req_header().version != http::Version::HTTP_10;
         response::on_header(upstream_response, ctx, max_event, chunked_ok)?;
         if matches!(ctx.body_mode, BodyMode::Json { .. }) && ctx.json_fixed_length.is_none() {
-            // Held whole and sent chunked: header, body and last chunk in one packet.
-            ctx.corked = crate::cork::set(session, true);
+            // Held whole and framed in chunks for now: the header takes the body's length if
+            // the body is complete when it is written (`held_response.rs`).
+            held_response::hold(session);
         }
         // The response has started: its memory shows in the count from here.
         ctx.memory_reservation = None;
@@ -417,7 +426,7 @@ impl ProxyHttp for SluiceProxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
@@ -434,6 +443,12 @@ impl ProxyHttp for SluiceProxy {
         let read = response::on_chunk(body, end_of_stream, ctx, max_json);
         ctx.sluice_ns += elapsed_ns(t);
         read.map_err(|e| raise(ctx, e))?;
+        if end_of_stream
+            && matches!(ctx.body_mode, BodyMode::Json { .. })
+            && ctx.json_fixed_length.is_none()
+        {
+            held_response::complete(session, body.as_ref().map_or(0, Bytes::len));
+        }
         if ctx.capture.is_some()
             && let Some(b) = body.as_ref()
         {
@@ -493,10 +508,8 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx.corked {
-            // Pingora has written the whole response: let it go as one packet.
-            ctx.corked = !crate::cork::set(session, false);
-        }
+        // Pingora has written the whole response: if corked, it goes as one packet now.
+        held_response::release(session);
         self.emit_record(ctx);
         logging::finish(ctx, e, self.sink.as_ref());
     }
@@ -516,10 +529,7 @@ fn downstream_gone(e: &Error) -> bool {
 
 /// Maps Pingora's error for a failed proxy attempt to the Sluice error the client sees.
 fn classify_pingora(e: &Error, ctx: &RequestCtx) -> SluiceError {
-    let provider = ctx
-        .route
-        .as_ref()
-        .map_or("upstream", |r| r.provider.as_str());
+    let provider = ctx.provider_name();
     let idle = ctx
         .config
         .as_ref()

@@ -131,10 +131,7 @@ pub fn on_chunk(
             if overflowed {
                 // Fail closed: a body too large to read is not forwarded unread.
                 let err = SluiceError::UpstreamProtocol {
-                    provider: ctx
-                        .route
-                        .as_ref()
-                        .map_or("upstream", |r| r.provider.as_str()),
+                    provider: ctx.provider_name(),
                     detail: format!(
                         "the response is larger than limits.max_inspected_response_bytes ({max_json} bytes) and could not be checked"
                     ),
@@ -147,10 +144,7 @@ pub fn on_chunk(
                 // reads, with tool calls in it: they were never judged.
                 if !read && crate::llm::may_call_tools(api, &whole) {
                     let err = SluiceError::UpstreamProtocol {
-                        provider: ctx
-                            .route
-                            .as_ref()
-                            .map_or("upstream", |r| r.provider.as_str()),
+                        provider: ctx.provider_name(),
                         detail: "the response calls tools but could not be read to judge them (a member of an unexpected type); it was not forwarded".into(),
                     };
                     return fail_json(body, ctx, err);
@@ -174,7 +168,7 @@ pub fn on_chunk(
                     }
                     Some(_) => {
                         return Err(SluiceError::UpstreamProtocol {
-                            provider: ctx.route.as_ref().map_or("upstream", |r| r.provider.as_str()),
+                            provider: ctx.provider_name(),
                             detail: "a refused tool call could not be rewritten within the response's length".into(),
                         });
                     }
@@ -210,10 +204,7 @@ fn on_sse_chunk(
     if ctx.inspector.is_none() {
         return Ok(());
     }
-    let provider = ctx
-        .route
-        .as_ref()
-        .map_or("upstream", |r| r.provider.as_str());
+    let provider = ctx.provider_name();
     let BodyMode::Sse(framer) = &mut ctx.body_mode else {
         return Ok(());
     };

@@ -136,28 +136,24 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
         pingora::Error::explain(pingora::ErrorType::InternalError, "bad upstream uri")
     })?;
     req.set_uri(uri);
-    req.insert_header(http::header::HOST, up.authority())?;
+    // Names and values were built when the config was checked (`config::WireHeaders`).
+    req.insert_header(http::header::HOST, up.wire.host.clone())?;
     if ctx.prepared_body.is_some() {
         // Sluice answered the client's `Expect: 100-continue` and holds the body already.
         remove_if_present(req, &http::header::EXPECT);
     }
-    if let Some(key) = &up.api_key {
+    if let Some((name, value)) = &up.wire.credential {
         for h in &crate::header_names::CREDENTIALS {
             remove_if_present(req, h);
         }
-        let value = if &*up.auth_header == "authorization" {
-            format!("Bearer {}", key.expose())
-        } else {
-            key.expose().to_owned()
-        };
-        req.insert_header(up.auth_header.to_string(), value)?;
+        req.insert_header(name.clone(), value.clone())?;
     }
-    for (k, v) in up.headers.iter() {
-        req.insert_header(k.clone(), v.as_str())?;
+    for (k, v) in up.wire.extra.iter() {
+        req.insert_header(k.clone(), v.clone())?;
     }
     // The provider sees Sluice's span as the parent (the client's trace continues).
     if let Some(tp) = ctx.span.as_ref().map(crate::trace::traceparent_of) {
-        req.insert_header("traceparent", tp)?;
+        req.insert_header(crate::header_names::TRACEPARENT.clone(), tp)?;
     }
     if let Some(body) = &ctx.prepared_body {
         // Read whole before connecting and already rewritten (`body_first.rs`): its final

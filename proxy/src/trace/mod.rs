@@ -219,22 +219,26 @@ fn start(tracer: &Tracer, traceparent: Option<&str>) -> LiveSpan {
 
 /// Lower-case hex (a table, not the formatting machinery: this runs twice per request).
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
+}
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         s.push(char::from(DIGITS[usize::from(b >> 4)]));
         s.push(char::from(DIGITS[usize::from(b & 15)]));
     }
-    s
 }
 
 /// The `traceparent` to send upstream for `span`.
 pub fn traceparent_of(span: &LiveSpan) -> String {
     let mut v = String::with_capacity(55);
     v.push_str("00-");
-    v.push_str(&hex(&span.trace_id));
+    push_hex(&mut v, &span.trace_id);
     v.push('-');
-    v.push_str(&hex(&span.span_id));
+    push_hex(&mut v, &span.span_id);
     v.push_str(if span.sampled { "-01" } else { "-00" });
     v
 }
