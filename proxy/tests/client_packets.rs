@@ -98,19 +98,7 @@ fn a_response_held_whole_whose_body_comes_later_goes_chunked_and_uncorks() {
         "arguments": arguments.to_string()}}]}}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
     .to_string();
-    let sent = answer.clone();
-    let upstream_side = std::thread::spawn(move || {
-        up_rt.block_on(async move {
-            let (mut s, _) = upstream.accept().await.unwrap();
-            read_upstream_request(&mut s).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                sent.len()
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            s.write_all(sent.as_bytes()).await.unwrap();
-        });
-    });
+    let upstream_side = answer_once(up_rt, upstream, "application/json", answer.clone().into());
     let body = chat_body(false, true).to_string();
     let request = format!(
         "POST /v1/openai/small/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",

@@ -358,23 +358,11 @@ fn answered_with(body: Vec<u8>) -> (RawResponse, bool) {
 /// it is `text/event-stream`).
 fn answered_as(content_type: &str, body: Vec<u8>) -> (RawResponse, bool) {
     let stream = content_type == "text/event-stream";
-    let content_type = content_type.to_owned();
     let (up_rt, upstream, port) = raw_upstream();
     let h = Harness::start(&format!(
         "[profiles.small.openai]\nbase_url = \"http://127.0.0.1:{port}/v1\"\n"
     ));
-    let upstream_side = std::thread::spawn(move || {
-        up_rt.block_on(async move {
-            let (mut s, _) = upstream.accept().await.unwrap();
-            read_upstream_request(&mut s).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            );
-            s.write_all(head.as_bytes()).await.unwrap();
-            s.write_all(&body).await.unwrap();
-        });
-    });
+    let upstream_side = answer_once(up_rt, upstream, content_type, body);
     let r = h.rt.block_on(post_json(
         h.addr(),
         "/v1/openai/small/chat/completions",

@@ -8,9 +8,14 @@ fn env() -> Environment {
     }
 }
 
+/// `toml`, parsed and checked; it must be valid.
+fn compiled(toml: &str) -> Config {
+    compile(parse_toml(toml).expect("toml"), &env()).expect("valid")
+}
+
 #[test]
 fn compiling_never_resolves_names() {
-    let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+    let c = compiled("");
     let p = &c.profiles["default"];
     assert_eq!(
         p.upstreams[&Provider::Openai].addr,
@@ -26,7 +31,7 @@ fn compiling_never_resolves_names() {
 
 #[test]
 fn empty_config_has_a_default_profile_with_all_providers() {
-    let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+    let c = compiled("");
     let p = &c.profiles["default"];
     assert_eq!(p.upstreams.len(), 3);
     let o = &p.upstreams[&Provider::Openai];
@@ -50,16 +55,14 @@ fn unknown_fields_and_reserved_names_are_refused() {
 
 #[test]
 fn azure_style_entry_is_data() {
-    let raw = parse_toml(
+    let c = compiled(
         r#"[profiles.azure.openai]
 base_url = "https://example.openai.azure.com/openai/deployments/gpt4o"
 api_key = "k"
 auth_header = "api-key"
 query = { "api-version" = "2024-10-21" }
 "#,
-    )
-    .expect("toml");
-    let c = compile(raw, &env()).expect("valid");
+    );
     let u = &c.profiles["azure"].upstreams[&Provider::Openai];
     assert_eq!(&*u.auth_header, "api-key");
     assert_eq!(&*u.query, "api-version=2024-10-21");
@@ -68,7 +71,7 @@ query = { "api-version" = "2024-10-21" }
 
 #[test]
 fn an_upstreams_headers_are_built_once_as_they_are_sent() {
-    let raw = parse_toml(
+    let c = compiled(
         r#"[profiles.a.openai]
 base_url = "http://127.0.0.1:8081/v1"
 api_key = "sk-test-1"
@@ -78,9 +81,7 @@ headers = { "OpenAI-Organization" = "org-1" }
 base_url = "https://api.anthropic.com"
 api_key = "sk-ant-2"
 "#,
-    )
-    .expect("toml");
-    let c = compile(raw, &env()).expect("valid");
+    );
     let openai = &c.profiles["a"].upstreams[&Provider::Openai].wire;
     assert_eq!(openai.host, "127.0.0.1:8081");
     let (name, value) = openai.credential.as_ref().expect("a key");
@@ -160,7 +161,7 @@ fn unset_limits_are_left_out_of_a_written_snapshot() {
 
 #[test]
 fn the_upstream_write_timeout_is_its_own_limit() {
-    let c = compile(parse_toml("").expect("toml"), &env()).expect("valid");
+    let c = compiled("");
     assert_eq!(c.limits.upstream_write_timeout, Duration::from_secs(30));
     assert_eq!(c.limits.upstream_idle_timeout, Duration::from_secs(300));
     let raw = parse_toml("[limits]\nupstream_write_timeout_ms = 2500").expect("toml");

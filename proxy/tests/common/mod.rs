@@ -365,6 +365,30 @@ fn listening_on(
     (rt, listener, port)
 }
 
+/// Serves one request on `upstream` from a thread of its own: reads it whole, then answers
+/// 200 with `body` as `content_type`, framed by its length. Join the handle after the
+/// request.
+pub fn answer_once(
+    up_rt: tokio::runtime::Runtime,
+    upstream: tokio::net::TcpListener,
+    content_type: &str,
+    body: Vec<u8>,
+) -> std::thread::JoinHandle<()> {
+    let content_type = content_type.to_owned();
+    std::thread::spawn(move || {
+        up_rt.block_on(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            read_upstream_request(&mut s).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+        });
+    })
+}
+
 /// Reads one request Sluice sent upstream, head and whole body (framed by its
 /// Content-Length, or chunked up to the last chunk).
 pub async fn read_upstream_request(up: &mut TcpStream) -> Vec<u8> {
