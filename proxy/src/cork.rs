@@ -47,8 +47,10 @@ fn with_socket<R>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -> R {
 
 /// The client's connection of one session, when it is a plain TCP socket.
 ///
-/// Kept in that session's own downstream module (`phases/held_response.rs`), which the
-/// session owns and drops before its stream: the descriptor is open whenever it is used.
+/// Kept in that session's own downstream module (`phases/held_response.rs`) and used only
+/// from its header filter and the session's logging phase, both while the session, which
+/// owns the stream, is alive: the descriptor is open whenever it is used. Dropping it
+/// closes nothing.
 #[derive(Debug)]
 pub struct ClientSocket(RawFd);
 

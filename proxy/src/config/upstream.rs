@@ -1,9 +1,88 @@
-//! Checking one upstream entry: base URL, credentials, headers, query, address.
+//! One upstream entry: its checked model, and the checking of base URL, credentials,
+//! headers, query and address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use super::{ConfigError, Environment, RawUpstream, Secret, Upstream, WireHeaders};
+use super::{ConfigError, Environment, RawUpstream};
 use crate::events::Provider;
+
+/// A provider key held by Sluice. Its `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(super) Arc<str>);
+
+impl Secret {
+    /// The key itself, for the one header that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A checked upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The provider's wire format.
+    pub provider: Provider,
+    /// True for https.
+    pub tls: bool,
+    /// Host name (SNI and `Host`).
+    pub host: Arc<str>,
+    /// Port.
+    pub port: u16,
+    /// Path prefix the request path is appended to (no trailing slash).
+    pub path_prefix: Arc<str>,
+    /// The address when the host is an IP literal; `None`: resolved at request time.
+    pub addr: Option<SocketAddr>,
+    /// Key to inject, if any.
+    pub api_key: Option<Secret>,
+    /// Header carrying the injected key.
+    pub auth_header: Arc<str>,
+    /// Extra headers.
+    pub headers: Arc<[(String, String)]>,
+    /// Extra query, already encoded (`a=b&c=d`), or empty.
+    pub query: Arc<str>,
+    /// HTTP/2 to the upstream.
+    pub http2: bool,
+    /// The headers above as every LLM request carries them, built once here.
+    pub wire: WireHeaders,
+}
+
+/// An upstream's headers in the form they are sent: checked and converted when the config
+/// is, not parsed again on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireHeaders {
+    /// `Host`: the authority.
+    pub host: http::HeaderValue,
+    /// The credential header and its value (`Bearer <key>` under `authorization`), marked
+    /// sensitive; `None` without a key.
+    pub credential: Option<(http::HeaderName, http::HeaderValue)>,
+    /// The extra headers.
+    pub extra: Arc<[(http::HeaderName, http::HeaderValue)]>,
+}
+
+impl Upstream {
+    /// `host` or `host:port` for the `Host` header.
+    pub fn authority(&self) -> String {
+        authority(&self.host, self.port, self.tls)
+    }
+}
+
+fn authority(host: &str, port: u16, tls: bool) -> String {
+    let default_port = if tls { 443 } else { 80 };
+    if port == default_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    }
+}
 
 pub(super) fn compile_upstream(
     profile: &str,
@@ -119,7 +198,8 @@ pub(super) fn compile_upstream(
     })
 }
 
-/// The headers of an upstream's requests as sent (names and values checked above).
+/// The headers of an upstream's requests as sent; a name, value or key a header cannot
+/// carry is a config error.
 fn wire_headers(
     ctx: &str,
     host: &str,
@@ -130,7 +210,7 @@ fn wire_headers(
     headers: &[(String, String)],
 ) -> Result<WireHeaders, ConfigError> {
     let invalid = |what: &str| ConfigError::Invalid(format!("{ctx}: {what}"));
-    let host = HeaderValue::from_str(&super::authority(host, port, tls))
+    let host = HeaderValue::from_str(&authority(host, port, tls))
         .map_err(|_| invalid("the host is not a valid Host header"))?;
     let name = HeaderName::from_bytes(auth_header.as_bytes())
         .map_err(|_| invalid(&format!("invalid header '{auth_header}'")))?;
