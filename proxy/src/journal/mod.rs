@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::events::{EventSink, RequestRecord};
 
 mod record;
+mod segment;
 pub use record::{Decisions, McpUsage, UsageRecord, session_digest};
 
 /// Journal failures.
@@ -51,8 +52,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 }
 
 struct Writer {
-    file: File,
-    segment_bytes: u64,
+    segment: segment::ActiveSegment,
     next_seq: u64,
 }
 
@@ -64,8 +64,11 @@ pub struct Journal {
     writer: parking_lot::Mutex<Writer>,
     appended: tokio::sync::Notify,
     failures: std::sync::atomic::AtomicU64,
-    // The `acked` file's value, read once at open: this process is its only writer.
+    // The highest acknowledged sequence; the `acked` file's value is read once at open
+    // (this process is its only writer) and trails it between trims (`ack`).
     acked: std::sync::atomic::AtomicU64,
+    // What the `acked` file holds.
+    persisted_acked: parking_lot::Mutex<u64>,
     // Held for the journal's life: two writers would interleave sequences.
     _lock: File,
 }
@@ -107,8 +110,12 @@ struct SeqOnly {
 }
 
 /// The sequence of one journal line, if it is a whole record. Records are written with
-/// `seq` first, so it is read from the prefix; the whole line must still end the object.
+/// `seq` first, so it is read from the prefix; the whole line must still end the object and
+/// hold no zero byte (what a segment holds where nothing was written: `segment.rs`).
 fn line_seq(line: &[u8]) -> Option<u64> {
+    if memchr::memchr(0, line).is_some() {
+        return None;
+    }
     if let Some(rest) = line.strip_prefix(b"{\"seq\":")
         && line.last() == Some(&b'}')
     {
@@ -170,16 +177,11 @@ impl Journal {
         };
         let acked = read_acked(dir)?;
         let segs = segments(dir)?;
-        let (file, segment_bytes, next_seq) = match segs.last() {
+        let capacity = usize::try_from(segment_max_bytes).unwrap_or(usize::MAX);
+        let (segment, next_seq) = match segs.last() {
             Some(&first) => {
                 let path = dir.join(segment_name(first));
-                let mut f = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                let mut text = Vec::new();
-                f.read_to_end(&mut text).map_err(io(&path))?;
+                let text = std::fs::read(&path).map_err(io(&path))?;
                 let mut good_end = 0usize;
                 let mut last = first.saturating_sub(1);
                 let mut start = 0usize;
@@ -194,35 +196,32 @@ impl Journal {
                     }
                     start += nl + 1;
                 }
-                if good_end < text.len() {
-                    f.set_len(good_end as u64).map_err(io(&path))?;
+                let written = segment::written_end(&text);
+                if written > good_end {
                     tracing::warn!(path = %path.display(), "usage journal: cut a torn last record");
                 }
-                (f, good_end as u64, last.max(acked) + 1)
+                let segment =
+                    segment::ActiveSegment::resume(&path, first, good_end, written, capacity)
+                        .map_err(io(&path))?;
+                (segment, last.max(acked) + 1)
             }
             None => {
                 let next = acked + 1;
                 let path = dir.join(segment_name(next));
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                (f, 0, next)
+                let segment =
+                    segment::ActiveSegment::create(&path, next, capacity).map_err(io(&path))?;
+                (segment, next)
             }
         };
         Ok(Arc::new(Self {
             dir: dir.to_owned(),
             proxy_id,
             segment_max_bytes,
-            writer: parking_lot::Mutex::new(Writer {
-                file,
-                segment_bytes,
-                next_seq,
-            }),
+            writer: parking_lot::Mutex::new(Writer { segment, next_seq }),
             appended: tokio::sync::Notify::new(),
             failures: std::sync::atomic::AtomicU64::new(0),
             acked: std::sync::atomic::AtomicU64::new(acked),
+            persisted_acked: parking_lot::Mutex::new(acked),
             _lock: lock,
         }))
     }
@@ -248,18 +247,36 @@ impl Journal {
             line.clear();
         }
         line.push(b'\n');
-        if w.segment_bytes > 0 && w.segment_bytes + line.len() as u64 > self.segment_max_bytes {
-            let path = self.dir.join(segment_name(record.seq));
-            w.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            w.segment_bytes = 0;
+        if line.len() > w.segment.room() {
+            if w.segment.len > 0 {
+                let path = self.dir.join(segment_name(record.seq));
+                let capacity = usize::try_from(self.segment_max_bytes)
+                    .unwrap_or(usize::MAX)
+                    .max(line.len());
+                let next = segment::ActiveSegment::create(&path, record.seq, capacity)
+                    .map_err(io(&path))?;
+                let mut done = std::mem::replace(&mut w.segment, next);
+                if let Err(e) = done.finish() {
+                    // Its records are whole; the zeros after them stay, which readers skip.
+                    tracing::warn!(error = %e, "usage journal: could not cut a finished segment");
+                }
+            } else {
+                // A record larger than a whole segment gets a segment of its own size.
+                let path = self.dir.join(segment_name(w.segment.first));
+                w.segment.grow_for(line.len()).map_err(io(&path))?;
+            }
         }
-        // One write call per record: a process kill cannot leave half of it in the file.
-        w.file.write_all(&line).map_err(io(&self.dir))?;
-        w.segment_bytes += line.len() as u64;
+        // One copy into the mapping: in the page cache once it returns (`segment.rs`).
+        if !w.segment.push(&line) {
+            return Err(JournalError::Io {
+                path: self
+                    .dir
+                    .join(segment_name(w.segment.first))
+                    .display()
+                    .to_string(),
+                source: std::io::Error::other("no room for the record in its segment"),
+            });
+        }
         w.next_seq += 1;
         drop(w);
         self.appended.notify_one();
@@ -299,6 +316,12 @@ impl Journal {
         max_bytes: usize,
     ) -> Result<(Vec<Line>, Cursor), JournalError> {
         let segs = segments(&self.dir)?;
+        // The segment being written is read only up to its whole records: a record being
+        // copied into it may be half there.
+        let (active, active_len) = {
+            let w = self.writer.lock();
+            (w.segment.first, w.segment.len as u64)
+        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut at = cursor;
@@ -321,7 +344,13 @@ impl Journal {
             let mut f = File::open(&path).map_err(io(&path))?;
             f.seek(SeekFrom::Start(at.offset)).map_err(io(&path))?;
             let mut text = Vec::new();
-            f.read_to_end(&mut text).map_err(io(&path))?;
+            if *first == active {
+                f.take(active_len.saturating_sub(at.offset))
+                    .read_to_end(&mut text)
+                    .map_err(io(&path))?;
+            } else {
+                f.read_to_end(&mut text).map_err(io(&path))?;
+            }
             let mut start = 0usize;
             while let Some(nl) = memchr::memchr(b'\n', &text[start..]) {
                 let line = &text[start..start + nl];
@@ -342,21 +371,41 @@ impl Journal {
     }
 
     /// Records `seq` as acknowledged and removes segments wholly at or below it.
+    ///
+    /// The `acked` file is rewritten (and synced) only before segments go, not on every
+    /// acknowledgement: it is what keeps a restarted proxy from reusing a removed segment's
+    /// sequences. Sequences still in a file after a restart are read again from the last
+    /// written value and sent again; the control plane stores each (proxy id, sequence) once,
+    /// so that costs a round trip and counts nothing twice.
     pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
         if seq <= self.acked() {
             return Ok(());
         }
-        write_atomic(&self.dir.join("acked"), seq.to_string().as_bytes())?;
+        let segs = segments(&self.dir)?;
+        // The last segment is the one being written: never removed.
+        let wholly_acked = segs
+            .windows(2)
+            .take_while(|pair| pair[1] <= seq + 1)
+            .map(|pair| pair[0])
+            .collect::<Vec<_>>();
+        if !wholly_acked.is_empty() {
+            self.persist_acked(seq)?;
+        }
         self.acked
             .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
-        let segs = segments(&self.dir)?;
-        for (i, first) in segs.iter().enumerate() {
-            // The last segment is the one being written: never removed.
-            let Some(next) = segs.get(i + 1) else { break };
-            if *next <= seq + 1 {
-                let path = self.dir.join(segment_name(*first));
-                std::fs::remove_file(&path).map_err(io(&path))?;
-            }
+        for first in wholly_acked {
+            let path = self.dir.join(segment_name(first));
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `seq` to the `acked` file unless it holds that much already.
+    fn persist_acked(&self, seq: u64) -> Result<(), JournalError> {
+        let mut persisted = self.persisted_acked.lock();
+        if *persisted < seq {
+            write_atomic(&self.dir.join("acked"), seq.to_string().as_bytes())?;
+            *persisted = seq;
         }
         Ok(())
     }
@@ -364,6 +413,19 @@ impl Journal {
     /// Waits until a record is appended (or returns at once if one was since the last wait).
     pub async fn appended(&self) {
         self.appended.notified().await;
+    }
+}
+
+impl Drop for Journal {
+    // A proxy that stops cleanly leaves nothing to send again at its next start, and its
+    // last segment as plain JSON lines.
+    fn drop(&mut self) {
+        if let Err(e) = self.persist_acked(self.acked()) {
+            tracing::warn!(error = %e, "usage journal: could not record the last acknowledgement");
+        }
+        if let Err(e) = self.writer.get_mut().segment.finish() {
+            tracing::warn!(error = %e, "usage journal: could not cut the last segment");
+        }
     }
 }
 
@@ -428,74 +490,4 @@ impl EventSink for Tee {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(profile: &str) -> UsageRecord {
-        UsageRecord {
-            profile: profile.into(),
-            ..UsageRecord::default()
-        }
-    }
-
-    #[test]
-    fn sequences_survive_reopen_and_torn_tails_are_cut() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let j = Journal::open(dir.path(), 1 << 20).expect("open");
-        let id = j.proxy_id().to_owned();
-        assert_eq!(j.append(rec("a")).expect("append"), 1);
-        assert_eq!(j.append(rec("b")).expect("append"), 2);
-        // A second process (or a second open) on the same journal is refused.
-        assert!(matches!(
-            Journal::open(dir.path(), 1 << 20),
-            Err(JournalError::InUse { .. })
-        ));
-        drop(j);
-        // A torn write: half a record at the end.
-        let seg = dir.path().join(segment_name(1));
-        let mut f = OpenOptions::new().append(true).open(&seg).expect("seg");
-        f.write_all(b"{\"seq\":3,\"ts_").expect("write");
-        let j = Journal::open(dir.path(), 1 << 20).expect("reopen");
-        assert_eq!(j.proxy_id(), id);
-        assert_eq!(j.append(rec("c")).expect("append"), 3);
-        let all = j.read_after(0, 100, 1 << 20).expect("read");
-        assert_eq!(
-            all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
-    }
-
-    #[test]
-    fn acked_segments_are_trimmed_and_never_reread() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let j = Journal::open(dir.path(), 200).expect("open");
-        for _ in 0..20 {
-            j.append(rec("p")).expect("append");
-        }
-        assert!(segments(dir.path()).expect("segs").len() > 3);
-        let first = j.read_after(0, 5, 1 << 20).expect("read");
-        assert_eq!(first.len(), 5);
-        j.ack(5).expect("ack");
-        let rest = j.read_after(j.acked(), 100, 1 << 20).expect("read");
-        assert_eq!(rest.first().map(|r| r.0), Some(6));
-        assert_eq!(rest.len(), 15);
-        // A cursor continues where the previous read stopped, across segments.
-        let (a, c) = j.read_from(Cursor::default(), 5, 4, 1 << 20).expect("read");
-        let (b, c2) = j.read_from(c, 9, 100, 1 << 20).expect("read");
-        assert_eq!(a.iter().map(|r| r.0).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
-        assert_eq!(b.first().map(|r| r.0), Some(10));
-        assert_eq!(b.last().map(|r| r.0), Some(20));
-        assert!(
-            j.read_from(c2, 20, 100, 1 << 20)
-                .expect("read")
-                .0
-                .is_empty()
-        );
-        j.ack(20).expect("ack");
-        assert_eq!(segments(dir.path()).expect("segs").len(), 1);
-        drop(j);
-        let j = Journal::open(dir.path(), 200).expect("reopen");
-        assert_eq!(j.append(rec("q")).expect("append"), 21);
-        assert!(j.read_after(20, 100, 1 << 20).expect("read").len() == 1);
-    }
-}
+mod tests;
