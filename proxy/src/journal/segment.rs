@@ -12,12 +12,19 @@
 //! JSON text never holds a zero byte, so a reader (and the recovery at open) stops at the
 //! first one. A segment is cut to its records' length when it is finished (rolled over or
 //! the journal closed), so finished segments are plain JSON lines.
+//!
+//! The first store into each page of the mapping would be a page fault (~1.4% of a loaded
+//! proxy's CPU, one per ~7 records); the writer readies the next 64 KiB of pages in one
+//! `madvise(MADV_POPULATE_WRITE)` as it enters a chunk instead.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use memmap2::{MmapMut, MmapOptions};
+
+/// Bytes of a segment readied for writing at a time (`ActiveSegment::push`).
+const PREFAULT_CHUNK: usize = 64 << 10;
 
 /// The segment records are appended to.
 pub(super) struct ActiveSegment {
@@ -108,7 +115,20 @@ impl ActiveSegment {
             return false;
         };
         slot.copy_from_slice(line);
+        let before = self.len;
         self.len = end;
+        // Each first store into a page is a fault (ext4 readies the page for writing). The
+        // next chunk's pages are readied in one call as this one is entered: cheaper than a
+        // fault per page, and never needed for correctness (the stores fault otherwise).
+        if before / PREFAULT_CHUNK != end / PREFAULT_CHUNK
+            && let Some(map) = self.map.as_ref()
+        {
+            let next = (end / PREFAULT_CHUNK + 1) * PREFAULT_CHUNK;
+            let len = PREFAULT_CHUNK.min(map.len().saturating_sub(next));
+            if len > 0 {
+                let _ = map.advise_range(memmap2::Advice::PopulateWrite, next, len);
+            }
+        }
         true
     }
 

@@ -199,3 +199,22 @@ fn finished_segments_hold_their_records_and_nothing_else() {
     assert_eq!(j.append(rec("r")).expect("append"), 2);
     assert_eq!(j.read_after(0, 10, 1 << 20).expect("read").len(), 2);
 }
+
+#[test]
+fn records_across_many_pages_and_segments_read_back_in_order() {
+    // Past several of the 64 KiB chunks readied ahead of the writer, and past the end of
+    // a segment whose last chunk is short.
+    let dir = tempfile::tempdir().expect("tmp");
+    let j = Journal::open(dir.path(), 150_000).expect("open");
+    for i in 0..1_000u32 {
+        j.append(rec(&format!("p{i}"))).expect("append");
+    }
+    assert!(segments(dir.path()).expect("segs").len() > 1);
+    let all = j.read_after(0, 2_000, 16 << 20).expect("read");
+    assert_eq!(all.len(), 1_000);
+    for (i, (seq, line)) in all.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1);
+        let v: serde_json::Value = serde_json::from_slice(line).expect("json");
+        assert_eq!(v["profile"], format!("p{i}"));
+    }
+}
