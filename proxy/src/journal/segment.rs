@@ -86,10 +86,11 @@ impl ActiveSegment {
         }
         let len = usize::try_from(capacity).map_err(std::io::Error::other)?;
         // SAFETY: the mapping covers blocks allocated above, within the file's length, and
-        // the file only ever shrinks in `finish`, after the mapping is dropped. The journal
-        // directory's lock (`Journal::open`) keeps other sluice processes from writing or
-        // cutting the file; the mapping is private to this value and written only through
-        // `&mut self`.
+        // this process shrinks the file only in `finish`, after the mapping is dropped. The
+        // journal directory's lock (`Journal::open`) keeps other sluice processes from it;
+        // another program cutting the segment being written would fault the writer
+        // (`SIGBUS`), which docs/operations.md warns of. The mapping is private to this
+        // value and written only through `&mut self`.
         #[allow(unsafe_code)]
         let map = unsafe { MmapOptions::new().len(len).map_mut(&self.file)? };
         self.map = Some(map);
