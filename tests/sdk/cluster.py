@@ -143,6 +143,14 @@ class Cluster:
         assert status == 200 and v["version"] >= version, v
         return v["version"]
 
+    def wait_ready(self, proxy):
+        """Waits (up to 10 s) for the proxy's /readyz: behind a control plane with spend or
+        rate limits, until it holds its first leases (before, a limited request is a 503)."""
+        deadline = time.time() + 10
+        while http("GET", f"http://{proxy.info['proxy']}/readyz")[0] != 200:
+            assert time.time() < deadline, "the proxy never got its first leases"
+            time.sleep(0.02)
+
     def shipped(self, proxies=None):
         """Waits (up to 30 s) until each proxy's journal is acknowledged up to its last record."""
         deadline = time.time() + 30

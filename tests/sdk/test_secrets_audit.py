@@ -68,6 +68,8 @@ def audit():
                                     "SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}",
                                     "SLUICE_OTEL_BATCH_DELAY_MS": "50"})
         c.wait_version(c.p, c.latest_version())
+        # The capped profile's limit is checked against this proxy's lease.
+        c.wait_ready(c.p)
         c.sink = sink
         yield c
     finally:

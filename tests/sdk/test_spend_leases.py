@@ -151,14 +151,6 @@ def test_a_proxy_cut_off_longer_than_a_lease_fails_closed_and_recovers():
         c.stop()
 
 
-def ready(proxy):
-    """Waits (up to 10 s) for /readyz: behind a control plane with limits, the first leases."""
-    deadline = time.time() + 10
-    while http("GET", f"http://{proxy.info['proxy']}/readyz")[0] != 200:
-        assert time.time() < deadline, "the proxy never got its first leases"
-        time.sleep(0.02)
-
-
 def test_three_proxies_share_a_rate_limit():
     c = Cluster()
     try:
@@ -172,7 +164,7 @@ def test_three_proxies_share_a_rate_limit():
         v = c.latest_version()
         for p in proxies:
             c.wait_version(p, v)
-            ready(p)
+            c.wait_ready(p)
 
         results, start = [], threading.Barrier(90)
 
