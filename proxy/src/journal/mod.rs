@@ -60,7 +60,8 @@ struct Writer {
 pub struct Journal {
     dir: PathBuf,
     proxy_id: String,
-    segment_max_bytes: u64,
+    // A segment's size: it rolls over before a record that would not fit.
+    segment_capacity: usize,
     writer: parking_lot::Mutex<Writer>,
     appended: tokio::sync::Notify,
     failures: std::sync::atomic::AtomicU64,
@@ -216,7 +217,7 @@ impl Journal {
         Ok(Arc::new(Self {
             dir: dir.to_owned(),
             proxy_id,
-            segment_max_bytes,
+            segment_capacity: capacity,
             writer: parking_lot::Mutex::new(Writer { segment, next_seq }),
             appended: tokio::sync::Notify::new(),
             failures: std::sync::atomic::AtomicU64::new(0),
@@ -250,9 +251,7 @@ impl Journal {
         if line.len() > w.segment.room() {
             if w.segment.len > 0 {
                 let path = self.dir.join(segment_name(record.seq));
-                let capacity = usize::try_from(self.segment_max_bytes)
-                    .unwrap_or(usize::MAX)
-                    .max(line.len());
+                let capacity = self.segment_capacity.max(line.len());
                 let next = segment::ActiveSegment::create(&path, record.seq, capacity)
                     .map_err(io(&path))?;
                 let mut done = std::mem::replace(&mut w.segment, next);
