@@ -209,8 +209,8 @@ impl Journal {
             None => {
                 let next = acked + 1;
                 let path = dir.join(segment_name(next));
-                let segment =
-                    segment::ActiveSegment::create(&path, next, capacity).map_err(io(&path))?;
+                let segment = segment::ActiveSegment::create_or_unmapped(&path, next, capacity)
+                    .map_err(io(&path))?;
                 (segment, next)
             }
         };
@@ -260,9 +260,12 @@ impl Journal {
                     tracing::warn!(error = %e, "usage journal: could not cut a finished segment");
                 }
             } else {
-                // A record larger than a whole segment gets a segment of its own size.
+                // A record larger than a whole segment gets a segment of its own size; a
+                // segment left without room by a full disk tries again.
                 let path = self.dir.join(segment_name(w.segment.first));
-                w.segment.grow_for(line.len()).map_err(io(&path))?;
+                w.segment
+                    .grow_to(self.segment_capacity.max(line.len()))
+                    .map_err(io(&path))?;
             }
         }
         // One copy into the mapping: in the page cache once it returns (`segment.rs`).

@@ -38,18 +38,50 @@ pub(super) struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    /// Creates the segment file at `path` with room for `capacity` bytes.
+    /// Creates the segment file at `path` with room for `capacity` bytes. A file that
+    /// cannot get its blocks (a full disk) is removed again, so a later try can take the
+    /// same name.
     pub(super) fn create(path: &Path, first: u64, capacity: usize) -> std::io::Result<Self> {
         let file = OpenOptions::new()
             .create_new(true)
             .read(true)
             .write(true)
             .open(path)?;
-        Self::open_file(file, first, 0, capacity)
+        let mut segment = Self::unmapped(file, first, 0);
+        if let Err(e) = segment.map_to(capacity) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(segment)
+    }
+
+    /// Creates the segment file at `path` and maps it if its blocks can be had; if not (a
+    /// full disk when the proxy starts), it is kept unmapped: it has no room, and each
+    /// record tries again (`grow_to`), failing as a counted append until there is space.
+    pub(super) fn create_or_unmapped(
+        path: &Path,
+        first: u64,
+        capacity: usize,
+    ) -> std::io::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let mut segment = Self::unmapped(file, first, 0);
+        if let Err(e) = segment.map_to(capacity) {
+            tracing::warn!(error = %e, "usage journal: no room for a segment yet");
+        }
+        Ok(segment)
     }
 
     /// Continues the existing segment at `path`, whose whole records end at `len`; whatever
     /// follows them up to `written` (a record torn by a crash) is zeroed.
+    ///
+    /// Growing it to `capacity` needs blocks; without them (a full disk) it is mapped as
+    /// large as it is, so the proxy still starts, and the next record that does not fit
+    /// starts a new segment or fails as a counted append.
     pub(super) fn resume(
         path: &Path,
         first: u64,
@@ -58,22 +90,27 @@ impl ActiveSegment {
         capacity: usize,
     ) -> std::io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let mut segment = Self::open_file(file, first, len, capacity.max(written))?;
+        let mut segment = Self::unmapped(file, first, len);
+        if let Err(e) = segment.map_to(capacity.max(written)) {
+            tracing::warn!(error = %e, "usage journal: no room to grow the last segment");
+            if segment.map_to(written).is_err() {
+                // Its records stay readable; it takes no more, and is cut at the next roll.
+                segment.map = None;
+            }
+        }
         if let Some(torn) = segment.map.as_mut().and_then(|m| m.get_mut(len..written)) {
             torn.fill(0);
         }
         Ok(segment)
     }
 
-    fn open_file(file: File, first: u64, len: usize, capacity: usize) -> std::io::Result<Self> {
-        let mut segment = Self {
+    fn unmapped(file: File, first: u64, len: usize) -> Self {
+        Self {
             first,
             file,
             map: None,
             len,
-        };
-        segment.map_to(capacity)?;
-        Ok(segment)
+        }
     }
 
     /// Allocates the file to `capacity` bytes (it never shrinks here) and maps all of it.
@@ -104,9 +141,10 @@ impl ActiveSegment {
             .map_or(0, |m| m.len().saturating_sub(self.len))
     }
 
-    /// Makes room for one line of `bytes` in a segment that holds none yet.
-    pub(super) fn grow_for(&mut self, bytes: usize) -> std::io::Result<()> {
-        self.map_to(self.len.saturating_add(bytes))
+    /// Maps a segment that holds no record yet at `capacity` bytes: one record larger than
+    /// a segment, or a segment that had no room when it was created.
+    pub(super) fn grow_to(&mut self, capacity: usize) -> std::io::Result<()> {
+        self.map_to(capacity)
     }
 
     /// Appends `line` if it fits; false (nothing written) if it does not.
@@ -160,6 +198,10 @@ fn allocate(file: &mut File, from: u64, to: u64) -> std::io::Result<()> {
     match rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::empty(), from, to - from) {
         Ok(()) => Ok(()),
         Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            let fs = rustix::fs::fstatvfs(&*file)?;
+            if fs.f_bavail.saturating_mul(fs.f_frsize) < to - from {
+                return Err(rustix::io::Errno::NOSPC.into());
+            }
             file.seek(SeekFrom::Start(from))?;
             let zeros = [0u8; 64 << 10];
             let mut left = to - from;

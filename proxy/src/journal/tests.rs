@@ -218,3 +218,25 @@ fn records_across_many_pages_and_segments_read_back_in_order() {
         assert_eq!(v["profile"], format!("p{i}"));
     }
 }
+
+#[test]
+fn a_disk_without_room_for_a_segment_fails_appends_not_the_start() {
+    // A segment size no disk here can give blocks to stands for a full disk.
+    let no_room = 1u64 << 50;
+    let dir = tempfile::tempdir().expect("tmp");
+    let j = Journal::open(dir.path(), no_room).expect("open without room");
+    assert!(j.append(rec("a")).is_err());
+    drop(j);
+    // A journal with records reopened without room to grow: they stay readable, and a
+    // segment that cannot be created leaves no file behind to block the next try.
+    let dir = tempfile::tempdir().expect("tmp");
+    let j = Journal::open(dir.path(), 1 << 20).expect("open");
+    j.append(rec("a")).expect("append");
+    j.append(rec("b")).expect("append");
+    drop(j);
+    let j = Journal::open(dir.path(), no_room).expect("reopen without room");
+    assert!(j.append(rec("c")).is_err());
+    assert!(j.append(rec("c")).is_err());
+    assert_eq!(segments(dir.path()).expect("segs"), vec![1]);
+    assert_eq!(j.read_after(0, 10, 1 << 20).expect("read").len(), 2);
+}
