@@ -9,6 +9,7 @@ import datetime
 import os
 import socket
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def main():
     finally:
         mock.terminate()
         mock.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     size = os.path.getsize(args.binary)
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     print(f"Machine: {machine()}  ")

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main():
         print("\n".join(lines))
     finally:
         stop(procs, signal.SIGINT)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def main():
         for p in procs:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def render(args, results):

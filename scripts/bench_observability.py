@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def main():
                 f.write(report)
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def move_exporter(pid, core):

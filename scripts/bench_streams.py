@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main():
               f"{args.seconds:g} s after a 20 s warm-up.")
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -101,6 +102,7 @@ def main():
         return 0 if ok else 1
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,6 +198,7 @@ def main():
         return 0 if ok else 1
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

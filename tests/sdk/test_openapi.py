@@ -3,7 +3,7 @@ with an admin key; no 5xx, and every response matches its documented schema."""
 import os
 import subprocess
 
-from cluster import ADMIN_KEY, Process
+from cluster import ADMIN_KEY, Process, remove_workdir
 import tempfile
 import secrets
 
@@ -32,3 +32,4 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations():
         assert "5xx" not in control.output()
     finally:
         control.stop()
+        remove_workdir(d)
