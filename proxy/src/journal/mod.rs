@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::events::{EventSink, RequestRecord};
 
 mod record;
+mod record_json;
 mod segment;
 pub use record::{Decisions, McpUsage, UsageRecord, session_digest};
 
@@ -241,12 +242,9 @@ impl Journal {
     pub fn append(&self, mut record: UsageRecord) -> Result<u64, JournalError> {
         let mut w = self.writer.lock();
         record.seq = w.next_seq;
-        // Sized for a typical record (about 600 bytes): `to_vec` starts at 128 and grows
-        // three times.
+        // Sized for a typical record (about 600 bytes).
         let mut line = Vec::with_capacity(1024);
-        if serde_json::to_writer(&mut line, &record).is_err() {
-            line.clear();
-        }
+        record.write_json(&mut line);
         line.push(b'\n');
         if line.len() > w.segment.room() {
             if w.segment.len > 0 {
