@@ -123,6 +123,44 @@ fn an_idle_keep_alive_connection_is_closed_but_a_busy_one_is_served() {
 }
 
 #[test]
+fn a_stream_longer_than_both_deadlines_is_served_and_the_idle_clock_starts_at_its_end() {
+    let h = Harness::start(TIGHT);
+    h.rt.block_on(async {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        let body = chat_body(true, false).to_string();
+        // 14 events 100 ms apart: longer than both deadlines (400 and 800 ms).
+        let req = format!(
+            "POST /v1/openai/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-mock-chunk-delay-ms: 100\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let sent = Instant::now();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The last chunk of the chunked answer ends the response.
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed mid-stream: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let took = sent.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("data: [DONE]"), "{text}");
+        assert!(took > Duration::from_millis(900), "the stream took {took:?}");
+        // The keep-alive deadline counts from the end of the response, not from when the
+        // connection's timer last fired while the stream ran.
+        let ended = Instant::now();
+        let (got, after) = until_closed(&mut s, ended).await;
+        assert!(got.is_empty());
+        assert!(
+            after >= Duration::from_millis(700) && after < Duration::from_secs(3),
+            "idle connection closed {after:?} after the stream, deadline 800 ms"
+        );
+    });
+}
+
+#[test]
 fn r03_slow_post_is_refused_by_the_minimum_rate_not_an_idle_timer() {
     let h = Harness::start(TIGHT);
     let before = h.mock.stats.requests.load(Ordering::Relaxed);
