@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxBuildHasher;
+
 use crate::config::RawPrice;
 use crate::events::{Provider, Usage};
 
@@ -19,7 +21,8 @@ pub struct Price {
 /// Prices by provider and model.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
-    by_model: HashMap<(Provider, String), Price>,
+    /// One map per provider ([`Provider::slot`]), looked up by `&str` without a copy.
+    by_model: [HashMap<Box<str>, Price, FxBuildHasher>; Provider::COUNT],
 }
 
 fn nano_per_token(usd_per_mtok: f64, what: &str) -> Result<u64, String> {
@@ -35,7 +38,8 @@ fn nano_per_token(usd_per_mtok: f64, what: &str) -> Result<u64, String> {
 impl PriceTable {
     /// Checks and converts the raw prices.
     pub fn compile(raw: &[RawPrice]) -> Result<Self, String> {
-        let mut by_model = HashMap::new();
+        let mut by_model: [HashMap<Box<str>, Price, FxBuildHasher>; Provider::COUNT] =
+            Default::default();
         for p in raw {
             let provider = match p.provider.as_str() {
                 "openai" => Provider::Openai,
@@ -56,7 +60,7 @@ impl PriceTable {
                     None => input,
                 },
             };
-            by_model.insert((provider, p.model.clone()), price);
+            by_model[provider.slot()].insert(p.model.as_str().into(), price);
         }
         Ok(Self { by_model })
     }
@@ -67,21 +71,23 @@ impl PriceTable {
     /// another model (`o3-pro` is not `o3`, `claude-opus-4-8` is not `claude-opus-4`) and
     /// has no price of its own.
     pub fn price(&self, provider: Provider, model: &str) -> Option<Price> {
-        if let Some(p) = self.by_model.get(&(provider, model.to_owned())) {
+        let models = &self.by_model[provider.slot()];
+        if let Some(p) = models.get(model) {
             return Some(*p);
         }
-        self.by_model
-            .iter()
-            .filter(|((pr, m), _)| {
-                *pr == provider
-                    && m != "*"
-                    && model.len() > m.len()
-                    && model.starts_with(m.as_str())
-                    && model.as_bytes()[m.len()] == b'-'
-                    && is_snapshot_suffix(&model[m.len() + 1..])
+        // Cut at each '-' from the right: the first priced name with a snapshot suffix
+        // after it is the longest (one lookup per dash, not a scan of the table).
+        model
+            .bytes()
+            .enumerate()
+            .rev()
+            .filter(|&(_, b)| b == b'-')
+            .find_map(|(i, _)| {
+                let (name, suffix) = (&model[..i], &model[i + 1..]);
+                (name != "*" && is_snapshot_suffix(suffix))
+                    .then(|| models.get(name).copied())
+                    .flatten()
             })
-            .max_by_key(|((_, m), _)| m.len())
-            .map(|(_, p)| *p)
     }
 
     /// Cost in millionths of a dollar (rounded half up), when the model has a price.
@@ -94,7 +100,7 @@ impl PriceTable {
     pub fn cost(&self, provider: Provider, model: &str, usage: &Usage) -> Option<(i64, bool)> {
         let (p, default) = match self.price(provider, model) {
             Some(p) => (p, false),
-            None => (*self.by_model.get(&(provider, "*".to_owned()))?, true),
+            None => (*self.by_model[provider.slot()].get("*")?, true),
         };
         let nano = u128::from(usage.input_tokens) * u128::from(p.input)
             + u128::from(usage.output_tokens) * u128::from(p.output)
@@ -107,7 +113,7 @@ impl PriceTable {
 
     /// True when no price is configured.
     pub fn is_empty(&self) -> bool {
-        self.by_model.is_empty()
+        self.by_model.iter().all(HashMap::is_empty)
     }
 }
 

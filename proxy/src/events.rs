@@ -29,6 +29,18 @@ impl Provider {
             Provider::Gemini => "gemini",
         }
     }
+
+    /// How many providers there are: the length of a table with one slot per provider.
+    pub const COUNT: usize = 3;
+
+    /// Its slot in a table with one per provider (below [`Provider::COUNT`]).
+    pub const fn slot(self) -> usize {
+        match self {
+            Provider::Openai => 0,
+            Provider::Anthropic => 1,
+            Provider::Gemini => 2,
+        }
+    }
 }
 
 /// The API an inspected request calls.
@@ -330,7 +342,14 @@ impl EventSink for RecentRecords {
 
 #[cfg(test)]
 mod tests {
-    use super::Api;
+    use super::{Api, Provider};
+
+    #[test]
+    fn each_provider_has_a_slot_of_its_own_below_the_count() {
+        let slots = [Provider::Openai, Provider::Anthropic, Provider::Gemini].map(Provider::slot);
+        assert_eq!(slots, [0, 1, 2]);
+        assert_eq!(Provider::COUNT, slots.len());
+    }
 
     #[test]
     fn an_api_name_is_its_serialised_name() {

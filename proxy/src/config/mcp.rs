@@ -99,8 +99,8 @@ impl McpServer {
 pub(super) fn compile_servers(
     raw: BTreeMap<String, RawMcpServer>,
     env: &Environment,
-) -> Result<std::collections::HashMap<Arc<str>, Arc<McpServer>>, ConfigError> {
-    let mut out = std::collections::HashMap::new();
+) -> Result<super::NameMap<Arc<str>, Arc<McpServer>>, ConfigError> {
+    let mut out = super::NameMap::default();
     for (name, s) in raw {
         super::check_profile_name(&name)
             .map_err(|e| ConfigError::Invalid(e.to_string().replace("profile", "MCP server")))?;

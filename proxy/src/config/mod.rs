@@ -180,7 +180,7 @@ pub struct Profile {
     /// per tool call).
     pub tool_source: Arc<str>,
     /// Upstreams by provider.
-    pub upstreams: HashMap<Provider, Arc<Upstream>>,
+    pub upstreams: NameMap<Provider, Arc<Upstream>>,
     /// Owning team, for policy conditions.
     pub team: Option<Arc<str>>,
     /// Owning organisation's id, for organisation spend limits.
@@ -201,6 +201,11 @@ pub struct Profile {
     pub mcp_servers: Arc<[Arc<str>]>,
 }
 
+/// A map the snapshot fills from its own names (profiles, providers, key ids, MCP servers)
+/// and a request only looks up in. No request inserts into it, so it needs no defence
+/// against keys chosen to collide, and a faster hash than the standard SipHash does.
+pub type NameMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 /// The checked configuration every request reads from one snapshot.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -213,13 +218,13 @@ pub struct Config {
     /// Limits.
     pub limits: Limits,
     /// Profiles by name.
-    pub profiles: HashMap<Arc<str>, Arc<Profile>>,
+    pub profiles: NameMap<Arc<str>, Arc<Profile>>,
     /// The compiled policies of this snapshot.
     pub policies: Arc<sluice_policies::CompiledPolicies>,
     /// The dual-LLM quarantine, if configured.
     pub quarantine: Option<crate::quarantine::QuarantineConfig>,
     /// Virtual keys by id.
-    pub virtual_keys: HashMap<Arc<str>, crate::keys::VirtualKey>,
+    pub virtual_keys: NameMap<Arc<str>, crate::keys::VirtualKey>,
     /// Approved call ids and when each approval ends (ms since the epoch).
     pub approvals: HashMap<String, i64>,
     /// Token prices.
@@ -231,7 +236,7 @@ pub struct Config {
     /// Optimisation rules, in the order they are tried.
     pub optimisation_rules: Arc<[crate::optimise::OptimisationRule]>,
     /// MCP servers by name.
-    pub mcp_servers: HashMap<Arc<str>, Arc<McpServer>>,
+    pub mcp_servers: NameMap<Arc<str>, Arc<McpServer>>,
     /// Browser origins allowed on the MCP endpoint besides loopback ones.
     pub mcp_allowed_origins: Arc<[String]>,
 }
@@ -415,7 +420,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
     if raw_profiles.is_empty() {
         raw_profiles.insert("default".into(), RawProfile::default());
     }
-    let mut profiles = HashMap::new();
+    let mut profiles = NameMap::default();
     for (name, p) in raw_profiles {
         check_profile_name(&name)?;
         if let Some(d) = &p.policy_defaults {
@@ -423,7 +428,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
                 ConfigError::Invalid(format!("profiles.{name}.policy_defaults: {e}"))
             })?;
         }
-        let mut upstreams = HashMap::new();
+        let mut upstreams = NameMap::default();
         for (provider, up) in [
             (Provider::Openai, p.openai),
             (Provider::Anthropic, p.anthropic),
@@ -518,7 +523,7 @@ pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigError>
             "threads must be between 1 and 256".into(),
         ));
     }
-    let mut virtual_keys = HashMap::new();
+    let mut virtual_keys = NameMap::default();
     for k in raw.virtual_keys {
         let Some((name, _)) = profiles.get_key_value(k.profile.as_str()) else {
             return Err(ConfigError::Invalid(format!(
