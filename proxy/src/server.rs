@@ -286,6 +286,13 @@ pub fn start(
 ) -> std::io::Result<RunningProxy> {
     let read_buffer = listener_read_buffer(|k| std::env::var(k).ok())?;
     let write_buffer = listener_write_buffer(|k| std::env::var(k).ok())?;
+    // Pingora's "fast" timeouts read the clock each time a read or write is wrapped in one
+    // (to check that their timer thread runs), even when it completes at once: eight reads
+    // per request here. A Tokio timeout reads it only when the operation has to wait. So
+    // every timeout of a second or more (Sluice's limits, by default) is Tokio's: the same
+    // deadlines, 1.5% more requests per second (docs/benchmarks.md). Process-wide, and the
+    // same for every proxy a process starts.
+    pingora::prelude::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(Duration::ZERO));
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut proxy_addrs = Vec::new();
     let proxy_addr = proxy.into().hand_over(&fds, &mut proxy_addrs)?;
