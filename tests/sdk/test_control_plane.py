@@ -2,6 +2,8 @@
 tool call on both proxies, a revoked virtual key stops working on both, and no secret
 (provider key, virtual key, admin key) shows up in any output or API response after
 creation."""
+import json
+
 import openai
 import pytest
 
@@ -62,6 +64,13 @@ def test_policy_and_revocation_reach_both_proxies(cluster):
         with pytest.raises(openai.AuthenticationError) as e:
             ask_to_email(client(p, vk["key"]))
         assert "not valid" in str(e.value)
+
+    # One access line per request (SLUICE_LOG=info here): the refused call's among them,
+    # and no prompt in any.
+    access = [json.loads(line) for text in cluster.outputs() for line in text.splitlines()
+              if line.startswith("{") and '"sluice::access"' in line]
+    assert any(a["profile"] == "shop" and a["status"] == 200 and a["refused"] for a in access), access
+    assert not any("Email Bob" in json.dumps(a) for a in access)
 
     # The provider key went upstream (the mock saw the request) but nowhere else.
     for text in cluster.outputs():

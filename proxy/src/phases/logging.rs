@@ -143,6 +143,10 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
     record(ctx, sink);
     // Refused or failed before a record: nothing was produced, release the room.
     crate::spend::settle(std::mem::take(&mut ctx.spend_holds), Default::default());
+    if !tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+        // Access lines are off (`SLUICE_LOG`): skip the summary's copy and the clock read.
+        return;
+    }
     let s = ctx.access.clone().unwrap_or_else(|| summary(ctx));
     let Some(route) = ctx.route.as_ref() else {
         return;
