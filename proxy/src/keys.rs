@@ -26,15 +26,20 @@ pub fn split_key<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
 /// SHA-256 over the salt, a zero byte and the secret, as lower-case hex. The secrets are 192
 /// random bits, so a fast hash is enough; the salt keeps equal secrets from equal digests.
 pub fn salted_digest(salt_hex: &str, secret: &str) -> String {
+    // Hex digits only: always valid UTF-8.
+    String::from_utf8_lossy(&digest_hex(salt_hex, secret)).into_owned()
+}
+
+/// [`salted_digest`] on the stack (checked on every request: no allocation).
+fn digest_hex(salt_hex: &str, secret: &str) -> [u8; 64] {
     let mut h = Sha256::new();
     h.update(salt_hex.as_bytes());
     h.update([0]);
     h.update(secret.as_bytes());
-    let d = h.finalize();
-    let mut out = String::with_capacity(64);
-    for b in d {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(h.finalize()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
     out
 }
@@ -43,10 +48,10 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// True when `secret` hashes to `digest_hex`; the comparison takes the same time wherever the
 /// digests differ.
-pub fn verify_digest(salt_hex: &str, digest_hex: &str, secret: &str) -> bool {
-    salted_digest(salt_hex, secret)
-        .as_bytes()
-        .ct_eq(digest_hex.as_bytes())
+pub fn verify_digest(salt_hex: &str, digest_hex_expected: &str, secret: &str) -> bool {
+    digest_hex(salt_hex, secret)
+        .as_slice()
+        .ct_eq(digest_hex_expected.as_bytes())
         .into()
 }
 
@@ -75,7 +80,10 @@ pub enum KeyRefusal {
 }
 
 /// Checks `key` against the snapshot's keys.
-pub fn check(keys: &HashMap<Arc<str>, VirtualKey>, key: &str) -> Result<VirtualKey, KeyRefusal> {
+pub fn check(
+    keys: &crate::config::NameMap<Arc<str>, VirtualKey>,
+    key: &str,
+) -> Result<VirtualKey, KeyRefusal> {
     let (id, secret) = split_key(VIRTUAL_KEY_PREFIX, key).ok_or(KeyRefusal::Invalid)?;
     let entry = keys.get(id).ok_or(KeyRefusal::Invalid)?;
     if !verify_digest(&entry.salt, &entry.digest, secret) {
@@ -301,7 +309,7 @@ fn from_hex(s: &str) -> Result<Vec<u8>, ()> {
 mod tests {
     use super::*;
 
-    fn table(secret: &str, expires: Option<i64>) -> HashMap<Arc<str>, VirtualKey> {
+    fn table(secret: &str, expires: Option<i64>) -> crate::config::NameMap<Arc<str>, VirtualKey> {
         let salt = "00ff".to_owned();
         let digest = salted_digest(&salt, secret);
         let k = VirtualKey {
@@ -311,7 +319,17 @@ mod tests {
             digest: digest.into(),
             expires_at_ms: expires,
         };
-        HashMap::from([(k.id.clone(), k)])
+        [(k.id.clone(), k)].into_iter().collect()
+    }
+
+    #[test]
+    fn the_digest_is_sha256_of_salt_zero_secret_in_hex() {
+        // hashlib.sha256(b"00ff\x00sk-secret").hexdigest()
+        let want = "62fc085bac9efaedb91ced7b73ab060118aff3293aba01f1d8bb76f5b2906634";
+        assert_eq!(salted_digest("00ff", "sk-secret"), want);
+        assert!(verify_digest("00ff", want, "sk-secret"));
+        assert!(!verify_digest("00ff", want, "sk-secreT"));
+        assert!(!verify_digest("00fe", want, "sk-secret"));
     }
 
     #[test]

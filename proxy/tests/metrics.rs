@@ -180,14 +180,37 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
     }
     h.record(63);
     let text = scrape(&h);
-    assert!(
+    // gpt-4o-mini and 49 of these have labels of their own; the last 11 are "other".
+    let other = |text: &str| {
+        sample(
+            text,
+            "llm_request_duration_seconds_count",
+            &["model=\"other\""],
+        )
+    };
+    assert_eq!(other(&text), Some(11.0));
+    assert_eq!(
         sample(
             &text,
             "llm_request_duration_seconds_count",
-            &["model=\"other\""]
-        )
-        .is_some()
+            &["model=\"model-48\""]
+        ),
+        Some(1.0)
     );
+    // A model past the bound is counted as "other" again, each time.
+    let mut body = chat(false, false);
+    body["model"] = json!("model-59");
+    for _ in 0..2 {
+        h.rt.block_on(post_json(
+            h.addr(),
+            "/v1/openai/chat/completions",
+            &[("x-mock-tools", "none")],
+            &body,
+        ));
+    }
+    h.record(65);
+    let text = scrape(&h);
+    assert_eq!(other(&text), Some(13.0));
     let models: std::collections::HashSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("llm_request_duration_seconds_count"))

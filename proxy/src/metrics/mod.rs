@@ -13,6 +13,8 @@ use prometheus::{
 
 use crate::events::{EventSink, RequestRecord};
 
+mod hot;
+
 const MAX_MODELS: usize = 50;
 const MAX_TOOLS: usize = 200;
 
@@ -76,6 +78,11 @@ pub struct ProxyMetrics {
     trace_export_failures: IntCounter,
     models: Bounded,
     tools: Bounded,
+    /// The series each request record touches (hot.rs).
+    hot: hot::HotSeries,
+    /// `overhead`'s series, by provider.
+    overhead_by_provider:
+        [std::sync::OnceLock<prometheus::Histogram>; crate::events::Provider::COUNT],
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -311,6 +318,8 @@ impl ProxyMetrics {
             trace_export_failures,
             models: Bounded::new(MAX_MODELS),
             tools: Bounded::new(MAX_TOOLS),
+            hot: hot::HotSeries::default(),
+            overhead_by_provider: Default::default(),
         }))
     }
 
@@ -427,29 +436,45 @@ impl EventSink for ProxyMetrics {
             .as_deref()
             .or(r.request.model.as_deref())
             .unwrap_or("unknown");
-        let model = self.models.label(model_text);
         let profile = r.profile.as_str();
-        let status = r.status.to_string();
+        let series = self
+            .hot
+            .get(r.provider, profile, model_text, |m| self.models.label(m));
+        let model = &*series.label;
         self.records.inc();
-        self.duration
-            .with_label_values(&[provider, model, profile, &status])
+        series
+            .duration(r.status, || {
+                let mut status = itoa::Buffer::new();
+                self.duration.with_label_values(&[
+                    provider,
+                    model,
+                    profile,
+                    status.format(r.status),
+                ])
+            })
             .observe(r.duration_us as f64 / 1e6);
         if let Some(t) = r.ttfb_us {
-            self.ttft
-                .with_label_values(&[provider, model, profile])
+            series
+                .ttft
+                .get_or_init(|| self.ttft.with_label_values(&[provider, model, profile]))
                 .observe(t as f64 / 1e6);
         }
         if let Some(u) = r.response.usage {
-            for (kind, n) in [
-                ("input", u.input_tokens),
-                ("output", u.output_tokens),
-                ("cache_read", u.cache_read_tokens),
-                ("cache_write", u.cache_write_tokens),
-                ("reasoning", u.reasoning_tokens),
-            ] {
+            let counts = [
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.reasoning_tokens,
+            ];
+            for ((n, kind), counter) in counts.into_iter().zip(hot::TOKEN_KINDS).zip(&series.tokens)
+            {
                 if n > 0 {
-                    self.tokens
-                        .with_label_values(&[provider, model, profile, kind])
+                    counter
+                        .get_or_init(|| {
+                            self.tokens
+                                .with_label_values(&[provider, model, profile, kind])
+                        })
                         .inc_by(n);
                 }
             }
@@ -465,8 +490,9 @@ impl EventSink for ProxyMetrics {
                 .inc_by(before.saturating_sub(after));
         }
         if let Some(micros) = r.cost_micros {
-            self.cost
-                .with_label_values(&[provider, model, profile])
+            series
+                .cost
+                .get_or_init(|| self.cost.with_label_values(&[provider, model, profile]))
                 .inc_by(micros as f64 / 1e6);
         }
         for d in &r.decisions {
@@ -480,8 +506,8 @@ impl EventSink for ProxyMetrics {
             }
         }
         if let Some(us) = r.sluice_us {
-            self.overhead
-                .with_label_values(&[provider])
+            self.overhead_by_provider[r.provider.slot()]
+                .get_or_init(|| self.overhead.with_label_values(&[provider]))
                 .observe(us as f64 / 1e6);
         }
     }
