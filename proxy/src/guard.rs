@@ -435,17 +435,21 @@ pub fn judge_one(
     arguments: &str,
     malformed: Option<&str>,
 ) -> (Decision, Option<String>) {
-    let args = if arguments.trim().is_empty() {
-        Ok(Value::Object(serde_json::Map::new()))
-    } else {
-        serde_json::from_str::<Value>(arguments)
+    let parse = || {
+        if arguments.trim().is_empty() {
+            Ok(Value::Object(serde_json::Map::new()))
+        } else {
+            serde_json::from_str::<Value>(arguments)
+        }
     };
-    // Arguments that cannot be read are refused whenever a policy needs to read them;
-    // a tool whose policies never read arguments is judged as if it had none (its call
-    // would have streamed through unread).
-    let args = match args {
-        Err(_) if !policies.call_depends_on_args(tool) => Ok(Value::Object(serde_json::Map::new())),
-        other => other,
+    // Arguments are read only when a policy reads them, and then refused when they cannot
+    // be read; a tool whose policies never read arguments is judged as if it had none (its
+    // call would have streamed through unread).
+    let reads_args = policies.call_depends_on_args(tool);
+    let args = if reads_args {
+        parse()
+    } else {
+        Ok(Value::Object(serde_json::Map::new()))
     };
     let (verdict, policy, reason) = match (malformed, args) {
         (Some(problem), _) => ("blocked", None, problem.to_owned()),
@@ -461,7 +465,16 @@ pub fn judge_one(
                 CallVerdict::Allow => ("allowed", policy, d.reason),
                 CallVerdict::Block => ("blocked", policy, d.reason),
                 CallVerdict::RequireApproval => {
-                    let id = approval_id(tool, &args);
+                    // An approval is for this exact call: its id covers the arguments,
+                    // read here if judging them did not need them.
+                    let read;
+                    let exact = if reads_args {
+                        &args
+                    } else {
+                        read = parse().unwrap_or_else(|_| Value::Object(serde_json::Map::new()));
+                        &read
+                    };
+                    let id = approval_id(tool, exact);
                     if crate::approvals::approved(approvals.0, approvals.1, &id) {
                         (
                             "allowed",
