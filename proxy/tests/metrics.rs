@@ -168,15 +168,18 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
     assert!(!text.contains("call_") && !text.contains("chatcmpl"));
 
     // Model labels are capped: past 50 distinct models, the rest count as "other".
-    for i in 0..60 {
+    let ask_with_model = |model: &str| {
         let mut body = chat(false, false);
-        body["model"] = json!(format!("model-{i}"));
+        body["model"] = json!(model);
         h.rt.block_on(post_json(
             h.addr(),
             "/v1/openai/chat/completions",
             &[("x-mock-tools", "none")],
             &body,
         ));
+    };
+    for i in 0..60 {
+        ask_with_model(&format!("model-{i}"));
     }
     h.record(63);
     let text = scrape(&h);
@@ -198,16 +201,8 @@ fn metrics_follow_the_traffic_and_promtool_accepts_them() {
         Some(1.0)
     );
     // A model past the bound is counted as "other" again, each time.
-    let mut body = chat(false, false);
-    body["model"] = json!("model-59");
-    for _ in 0..2 {
-        h.rt.block_on(post_json(
-            h.addr(),
-            "/v1/openai/chat/completions",
-            &[("x-mock-tools", "none")],
-            &body,
-        ));
-    }
+    ask_with_model("model-59");
+    ask_with_model("model-59");
     h.record(65);
     let text = scrape(&h);
     assert_eq!(other(&text), Some(13.0));
