@@ -67,14 +67,25 @@ fn fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
 }
 
 /// A nested message of unknown length, written in place: the body goes after the tag,
-/// then its length is put in front of it (one move of the body).
+/// then its length is put in front of it (one move of the body, no allocation).
 fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     tag(buf, field, LEN);
     let start = buf.len();
     write(buf);
-    let mut len = Vec::with_capacity(10);
-    varint(&mut len, (buf.len() - start) as u64);
-    buf.splice(start..start, len);
+    let end = buf.len();
+    let mut len = (end - start) as u64;
+    let n = varint_len(len);
+    buf.resize(end + n, 0);
+    buf.copy_within(start..end, start + n);
+    for (i, b) in buf[start..start + n].iter_mut().enumerate() {
+        // As `varint` writes it: seven bits a byte, the high bit on all but the last.
+        *b = if i + 1 < n {
+            (len as u8) | 0x80
+        } else {
+            len as u8
+        };
+        len >>= 7;
+    }
 }
 
 /// A length-delimited field's size on the wire, tag included (fields below 16).
@@ -399,5 +410,16 @@ mod tests {
         // Tag (field 2, length-delimited), the length 200 as two bytes, then the body.
         assert_eq!(&b[..3], &[0x12, 0xc8, 0x01]);
         assert_eq!(b.len(), 203);
+        // Lengths of one, two and three bytes, after what the buffer held already.
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 70_000] {
+            let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut b = vec![9u8; 5];
+            message(&mut b, 2, |b| b.extend_from_slice(&body));
+            let mut want = vec![9u8; 5];
+            want.push(0x12);
+            varint(&mut want, len as u64);
+            want.extend_from_slice(&body);
+            assert_eq!(b, want, "{len}");
+        }
     }
 }
