@@ -435,9 +435,10 @@ pub fn judge_one(
     arguments: &str,
     malformed: Option<&str>,
 ) -> (Decision, Option<String>) {
+    let no_args = || Value::Object(serde_json::Map::new());
     let parse = || {
         if arguments.trim().is_empty() {
-            Ok(Value::Object(serde_json::Map::new()))
+            Ok(no_args())
         } else {
             serde_json::from_str::<Value>(arguments)
         }
@@ -446,11 +447,7 @@ pub fn judge_one(
     // be read; a tool whose policies never read arguments is judged as if it had none (its
     // call would have streamed through unread).
     let reads_args = policies.call_depends_on_args(tool);
-    let args = if reads_args {
-        parse()
-    } else {
-        Ok(Value::Object(serde_json::Map::new()))
-    };
+    let args = if reads_args { parse() } else { Ok(no_args()) };
     let (verdict, policy, reason) = match (malformed, args) {
         (Some(problem), _) => ("blocked", None, problem.to_owned()),
         (None, Err(_)) => (
@@ -471,7 +468,7 @@ pub fn judge_one(
                     let exact = if reads_args {
                         &args
                     } else {
-                        read = parse().unwrap_or_else(|_| Value::Object(serde_json::Map::new()));
+                        read = parse().unwrap_or_else(|_| no_args());
                         &read
                     };
                     let id = approval_id(tool, exact);
