@@ -168,8 +168,8 @@ pub struct ResponseFacts {
 /// One inspected request, as recorded when it ends. No prompt or completion content.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
-    /// The profile that served it.
-    pub profile: String,
+    /// The profile that served it (the snapshot's name, shared).
+    pub profile: Arc<str>,
     /// The provider wire format.
     pub provider: Provider,
     /// The API called.
@@ -194,8 +194,8 @@ pub struct RequestRecord {
     pub decisions: Vec<crate::guard::Decision>,
     /// The client's `X-Request-Id`.
     pub request_id: Option<String>,
-    /// The virtual key's id, when one was used.
-    pub key_id: Option<String>,
+    /// The virtual key's id, when one was used (the key's own, shared).
+    pub key_id: Option<Arc<str>>,
     /// Cost in millionths of a dollar, when the price is known.
     pub cost_micros: Option<i64>,
     /// Usage and cost are Sluice's estimate: the provider reported no usage.

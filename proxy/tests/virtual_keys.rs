@@ -75,7 +75,7 @@ fn the_key_chooses_its_profile_and_never_reaches_the_provider() {
         "the virtual key went upstream: {seen}"
     );
     let rec = h.record(1);
-    assert_eq!(rec.profile, "vault");
+    assert_eq!(&*rec.profile, "vault");
     assert_eq!(rec.key_id.as_deref(), Some(ID));
     assert_eq!(rec.request_id.as_deref(), Some("req-42"));
     let captured = String::from_utf8(rec.captured_request.unwrap().to_vec()).unwrap();

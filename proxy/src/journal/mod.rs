@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
@@ -52,9 +53,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     }
 }
 
+/// The longest line buffer kept for the next append (a line with captured bodies can be
+/// far longer; its buffer is dropped after use).
+const LINE_BUFFER_KEPT: usize = 64 * 1024;
+
 struct Writer {
     segment: segment::ActiveSegment,
     next_seq: u64,
+    /// The line being written, kept between appends (one allocation, not one per record).
+    line: Vec<u8>,
 }
 
 /// The journal. Cheap to share.
@@ -219,7 +226,12 @@ impl Journal {
             dir: dir.to_owned(),
             proxy_id,
             segment_capacity: capacity,
-            writer: parking_lot::Mutex::new(Writer { segment, next_seq }),
+            writer: parking_lot::Mutex::new(Writer {
+                segment,
+                next_seq,
+                // Sized for a typical record (about 600 bytes).
+                line: Vec::with_capacity(1024),
+            }),
             appended: tokio::sync::Notify::new(),
             failures: std::sync::atomic::AtomicU64::new(0),
             acked: std::sync::atomic::AtomicU64::new(acked),
@@ -240,18 +252,50 @@ impl Journal {
 
     /// Appends one record, giving it the next sequence.
     pub fn append(&self, mut record: UsageRecord) -> Result<u64, JournalError> {
-        let mut w = self.writer.lock();
-        record.seq = w.next_seq;
-        // Sized for a typical record (about 600 bytes).
-        let mut line = Vec::with_capacity(1024);
-        record.write_json(&mut line);
+        self.append_with(|seq, line| {
+            record.seq = seq;
+            record.write_json(line);
+        })
+    }
+
+    /// Appends a finished request's record, written straight from it (`record_json.rs`).
+    pub fn append_request(&self, record: &RequestRecord) -> Result<u64, JournalError> {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.append_with(|seq, line| record_json::Line::of_request(record, seq, ts_ms).write(line))
+    }
+
+    /// Appends the line `write` writes for the next sequence (under the writer's lock, so
+    /// lines are in sequence order).
+    fn append_with(&self, write: impl FnOnce(u64, &mut Vec<u8>)) -> Result<u64, JournalError> {
+        let mut guard = self.writer.lock();
+        let w = &mut *guard;
+        let seq = w.next_seq;
+        let mut line = std::mem::take(&mut w.line);
+        line.clear();
+        write(seq, &mut line);
         line.push(b'\n');
+        let pushed = self.push_line(w, seq, &line);
+        if line.capacity() <= LINE_BUFFER_KEPT {
+            // A captured body can make a line of megabytes; that buffer is not kept.
+            w.line = line;
+        }
+        pushed?;
+        w.next_seq += 1;
+        drop(guard);
+        self.appended.notify_one();
+        Ok(seq)
+    }
+
+    /// Writes `line` (record `seq`) into the active segment, rolling over when it does not fit.
+    fn push_line(&self, w: &mut Writer, seq: u64, line: &[u8]) -> Result<(), JournalError> {
         if line.len() > w.segment.room() {
             if w.segment.len > 0 {
-                let path = self.dir.join(segment_name(record.seq));
+                let path = self.dir.join(segment_name(seq));
                 let capacity = self.segment_capacity.max(line.len());
-                let next = segment::ActiveSegment::create(&path, record.seq, capacity)
-                    .map_err(io(&path))?;
+                let next =
+                    segment::ActiveSegment::create(&path, seq, capacity).map_err(io(&path))?;
                 let mut done = std::mem::replace(&mut w.segment, next);
                 if let Err(e) = done.finish() {
                     // Its records are whole; the zeros after them stay, which readers skip.
@@ -267,7 +311,7 @@ impl Journal {
             }
         }
         // One copy into the mapping: in the page cache once it returns (`segment.rs`).
-        if !w.segment.push(&line) {
+        if !w.segment.push(line) {
             return Err(JournalError::Io {
                 path: self
                     .dir
@@ -277,10 +321,7 @@ impl Journal {
                 source: std::io::Error::other("no room for the record in its segment"),
             });
         }
-        w.next_seq += 1;
-        drop(w);
-        self.appended.notify_one();
-        Ok(record.seq)
+        Ok(())
     }
 
     /// The last sequence written (0 before the first record).
@@ -454,13 +495,17 @@ impl EventSink for Journal {
     }
 
     fn record(&self, record: &Arc<RequestRecord>) {
-        self.append_logged(UsageRecord::from_record(record));
+        self.log_failure(self.append_request(record));
     }
 }
 
 impl Journal {
     fn append_logged(&self, record: UsageRecord) {
-        if let Err(e) = self.append(record) {
+        self.log_failure(self.append(record));
+    }
+
+    fn log_failure(&self, appended: Result<u64, JournalError>) {
+        if let Err(e) = appended {
             let n = self
                 .failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -9,38 +9,175 @@
 //! `serde_json` itself, so the escapes are its own. The tests hold the output to
 //! `serde_json::to_vec` byte for byte, for records of every shape.
 //!
+//! The line is written from borrowed fields ([`Line`]): a finished request's line comes
+//! straight from its [`RequestRecord`], without an owned [`UsageRecord`] in between (that
+//! copy cost eight allocations per request, and the decisions a serialisation of their own).
+//!
 //! An MCP record (`mcp` set; from the gateway, not the LLM path) goes through `serde_json`
 //! whole.
 
-use super::record::UsageRecord;
+use std::borrow::Cow;
 
-impl UsageRecord {
-    /// Appends the record as one line of JSON, the same bytes as `serde_json::to_writer`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        if self.mcp.is_some() {
-            if serde_json::to_writer(&mut *out, self).is_err() {
-                // Serialising to memory fails only for a type that refuses itself; these
-                // do not. The caller writes an empty line, which readers skip.
-                out.clear();
-            }
-            return;
+use super::record::UsageRecord;
+use crate::events::{RequestRecord, ToolCall};
+use crate::guard::Decision;
+
+/// The fields of one journal line, borrowed from a [`UsageRecord`] or a [`RequestRecord`].
+pub(super) struct Line<'a> {
+    seq: u64,
+    ts_ms: i64,
+    request_id: Option<&'a str>,
+    profile: &'a str,
+    key_id: Option<&'a str>,
+    provider: &'a str,
+    api: Option<&'a str>,
+    model: Option<&'a str>,
+    status: u16,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    reasoning_tokens: u64,
+    cost_micros: Option<i64>,
+    usage_estimated: bool,
+    price_missing: bool,
+    duration_us: u64,
+    ttfb_us: Option<u64>,
+    refused: bool,
+    trusted: bool,
+    tool_calls: ToolNames<'a>,
+    decisions: DecisionsText<'a>,
+    request_body: Option<Cow<'a, str>>,
+    response_body: Option<Cow<'a, str>>,
+    limits: &'a [String],
+    holder: Option<&'a str>,
+    requested_model: Option<&'a str>,
+    optimisation_rule: Option<&'a str>,
+    baseline_cost_micros: Option<i64>,
+    toon_tokens_before: Option<i64>,
+    toon_tokens_after: Option<i64>,
+    toon_savings_micros: Option<i64>,
+}
+
+/// The names of the tools the response called.
+enum ToolNames<'a> {
+    Names(&'a [String]),
+    Calls(&'a [ToolCall]),
+}
+
+/// The policy decisions: as JSON text already, or the proxy's own list.
+enum DecisionsText<'a> {
+    Text(&'a str),
+    Items(&'a [Decision]),
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl<'a> Line<'a> {
+    /// The line of a finished request: what `UsageRecord::from_record` holds, borrowed.
+    pub(super) fn of_request(r: &'a RequestRecord, seq: u64, ts_ms: i64) -> Self {
+        let usage = r.response.usage.unwrap_or_default();
+        Self {
+            seq,
+            ts_ms,
+            request_id: r.request_id.as_deref(),
+            profile: &r.profile,
+            key_id: r.key_id.as_deref(),
+            provider: r.provider.as_str(),
+            api: r.api.map(|a| a.as_str()),
+            model: r.response.model.as_deref().or(r.request.model.as_deref()),
+            status: r.status,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            cost_micros: r.cost_micros,
+            usage_estimated: r.usage_estimated,
+            price_missing: r.price_missing,
+            duration_us: r.duration_us,
+            ttfb_us: r.ttfb_us,
+            refused: r.refused,
+            trusted: r.trusted,
+            tool_calls: ToolNames::Calls(&r.response.tool_calls),
+            decisions: DecisionsText::Items(&r.decisions),
+            request_body: r
+                .captured_request
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b)),
+            response_body: r
+                .captured_response
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b)),
+            limits: &r.limits,
+            holder: r.spend_holder.as_deref(),
+            requested_model: r.optimisation.as_ref().map(|(_, m)| m.as_str()),
+            optimisation_rule: r.optimisation.as_ref().map(|(n, _)| n.as_str()),
+            baseline_cost_micros: r.baseline_cost_micros,
+            toon_tokens_before: r.toon_tokens.map(|(b, _)| saturating_i64(b)),
+            toon_tokens_after: r.toon_tokens.map(|(_, a)| saturating_i64(a)),
+            toon_savings_micros: r.toon_savings_micros,
         }
+    }
+
+    fn of_usage(u: &'a UsageRecord) -> Self {
+        Self {
+            seq: u.seq,
+            ts_ms: u.ts_ms,
+            request_id: u.request_id.as_deref(),
+            profile: &u.profile,
+            key_id: u.key_id.as_deref(),
+            provider: &u.provider,
+            api: u.api.as_deref(),
+            model: u.model.as_deref(),
+            status: u.status,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            cost_micros: u.cost_micros,
+            usage_estimated: u.usage_estimated,
+            price_missing: u.price_missing,
+            duration_us: u.duration_us,
+            ttfb_us: u.ttfb_us,
+            refused: u.refused,
+            trusted: u.trusted,
+            tool_calls: ToolNames::Names(&u.tool_calls),
+            decisions: DecisionsText::Text(u.decisions.as_str()),
+            request_body: u.request_body.as_deref().map(Cow::Borrowed),
+            response_body: u.response_body.as_deref().map(Cow::Borrowed),
+            limits: &u.limits,
+            holder: u.holder.as_deref(),
+            requested_model: u.requested_model.as_deref(),
+            optimisation_rule: u.optimisation_rule.as_deref(),
+            baseline_cost_micros: u.baseline_cost_micros,
+            toon_tokens_before: u.toon_tokens_before,
+            toon_tokens_after: u.toon_tokens_after,
+            toon_savings_micros: u.toon_savings_micros,
+        }
+    }
+
+    /// Appends the line's JSON, the same bytes as `serde_json::to_writer` of the record.
+    pub(super) fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"seq\":");
         uint(out, self.seq);
         out.extend_from_slice(b",\"ts_ms\":");
         int(out, self.ts_ms);
         out.extend_from_slice(b",\"request_id\":");
-        opt_str(out, self.request_id.as_deref());
+        opt_str(out, self.request_id);
         out.extend_from_slice(b",\"profile\":");
-        string(out, &self.profile);
+        string(out, self.profile);
         out.extend_from_slice(b",\"key_id\":");
-        opt_str(out, self.key_id.as_deref());
+        opt_str(out, self.key_id);
         out.extend_from_slice(b",\"provider\":");
-        string(out, &self.provider);
+        string(out, self.provider);
         out.extend_from_slice(b",\"api\":");
-        opt_str(out, self.api.as_deref());
+        opt_str(out, self.api);
         out.extend_from_slice(b",\"model\":");
-        opt_str(out, self.model.as_deref());
+        opt_str(out, self.model);
         out.extend_from_slice(b",\"status\":");
         uint(out, u64::from(self.status));
         out.extend_from_slice(b",\"input_tokens\":");
@@ -73,26 +210,39 @@ impl UsageRecord {
         out.extend_from_slice(b",\"trusted\":");
         boolean(out, self.trusted);
         out.extend_from_slice(b",\"tool_calls\":");
-        strings(out, &self.tool_calls);
+        match self.tool_calls {
+            ToolNames::Names(names) => strings(out, names.iter().map(String::as_str)),
+            ToolNames::Calls(calls) => strings(out, calls.iter().map(|c| c.name.as_str())),
+        }
         out.extend_from_slice(b",\"decisions\":");
-        out.extend_from_slice(self.decisions.as_str().as_bytes());
+        match self.decisions {
+            DecisionsText::Text(text) => out.extend_from_slice(text.as_bytes()),
+            DecisionsText::Items(items) => {
+                let mark = out.len();
+                if serde_json::to_writer(&mut *out, items).is_err() {
+                    // As `Decisions::of`: a list that cannot be serialised is written `null`.
+                    out.truncate(mark);
+                    out.extend_from_slice(b"null");
+                }
+            }
+        }
         out.extend_from_slice(b",\"request_body\":");
         opt_str(out, self.request_body.as_deref());
         out.extend_from_slice(b",\"response_body\":");
         opt_str(out, self.response_body.as_deref());
         if !self.limits.is_empty() {
             out.extend_from_slice(b",\"limits\":");
-            strings(out, &self.limits);
+            strings(out, self.limits.iter().map(String::as_str));
         }
-        if let Some(h) = &self.holder {
+        if let Some(h) = self.holder {
             out.extend_from_slice(b",\"holder\":");
             string(out, h);
         }
-        if let Some(m) = &self.requested_model {
+        if let Some(m) = self.requested_model {
             out.extend_from_slice(b",\"requested_model\":");
             string(out, m);
         }
-        if let Some(r) = &self.optimisation_rule {
+        if let Some(r) = self.optimisation_rule {
             out.extend_from_slice(b",\"optimisation_rule\":");
             string(out, r);
         }
@@ -105,6 +255,21 @@ impl UsageRecord {
         int_if_some(out, b",\"toon_tokens_after\":", self.toon_tokens_after);
         int_if_some(out, b",\"toon_savings_micros\":", self.toon_savings_micros);
         out.push(b'}');
+    }
+}
+
+impl UsageRecord {
+    /// Appends the record as one line of JSON, the same bytes as `serde_json::to_writer`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        if self.mcp.is_some() {
+            if serde_json::to_writer(&mut *out, self).is_err() {
+                // Serialising to memory fails only for a type that refuses itself; these
+                // do not. The caller writes an empty line, which readers skip.
+                out.clear();
+            }
+            return;
+        }
+        Line::of_usage(self).write(out);
     }
 }
 
@@ -142,9 +307,9 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn strings(out: &mut Vec<u8>, items: &[String]) {
+fn strings<'s>(out: &mut Vec<u8>, items: impl Iterator<Item = &'s str>) {
     out.push(b'[');
-    for (i, s) in items.iter().enumerate() {
+    for (i, s) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -245,6 +410,108 @@ mod tests {
             }),
             ..UsageRecord::default()
         });
+    }
+
+    /// A finished request's line, written from its record, is the line of the usage record
+    /// made from it: byte for byte.
+    fn request_line_matches_the_usage_record(r: &crate::events::RequestRecord) {
+        let mut ours = Vec::new();
+        super::Line::of_request(r, 42, 1_700_000_000_123).write(&mut ours);
+        let usage = UsageRecord {
+            seq: 42,
+            ts_ms: 1_700_000_000_123,
+            ..UsageRecord::from_record(r)
+        };
+        let theirs = serde_json::to_vec(&usage).expect("serialise");
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs)
+        );
+    }
+
+    fn request_record() -> crate::events::RequestRecord {
+        use crate::events::{Api, Provider, RequestFacts, RequestRecord, ResponseFacts};
+        RequestRecord {
+            profile: "shop".into(),
+            provider: Provider::Anthropic,
+            api: Some(Api::Messages),
+            status: 200,
+            request: RequestFacts {
+                model: Some("claude-asked".into()),
+                ..RequestFacts::default()
+            },
+            response: ResponseFacts::default(),
+            duration_us: 5,
+            ttfb_us: None,
+            trusted: true,
+            taint_boundary: None,
+            refused: false,
+            decisions: Vec::new(),
+            request_id: None,
+            key_id: None,
+            cost_micros: None,
+            usage_estimated: false,
+            price_missing: false,
+            sluice_us: None,
+            limits: Vec::new(),
+            baseline_cost_micros: None,
+            optimisation: None,
+            toon_tokens: None,
+            toon_savings_micros: None,
+            spend_holder: None,
+            captured_request: None,
+            captured_response: None,
+        }
+    }
+
+    #[test]
+    fn a_requests_line_is_its_usage_records_bytes() {
+        use crate::events::{ToolCall, Usage};
+        use crate::guard::Decision;
+        // A plain one: no usage, the asked-for model, nothing optional.
+        request_line_matches_the_usage_record(&request_record());
+        // Every field set, escapes in strings, a body that is not UTF-8.
+        let mut full = request_record();
+        full.profile = "shop \"eu\"".into();
+        full.key_id = Some("vk_1".into());
+        full.request_id = Some("req\n1".into());
+        full.response.model = Some("claude-answered".into());
+        full.response.usage = Some(Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+            cache_read_tokens: 3,
+            cache_write_tokens: 4,
+            reasoning_tokens: 5,
+        });
+        full.response.tool_calls = vec![ToolCall {
+            id: "toolu_1".into(),
+            name: "send\\email".into(),
+            arguments: "{}".into(),
+            index: 0,
+            malformed: None,
+        }];
+        full.decisions = vec![Decision {
+            kind: "call",
+            tool: "profile:shop/send_email".into(),
+            call_id: "toolu_1".into(),
+            verdict: "blocked",
+            policy: Some("no-email".into()),
+            reason: "a \"quoted\" reason".into(),
+        }];
+        full.cost_micros = Some(-3);
+        full.usage_estimated = true;
+        full.price_missing = true;
+        full.ttfb_us = Some(4);
+        full.refused = true;
+        full.limits = vec!["l1".into(), "l\t2".into()];
+        full.spend_holder = Some("proxy-1".into());
+        full.optimisation = Some(("cheap".into(), "claude-big".into()));
+        full.baseline_cost_micros = Some(9);
+        full.toon_tokens = Some((u64::MAX, 60));
+        full.toon_savings_micros = Some(7);
+        full.captured_request = Some(bytes::Bytes::from_static(b"{\"a\":\"\xff\"}"));
+        full.captured_response = Some(bytes::Bytes::from_static("é😀\u{1}".as_bytes()));
+        request_line_matches_the_usage_record(&full);
     }
 
     fn text() -> impl Strategy<Value = String> {

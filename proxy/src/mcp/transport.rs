@@ -101,7 +101,7 @@ pub async fn serve(
         }
         _ => {}
     }
-    ctx.key_id = key.map(|k| k.id.to_string());
+    ctx.key_id = key.map(|k| k.id.clone());
     let method = session.req_header().method.clone();
     let sid = header(session, &MCP_SESSION_ID).map(str::to_owned);
     let idle = config.limits.mcp_session_idle_timeout;
@@ -109,7 +109,7 @@ pub async fn serve(
         .as_deref()
         .map(|id| gw.sessions.get(id, &profile.name, idle));
     let (key_id, agent): (Option<String>, Option<String>) = (
-        ctx.key_id.clone(),
+        ctx.key_id.as_deref().map(str::to_owned),
         header(session, &AGENT_ID).map(|a| a.chars().take(128).collect()),
     );
     let conversation: Option<String> = header(session, &SESSION_ID)
@@ -337,7 +337,7 @@ async fn initialize(
         super::session::new_id(),
         profile.name.clone(),
         version.to_owned(),
-        ctx.key_id.clone(),
+        ctx.key_id.as_deref().map(str::to_owned),
         caps,
         config.limits.mcp_max_sessions,
     );
@@ -350,7 +350,7 @@ async fn initialize(
         status: "ok",
         duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(0),
         decisions: Vec::new(),
-        key_id: ctx.key_id.clone(),
+        key_id: ctx.key_id.as_deref().map(str::to_owned),
         session: Some(s.id.to_string()),
         arguments: None,
         result: None,

@@ -436,7 +436,7 @@ impl EventSink for ProxyMetrics {
             .as_deref()
             .or(r.request.model.as_deref())
             .unwrap_or("unknown");
-        let profile = r.profile.as_str();
+        let profile = &*r.profile;
         let series = self
             .hot
             .get(r.provider, profile, model_text, |m| self.models.label(m));

@@ -55,6 +55,8 @@ pub async fn read_small_body(
     }
     session.enable_retry_buffering();
     let mut received = 0usize;
+    // Most bodies arrive in one read: the first chunk needs no list.
+    let mut first = None;
     let mut chunks = Vec::new();
     while let Some(chunk) = session
         .read_request_body()
@@ -62,7 +64,10 @@ pub async fn read_small_body(
         .map_err(ReadFirstError::Io)?
     {
         received = received.saturating_add(chunk.len());
-        chunks.push(chunk);
+        match first {
+            None => first = Some(chunk),
+            Some(_) => chunks.push(chunk),
+        }
         if !session.is_body_done() {
             super::request::check_body_rate(ctx.started.elapsed(), received, &cfg.limits)
                 .map_err(ReadFirstError::Refused)?;
@@ -73,6 +78,13 @@ pub async fn read_small_body(
         // gone and must not be sent short.
         return Err(ReadFirstError::Refused(SluiceError::Internal));
     }
+    let Some(first) = first else {
+        return Ok(Some(bytes::Bytes::new()));
+    };
+    if chunks.is_empty() {
+        return Ok(Some(first));
+    }
+    chunks.insert(0, first);
     Ok(Some(super::join_chunks(chunks, received)))
 }
 

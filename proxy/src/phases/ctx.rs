@@ -105,8 +105,8 @@ pub struct RequestCtx {
     pub approvals: Arc<crate::approvals::ApprovalStore>,
     /// The client's `X-Request-Id`.
     pub request_id: Option<String>,
-    /// The virtual key's id, once checked.
-    pub key_id: Option<String>,
+    /// The virtual key's id, once checked (the key's own, shared).
+    pub key_id: Option<Arc<str>>,
     /// The request body, kept when the profile captures content.
     pub captured_request: Option<Bytes>,
     /// The response as sent to the client, while the profile captures content: chunks and

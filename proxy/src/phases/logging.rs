@@ -32,6 +32,11 @@ fn summary(ctx: &RequestCtx) -> AccessSummary {
     }
 }
 
+/// Whether access lines are written (`SLUICE_LOG`).
+fn access_lines_on() -> bool {
+    tracing::enabled!(target: "sluice::access", tracing::Level::INFO)
+}
+
 /// Emits the record of an inspected request once; later calls do nothing.
 pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
     if ctx.access.is_some() {
@@ -53,7 +58,12 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
             ..Default::default()
         });
     }
-    ctx.access = Some(summary(ctx));
+    // The access line's facts (the record takes them); only the marker when lines are off.
+    ctx.access = Some(if access_lines_on() {
+        summary(ctx)
+    } else {
+        AccessSummary::default()
+    });
     let model_used = ctx
         .response_facts
         .model
@@ -98,12 +108,16 @@ pub fn record(ctx: &mut RequestCtx, sink: &dyn EventSink) {
         crate::spend::actual(ctx.response_facts.usage.as_ref(), cost_micros),
     );
     let duration_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let mut request = std::mem::take(&mut ctx.request_facts);
+    // Where the texts lay in the body: read by the judging, not part of the record. Freed
+    // now, while warm in cache, rather than when the record leaves the admin API's ring.
+    request.texts = Vec::new();
     let record = RequestRecord {
-        profile: route.profile.name.to_string(),
+        profile: route.profile.name.clone(),
         provider: route.provider,
         api: route.api,
         status: ctx.status,
-        request: std::mem::take(&mut ctx.request_facts),
+        request,
         response: std::mem::take(&mut ctx.response_facts),
         duration_us,
         ttfb_us: ctx.ttfb_us,
@@ -143,7 +157,7 @@ pub fn finish(ctx: &mut RequestCtx, e: Option<&Error>, sink: &dyn EventSink) {
     record(ctx, sink);
     // Refused or failed before a record: nothing was produced, release the room.
     crate::spend::settle(std::mem::take(&mut ctx.spend_holds), Default::default());
-    if !tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+    if !access_lines_on() {
         // Access lines are off (`SLUICE_LOG`): skip the summary's copy and the clock read.
         return;
     }

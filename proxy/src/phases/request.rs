@@ -123,7 +123,7 @@ pub fn route_request(
     let key_profile = key.as_ref().map(|k| &*k.profile);
     let r = route::route_for_key(&config, &req.method, req.uri.path(), key_profile)?;
     super::auth::authorize(session, &config, auth_failures, &r, key.as_ref())?;
-    ctx.key_id = key.map(|k| k.id.to_string());
+    ctx.key_id = key.map(|k| k.id.clone());
     if let Some(len) = declared_length(req)
         && len > config.limits.max_request_body_bytes as u64
     {

@@ -225,7 +225,7 @@ pub fn finish(
     {
         let key = ConversationKey {
             profile: route.profile.name.clone(),
-            key_id: ctx.key_id.clone(),
+            key_id: ctx.key_id.as_deref().map(str::to_owned),
             id: id.clone(),
         };
         let texts: Vec<_> = judged

@@ -83,7 +83,7 @@ async fn look_up(
 /// its answer back until the idle cutoff; when a write times out, Pingora stops sending the
 /// body, reads the answer whole and does not reuse the connection.
 pub fn peer(up: &Upstream, addr: SocketAddr, limits: &Limits) -> Box<HttpPeer> {
-    let mut peer = HttpPeer::new(addr, up.tls, up.host.to_string());
+    let mut peer = HttpPeer::new(addr, up.tls, String::from(&*up.host));
     let o = &mut peer.options;
     o.connection_timeout = Some(limits.upstream_connect_timeout);
     o.total_connection_timeout = Some(limits.upstream_connect_timeout);
