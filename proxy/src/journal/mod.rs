@@ -13,7 +13,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
@@ -260,9 +259,7 @@ impl Journal {
 
     /// Appends a finished request's record, written straight from it (`record_json.rs`).
     pub fn append_request(&self, record: &RequestRecord) -> Result<u64, JournalError> {
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ts_ms = record::now_ms();
         self.append_with(|seq, line| record_json::Line::of_request(record, seq, ts_ms).write(line))
     }
 

@@ -143,9 +143,7 @@ pub struct McpUsage {
 impl UsageRecord {
     /// From an MCP request.
     pub fn from_mcp(r: &crate::events::McpRecord) -> Self {
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ts_ms = now_ms();
         Self {
             ts_ms,
             profile: r.profile.clone(),
@@ -172,6 +170,13 @@ impl UsageRecord {
     }
 }
 
+/// Now, in milliseconds since the epoch: a record's `ts_ms`.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A session id as the journal keeps it: the first 128 bits of its SHA-256, in hex. Calls
 /// still group by session, and nobody reading the logs can present a live session's id.
 pub fn session_digest(id: &str) -> String {
@@ -189,9 +194,7 @@ impl UsageRecord {
     #[cfg(test)]
     pub fn from_record(r: &RequestRecord) -> Self {
         let usage = r.response.usage.unwrap_or_default();
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ts_ms = now_ms();
         Self {
             seq: 0,
             ts_ms,
