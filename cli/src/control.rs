@@ -219,7 +219,7 @@ pub fn start_controlled(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let journal = Journal::open(&opts.data_dir.join("journal"), 16 << 20)?;
-    let recent = crate::recent();
+    let recent = crate::recent()?;
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![journal.clone(), recent.clone()];
     sinks.extend(extra_sink);
     let live = LiveConfig::new();

@@ -287,7 +287,7 @@ fn run_proxy(
         config.limits.approval_ttl,
     ));
     let live = LiveConfig::with(config);
-    let recent = RecentRecords::new(1000);
+    let recent = recent()?;
     let running = start(
         ProxyParts {
             live: live.clone(),
@@ -362,6 +362,8 @@ fn run_mock(listen: &str, latency_ms: u64, chunk_delay_ms: u64, words: usize) ->
 }
 
 /// Shared by subcommands that need a records ring.
-pub fn recent() -> Arc<RecentRecords> {
-    RecentRecords::new(1000)
+pub fn recent() -> Result<Arc<RecentRecords>> {
+    let capacity = sluice_proxy::events::recent_records_capacity(|k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
+    Ok(RecentRecords::new(capacity))
 }

@@ -266,6 +266,31 @@ pub trait EventSink: Send + Sync {
     fn record_mcp(&self, _record: &McpRecord) {}
 }
 
+/// How many records the admin API keeps by default (`SLUICE_ADMIN_RECENT_RECORDS`).
+///
+/// Not 1,000, as before: a record owns a few dozen small allocations, freed when it leaves
+/// the ring. A thousand tool-using records outgrow the core's cache, so every one of those
+/// frees, and every allocation that reuses the freed memory, missed it: 10 µs per request
+/// on the tools turn (docs/benchmarks.md). A hundred stay in cache.
+pub const DEFAULT_RECENT_RECORDS: usize = 100;
+
+/// The admin API's ring size from `SLUICE_ADMIN_RECENT_RECORDS` (read through `get`):
+/// 0–100,000, [`DEFAULT_RECENT_RECORDS`] when unset, 0 keeping none.
+pub fn recent_records_capacity(get: impl Fn(&str) -> Option<String>) -> Result<usize, String> {
+    const NAME: &str = "SLUICE_ADMIN_RECENT_RECORDS";
+    match get(NAME) {
+        None => Ok(DEFAULT_RECENT_RECORDS),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 100_000)
+            .ok_or_else(|| {
+                format!("{NAME} must be a number of records from 0 to 100000, not {v:?}")
+            }),
+    }
+}
+
 /// Keeps the last `capacity` records in memory, for the admin API and tests.
 #[derive(Debug)]
 pub struct RecentRecords {
@@ -343,6 +368,25 @@ impl EventSink for RecentRecords {
 #[cfg(test)]
 mod tests {
     use super::{Api, Provider};
+
+    #[test]
+    fn the_recent_records_ring_holds_100_unless_set_and_bounded() {
+        let env = |v: Option<&'static str>| move |_: &str| v.map(str::to_owned);
+        assert_eq!(super::recent_records_capacity(env(None)), Ok(100));
+        assert_eq!(super::recent_records_capacity(env(Some("0"))), Ok(0));
+        assert_eq!(
+            super::recent_records_capacity(env(Some(" 5000 "))),
+            Ok(5000)
+        );
+        assert_eq!(
+            super::recent_records_capacity(env(Some("100000"))),
+            Ok(100_000)
+        );
+        for bad in ["-1", "many", "100001"] {
+            let e = super::recent_records_capacity(env(Some(bad))).unwrap_err();
+            assert!(e.contains("SLUICE_ADMIN_RECENT_RECORDS"), "{e}");
+        }
+    }
 
     #[test]
     fn each_provider_has_a_slot_of_its_own_below_the_count() {
