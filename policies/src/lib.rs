@@ -50,8 +50,36 @@ impl ToolId {
     }
 }
 
+impl ToolId {
+    /// `source/name`, as [`Display`](std::fmt::Display) writes it, in one allocation of
+    /// the right size and without the formatter (a decision names its tool on every call).
+    pub fn label(&self) -> String {
+        let mut s = String::with_capacity(self.source.len() + 1 + self.name.len());
+        s.push_str(&self.source);
+        s.push('/');
+        s.push_str(&self.name);
+        s
+    }
+}
+
 impl std::fmt::Display for ToolId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.source, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::ToolId;
+
+    proptest! {
+        #[test]
+        fn a_tools_label_is_how_it_displays(source in any::<String>(), name in any::<String>()) {
+            let tool = ToolId::new(source.as_str(), name.as_str());
+            prop_assert_eq!(tool.label(), tool.to_string());
+            prop_assert_eq!(tool.label(), format!("{source}/{name}"));
+        }
     }
 }

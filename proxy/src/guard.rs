@@ -15,6 +15,9 @@ use crate::config::Profile;
 use crate::events::{Provider, RequestFacts, ToolCall};
 
 /// One policy decision, for the request record and the audit trail.
+///
+/// The journal writes these fields itself, in this order (`journal/record_json.rs`,
+/// `decisions`); its test holds that to this derive's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// `result` or `call`.
@@ -344,7 +347,7 @@ pub fn judge_request(
         }
         decisions.push(Decision {
             kind: "result",
-            tool: tools[i].to_string(),
+            tool: tools[i].label(),
             call_id: r.call_id.clone(),
             verdict,
             policy: d.policy.as_deref().map(str::to_owned),
@@ -508,7 +511,7 @@ pub fn judge_one(
     (
         Decision {
             kind: "call",
-            tool: tool.to_string(),
+            tool: tool.label(),
             call_id: call_id.to_owned(),
             verdict,
             policy,
