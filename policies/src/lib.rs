@@ -48,9 +48,7 @@ impl ToolId {
             name: name.into(),
         }
     }
-}
 
-impl ToolId {
     /// `source/name`, as [`Display`](std::fmt::Display) writes it, in one allocation of
     /// the right size and without the formatter (a decision names its tool on every call).
     pub fn label(&self) -> String {

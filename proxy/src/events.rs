@@ -270,25 +270,20 @@ pub trait EventSink: Send + Sync {
 ///
 /// Not 1,000, as before: a record owns a few dozen small allocations, freed when it leaves
 /// the ring. A thousand tool-using records outgrow the core's cache, so every one of those
-/// frees, and every allocation that reuses the freed memory, missed it: 10 µs per request
-/// on the tools turn (docs/benchmarks.md). A hundred stay in cache.
+/// frees, and every allocation that reuses the freed memory, missed it: 8–10 µs per
+/// request on the tools turn (docs/benchmarks.md). A hundred stay in cache.
 pub const DEFAULT_RECENT_RECORDS: usize = 100;
 
 /// The admin API's ring size from `SLUICE_ADMIN_RECENT_RECORDS` (read through `get`):
 /// 0–100,000, [`DEFAULT_RECENT_RECORDS`] when unset, 0 keeping none.
 pub fn recent_records_capacity(get: impl Fn(&str) -> Option<String>) -> Result<usize, String> {
-    const NAME: &str = "SLUICE_ADMIN_RECENT_RECORDS";
-    match get(NAME) {
-        None => Ok(DEFAULT_RECENT_RECORDS),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 100_000)
-            .ok_or_else(|| {
-                format!("{NAME} must be a number of records from 0 to 100000, not {v:?}")
-            }),
-    }
+    crate::env_number::bounded(
+        "SLUICE_ADMIN_RECENT_RECORDS",
+        DEFAULT_RECENT_RECORDS,
+        100_000,
+        "records",
+        get,
+    )
 }
 
 /// Keeps the last `capacity` records in memory, for the admin API and tests.

@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod cork;
 pub mod cost;
 pub mod drain;
+pub mod env_number;
 pub mod error;
 pub mod events;
 #[doc(hidden)]

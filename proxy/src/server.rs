@@ -244,20 +244,8 @@ fn listener_buffer(
     default: usize,
     get: impl Fn(&str) -> Option<String>,
 ) -> std::io::Result<usize> {
-    match get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 1 << 20)
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{name} must be a number of bytes from 0 to 1048576, not {v:?}"),
-                )
-            }),
-    }
+    crate::env_number::bounded(name, default, 1 << 20, "bytes", get)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// Whether plaintext clients may speak HTTP/2 with prior knowledge (h2c): `SLUICE_H2C=1`.
