@@ -340,7 +340,7 @@ fn strings<'s>(out: &mut Vec<u8>, items: impl Iterator<Item = &'s str>) {
 /// A JSON string: copied between quotes when nothing in it needs escaping (what JSON
 /// requires: quote, backslash, control characters), else written by `serde_json`.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(s.as_bytes()) {
         if serde_json::to_writer(&mut *out, s).is_err() {
             // Writing a `str` to a `Vec` cannot fail; should it, the value is left empty.
             out.extend_from_slice(b"\"\"");
@@ -351,6 +351,19 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
+}
+
+/// Whether any byte of `s` must be escaped in a JSON string. Sixteen bytes at a time, each
+/// block folded without an early exit, which the compiler turns into vector compares: a
+/// byte at a time with an early exit cost ~5 instructions a byte, and a tools turn's line
+/// writes ~18 strings.
+fn needs_escape(s: &[u8]) -> bool {
+    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let (blocks, rest) = s.as_chunks::<16>();
+    blocks
+        .iter()
+        .any(|block| block.iter().fold(false, |any, &b| any | escaped(b)))
+        || rest.iter().any(|&b| escaped(b))
 }
 
 #[cfg(test)]
@@ -585,6 +598,19 @@ mod tests {
         #[test]
         fn any_record_is_serde_jsons_bytes(r in record()) {
             same_as_serde(&r);
+        }
+
+        /// The block-wise check against the byte-wise definition, at every length across a
+        /// few blocks and with the bytes that need escaping anywhere in them.
+        #[test]
+        fn a_string_needs_escaping_when_one_of_its_bytes_does(
+            s in proptest::collection::vec(
+                prop_oneof![60 => b'a'..=b'z', 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0u8..0x20],
+                0..70,
+            )
+        ) {
+            let naive = s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(super::needs_escape(&s), naive);
         }
     }
 }
