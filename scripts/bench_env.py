@@ -2,7 +2,8 @@
 """One setting's or one build's cost, A/B: Sluice with an environment variable set
 (`--env NAME=VALUE`) and without it, or another build (`--binary PATH`) against this
 tree's, in front of the same mock, closed loop, 32 connections, JSON chat completions
-(`--scenario tools`: bench.py's tools turn, a tool result in and a tool call out),
+(`--scenario tools`: bench.py's tools turn, a tool result in and a tool call out;
+`--scenario sse`: bench.py's streamed chat completion, 40 words),
 interleaved in a rotated order. Both run as scripts/bench.py's "sluice" (a file config,
 metrics and tracing off) or, with `--full`, as its "full inspection" (each fed by a control
 plane of its own: virtual key, 100 policies, usage journal, metrics, tracing at 1.0).
@@ -12,7 +13,7 @@ Servers on core 0, load generator (and the control planes) on core 1. For exampl
   python3 scripts/bench_env.py --env SLUICE_LISTENER_WRITE_BUFFER_BYTES=1460 --words 500
   python3 scripts/bench_env.py --binary /tmp/sluice-before --full    # a change, before/after
 Usage: python3 scripts/bench_env.py (--env NAME=VALUE [--base NAME=VALUE] | --binary PATH)
-                                    [--full] [--scenario json|tools] [--words 110]
+                                    [--full] [--scenario json|tools|sse] [--words 110]
                                     [--seconds 4] [--reps 7]
 """
 import argparse
@@ -72,7 +73,7 @@ def main():
     ap.add_argument("--base", help="NAME=VALUE set in the baseline instead of leaving NAME unset")
     ap.add_argument("--binary", help="the variant is this sluice binary (the baseline: this tree's build)")
     ap.add_argument("--full", action="store_true", help="both as bench.py's full inspection")
-    ap.add_argument("--scenario", default="json", choices=("json", "tools"))
+    ap.add_argument("--scenario", default="json", choices=("json", "tools", "sse"))
     ap.add_argument("--words", type=int, default=110,
                     help="words in each JSON answer (110: bench.py's 1 KB response; 500: ~3.5 KB)")
     args = ap.parse_args()
@@ -107,7 +108,7 @@ def main():
             for name in names[rep % 2:] + names[:rep % 2]:
                 url, pid, key = targets[name]
                 hdr = ["content-type: application/json", f"authorization: Bearer {key}"]
-                body = TOOLS_CHAT if args.scenario == "tools" else CHAT
+                body = {"tools": TOOLS_CHAT, "sse": dict(CHAT, stream=True)}.get(args.scenario, CHAT)
                 if args.scenario == "json":
                     hdr.append(f"x-mock-words: {args.words}")
                 c0 = cpu_seconds([pid])

@@ -204,7 +204,7 @@ pub fn parse_event(raw: &[u8]) -> Result<EventFields<'_>, InvalidUtf8> {
     let text = std::str::from_utf8(raw).map_err(|_| InvalidUtf8)?;
     let mut event = None;
     let mut data: Option<std::borrow::Cow<'_, str>> = None;
-    for line in text.split(['\n', '\r']) {
+    for line in lines(text) {
         if line.is_empty() || line.starts_with(':') {
             continue;
         }
@@ -234,6 +234,23 @@ pub fn parse_event(raw: &[u8]) -> Result<EventFields<'_>, InvalidUtf8> {
         data: data.unwrap_or(std::borrow::Cow::Borrowed("")),
         has_data,
     })
+}
+
+/// The lines of an event: it split at every CR and at every LF, as `text.split(['\n',
+/// '\r'])` splits it (a CRLF leaves an empty line between its two). Found with `memchr2`:
+/// `str::split` on a set of chars decodes and compares each character, ~1,500 instructions
+/// for a ~200-byte chunk event, a quarter of a streamed request's instructions.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let raw = text.as_bytes();
+    let mut start = 0;
+    memchr::memchr2_iter(b'\n', b'\r', raw)
+        .chain(std::iter::once(raw.len()))
+        .map(move |end| {
+            // CR and LF are ASCII: both ends are character boundaries, so `get` never fails.
+            let line = text.get(start..end).unwrap_or_default();
+            start = end + 1;
+            line
+        })
 }
 
 #[cfg(test)]
@@ -299,5 +316,16 @@ mod tests {
     fn data_text_inside_json_is_not_framing() {
         let (ev, _) = frame_all(&[b"data: {\"t\":\"x\\n\\ndata: y\"}\n\n"], 1024);
         assert_eq!(ev.len(), 1);
+    }
+
+    proptest::proptest! {
+        /// Lines are what `str::split` on CR and LF gives, for any text: CR, LF and CRLF
+        /// anywhere, empty lines, colons, multi-byte characters.
+        #[test]
+        fn lines_are_the_text_split_at_each_cr_and_lf(text in "[a:é😀 \r\n]{0,40}") {
+            let ours: Vec<&str> = lines(&text).collect();
+            let std: Vec<&str> = text.split(['\n', '\r']).collect();
+            proptest::prop_assert_eq!(ours, std);
+        }
     }
 }

@@ -232,14 +232,45 @@ pub(crate) fn contains(data: &str, needle: &Needle) -> bool {
     needle.find(data).is_some()
 }
 
-/// True when the JSON field `needle` (`"name"`) is absent or null: a text delta carries
-/// `"finish_reason":null`, and only the last chunk a value.
-pub(crate) fn absent_or_null(data: &str, needle: &Needle) -> bool {
-    let Some(at) = needle.find(data) else {
-        return true;
-    };
-    let rest = data[at + needle.text.len()..].trim_start_matches([' ', '\t', '\n', '\r', ':']);
-    rest.starts_with("null")
+/// Several needles found in one pass (one searcher for all, built once): the keys that
+/// make a streamed chunk worth parsing. Four `Needle`s cost four passes over every chunk.
+pub(crate) struct Needles {
+    texts: &'static [&'static str],
+    searcher: std::sync::OnceLock<Option<aho_corasick::packed::Searcher>>,
+}
+
+impl Needles {
+    /// Needles for `texts`; a match names its needle by its index in `texts`.
+    pub(crate) const fn new(texts: &'static [&'static str]) -> Self {
+        Self {
+            texts,
+            searcher: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// True when `ok(needle, rest)` holds for every needle found in `data`, `rest` being the
+    /// text after it (true when none is found). False when the searcher could not be built,
+    /// so that callers skipping work on `true` never skip it unchecked.
+    pub(crate) fn every_match(&self, data: &str, mut ok: impl FnMut(usize, &str) -> bool) -> bool {
+        let searcher = self
+            .searcher
+            .get_or_init(|| aho_corasick::packed::Searcher::new(self.texts.iter()));
+        let Some(searcher) = searcher else {
+            return false;
+        };
+        searcher.find_iter(data).all(|m| {
+            ok(
+                m.pattern().as_usize(),
+                data.get(m.end()..).unwrap_or_default(),
+            )
+        })
+    }
+}
+
+/// True when `rest`, the text after a JSON key, gives the key the value `null`.
+pub(crate) fn null_follows(rest: &str) -> bool {
+    rest.trim_start_matches([' ', '\t', '\n', '\r', ':'])
+        .starts_with("null")
 }
 
 /// JSON-escapes a string (for the small bodies Sluice writes itself).
@@ -320,23 +351,34 @@ pub(crate) fn malformed(e: &serde_json::Error) -> SluiceError {
 mod tests {
     use super::*;
 
-    static FINISH: Needle = Needle::new("\"finish_reason\"");
     static TOOL_CALLS: Needle = Needle::new("\"tool_calls\"");
+    static KEYS: Needles = Needles::new(&["\"usage\"", "\"finish_reason\""]);
+
+    /// What `every_match` answers for a chunk whose finish reason may be null.
+    fn only_null_finish(data: &str) -> bool {
+        KEYS.every_match(data, |needle, rest| needle == 1 && null_follows(rest))
+    }
 
     #[test]
     fn the_parse_skip_check_sees_finish_reasons_however_spaced() {
-        assert!(absent_or_null(r#"{"finish_reason":null}"#, &FINISH));
-        assert!(absent_or_null(r#"{"finish_reason" : null}"#, &FINISH));
-        assert!(absent_or_null(r#"{"delta":{}}"#, &FINISH));
-        assert!(!absent_or_null(r#"{"finish_reason": "stop"}"#, &FINISH));
-        assert!(!absent_or_null(
-            r#"{"finish_reason":"tool_calls"}"#,
-            &FINISH
+        assert!(only_null_finish(r#"{"finish_reason":null}"#));
+        assert!(only_null_finish(r#"{"finish_reason" : null}"#));
+        assert!(only_null_finish(r#"{"delta":{}}"#));
+        assert!(!only_null_finish(r#"{"finish_reason": "stop"}"#));
+        assert!(!only_null_finish(r#"{"finish_reason":"tool_calls"}"#));
+        // Every match counts, not the first alone; any other key found counts.
+        assert!(!only_null_finish(
+            r#"{"finish_reason":null,"x":{"finish_reason":"stop"}}"#
         ));
+        assert!(!only_null_finish(r#"{"finish_reason":null,"usage":{}}"#));
+        assert!(!only_null_finish(r#"{"usage":{},"finish_reason":null}"#));
         // A text delta that talks about tool calls is still skipped: the quote is escaped.
         assert!(!contains(
             r#"{"content":"say \"tool_calls\""}"#,
             &TOOL_CALLS
+        ));
+        assert!(only_null_finish(
+            r#"{"content":"say \"usage\"","finish_reason":null}"#
         ));
     }
 

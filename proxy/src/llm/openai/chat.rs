@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{CompletionDetails, FullToolCall, FunctionCall, PromptDetails, openai_usage};
 use crate::events::{ResponseFacts, ToolCall, Usage};
-use crate::llm::{EventVerdict, JStr, Needle, Raw, absent_or_null, contains, owned};
+use crate::llm::{EventVerdict, JStr, Needles, Raw, null_follows, owned};
 use crate::sse::EventFields;
 
 #[derive(Deserialize, Default)]
@@ -126,10 +126,15 @@ struct DeltaToolCall<'a> {
     function: Option<FunctionCall<'a>>,
 }
 
-static TOOL_CALLS: Needle = Needle::new("\"tool_calls\"");
-static USAGE: Needle = Needle::new("\"usage\"");
-static ERROR: Needle = Needle::new("\"error\"");
-static FINISH_REASON: Needle = Needle::new("\"finish_reason\"");
+/// The keys that make a chunk worth parsing once the model is known: a tool call, usage, an
+/// error, or a finish reason that is not null (`FINISH_REASON`, its index).
+static KEYS: Needles = Needles::new(&[
+    "\"tool_calls\"",
+    "\"usage\"",
+    "\"error\"",
+    "\"finish_reason\"",
+]);
+const FINISH_REASON: usize = 3;
 
 /// Assembles chat-completion tool calls from their deltas, keyed by `index`.
 #[derive(Debug, Default)]
@@ -188,10 +193,7 @@ impl ChatStream {
         // usage, a finish reason or an error once the model is known.
         let data: &str = &ev.data;
         if facts.model.is_some()
-            && !contains(data, &TOOL_CALLS)
-            && !contains(data, &USAGE)
-            && !contains(data, &ERROR)
-            && absent_or_null(data, &FINISH_REASON)
+            && KEYS.every_match(data, |key, rest| key == FINISH_REASON && null_follows(rest))
         {
             return EventVerdict::Forward;
         }
