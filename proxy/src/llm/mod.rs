@@ -234,6 +234,8 @@ pub(crate) fn contains(data: &str, needle: &Needle) -> bool {
 
 /// Several needles found in one pass (one searcher for all, built once): the keys that
 /// make a streamed chunk worth parsing. Four `Needle`s cost four passes over every chunk.
+/// The searcher is SIMD (Teddy: x86_64 with SSSE3, or aarch64); where it cannot be built,
+/// `every_match` answers false and every chunk is parsed: slower, never less checked.
 pub(crate) struct Needles {
     texts: &'static [&'static str],
     searcher: std::sync::OnceLock<Option<aho_corasick::packed::Searcher>>,
