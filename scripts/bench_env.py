@@ -12,7 +12,13 @@ Servers on core 0, load generator (and the control planes) on core 1. For exampl
   python3 scripts/bench_env.py --env SLUICE_LISTENER_READ_BUFFER_BYTES=65536
   python3 scripts/bench_env.py --env SLUICE_LISTENER_WRITE_BUFFER_BYTES=1460 --words 500
   python3 scripts/bench_env.py --binary /tmp/sluice-before --full    # a change, before/after
-Usage: python3 scripts/bench_env.py (--env NAME=VALUE [--base NAME=VALUE] | --binary PATH)
+  python3 scripts/bench_env.py --passthrough --full --reps 15        # against the floor
+`--passthrough` runs this tree's Sluice against the bare Pingora passthrough (`sluice
+passthrough`, bench.py's "pingora passthrough"), the performance issue's ≥ 0.9× figure with
+more runs than bench.py gives it. Each rep runs both, one after the other; the report also
+gives the ratio of the two within each rep (the first target's req/s over the second's), whose
+median moves less with the host than a ratio of medians.
+Usage: python3 scripts/bench_env.py (--env NAME=VALUE [--base NAME=VALUE] | --binary PATH | --passthrough)
                                     [--full] [--scenario json|tools|sse] [--words 110]
                                     [--seconds 4] [--reps 7]
 """
@@ -72,20 +78,24 @@ def main():
     ap.add_argument("--env", help="NAME=VALUE set in the variant")
     ap.add_argument("--base", help="NAME=VALUE set in the baseline instead of leaving NAME unset")
     ap.add_argument("--binary", help="the variant is this sluice binary (the baseline: this tree's build)")
-    ap.add_argument("--full", action="store_true", help="both as bench.py's full inspection")
+    ap.add_argument("--passthrough", action="store_true",
+                    help="the baseline is the bare Pingora passthrough (the variant: this tree's build)")
+    ap.add_argument("--full", action="store_true", help="Sluice as bench.py's full inspection")
     ap.add_argument("--scenario", default="json", choices=("json", "tools", "sse"))
     ap.add_argument("--words", type=int, default=110,
                     help="words in each JSON answer (110: bench.py's 1 KB response; 500: ~3.5 KB)")
     args = ap.parse_args()
-    if bool(args.env) == bool(args.binary):
-        ap.error("give --env NAME=VALUE or --binary PATH")
+    if [bool(args.env), bool(args.binary), args.passthrough].count(True) != 1:
+        ap.error("give one of --env NAME=VALUE, --binary PATH, --passthrough")
     if args.env and args.full:
         ap.error("--env applies to the file-configured proxy only")
     procs = []
     tmp = tempfile.mkdtemp(prefix="sluice-bench-env-")
     try:
         mock_port = start_mock(procs, "--words", "40")
-        if args.binary:
+        if args.passthrough:
+            variants = (("this tree", SLUICE, {}, ()),)
+        elif args.binary:
             variants = ((f"`{args.binary}`", args.binary, {}, ()), ("this tree", SLUICE, {}, ()))
         else:
             name_, value = args.env.split("=", 1)
@@ -94,6 +104,14 @@ def main():
             variants = ((f"`{name_}={value}`", SLUICE, {name_: value}, ()),
                         (base_label, SLUICE, base, () if base else (name_,)))
         targets = {}
+        if args.passthrough:
+            port = free_port()
+            p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{port}",
+                                  "--upstream", f"127.0.0.1:{mock_port}"],
+                                 env=dict(os.environ, SLUICE_LOG="error"), stderr=subprocess.DEVNULL)
+            procs.append(p)
+            wait_port(port, p)
+            floor = (f"http://127.0.0.1:{port}/v1/chat/completions", p.pid, "sk-bench")
         for name, binary, extra, unset in variants:
             if args.full:
                 sub = tempfile.mkdtemp(dir=tmp)
@@ -102,6 +120,9 @@ def main():
                 wait_ok(*targets[name][::2])
             else:
                 targets[name] = start_file_config(procs, tmp, mock_port, binary, extra, unset)
+        if args.passthrough:
+            # Second, so that the ratio reads as Sluice ÷ the floor.
+            targets["bare Pingora passthrough"] = floor
         results = {}
         for rep in range(args.reps):
             names = list(targets)
@@ -118,7 +139,10 @@ def main():
                 print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
         print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
         print(f"Machine: {machine()}  ")
-        what = f"--env {args.env}" + (f" --base {args.base}" if args.base else "") if args.env else f"--binary {args.binary}"
+        if args.env:
+            what = f"--env {args.env}" + (f" --base {args.base}" if args.base else "")
+        else:
+            what = f"--binary {args.binary}" if args.binary else "--passthrough"
         print(f"Command: `python3 scripts/bench_env.py {what}" + (" --full" if args.full else "")
               + (f" --scenario {args.scenario}" if args.scenario != "json" else "")
               + (f" --words {args.words}" if args.words != 110 else "")
@@ -128,6 +152,10 @@ def main():
             rps = sorted(x[0] for x in rows)[len(rows) // 2]
             cpu = sorted(x[1] for x in rows)[len(rows) // 2]
             print(f"| {name} | {rps:,.0f} | {cpu:.1f} |")
+        first, second = list(results)
+        ratios = sorted(a[0] / b[0] for a, b in zip(results[first], results[second]))
+        print(f"\n{first} ÷ {second}, req/s within each rep: median **{ratios[len(ratios) // 2]:.3f}×** "
+              f"(lowest {ratios[0]:.3f}, highest {ratios[-1]:.3f}; {len(ratios)} reps)")
     finally:
         stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)

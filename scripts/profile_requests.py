@@ -2,8 +2,11 @@
 """Where a request's instructions go: runs Sluice under valgrind's callgrind in front of the
 mock, sends requests through it, and prints the functions with the most instructions per
 request (inclusive and self). Instruction counts do not depend on what else the machine is
-doing, so two builds or two configurations compare exactly. Start-up is left out: counting
-is zeroed after a warm-up and dumped after the measured requests.
+doing. Start-up is left out: counting is zeroed after a warm-up and dumped after the
+measured requests, and the requests are counted in the profile itself (the responses the
+proxy wrote). With several connections, a request's share of the runtime's work depends on
+how many requests each wake-up finds ready, which moves with the host's load by ~1%; with
+`--connections 1` every request is served alone, and two builds compare to within a few hundred instructions.
 
 Scenarios: `json`, `sse`, `tools` (chat completions through the mock provider) and `mcp`
 (`tools/call` through the MCP gateway to the fixture MCP server, as scripts/bench_mcp.py;
@@ -74,6 +77,27 @@ def start_passthrough(procs, mock_port, out):
     return port, p.pid, "sk-bench"
 
 
+# Called once per response an HTTP/1.x client is sent, by Sluice and the passthrough alike.
+PER_RESPONSE = "v1::server::HttpSession::prepare_response_header"
+
+
+def responses_written(path):
+    """Calls of PER_RESPONSE in a callgrind file: the requests served while counting."""
+    names, callee, calls = {}, "", 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.strip())
+                if m:
+                    if m.group(2):
+                        names[m.group(1)] = m.group(2)
+                    if line.startswith("cfn="):
+                        callee = names.get(m.group(1), "")
+            elif line.startswith("calls=") and callee.endswith(PER_RESPONSE):
+                calls += int(line[6:].split()[0])
+    return calls
+
+
 def annotate(path, requests, top):
     """(total Ir per request, [(inclusive per request, self per request, function)])."""
     out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
@@ -132,6 +156,9 @@ def main():
     ap.add_argument("--scenario", default="json", choices=("json", "sse", "tools", "mcp"))
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--connections", type=int, default=4,
+                    help="closed-loop connections (1: each request alone, so counts do not depend on how "
+                         "many requests one wake-up serves)")
     ap.add_argument("--keep", help="copy the callgrind files here (for kcachegrind or callgrind_annotate)")
     args = ap.parse_args()
     if not shutil.which("valgrind"):
@@ -145,7 +172,7 @@ def main():
     print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
     print(f"Machine: {machine()}  ")
     print(f"Command: `python3 scripts/profile_requests.py {' '.join(sys.argv[1:])}`  ")
-    print(f"Scenario: {args.scenario}, 4 connections, closed loop, {args.seconds:g} s under callgrind\n")
+    print(f"Scenario: {args.scenario}, {args.connections} connection(s), closed loop, {args.seconds:g} s under callgrind\n")
     for target in args.target or ["full", "defaults", "passthrough"]:
         procs = []
         tmp = tempfile.mkdtemp(prefix="sluice-profile-")
@@ -169,14 +196,15 @@ def main():
             url = f"http://127.0.0.1:{port}{route}"
             auth = [f"authorization: Bearer {key}"]
             # Warm-up (connections, pools, caches), then count only the measured requests.
-            loadgen(url, json.dumps(body), hdr + auth, 4, 3, label="warm-up")
+            loadgen(url, json.dumps(body), hdr + auth, args.connections, 3, label="warm-up")
             subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
-            r = loadgen(url, json.dumps(body), hdr + auth, 4, args.seconds, label=target)
+            r = loadgen(url, json.dumps(body), hdr + auth, args.connections, args.seconds, label=target)
             subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
             dumps = sorted(f for f in os.listdir(tmp) if f.startswith("callgrind.out"))
             path = os.path.join(tmp, dumps[-1])
-            # The loadtest's warm-up second is served too.
-            served = r["requests"] / args.seconds * (args.seconds + 1)
+            # Responses the proxy wrote while counting: the loadtest's figure misses its
+            # warm-up second and the requests in flight at either end (±2% of a 10 s run).
+            served = responses_written(path) or r["requests"] / args.seconds * (args.seconds + 1)
             total, rows = annotate(path, served, args.top)
             print(f"### {target}: {total:,.0f} instructions per request ({served:,.0f} requests, "
                   f"{r['errors']} errors)\n")

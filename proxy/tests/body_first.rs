@@ -271,3 +271,38 @@ fn a_body_read_first_goes_upstream_with_the_length_of_what_sluice_sends() {
     let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
 }
+
+#[test]
+fn a_body_sent_as_the_client_sent_it_goes_with_one_length_header() {
+    let (upstream, port) = upstream_listener();
+    let h = Harness::start(&profile(port, ""));
+    // Not streamed: Sluice sends the client's bytes unchanged, under the client's length.
+    let body = chat_body(false, false);
+    let served = std::thread::spawn(move || {
+        upstream.set_nonblocking(false).unwrap();
+        let (up, _) = upstream.accept().unwrap();
+        serve_completions(up, 1)
+    });
+    let r = h.rt.block_on(post_json(
+        h.addr(),
+        "/v1/openai/small/chat/completions",
+        &[],
+        &body,
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = served.join().unwrap();
+    let head = seen[0]
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    let lengths: Vec<&str> = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim() == "content-length")
+        .map(|(_, v)| v.trim())
+        .collect();
+    let sent = request_body(seen[0].as_bytes());
+    assert_eq!(sent, body.to_string().as_bytes(), "{}", seen[0]);
+    assert_eq!(lengths, [sent.len().to_string()], "{}", seen[0]);
+}

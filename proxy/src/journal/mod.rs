@@ -135,8 +135,9 @@ fn line_seq(line: &[u8]) -> Option<u64> {
     serde_json::from_slice::<SeqOnly>(line).ok().map(|s| s.seq)
 }
 
-/// One journal record: its sequence and its JSON line.
-pub type Line = (u64, Vec<u8>);
+/// One journal record: its sequence and its JSON line (a slice of its segment's read, which
+/// the lines of one read share rather than each being copied out).
+pub type Line = (u64, bytes::Bytes);
 
 /// Where a reader stopped: a segment (its first sequence) and a byte offset in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -381,25 +382,33 @@ impl Journal {
             let path = self.dir.join(segment_name(*first));
             let mut f = File::open(&path).map_err(io(&path))?;
             f.seek(SeekFrom::Start(at.offset)).map_err(io(&path))?;
-            let mut text = Vec::new();
+            // Sized up front: the read fills it without growing it step by step.
+            let mut text;
             if *first == active {
-                f.take(active_len.saturating_sub(at.offset))
-                    .read_to_end(&mut text)
-                    .map_err(io(&path))?;
+                let left = active_len.saturating_sub(at.offset);
+                text = Vec::with_capacity(usize::try_from(left).unwrap_or(0));
+                f.take(left).read_to_end(&mut text).map_err(io(&path))?;
             } else {
+                let left = f
+                    .metadata()
+                    .map_or(0, |m| m.len().saturating_sub(at.offset));
+                text = Vec::with_capacity(usize::try_from(left).unwrap_or(0));
                 f.read_to_end(&mut text).map_err(io(&path))?;
             }
+            let text = bytes::Bytes::from(text);
             let mut start = 0usize;
             while let Some(nl) = memchr::memchr(b'\n', &text[start..]) {
-                let line = &text[start..start + nl];
-                let Some(seq) = line_seq(line) else { break };
+                let (line_start, line_end) = (start, start + nl);
+                let Some(seq) = line_seq(&text[line_start..line_end]) else {
+                    break;
+                };
                 start += nl + 1;
                 at.offset += (nl + 1) as u64;
                 if seq <= after {
                     continue;
                 }
-                bytes += line.len();
-                out.push((seq, line.to_vec()));
+                bytes += nl;
+                out.push((seq, text.slice(line_start..line_end)));
                 if out.len() >= max_records || bytes >= max_bytes {
                     return Ok((out, at));
                 }
