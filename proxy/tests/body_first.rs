@@ -240,13 +240,11 @@ fn a_request_refused_by_its_limits_takes_no_upstream_connection() {
     );
 }
 
-#[test]
-fn a_body_read_first_goes_upstream_with_the_length_of_what_sluice_sends() {
+/// Sends `body` as a chat completion through Sluice; returns the request as the upstream
+/// got it.
+fn sent_upstream(body: &serde_json::Value) -> String {
     let (upstream, port) = upstream_listener();
     let h = Harness::start(&profile(port, ""));
-    // A streamed chat: Sluice asks the upstream for usage (`stream_options`), so the body
-    // it sends is longer than the client's.
-    let body = chat_body(true, false).to_string();
     let served = std::thread::spawn(move || {
         upstream.set_nonblocking(false).unwrap();
         let (up, _) = upstream.accept().unwrap();
@@ -256,53 +254,45 @@ fn a_body_read_first_goes_upstream_with_the_length_of_what_sluice_sends() {
         h.addr(),
         "/v1/openai/small/chat/completions",
         &[],
-        &serde_json::from_str(&body).unwrap(),
+        body,
     ));
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = served.join().unwrap();
-    let (chunked, length) = request_framing(seen[0].as_bytes());
-    let sent = request_body(seen[0].as_bytes());
-    assert!(
-        !chunked,
-        "a body Sluice holds whole went chunked: {}",
-        seen[0]
-    );
-    assert_eq!(length, Some(sent.len()), "{}", seen[0]);
+    served.join().unwrap().remove(0)
+}
+
+/// Every `Content-Length` value of a request's head.
+fn content_lengths(request: &str) -> Vec<String> {
+    let head = request
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim() == "content-length")
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_body_read_first_goes_upstream_with_the_length_of_what_sluice_sends() {
+    // A streamed chat: Sluice asks the upstream for usage (`stream_options`), so the body
+    // it sends is longer than the client's.
+    let seen = sent_upstream(&chat_body(true, false));
+    let (chunked, _) = request_framing(seen.as_bytes());
+    let sent = request_body(seen.as_bytes());
+    assert!(!chunked, "a body Sluice holds whole went chunked: {seen}");
+    assert_eq!(content_lengths(&seen), [sent.len().to_string()], "{seen}");
     let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
 }
 
 #[test]
 fn a_body_sent_as_the_client_sent_it_goes_with_one_length_header() {
-    let (upstream, port) = upstream_listener();
-    let h = Harness::start(&profile(port, ""));
     // Not streamed: Sluice sends the client's bytes unchanged, under the client's length.
     let body = chat_body(false, false);
-    let served = std::thread::spawn(move || {
-        upstream.set_nonblocking(false).unwrap();
-        let (up, _) = upstream.accept().unwrap();
-        serve_completions(up, 1)
-    });
-    let r = h.rt.block_on(post_json(
-        h.addr(),
-        "/v1/openai/small/chat/completions",
-        &[],
-        &body,
-    ));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let seen = served.join().unwrap();
-    let head = seen[0]
-        .split("\r\n\r\n")
-        .next()
-        .unwrap()
-        .to_ascii_lowercase();
-    let lengths: Vec<&str> = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.trim() == "content-length")
-        .map(|(_, v)| v.trim())
-        .collect();
-    let sent = request_body(seen[0].as_bytes());
-    assert_eq!(sent, body.to_string().as_bytes(), "{}", seen[0]);
-    assert_eq!(lengths, [sent.len().to_string()], "{}", seen[0]);
+    let seen = sent_upstream(&body);
+    let sent = request_body(seen.as_bytes());
+    assert_eq!(sent, body.to_string().as_bytes(), "{seen}");
+    assert_eq!(content_lengths(&seen), [sent.len().to_string()], "{seen}");
 }
