@@ -1,5 +1,7 @@
 //! Compiled conditions: the path parsed, the regex built, the operand normalised, once.
 
+use std::ops::ControlFlow;
+
 use regex::Regex;
 use serde_json::Value;
 
@@ -160,39 +162,55 @@ impl CompiledCondition {
 
     /// Evaluates against `data` (arguments or result) and `ctx`.
     pub fn holds(&self, data: &Value, ctx: &EvalContext<'_>) -> bool {
-        let mut found: Vec<&Value> = Vec::new();
-        let owned;
         let single: Option<&str> = match &self.target {
-            Target::Data(path) => {
-                path.collect(data, &mut found);
-                None
-            }
+            Target::Data(path) => return self.holds_in(path, data, ctx),
             Target::Profile => Some(ctx.profile),
             Target::Team => ctx.team,
             Target::Agent => ctx.agent,
-            Target::Trusted => {
-                owned = if ctx.trusted { "true" } else { "false" };
-                Some(owned)
-            }
+            Target::Trusted => Some(if ctx.trusted { "true" } else { "false" }),
             Target::Label(k) => ctx.labels.iter().find(|(lk, _)| lk == k).map(|(_, v)| *v),
         };
-        if let Operand::Flag(want) = self.operand {
-            let exists = single.is_some() || !found.is_empty();
-            return exists == want;
+        match self.operand {
+            Operand::Flag(want) => single.is_some() == want,
+            _ => single.is_some_and(|s| self.test(s)),
         }
-        if !matches!(self.target, Target::Data(_)) {
-            return single.is_some_and(|s| self.test(s));
-        }
-        if found.is_empty() {
-            return false;
-        }
-        if let Operand::Provenance = self.operand {
-            return self.provenance_holds(&found, ctx);
-        }
-        let test = |v: &&Value| scalar_text(v).is_some_and(|t| self.test(&t));
-        match self.quantifier {
-            Quantifier::All => found.iter().all(test),
-            Quantifier::Any => found.iter().any(test),
+    }
+
+    /// The condition over the values `path` reaches in `data`: visited in place, stopping
+    /// at the first that decides (the first match for `any`, the first miss for `all`).
+    /// A path that reaches nothing fails every operator but `exists: false`.
+    fn holds_in(&self, path: &JsonPath, data: &Value, ctx: &EvalContext<'_>) -> bool {
+        let test = |v: &Value| scalar_text(v).is_some_and(|t| self.test(&t));
+        match (&self.operand, self.quantifier) {
+            (Operand::Flag(want), _) => {
+                path.visit(data, |_| ControlFlow::Break(())).is_break() == *want
+            }
+            (Operand::Provenance, _) => {
+                let mut found = Vec::new();
+                path.collect(data, &mut found);
+                !found.is_empty() && self.provenance_holds(&found, ctx)
+            }
+            (_, Quantifier::Any) => path
+                .visit(data, |v| {
+                    if test(v) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .is_break(),
+            (_, Quantifier::All) => {
+                let mut reached = false;
+                let every = path.visit(data, |v| {
+                    reached = true;
+                    if test(v) {
+                        ControlFlow::Continue(())
+                    } else {
+                        ControlFlow::Break(())
+                    }
+                });
+                reached && every.is_continue()
+            }
         }
     }
 

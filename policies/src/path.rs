@@ -1,6 +1,8 @@
 //! JSON paths into tool arguments and results: `to`, `a.b`, `items[0]`, `recipients[*]`,
 //! `items[*].url`, `['key.with.dots']`, `[*]` at the root. Parsed once when policies compile.
 
+use std::ops::ControlFlow;
+
 use serde_json::Value;
 
 /// One step of a path.
@@ -110,30 +112,44 @@ impl JsonPath {
 
     /// The values the path reaches in `root` (none when it reaches nothing).
     pub fn collect<'v>(&self, root: &'v Value, out: &mut Vec<&'v Value>) {
-        walk(root, &self.segments, out);
+        let _: ControlFlow<()> = self.visit(root, |v| {
+            out.push(v);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// Calls `f` on each value the path reaches in `root`, in document order, until `f`
+    /// breaks; what it broke with, if it did. Nothing is collected, so nothing allocated.
+    pub fn visit<'v, B>(
+        &self,
+        root: &'v Value,
+        mut f: impl FnMut(&'v Value) -> ControlFlow<B>,
+    ) -> ControlFlow<B> {
+        walk(root, &self.segments, &mut f)
     }
 }
 
-fn walk<'v>(v: &'v Value, rest: &[Segment], out: &mut Vec<&'v Value>) {
+fn walk<'v, B>(
+    v: &'v Value,
+    rest: &[Segment],
+    f: &mut impl FnMut(&'v Value) -> ControlFlow<B>,
+) -> ControlFlow<B> {
     let Some((first, tail)) = rest.split_first() else {
-        out.push(v);
-        return;
+        return f(v);
     };
     match first {
-        Segment::Key(k) => {
-            if let Some(next) = v.as_object().and_then(|o| o.get(k)) {
-                walk(next, tail, out);
-            }
-        }
-        Segment::Index(n) => {
-            if let Some(next) = v.as_array().and_then(|a| a.get(*n)) {
-                walk(next, tail, out);
-            }
-        }
+        Segment::Key(k) => match v.as_object().and_then(|o| o.get(k)) {
+            Some(next) => walk(next, tail, f),
+            None => ControlFlow::Continue(()),
+        },
+        Segment::Index(n) => match v.as_array().and_then(|a| a.get(*n)) {
+            Some(next) => walk(next, tail, f),
+            None => ControlFlow::Continue(()),
+        },
         Segment::Wildcard => match v {
-            Value::Array(items) => items.iter().for_each(|i| walk(i, tail, out)),
-            Value::Object(map) => map.values().for_each(|i| walk(i, tail, out)),
-            _ => {}
+            Value::Array(items) => items.iter().try_for_each(|i| walk(i, tail, f)),
+            Value::Object(map) => map.values().try_for_each(|i| walk(i, tail, f)),
+            _ => ControlFlow::Continue(()),
         },
     }
 }

@@ -137,8 +137,9 @@ impl ToolIndex {
         let odd = |s: &str| s.contains(['\n', '\u{0}']);
         if odd(&tool.source) || odd(&tool.name) {
             if let Some(set) = &self.every_glob {
-                let key = format!("{}\u{0}{}", tool.source, tool.name);
-                out.extend(set.matches(&key).iter().map(|m| self.every_glob_policy[m]));
+                with_key(tool, |key| {
+                    out.extend(set.matches(key).iter().map(|m| self.every_glob_policy[m]));
+                });
             }
         } else {
             if let Some(globs) = self.by_name.get(&tool.name) {
@@ -150,14 +151,35 @@ impl ToolIndex {
                 );
             }
             if let Some(set) = &self.name_globs {
-                let key = format!("{}\u{0}{}", tool.source, tool.name);
-                out.extend(set.matches(&key).iter().map(|m| self.name_glob_policy[m]));
+                with_key(tool, |key| {
+                    out.extend(set.matches(key).iter().map(|m| self.name_glob_policy[m]));
+                });
             }
         }
         if !out.is_sorted() {
             out.sort_unstable();
         }
     }
+}
+
+/// Runs `f` on `source NUL name`, the text the glob sets match: built on the stack when it
+/// fits (a lookup per judged call; `format!` cost more than the match), else on the heap.
+fn with_key<R>(tool: &ToolId, f: impl FnOnce(&str) -> R) -> R {
+    let (source, name) = (tool.source.as_bytes(), tool.name.as_bytes());
+    let mut stack = [0u8; 256];
+    if let Some(buf) = stack.get_mut(..source.len() + 1 + name.len()) {
+        let (head, tail) = buf.split_at_mut(source.len());
+        head.copy_from_slice(source);
+        if let Some((nul, rest)) = tail.split_first_mut() {
+            *nul = 0;
+            rest.copy_from_slice(name);
+        }
+        // Two strings joined by NUL are text; checked all the same, rather than assumed.
+        if let Ok(key) = std::str::from_utf8(buf) {
+            return f(key);
+        }
+    }
+    f(&format!("{}\u{0}{}", tool.source, tool.name))
 }
 
 #[cfg(test)]
@@ -220,6 +242,21 @@ mod tests {
             lookup(&s, &ToolId::new("profile:a", "x\u{0}send_email")),
             [0, 3]
         );
+    }
+
+    /// The glob sets match `source NUL name` built on the stack up to 256 bytes, on the heap
+    /// beyond: both sides of the edge bind the same policies.
+    #[test]
+    fn long_names_bind_as_short_ones_do() {
+        let s = [sel("mcp:*", "send_*"), sel("*", "*"), sel("mcp:files", "*")];
+        for len in [1, 240, 241, 242, 300, 5000] {
+            let name = format!("send_{}", "x".repeat(len));
+            let tool = ToolId::new("mcp:files", name.as_str());
+            assert_eq!(lookup(&s, &tool), [0, 1, 2], "name of {} bytes", name.len());
+            assert_eq!(lookup(&s, &tool), by_regex(&s, &tool));
+            let other = ToolId::new("mcp:mail", format!("read_{}", "y".repeat(len)).as_str());
+            assert_eq!(lookup(&s, &other), [1], "name of {} bytes", len + 5);
+        }
     }
 
     #[test]
