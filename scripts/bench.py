@@ -145,6 +145,14 @@ def cpu_seconds(pids):
     return total / TICK
 
 
+def cpu_us_per_request(cpu_before, cpu_after, result, seconds):
+    """Server CPU µs per request: CPU seconds read before and after a `loadgen` run, over the
+    requests it served. `loadgen` reports the measured window only, but the CPU covers its
+    1 s warm-up too, so the served count is scaled to the whole run at the measured rate."""
+    served = result["requests"] / seconds * (seconds + 1)
+    return (cpu_after - cpu_before) * 1e6 / max(served, 1)
+
+
 def children(pid):
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -206,14 +214,17 @@ def admin(api, method, path, body=None):
         return json.loads(r.read() or b"null")
 
 
-def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"), binary=SLUICE, setup=None):
+def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"), binary=SLUICE, setup=None,
+               without=()):
     """Sluice as deployed with everything on: a control plane (SQLite) holding a profile, a
     virtual key and the 100 policies; a proxy fed by it (usage journal shipped back),
     Prometheus metrics, and tracing at sampling 1.0 to an OTLP/HTTP sink. The proxy on core
     0; the control plane and the sink, which run on other machines in a deployment, on core
     1. The proxy's command line starts with `wrap` (a profiler, say); `binary` is the sluice
     both run (another build, for an A/B); `setup(admin_api_url, profile)` adds to the
-    configuration before the proxy starts. Returns (port, the proxy's pid, virtual key)."""
+    configuration before the proxy starts; `without` leaves parts out ("policies": none of the
+    100; "metrics": no metrics listener, so none are counted; "tracing": no OTLP endpoint, so
+    no span is made). Returns (port, the proxy's pid, virtual key)."""
     env = dict(os.environ, SLUICE_LOG="error", SLUICE_MASTER_KEY="ab" * 32, SLUICE_ADMIN_KEY=ADMIN_KEY)
     for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT"):
         env.pop(k, None)
@@ -226,25 +237,26 @@ def start_full(procs, tmp, mock_port, metrics_port, wrap=("taskset", "-c", "0"),
     cred = admin(api, "POST", "/credentials", {"name": "openai", "provider": "openai", "api_key": "sk-bench"})
     prof = admin(api, "POST", "/profiles", {"name": "bench", "openai": {"credential_id": cred["id"]}})
     key = admin(api, "POST", "/virtual-keys", {"name": "bench", "profile_id": prof["id"]})["key"]
-    for kind, pol in hundred_policies_list():
+    for kind, pol in () if "policies" in without else hundred_policies_list():
         admin(api, "POST", f"/policies/{kind}", pol)
     if setup:
         setup(api, prof)
     role = next(r["id"] for r in admin(api, "GET", "/roles")["items"] if r["name"] == "proxy")
     member = admin(api, "POST", "/members", {"name": "proxy", "email": "proxy@example.com", "role_id": role})
     token = admin(api, "POST", "/admin-keys", {"member_id": member["id"], "name": "proxy"})["key"]
-    sink_port = free_port()
-    sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", OTLP_SINK, str(sink_port)],
-                            stdout=subprocess.PIPE, text=True)
-    procs.append(sink)
-    assert sink.stdout.readline().strip() == "ready"
+    proxy_env = dict(env, SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1")
+    if "tracing" not in without:
+        sink_port = free_port()
+        sink = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", OTLP_SINK, str(sink_port)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(sink)
+        assert sink.stdout.readline().strip() == "ready"
+        proxy_env.update(SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}", SLUICE_OTEL_SAMPLE_RATIO="1")
+    metrics = [] if "metrics" in without else ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
     proxy = subprocess.Popen(
         [*wrap, binary, "proxy", "--control", f"http://{addr}", "--token", token,
-         "--data-dir", os.path.join(tmp, "proxy-data"), "--listen", "127.0.0.1:0",
-         "--metrics-listen", f"127.0.0.1:{metrics_port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env=dict(env, SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1",
-                 SLUICE_OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}", SLUICE_OTEL_SAMPLE_RATIO="1"))
+         "--data-dir", os.path.join(tmp, "proxy-data"), "--listen", "127.0.0.1:0", *metrics],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=proxy_env)
     procs.append(proxy)
     port = int(ready_line(proxy, "SLUICE_PROXY_READY")["proxy"].rsplit(":", 1)[1])
     # Keep reading the proxy's stdout so it never blocks on a full pipe.
@@ -368,9 +380,7 @@ http {{
                 for name, (url, pids) in targets.items():
                     c0 = cpu_seconds(pids)
                     r = loadgen(url, body, hdr + [auth[name]], 32, args.seconds, label=name)
-                    c1 = cpu_seconds(pids)
-                    total = r["requests"] / args.seconds * (args.seconds + 1)
-                    r["cpu_us_per_req"] = (c1 - c0) * 1e6 / max(total, 1)
+                    r["cpu_us_per_req"] = cpu_us_per_request(c0, cpu_seconds(pids), r, args.seconds)
                     results.setdefault((scenario, name), []).append(r)
         # Half load for latency: half of the slowest proxied target's closed-loop max, same
         # fixed rate for every target.

@@ -35,8 +35,8 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import (CHAT, SLUICE, TOOLS_CHAT, cpu_seconds, free_port, loadgen, machine, start_full, start_mock,  # noqa: E402
-                   stop, wait_port)
+from bench import (CHAT, SLUICE, TOOLS_CHAT, cpu_seconds, cpu_us_per_request, free_port, loadgen,  # noqa: E402
+                   machine, start_full, start_mock, stop, wait_port)
 
 
 def start_file_config(procs, tmp, mock_port, binary, env_extra, unset):
@@ -48,7 +48,8 @@ def start_file_config(procs, tmp, mock_port, binary, env_extra, unset):
     env = dict(os.environ, SLUICE_LOG="error", SLUICE_OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1", **env_extra)
     for k in unset:
         env.pop(k, None)
-    p = subprocess.Popen(["taskset", "-c", "0", binary, "proxy", "--config", conf], env=env, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(["taskset", "-c", "0", binary, "proxy", "--config", conf], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(p)
     wait_port(port, p)
     return f"http://127.0.0.1:{port}/v1/openai/chat/completions", p.pid, "sk-bench"
@@ -134,7 +135,7 @@ def main():
                     hdr.append(f"x-mock-words: {args.words}")
                 c0 = cpu_seconds([pid])
                 r = loadgen(url, json.dumps(body), hdr, 32, args.seconds, label=name)
-                cpu = (cpu_seconds([pid]) - c0) * 1e6 / max(r["requests"], 1)
+                cpu = cpu_us_per_request(c0, cpu_seconds([pid]), r, args.seconds)
                 results.setdefault(name, []).append((r["rps"], cpu))
                 print(f"rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
         print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")

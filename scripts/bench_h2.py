@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, SLUICE, cpu_seconds, free_port, machine, med, start_mock, stop, wait_port  # noqa: E402
+from bench import CHAT, SLUICE, cpu_seconds, cpu_us_per_request, free_port, machine, med, start_mock, stop, wait_port  # noqa: E402
 
 CLIENTS = (("HTTP/1.1, 32 connections", []), ("HTTP/2, 1 connection", ["--http2", "--h2-connections", "1"]),
            ("HTTP/2, 4 connections", ["--http2", "--h2-connections", "4"]))
@@ -61,9 +61,7 @@ def main():
                     for name, (url, pids) in targets.items():
                         c0 = cpu_seconds(pids)
                         r = run(url, body, extra, args.seconds)
-                        c1 = cpu_seconds(pids)
-                        total = r["requests"] / args.seconds * (args.seconds + 1)
-                        r["cpu_us_per_req"] = (c1 - c0) * 1e6 / max(total, 1)
+                        r["cpu_us_per_req"] = cpu_us_per_request(c0, cpu_seconds(pids), r, args.seconds)
                         results.setdefault((scenario, client, name), []).append(r)
         lines = [f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
                  f"Machine: {machine()}  ",

@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CHAT, OTLP_SINK, SLUICE, cpu_seconds, free_port, loadgen, machine, med, start_mock, stop, wait_port  # noqa: E402
+from bench import CHAT, OTLP_SINK, SLUICE, cpu_seconds, cpu_us_per_request, free_port, loadgen, machine, med, start_mock, stop, wait_port  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
@@ -74,8 +74,7 @@ def main():
                     c0 = cpu_seconds([pid])
                     r = loadgen(url, body, h, 32, args.seconds, label=name)
                     # Sluice's CPU (its exporter thread included) per request served.
-                    served = r["requests"] / args.seconds * (args.seconds + 1)
-                    r["cpu_us_per_req"] = (cpu_seconds([pid]) - c0) * 1e6 / max(served, 1)
+                    r["cpu_us_per_req"] = cpu_us_per_request(c0, cpu_seconds([pid]), r, args.seconds)
                     results.setdefault((scenario, name), []).append(r)
                     print(f"{scenario} rep {rep + 1} {name}: {r['rps']:,.0f} req/s", file=sys.stderr)
         sink.send_signal(signal.SIGTERM)

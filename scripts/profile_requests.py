@@ -13,10 +13,12 @@ Scenarios: `json`, `sse`, `tools` (chat completions through the mock provider) a
 targets `defaults` and `passthrough` only).
 
 Targets: `full` (control-plane-fed, as scripts/bench.py's "full inspection": virtual key,
-100 policies, usage journal, metrics, tracing at 1.0), `defaults` (a file config with one
-profile, as bench.py's "sluice"), `passthrough` (the bare Pingora proxy: the floor).
+100 policies, usage journal, metrics, tracing at 1.0), `control` (control-plane-fed with
+no policies, metrics or tracing: the virtual key and the usage journal, as
+scripts/bench_features.py's third step), `defaults` (a file config with one profile, as
+bench.py's "sluice"), `passthrough` (the bare Pingora proxy: the floor).
 
-Usage: python3 scripts/profile_requests.py [--target full|defaults|passthrough ...] [--scenario json|sse|tools|mcp]
+Usage: python3 scripts/profile_requests.py [--target full|control|defaults|passthrough ...] [--scenario json|sse|tools|mcp]
                                   [--seconds 20] [--top 40] [--keep DIR]
 Needs: valgrind (Debian package), a release build of `sluice`.
 """
@@ -152,7 +154,7 @@ def short(name):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--target", action="append", choices=("full", "defaults", "passthrough"))
+    ap.add_argument("--target", action="append", choices=("full", "control", "defaults", "passthrough"))
     ap.add_argument("--scenario", default="json", choices=("json", "sse", "tools", "mcp"))
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--top", type=int, default=40)
@@ -164,7 +166,7 @@ def main():
     if not shutil.which("valgrind"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
     mcp = args.scenario == "mcp"
-    if mcp and "full" in (args.target or ["full"]):
+    if mcp and {"full", "control"} & set(args.target or ["full"]):
         ap.error("--scenario mcp takes --target defaults and/or passthrough")
     body = {"json": CHAT, "sse": dict(CHAT, stream=True), "tools": TOOLS_CHAT, "mcp": bench_mcp.CALL}[args.scenario]
     hdr = (bench_mcp.HEADERS if mcp else ["content-type: application/json"]
@@ -181,9 +183,10 @@ def main():
             fixture_url = start_fixture(procs) if mcp else None
             upstream_port = int(fixture_url.rsplit(":", 1)[1].split("/", 1)[0]) if mcp else mock_port
             out = os.path.join(tmp, "callgrind.out")
-            if target == "full":
+            if target in ("full", "control"):
                 port, pids, key = start_full(procs, tmp, mock_port, free_port(),
-                                             wrap=(*CALLGRIND, f"--callgrind-out-file={out}"))
+                                             wrap=(*CALLGRIND, f"--callgrind-out-file={out}"),
+                                             without=("policies", "metrics", "tracing") if target == "control" else ())
                 pid = pids[0]
             elif target == "defaults":
                 port, pid, key = start_defaults(procs, tmp, mock_port, out, fixture_url)
