@@ -16,12 +16,12 @@
 //! two segments, and the upstream wakes twice — for a header it cannot act on without the
 //! body that follows microseconds later. Sluice holds that body already, so the socket is
 //! corked when the connection is handed to the request ([`UpstreamCork::new`], from
-//! `connected_to_upstream`) and uncorked just after Pingora writes the body
-//! ([`UpstreamCork::release_soon`], from `request_body_filter`, which hands Pingora the body:
-//! a task that runs once the request's task has yielded, which it does after the write,
-//! waiting for the answer). Header and body then leave as one segment — over TLS as well,
-//! since the cork is on the TCP socket beneath. Not for HTTP/2 upstreams (one connection,
-//! many requests).
+//! `connected_to_upstream`) and uncorked when Pingora is done with the body it was handed
+//! ([`UpstreamCork::until_written`], from `request_body_filter`): the cork rides in the
+//! body's `Bytes` and uncorks when they are dropped, which Pingora's HTTP/1 upstream writer
+//! does just after writing them (`send_body_to1`). Header and body then leave as one
+//! segment — over TLS as well, since the cork is on the TCP socket beneath. Not for HTTP/2
+//! upstreams (one connection, many requests).
 //!
 //! Nothing waits on a cork: the kernel sends a corked partial segment after 200 ms at most,
 //! and every [`UpstreamCork`] uncorks when dropped, so a path that never reaches the body's
@@ -29,6 +29,8 @@
 //! an uncork that comes before the body's write only sends the header alone, as before.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use bytes::Bytes;
 
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::proxy::Session;
@@ -72,9 +74,10 @@ impl ClientSocket {
 
 /// An upstream socket corked until the request body is written; uncorks when dropped.
 ///
-/// It keeps a duplicate of the descriptor: the uncork comes from another task, after
-/// `connected_to_upstream` returned, when Pingora may have closed its own descriptor (the
-/// duplicate then holds the socket open only until the uncork).
+/// It keeps a duplicate of the descriptor: the uncork comes after `connected_to_upstream`
+/// returned, when the body is dropped, and on a path that fails before the write that may
+/// be after Pingora closed its own descriptor (the duplicate then holds the socket open
+/// only until the uncork).
 pub struct UpstreamCork(OwnedFd);
 
 impl std::fmt::Debug for UpstreamCork {
@@ -93,51 +96,24 @@ impl UpstreamCork {
         Some(Self(own))
     }
 
-    /// Uncorks once the current task has yielded: Pingora writes the body this phase hands
-    /// it and then waits for the answer. The uncork waits for the request's task to be
-    /// polled once more ([`after_next_poll`]), in case the hand-over only woke it.
-    pub fn release_soon(self) {
-        after_next_poll(move || drop(self));
+    /// `body`, carrying the cork: it uncorks when the last handle to these bytes is
+    /// dropped, which Pingora's upstream writer does as soon as it has written them. The
+    /// caller keeps no handle of its own (it hands over a clone of its `Bytes`, which
+    /// shares the buffer, not this owner).
+    pub fn until_written(self, body: Bytes) -> Bytes {
+        Bytes::from_owner(CorkedBody { body, _cork: self })
     }
 }
 
-/// Runs `f` in a task of its own once the calling task has yielded and been polled once
-/// more, if it was woken meanwhile; at once outside a runtime (never, in a phase).
-///
-/// The task yields once by waking itself, which puts it at the back of its runtime's
-/// queue, behind the caller woken by the same hand-over (a task woken while it runs is
-/// queued again at the back, on a current-thread runtime and on a multi-thread worker
-/// alike). Not `tokio::task::yield_now`, which waits until the queue is empty and the
-/// runtime has polled for I/O: one more `epoll_wait` per request, and under load the
-/// upstream request stays corked while every other ready task runs.
-fn after_next_poll(f: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(async move {
-                YieldOnce(false).await;
-                f();
-            });
-        }
-        Err(_) => f(),
-    }
+/// A request body that uncorks its upstream socket when dropped ([`UpstreamCork::until_written`]).
+struct CorkedBody {
+    body: Bytes,
+    _cork: UpstreamCork,
 }
 
-/// Pending once, waking itself.
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
+impl AsRef<[u8]> for CorkedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
     }
 }
 
@@ -150,41 +126,45 @@ impl Drop for UpstreamCork {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
-    use super::{YieldOnce, after_next_poll};
+    use bytes::Bytes;
 
-    /// The order the upstream cork depends on: a task hands over work that wakes itself
-    /// (Pingora's body hand-over) after asking for the uncork; its next poll (the write)
-    /// comes before the uncork.
-    #[test]
-    fn the_deferred_step_runs_after_the_callers_next_poll() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (caller_log, uncork_log) = (log.clone(), log.clone());
-        runtime.block_on(async move {
-            let caller = tokio::spawn(async move {
-                after_next_poll(move || uncork_log.lock().expect("log").push("uncork"));
-                // The hand-over: woken at once, polled again at the back of the queue.
-                YieldOnce(false).await;
-                caller_log.lock().expect("log").push("write");
-            });
-            caller.await.expect("caller");
-            // Lets the deferred step run, wherever it is in the queue.
-            for _ in 0..4 {
-                YieldOnce(false).await;
-            }
-        });
-        assert_eq!(*log.lock().expect("log"), ["write", "uncork"]);
+    use super::UpstreamCork;
+
+    fn corked(s: &TcpStream) -> bool {
+        rustix::net::sockopt::tcp_cork(s).expect("TCP_CORK")
     }
 
+    /// The cork holds while any handle to the body is alive (Pingora's, between the
+    /// hand-over and the write) and lets go when the last one is dropped.
     #[test]
-    fn outside_a_runtime_the_step_runs_at_once() {
-        let ran = Arc::new(Mutex::new(false));
-        let r = ran.clone();
-        after_next_poll(move || *r.lock().expect("flag") = true);
-        assert!(*ran.lock().expect("flag"));
+    fn the_body_uncorks_the_socket_when_its_last_handle_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let socket = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let cork = UpstreamCork::new(socket.as_raw_fd()).expect("cork");
+        assert!(corked(&socket));
+        let kept = Bytes::from_static(b"{\"model\":\"m\"}");
+        let handed = cork.until_written(kept.clone());
+        assert_eq!(handed, kept);
+        let held_by_the_writer = handed.clone();
+        drop(handed);
+        assert!(corked(&socket), "a handle is still alive");
+        drop(held_by_the_writer);
+        assert!(!corked(&socket), "the last handle is gone");
+        // The caller's own copy never held the cork.
+        assert_eq!(&kept[..], b"{\"model\":\"m\"}");
+    }
+
+    /// A body never handed over (an error before the write) still uncorks, with the cork.
+    #[test]
+    fn a_cork_dropped_unused_uncorks() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let socket = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let cork = UpstreamCork::new(socket.as_raw_fd()).expect("cork");
+        assert!(corked(&socket));
+        drop(cork);
+        assert!(!corked(&socket));
     }
 }

@@ -388,11 +388,12 @@ impl ProxyHttp for SluiceProxy {
     ) -> pingora::Result<()> {
         if let Some(prepared) = &ctx.prepared_body {
             // Read and inspected in request_filter (`body_first.rs`); Pingora hands over its
-            // copy, once (again only if it retries on a new connection).
-            *body = Some(prepared.clone());
-            if let Some(c) = ctx.upstream_cork.take() {
-                c.release_soon();
-            }
+            // copy, once (again only if it retries on a new connection), and the upstream
+            // socket's cork goes with it, to be let go once Pingora has written it.
+            *body = Some(match ctx.upstream_cork.take() {
+                Some(cork) => cork.until_written(prepared.clone()),
+                None => prepared.clone(),
+            });
             return Ok(());
         }
         if let (Some(c), Some(chunk), false) = (&ctx.config, body.as_ref(), end_of_stream) {
