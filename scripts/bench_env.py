@@ -55,6 +55,17 @@ def start_file_config(procs, tmp, mock_port, binary, env_extra, unset):
     return f"http://127.0.0.1:{port}/v1/openai/chat/completions", p.pid, "sk-bench"
 
 
+def start_passthrough(procs, mock_port):
+    """The bare Pingora passthrough (`sluice passthrough`) on core 0; its URL, pid and key."""
+    port = free_port()
+    p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{port}",
+                          "--upstream", f"127.0.0.1:{mock_port}"],
+                         env=dict(os.environ, SLUICE_LOG="error"), stderr=subprocess.DEVNULL)
+    procs.append(p)
+    wait_port(port, p)
+    return f"http://127.0.0.1:{port}/v1/chat/completions", p.pid, "sk-bench"
+
+
 def wait_ok(url, key, seconds=30):
     """Waits for the first 200: a control-fed proxy is ready before its first snapshot."""
     deadline = time.monotonic() + seconds
@@ -106,13 +117,7 @@ def main():
                         (base_label, SLUICE, base, () if base else (name_,)))
         targets = {}
         if args.passthrough:
-            port = free_port()
-            p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{port}",
-                                  "--upstream", f"127.0.0.1:{mock_port}"],
-                                 env=dict(os.environ, SLUICE_LOG="error"), stderr=subprocess.DEVNULL)
-            procs.append(p)
-            wait_port(port, p)
-            floor = (f"http://127.0.0.1:{port}/v1/chat/completions", p.pid, "sk-bench")
+            floor = start_passthrough(procs, mock_port)
         for name, binary, extra, unset in variants:
             if args.full:
                 sub = tempfile.mkdtemp(dir=tmp)

@@ -27,14 +27,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (CHAT, SLUICE, TOOLS_CHAT, cpu_seconds, cpu_us_per_request, free_port, loadgen,  # noqa: E402
-                   machine, start_full, start_mock, stop, wait_port)
-from bench_env import start_file_config, wait_ok  # noqa: E402
+                   machine, start_full, start_mock, stop)
+from bench_env import start_file_config, start_passthrough, wait_ok  # noqa: E402
 
 STEPS = (
     ("bare Pingora passthrough", None),
@@ -59,13 +58,7 @@ def main():
         targets = {}
         for i, (name, without) in enumerate(STEPS):
             if i == 0:
-                port = free_port()
-                p = subprocess.Popen(["taskset", "-c", "0", SLUICE, "passthrough", "--listen", f"127.0.0.1:{port}",
-                                      "--upstream", f"127.0.0.1:{mock_port}"],
-                                     env=dict(os.environ, SLUICE_LOG="error"), stderr=subprocess.DEVNULL)
-                procs.append(p)
-                wait_port(port, p)
-                targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", p.pid, "sk-bench")
+                targets[name] = start_passthrough(procs, mock_port)
             elif i == 1:
                 targets[name] = start_file_config(procs, tmp, mock_port, SLUICE, {}, ())
             else:
